@@ -1,0 +1,410 @@
+//! Configuration: raw TOML in, one checked [`Config`] out, once.
+//!
+//! The raw structs mirror the file exactly (kebab-case keys, unknown keys rejected) and hold
+//! `Option`s; [`Config::from_raw`] resolves every default in one place, so nothing later in the
+//! daemon ever sees "maybe default". The annotated `config/certkeeper.toml` documents every key
+//! and must stay in step with this file (a test parses it).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{KeyAlgorithm, check_name};
+use crate::span::Span;
+
+/// Where the shipped unit and packages expect the config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
+/// The state directory when nothing else names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";
+/// The name of the CA the built-in default creates on first start.
+pub const DEFAULT_CA: &str = "default";
+
+// ---------------------------------------------------------------------------------------------
+// Raw file structure
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    secrets: RawSecrets,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    defaults: RawDefaults,
+    ca: Option<Vec<RawCa>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDaemon {
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    shutdown_timeout: Option<Span>,
+    log: Option<LogTarget>,
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSecrets {
+    master_key_file: Option<PathBuf>,
+    #[serde(default)]
+    previous_master_key_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawStore {
+    path: Option<PathBuf>,
+    synchronous: Option<Synchronous>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawApi {
+    request_timeout: Option<Span>,
+    max_request_body: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDefaults {
+    ca: Option<String>,
+    key_algorithm: Option<KeyAlgorithm>,
+    validity: Option<Span>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCa {
+    name: String,
+    parent: Option<String>,
+    common_name: Option<String>,
+    key_algorithm: Option<KeyAlgorithm>,
+    validity: Option<Span>,
+    path_length: Option<u8>,
+    #[serde(default)]
+    permitted_dns: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogTarget {
+    /// journald when the process runs under systemd (`JOURNAL_STREAM` is set), else stderr.
+    Auto,
+    Journald,
+    Stderr,
+}
+
+/// SQLite's `synchronous` setting for the WAL: `full` makes every acknowledged write survive a
+/// power cut; `normal` survives a process crash but may lose the last commits on power loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked configuration
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration the daemon runs with. Every default is already resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this came from; `None` for the built-in default.
+    pub source: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub shutdown_timeout: Span,
+    pub log: LogTarget,
+    pub log_level: String,
+    pub master_key: MasterKeySource,
+    pub previous_master_keys: Vec<PathBuf>,
+    pub store_path: PathBuf,
+    pub synchronous: Synchronous,
+    pub request_timeout: Span,
+    pub max_request_body: usize,
+    pub defaults: Defaults,
+    /// CAs created at start when missing (existing ones are never changed by config).
+    pub cas: Vec<crate::model::CaSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    pub ca: String,
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: Span,
+}
+
+/// Where the master key comes from, in the order the daemon looks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// `secrets.master-key-file`: must exist and be private to its owner.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/master-key`, put there by systemd's `LoadCredential[Encrypted]=`.
+    Credential(PathBuf),
+    /// The built-in default: a key in the state directory, created (0400) on first start.
+    StateDir(PathBuf),
+}
+
+impl MasterKeySource {
+    pub fn path(&self) -> &Path {
+        match self {
+            MasterKeySource::File(p) | MasterKeySource::Credential(p) | MasterKeySource::StateDir(p) => p,
+        }
+    }
+}
+
+/// What the process environment contributes to defaults; passed in so tests control it.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// `--state-dir` on the command line: wins over everything.
+    pub state_dir_flag: Option<PathBuf>,
+    /// systemd's `$STATE_DIRECTORY` (first entry).
+    pub state_directory: Option<PathBuf>,
+    /// systemd's `$CREDENTIALS_DIRECTORY`.
+    pub credentials_directory: Option<PathBuf>,
+}
+
+impl Environment {
+    pub fn from_process(state_dir_flag: Option<PathBuf>) -> Self {
+        let first_path = |var| {
+            std::env::var_os(var)
+                .and_then(|v| std::env::split_paths(&v).next())
+                .filter(|p| !p.as_os_str().is_empty())
+        };
+        Environment {
+            state_dir_flag,
+            state_directory: first_path("STATE_DIRECTORY"),
+            credentials_directory: first_path("CREDENTIALS_DIRECTORY"),
+        }
+    }
+}
+
+/// A configuration that cannot be used. `Display` gives one line naming file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Invalid { origin: String, key: String, message: String },
+}
+
+impl Config {
+    /// Loads `path`, or the built-in default when `path` is `None`.
+    pub fn load(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::from_raw(RawConfig::default(), None, env);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path, env)
+    }
+
+    /// Parses config text; `path` is used for messages and to mark the source.
+    pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| syntax_error(text, path, &err))?;
+        Config::from_raw(raw, Some(path), env)
+    }
+
+    fn from_raw(raw: RawConfig, source: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+        let origin = source.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: key.to_owned(),
+            message,
+        };
+
+        let state_dir = env
+            .state_dir_flag
+            .clone()
+            .or(raw.daemon.state_dir)
+            .or_else(|| env.state_directory.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let socket = raw.daemon.socket.unwrap_or_else(|| state_dir.join("api.sock"));
+        let socket_mode = match raw.daemon.socket_mode.as_deref() {
+            None => 0o660,
+            Some(text) => parse_mode(text).ok_or_else(|| {
+                invalid("daemon.socket-mode", format!("{text:?} is not an octal file mode such as \"0660\""))
+            })?,
+        };
+        let log_level = raw.daemon.log_level.unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| invalid("daemon.log-level", format!("{log_level:?}: {e}")))?;
+
+        let master_key = match (raw.secrets.master_key_file, &env.credentials_directory) {
+            (Some(file), _) => MasterKeySource::File(file),
+            (None, Some(dir)) if dir.join("master-key").exists() => MasterKeySource::Credential(dir.join("master-key")),
+            (None, _) => MasterKeySource::StateDir(state_dir.join("master-key")),
+        };
+
+        let max_request_body = raw.api.max_request_body.unwrap_or(1 << 20);
+        if !(4096..=64 << 20).contains(&max_request_body) {
+            return Err(invalid("api.max-request-body", format!("{max_request_body} is outside 4096..=67108864 bytes")));
+        }
+
+        let defaults = Defaults {
+            ca: raw.defaults.ca.unwrap_or_else(|| DEFAULT_CA.to_owned()),
+            key_algorithm: raw.defaults.key_algorithm.unwrap_or(KeyAlgorithm::EcP256),
+            validity: raw.defaults.validity.unwrap_or(Span::from_days(395)),
+        };
+        if defaults.validity.as_secs() < 60 {
+            return Err(invalid("defaults.validity", "must be at least 1m".to_owned()));
+        }
+
+        let raw_cas = raw.ca.unwrap_or_else(|| vec![RawCa::default_root()]);
+        let mut cas = Vec::with_capacity(raw_cas.len());
+        for (i, raw_ca) in raw_cas.into_iter().enumerate() {
+            let key = |field: &str| format!("ca[{i}].{field}");
+            check_name("CA", &raw_ca.name).map_err(|e| invalid(&key("name"), e.to_string()))?;
+            if cas.iter().any(|c: &crate::model::CaSpec| c.name == raw_ca.name) {
+                return Err(invalid(&key("name"), format!("CA {:?} is defined twice", raw_ca.name)));
+            }
+            if let Some(parent) = &raw_ca.parent
+                && !cas.iter().any(|c: &crate::model::CaSpec| &c.name == parent)
+            {
+                return Err(invalid(
+                    &key("parent"),
+                    format!("parent {parent:?} must be defined in an earlier [[ca]] table"),
+                ));
+            }
+            cas.push(raw_ca.into_spec());
+        }
+        if source.is_some() && !cas.iter().any(|c| c.name == defaults.ca) {
+            // A default CA created through the API is fine too, so only the built-in name is
+            // allowed to be missing here; anything else is most likely a typo.
+            if defaults.ca != DEFAULT_CA {
+                return Err(invalid("defaults.ca", format!("no [[ca]] named {:?}", defaults.ca)));
+            }
+        }
+
+        Ok(Config {
+            source: source.map(Path::to_owned),
+            store_path: raw.store.path.unwrap_or_else(|| state_dir.join("certkeeper.db")),
+            synchronous: raw.store.synchronous.unwrap_or(Synchronous::Full),
+            socket,
+            socket_mode,
+            shutdown_timeout: raw.daemon.shutdown_timeout.unwrap_or(Span::from_secs(20)),
+            log: raw.daemon.log.unwrap_or(LogTarget::Auto),
+            log_level,
+            master_key,
+            previous_master_keys: raw.secrets.previous_master_key_files,
+            request_timeout: raw.api.request_timeout.unwrap_or(Span::from_secs(60)),
+            max_request_body,
+            defaults,
+            cas,
+            state_dir,
+        })
+    }
+}
+
+impl RawCa {
+    fn default_root() -> RawCa {
+        RawCa {
+            name: DEFAULT_CA.to_owned(),
+            parent: None,
+            common_name: None,
+            key_algorithm: None,
+            validity: None,
+            path_length: None,
+            permitted_dns: Vec::new(),
+        }
+    }
+
+    fn into_spec(self) -> crate::model::CaSpec {
+        crate::model::CaSpec {
+            common_name: self.common_name.unwrap_or_else(|| format!("certkeeper {} CA", self.name)),
+            name: self.name,
+            parent: self.parent,
+            external: false,
+            key_algorithm: self.key_algorithm.unwrap_or(KeyAlgorithm::EcP256),
+            validity: self.validity.unwrap_or(Span::from_days(3650)),
+            path_length: self.path_length,
+            permitted_dns: self.permitted_dns,
+        }
+    }
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
+/// Turns a TOML error into "file:line:column: message", keeping toml's own wording (which
+/// names the unknown or mistyped key) but dropping its multi-line source excerpt.
+fn syntax_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
+    let offset = err.span().map_or(0, |span| span.start);
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let message = err.message().trim().replace('\n', " ");
+    ConfigError::Syntax { path: path.to_owned(), line, column, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), &Environment::default())
+    }
+
+    #[test]
+    fn built_in_default_resolves_everything() {
+        let env = Environment { state_dir_flag: Some("/tmp/ck".into()), ..Default::default() };
+        let config = Config::load(None, &env).unwrap();
+        assert_eq!(config.socket, Path::new("/tmp/ck/api.sock"));
+        assert_eq!(config.master_key, MasterKeySource::StateDir("/tmp/ck/master-key".into()));
+        assert_eq!(config.cas.len(), 1);
+        assert_eq!(config.cas[0].name, "default");
+        assert_eq!(config.cas[0].validity, Span::from_days(3650));
+        assert_eq!(config.defaults.validity, Span::from_days(395));
+        assert_eq!(config.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn state_dir_precedence() {
+        let env = Environment {
+            state_dir_flag: None,
+            state_directory: Some("/var/lib/x".into()),
+            credentials_directory: None,
+        };
+        let config = Config::parse("[daemon]\nstate-dir = \"/srv/ck\"\n", Path::new("t"), &env).unwrap();
+        assert_eq!(config.state_dir, Path::new("/srv/ck"));
+        let config = Config::parse("", Path::new("t"), &env).unwrap();
+        assert_eq!(config.state_dir, Path::new("/var/lib/x"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[daemon]\nsocket = \"/x\"\nsokcet-mode = \"0600\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:3:1:"), "{err}");
+        assert!(err.contains("sokcet-mode"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = parse("[daemon]\nsocket-mode = \"rw\"\n").unwrap_err().to_string();
+        assert!(err.contains("daemon.socket-mode"), "{err}");
+        let err = parse("[defaults]\nvalidity = \"13 months\"\n").unwrap_err().to_string();
+        assert!(err.contains("test.toml:2:") && err.contains("13 months"), "{err}");
+        let err = parse("[defaults]\nkey-algorithm = \"dsa\"\n").unwrap_err().to_string();
+        assert!(err.contains("dsa"), "{err}");
+        let err = parse("[[ca]]\nname = \"a\"\nparent = \"b\"\n").unwrap_err().to_string();
+        assert!(err.contains("ca[0].parent"), "{err}");
+        let err = parse("[[ca]]\nname = \"a b\"\n").unwrap_err().to_string();
+        assert!(err.contains("ca[0].name"), "{err}");
+        let err = parse("[defaults]\nca = \"nope\"\n").unwrap_err().to_string();
+        assert!(err.contains("defaults.ca"), "{err}");
+    }
+}

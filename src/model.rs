@@ -1,0 +1,576 @@
+//! Domain types shared by the daemon, the API and the CLI. No I/O lives here.
+//!
+//! The words follow DESIGN.md §2: a *certificate* is the managed object with a stable id, and
+//! each issuance (or import) adds a *version*. Enum spellings on the wire are kebab-case, exactly
+//! as ACM and DESIGN.md spell them, because users' scripts will match on them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Where a certificate's versions come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Issued by an ACME CA.
+    Public,
+    /// Issued by one of certkeeper's own CAs.
+    Private,
+    /// Brought in from elsewhere: watched, never renewed by us.
+    Imported,
+}
+
+/// ACM's certificate status set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    PendingValidation,
+    Issued,
+    Inactive,
+    Expired,
+    ValidationTimedOut,
+    Revoked,
+    Failed,
+}
+
+/// The key algorithms certkeeper generates and accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcP256,
+    EcP384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+    Ed25519,
+}
+
+/// Implements `as_str`, `Display` and `FromStr` for a fieldless enum from one table of
+/// spellings, so the string forms used by SQL, the CLI and serde cannot drift apart.
+macro_rules! spelled {
+    ($ty:ty, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($text => Ok(<$ty>::$variant),)+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: s.to_owned(),
+                        expected: &[$($text),+],
+                    }),
+                }
+            }
+        }
+    };
+}
+
+spelled!(Origin, "origin", { Public => "public", Private => "private", Imported => "imported" });
+spelled!(Status, "status", {
+    PendingValidation => "pending-validation",
+    Issued => "issued",
+    Inactive => "inactive",
+    Expired => "expired",
+    ValidationTimedOut => "validation-timed-out",
+    Revoked => "revoked",
+    Failed => "failed",
+});
+spelled!(KeyAlgorithm, "key algorithm", {
+    EcP256 => "ec-p256",
+    EcP384 => "ec-p384",
+    Rsa2048 => "rsa-2048",
+    Rsa3072 => "rsa-3072",
+    Rsa4096 => "rsa-4096",
+    Ed25519 => "ed25519",
+});
+
+/// A string that is not one of an enum's spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} (expected one of: {})", expected.join(", "))]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static [&'static str],
+}
+
+/// The reasons RFC 5280 §5.3.1 allows on a CRL entry (the ones a user would pick).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+}
+
+spelled!(RevocationReason, "revocation reason", {
+    Unspecified => "unspecified",
+    KeyCompromise => "key-compromise",
+    CaCompromise => "ca-compromise",
+    AffiliationChanged => "affiliation-changed",
+    Superseded => "superseded",
+    CessationOfOperation => "cessation-of-operation",
+    PrivilegeWithdrawn => "privilege-withdrawn",
+});
+
+/// One name a certificate covers: a DNS name (possibly a wildcard) or an IP address.
+///
+/// Parsing normalises DNS names to lower case without a trailing dot, so that two spellings of
+/// one name compare equal everywhere (constraints, duplicates, lookups).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Domain {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl Domain {
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self, Domain::Dns(name) if name.starts_with("*."))
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Domain::Dns(name) => f.write_str(name),
+            Domain::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// Why a string is not a usable certificate name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid domain {input:?}: {reason}")]
+pub struct DomainError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for Domain {
+    type Err = DomainError;
+
+    fn from_str(input: &str) -> Result<Self, DomainError> {
+        let fail = |reason| DomainError { input: input.to_owned(), reason };
+        if let Ok(ip) = input.parse::<IpAddr>() {
+            return Ok(Domain::Ip(ip));
+        }
+        let name = input.strip_suffix('.').unwrap_or(input).to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(fail("empty name"));
+        }
+        if !name.is_ascii() {
+            return Err(fail("non-ASCII name: give the IDNA (xn--) form"));
+        }
+        if name.len() > 253 {
+            return Err(fail("longer than 253 characters"));
+        }
+        let labels: Vec<&str> = name.split('.').collect();
+        if labels.len() < 2 && labels[0] != "localhost" {
+            return Err(fail("a single label is not a fully qualified name"));
+        }
+        for (i, label) in labels.iter().enumerate() {
+            if *label == "*" {
+                if i != 0 {
+                    return Err(fail("a wildcard is allowed only as the leftmost label"));
+                }
+                if labels.len() < 3 {
+                    return Err(fail("a wildcard needs at least two labels after it"));
+                }
+                continue;
+            }
+            check_label(label).map_err(fail)?;
+        }
+        Ok(Domain::Dns(name))
+    }
+}
+
+fn check_label(label: &str) -> Result<(), &'static str> {
+    if label.is_empty() {
+        return Err("empty label");
+    }
+    if label.len() > 63 {
+        return Err("a label is longer than 63 characters");
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err("a label starts or ends with '-'");
+    }
+    if label.contains('*') {
+        return Err("'*' is allowed only as a whole leftmost label");
+    }
+    if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err("only letters, digits, '-' and '_' are allowed");
+    }
+    Ok(())
+}
+
+impl Serialize for Domain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Domain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a list of names, rejecting duplicates: the first name becomes the common name, and a
+/// duplicate is almost always a typo the user wants to hear about.
+pub fn parse_domains<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<Domain>, DomainError> {
+    let mut domains: Vec<Domain> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let domain: Domain = input.as_ref().parse()?;
+        if domains.contains(&domain) {
+            return Err(DomainError { input: input.as_ref().to_owned(), reason: "listed twice" });
+        }
+        domains.push(domain);
+    }
+    if domains.is_empty() {
+        return Err(DomainError { input: String::new(), reason: "at least one domain is required" });
+    }
+    Ok(domains)
+}
+
+/// A certificate serial number, kept as lower-case hex without separators (what `openssl x509
+/// -serial` prints, lower-cased), so that it can be compared and indexed as text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Serial(String);
+
+impl Serial {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        // Strip the sign-padding zero byte DER adds to positive integers with the top bit set.
+        let trimmed = match bytes {
+            [0, rest @ ..] if !rest.is_empty() => rest,
+            _ => bytes,
+        };
+        Serial(trimmed.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        (0..self.0.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(self.0.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
+
+    /// Accepts the hex form with optional `:` separators (as `openssl x509 -text` prints it).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+        let valid = !hex.is_empty() && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        valid.then_some(Serial(hex))
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The stable identifier of a certificate: `ck-` followed by a UUIDv7, so ids sort by creation
+/// time (which makes them a natural pagination cursor).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CertificateId(String);
+
+impl CertificateId {
+    pub const PREFIX: &'static str = "ck-";
+
+    pub fn generate() -> Self {
+        CertificateId(format!("{}{}", Self::PREFIX, uuid::Uuid::now_v7()))
+    }
+
+    /// Accepts only well-formed ids; anything else is treated as a certificate name by callers.
+    pub fn parse(text: &str) -> Option<Self> {
+        let uuid = text.strip_prefix(Self::PREFIX)?;
+        uuid::Uuid::parse_str(uuid).ok()?;
+        Some(CertificateId(text.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CertificateId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Names used for certificates, CAs and tags: short, printable, no surprises in a shell.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(ok_char) {
+        return Err(NameError { what, name: name.to_owned() });
+    }
+    if name.starts_with(CertificateId::PREFIX) {
+        return Err(NameError { what, name: name.to_owned() });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid {what} name {name:?}: use 1-128 characters from letters, digits, '-', '_', '.', '*', not starting with \"ck-\""
+)]
+pub struct NameError {
+    pub what: &'static str,
+    pub name: String,
+}
+
+/// A tag key and value, as ACM has them.
+pub fn check_tag(key: &str, value: &str) -> Result<(), TagError> {
+    let printable = |s: &str| s.chars().all(|c| !c.is_control());
+    if key.is_empty() || key.len() > 128 || !printable(key) || key.contains('=') {
+        return Err(TagError { key: key.to_owned(), reason: "a key needs 1-128 printable characters without '='" });
+    }
+    if value.len() > 256 || !printable(value) {
+        return Err(TagError { key: key.to_owned(), reason: "a value holds at most 256 printable characters" });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tag {key:?}: {reason}")]
+pub struct TagError {
+    pub key: String,
+    pub reason: &'static str,
+}
+
+/// What a new CA should look like: from the config's `[[ca]]` tables or `certkeeper ca create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaSpec {
+    pub name: String,
+    /// The certkeeper CA that signs this one; `None` with `external = false` makes a root.
+    pub parent: Option<String>,
+    /// Signed by a CA outside certkeeper: creation yields a CSR, `ca install` completes it.
+    pub external: bool,
+    pub common_name: String,
+    pub key_algorithm: KeyAlgorithm,
+    pub validity: crate::span::Span,
+    /// How many CAs may sit below this one; `None` leaves it unconstrained.
+    pub path_length: Option<u8>,
+    /// DNS name constraints (RFC 5280 §4.2.1.10); empty means unconstrained.
+    pub permitted_dns: Vec<String>,
+}
+
+/// A managed certificate as the API shows it. Never holds key material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub id: CertificateId,
+    pub name: String,
+    pub origin: Origin,
+    pub status: Status,
+    /// The CA name (private), ACME issuer name (public) or issuer DN (imported).
+    pub issuer: String,
+    pub domains: Vec<Domain>,
+    pub key_algorithm: KeyAlgorithm,
+    pub serial: Serial,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    pub current_version: u32,
+    /// The lifetime requested for versions we issue; `None` for imported certificates.
+    pub validity: Option<crate::span::Span>,
+    pub client_auth: bool,
+    pub tags: std::collections::BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub revocation_reason: Option<RevocationReason>,
+    /// Filled by `describe`; empty in lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionInfo>,
+}
+
+impl Certificate {
+    pub fn common_name(&self) -> String {
+        self.domains.first().map(ToString::to_string).unwrap_or_default()
+    }
+}
+
+/// One version of a certificate, without its PEM or key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub serial: Serial,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// The certkeeper CA that signed this version, if one did.
+    pub issuer_ca: Option<String>,
+    /// Whether certkeeper holds this version's private key (false for `sign`).
+    pub key_held: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A certificate authority held by certkeeper, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaInfo {
+    pub name: String,
+    pub state: CaState,
+    /// `root`, `subordinate` (of another certkeeper CA) or `external` (of an outside root).
+    pub kind: CaKind,
+    pub parent: Option<String>,
+    pub common_name: String,
+    pub key_algorithm: KeyAlgorithm,
+    pub path_length: Option<u8>,
+    pub permitted_dns: Vec<String>,
+    pub serial: Option<Serial>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub not_after: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaState {
+    Active,
+    /// An external subordinate waiting for `ca install`.
+    PendingCertificate,
+}
+
+spelled!(CaState, "CA state", { Active => "active", PendingCertificate => "pending-certificate" });
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaKind {
+    Root,
+    Subordinate,
+    External,
+}
+
+spelled!(CaKind, "CA kind", { Root => "root", Subordinate => "subordinate", External => "external" });
+
+/// A lifecycle event, shaped like ACM's EventBridge events (DESIGN.md §5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub version: String,
+    pub id: String,
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    pub source: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub resources: Vec<String>,
+    pub detail: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(detail_type: &str, certificate: &CertificateId, now: OffsetDateTime, detail: serde_json::Value) -> Self {
+        Event {
+            version: "0".to_owned(),
+            id: uuid::Uuid::now_v7().to_string(),
+            detail_type: detail_type.to_owned(),
+            source: "certkeeper".to_owned(),
+            time: now,
+            resources: vec![certificate.to_string()],
+            detail,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, the form times take in the store.
+pub fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// The inverse of [`unix`]; out-of-range values (never written by us) clamp to the epoch.
+pub fn from_unix(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_normalise_and_reject() {
+        assert_eq!("WWW.Example.COM.".parse::<Domain>(), Ok(Domain::Dns("www.example.com".into())));
+        assert_eq!("*.example.com".parse::<Domain>().map(|d| d.is_wildcard()), Ok(true));
+        assert!(matches!("10.0.0.1".parse::<Domain>(), Ok(Domain::Ip(_))));
+        assert!(matches!("::1".parse::<Domain>(), Ok(Domain::Ip(_))));
+        for bad in ["", "a..b", "-a.com", "a-.com", "www.*.com", "*.com", "exa mple.com", "bücher.de", "x"] {
+            assert!(bad.parse::<Domain>().is_err(), "{bad:?} should be rejected");
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert!(long_label.parse::<Domain>().is_err());
+    }
+
+    #[test]
+    fn duplicate_domains_are_rejected() {
+        let err = parse_domains(&["a.example", "A.example."]).unwrap_err();
+        assert_eq!(err.reason, "listed twice");
+        assert!(parse_domains::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn serials_round_trip() {
+        let serial = Serial::from_bytes(&[0x00, 0x80, 0x01]);
+        assert_eq!(serial.as_str(), "8001");
+        assert_eq!(serial.to_bytes(), vec![0x80, 0x01]);
+        assert_eq!(Serial::parse("80:01"), Some(serial));
+        assert_eq!(Serial::parse("xyz"), None);
+    }
+
+    #[test]
+    fn enum_spellings_round_trip() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>(), Ok(*status));
+            let json = serde_json::to_string(status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+        for alg in KeyAlgorithm::ALL {
+            assert_eq!(alg.as_str().parse::<KeyAlgorithm>(), Ok(*alg));
+        }
+        let err = "p256".parse::<KeyAlgorithm>().unwrap_err();
+        assert!(err.to_string().contains("ec-p256"), "{err}");
+    }
+
+    #[test]
+    fn ids_parse_only_when_well_formed() {
+        let id = CertificateId::generate();
+        assert_eq!(CertificateId::parse(id.as_str()), Some(id));
+        assert_eq!(CertificateId::parse("ck-nope"), None);
+        assert_eq!(CertificateId::parse("web"), None);
+    }
+}
