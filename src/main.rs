@@ -1,1 +1,49 @@
-fn main() {}
+//! The `certkeeper` binary: parse arguments, run the daemon or a client verb, map errors to
+//! exit codes (listed in `certkeeper --help`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use certkeeper::cli::{self, Cli, exit};
+use certkeeper::{daemon, logging::Logging};
+
+fn main() -> ExitCode {
+    // One crypto provider for every TLS use; fails loudly if another crate enabled ring too.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("certkeeper: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    match cli::serve_args(&cli) {
+        Some((config, state_dir)) => {
+            let (config, env) = match daemon::load_config(config, state_dir) {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    eprintln!("certkeeper: {err}");
+                    return ExitCode::from(err.exit_code());
+                }
+            };
+            let logging = Logging::init(config.log, &config.log_level);
+            match runtime.block_on(daemon::serve(config, env, &logging)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = %err, "certkeeper cannot run");
+                    eprintln!("certkeeper: {err}");
+                    ExitCode::from(err.exit_code())
+                }
+            }
+        }
+        None => match runtime.block_on(cli::run(cli)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("certkeeper: {}", failure.message);
+                ExitCode::from(failure.code)
+            }
+        },
+    }
+}

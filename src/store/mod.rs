@@ -177,6 +177,7 @@ impl Store {
     }
 
     /// Adds version `version` (which must be the current one plus one) and makes it current.
+    /// `names` replaces the certificate's domains and key algorithm (a re-import may change them).
     pub async fn add_version(
         &self,
         id: &CertificateId,
@@ -184,6 +185,7 @@ impl Store {
         mut new: NewVersion,
         status: Status,
         event: Option<Event>,
+        names: Option<(Vec<crate::model::Domain>, KeyAlgorithm)>,
     ) -> Result<Certificate, StoreError> {
         let sealed = self.seal_version_key(id, version, new.key.take())?;
         let job_id = id.clone();
@@ -194,6 +196,7 @@ impl Store {
             key: sealed,
             status,
             event,
+            names,
             reply,
         })
         .await?;
@@ -234,6 +237,10 @@ impl Store {
 
     pub async fn certificate(&self, id: &CertificateId) -> Result<Option<Certificate>, StoreError> {
         self.db.find_certificate(id.as_str(), OffsetDateTime::now_utc()).await
+    }
+
+    pub async fn count_certificates(&self) -> Result<u64, StoreError> {
+        self.db.count_certificates().await
     }
 
     pub async fn list(&self, filter: &ListFilter, now: OffsetDateTime) -> Result<Vec<Certificate>, StoreError> {

@@ -90,6 +90,11 @@ impl Db {
         Ok(Some(cert))
     }
 
+    pub(super) async fn count_certificates(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates").fetch_one(&self.read).await?;
+        Ok(n.max(0) as u64)
+    }
+
     pub(super) async fn list(&self, filter: &ListFilter, now: OffsetDateTime) -> Result<Vec<Certificate>, StoreError> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM certificates c WHERE 1 = 1");
         if let Some(after) = &filter.after {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::Db;
 use super::{InstalledCa, NewCa, NewCertificate, NewVersion, Revocation, Sealed, SealedRecord, StoreError};
-use crate::model::{CaState, CertificateId, Event, RevocationReason, Status, unix};
+use crate::model::{CaState, CertificateId, Domain, Event, KeyAlgorithm, RevocationReason, Status, unix};
 
 /// The most jobs committed together. Large enough to amortise an fsync under load, small
 /// enough that one transaction never holds the write lock for long.
@@ -32,6 +32,7 @@ pub(super) enum Job {
         key: Option<Sealed>,
         status: Status,
         event: Option<Event>,
+        names: Option<(Vec<Domain>, KeyAlgorithm)>,
         reply: Reply,
     },
     Revoke {
@@ -108,8 +109,8 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
 async fn apply(conn: &mut SqliteConnection, job: Job) -> (Reply, Result<(), StoreError>) {
     match job {
         Job::InsertCertificate { new, key, reply } => (reply, insert_certificate(conn, *new, key).await),
-        Job::AddVersion { id, version, new, key, status, event, reply } => {
-            (reply, add_version(conn, &id, version, &new, key, status, event).await)
+        Job::AddVersion { id, version, new, key, status, event, names, reply } => {
+            (reply, add_version(conn, &id, version, &new, key, status, event, names).await)
         }
         Job::Revoke { id, reason, revocations, event, now, reply } => {
             (reply, revoke(conn, &id, reason, &revocations, event, now).await)
@@ -229,6 +230,7 @@ async fn add_version(
     key: Option<Sealed>,
     status: Status,
     event: Option<Event>,
+    names: Option<(Vec<Domain>, KeyAlgorithm)>,
 ) -> Result<(), StoreError> {
     // Optimistic concurrency: the caller computed `version` from what it read; if another
     // renewal got there first, this matches no row and the caller hears `Conflict`.
@@ -248,6 +250,15 @@ async fn add_version(
     .await?;
     if updated.rows_affected() != 1 {
         return Err(StoreError::Conflict(format!("certificate {id}")));
+    }
+    if let Some((domains, algorithm)) = names {
+        let domains = serde_json::to_string(&domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query("UPDATE certificates SET domains = ?, key_algorithm = ? WHERE id = ?")
+            .bind(domains)
+            .bind(algorithm.as_str())
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
     }
     insert_version(conn, id, version, new, key).await?;
     if let Some(event) = event {

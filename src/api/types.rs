@@ -1,0 +1,226 @@
+//! Request and response bodies of the HTTP API, shared by the daemon and the CLI.
+//!
+//! JSON keys are snake_case; enum values kebab-case (the model's spellings). Request bodies
+//! reject unknown fields so a typo in a script fails loudly instead of being ignored.
+//!
+//! Fields that carry a file (certificates, keys, CSRs) take either PEM text or the base64 of DER
+//! bytes; see [`file_bytes`].
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::export::ExportFormat;
+use crate::model::{CaInfo, Certificate, Event, KeyAlgorithm, RevocationReason};
+use crate::span::Span;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCertificate {
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The issuing CA; the configured default when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub key_algorithm: Option<KeyAlgorithm>,
+    #[serde(default)]
+    pub validity: Option<Span>,
+    #[serde(default)]
+    pub client_auth: bool,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    pub csr: String,
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub validity: Option<Span>,
+    #[serde(default)]
+    pub client_auth: bool,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportCertificate {
+    pub certificate: String,
+    pub private_key: String,
+    #[serde(default)]
+    pub chain: Option<String>,
+    #[serde(default)]
+    pub passphrase: Option<String>,
+    #[serde(default)]
+    pub allow_expired: bool,
+    /// Re-import: add the certificate as a new version of this one (same id).
+    #[serde(default)]
+    pub certificate_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    pub passphrase: String,
+    #[serde(default)]
+    pub format: ExportFormat,
+    /// An earlier version; the current one when absent.
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default)]
+    pub reason: Option<RevocationReason>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsRequest {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCa {
+    pub name: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub external: bool,
+    #[serde(default)]
+    pub common_name: Option<String>,
+    #[serde(default)]
+    pub key_algorithm: Option<KeyAlgorithm>,
+    #[serde(default)]
+    pub validity: Option<Span>,
+    #[serde(default)]
+    pub path_length: Option<u8>,
+    #[serde(default)]
+    pub permitted_dns: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallCa {
+    pub certificate: String,
+    #[serde(default)]
+    pub chain: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertificateList {
+    pub certificates: Vec<Certificate>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<String>,
+}
+
+/// A certificate's PEM: the leaf and its issuers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertificatePem {
+    pub id: String,
+    pub version: u32,
+    pub certificate: String,
+    pub chain: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Signed {
+    pub certificate: Certificate,
+    pub certificate_pem: String,
+    pub chain_pem: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaDetails {
+    #[serde(flatten)]
+    pub ca: CaInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain_pem: String,
+    /// External CAs waiting for `ca install`: the CSR to have signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr_pem: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaList {
+    pub cas: Vec<CaInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventList {
+    /// Each event with its cursor; pass the last cursor as `after` to continue.
+    pub events: Vec<EventEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventEntry {
+    pub cursor: i64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub certificates: u64,
+    pub cas: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RotateResult {
+    pub current_key_id: String,
+    pub rewrapped: u64,
+    /// Sealed records per master key id after rotation.
+    pub key_usage: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// Turns a file field into bytes: PEM text as is, otherwise base64-decoded DER. Text that is
+/// neither is passed through unchanged, so the parser reports "neither PEM nor DER".
+pub fn file_bytes(field: &str) -> Vec<u8> {
+    if field.contains("-----BEGIN ") {
+        return field.as_bytes().to_vec();
+    }
+    let compact: String = field.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| field.as_bytes().to_vec())
+}
+
+/// The inverse of [`file_bytes`], for the CLI: UTF-8 PEM stays text, anything else is base64.
+pub fn file_field(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN ") => text.to_owned(),
+        _ => base64::engine::general_purpose::STANDARD.encode(bytes),
+    }
+}

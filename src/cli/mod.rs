@@ -1,0 +1,763 @@
+//! The command line: `certkeeper serve` runs the daemon; every other verb is an API client.
+
+mod client;
+mod output;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::api::types::*;
+use crate::config::{Config, DEFAULT_CONFIG_PATH, Environment};
+use crate::export::{ExportFormat, Exported};
+use crate::model::{Certificate, KeyAlgorithm, Origin, RevocationReason, Status};
+use crate::span::Span;
+pub use client::ClientError;
+use client::{Client, encode};
+use output::Format;
+
+/// Exit codes (sysexits.h where one fits), documented in `--help` and the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The daemon refused the operation (not found, conflict) or a check failed.
+    pub const FAILED: u8 = 1;
+    /// Command-line usage error (clap).
+    pub const USAGE: u8 = 2;
+    /// The input was rejected as invalid (bad PEM, CSR, names, ...).
+    pub const DATA: u8 = 65;
+    /// A file named on the command line cannot be read.
+    pub const NO_INPUT: u8 = 66;
+    /// The daemon cannot be reached.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Internal error in the daemon.
+    pub const SOFTWARE: u8 = 70;
+    /// Output cannot be written.
+    pub const IO: u8 = 74;
+    /// The configuration is invalid, or the state does not match it (wrong master key).
+    pub const CONFIG: u8 = 78;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success; 1 the daemon refused the operation (not found, conflict); 2 usage error; \
+65 input rejected as invalid; 66 a named file cannot be read; 69 daemon unreachable; \
+70 internal error; 74 output cannot be written; 78 configuration error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "certkeeper", version, about = "Certificate lifecycle daemon and its client", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The daemon's API socket [default: from the config file, else /run/certkeeper/api.sock].
+    #[arg(long, global = true, env = "CERTKEEPER_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Config file [default: /etc/certkeeper/certkeeper.toml if it exists, else built-in].
+    #[arg(long, global = true, env = "CERTKEEPER_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (in the foreground; systemd's Type=notify).
+    Serve {
+        /// State directory [default: [daemon] state-dir, else $STATE_DIRECTORY, else /var/lib/certkeeper].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Issue a private certificate (server-side key).
+    Request(RequestArgs),
+    /// List certificates.
+    List(ListArgs),
+    /// Show a certificate: status, domains, validity, versions.
+    Describe { certificate: String },
+    /// Print a certificate's PEM (leaf and chain).
+    Get {
+        certificate: String,
+        #[arg(long)]
+        version: Option<u32>,
+        /// Which part to print.
+        #[arg(long, value_enum, default_value = "fullchain")]
+        part: PemPart,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Export a certificate with its private key, encrypted with a passphrase.
+    Export {
+        certificate: String,
+        /// File holding the passphrase (first line; 4-1024 characters).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: PathBuf,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: ExportFormatArg,
+        #[arg(long)]
+        version: Option<u32>,
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Import a certificate and its key from elsewhere (or re-import with --certificate-id).
+    Import(ImportArgs),
+    /// Issue a certificate for a CSR; the key never leaves the caller.
+    Sign(SignArgs),
+    /// Renew a private certificate now: new key, new version, same id.
+    Renew { certificate: String },
+    /// Revoke a certificate; its serials go onto the issuing CA's CRL.
+    Revoke {
+        certificate: String,
+        #[arg(long, value_parser = parse_value::<RevocationReason>)]
+        reason: Option<RevocationReason>,
+    },
+    /// Delete a certificate and its keys (revocations stay on the CRL).
+    Delete { certificate: String },
+    /// Add or change tags: KEY=VALUE ...
+    Tag {
+        certificate: String,
+        #[arg(required = true, value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Remove tags by key.
+    Untag {
+        certificate: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Manage certificate authorities.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Show lifecycle events.
+    Events {
+        /// Only events after this cursor.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Master key tools.
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// Names to cover; the first is the common name. DNS names, wildcards, IP addresses.
+    #[arg(required = true)]
+    domains: Vec<String>,
+    /// Unique name [default: the first domain].
+    #[arg(long)]
+    name: Option<String>,
+    /// Issuing CA [default: [defaults] ca].
+    #[arg(long)]
+    ca: Option<String>,
+    /// ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519 [default: [defaults] key-algorithm].
+    #[arg(long, value_parser = parse_value::<KeyAlgorithm>)]
+    key_algorithm: Option<KeyAlgorithm>,
+    /// Lifetime, e.g. 90d [default: [defaults] validity].
+    #[arg(long, value_parser = parse_value::<Span>)]
+    validity: Option<Span>,
+    /// Also allow TLS client authentication.
+    #[arg(long)]
+    client_auth: bool,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only these statuses (repeatable).
+    #[arg(long, value_parser = parse_value::<Status>)]
+    status: Vec<Status>,
+    /// Only these origins (repeatable).
+    #[arg(long, value_parser = parse_value::<Origin>)]
+    origin: Vec<Origin>,
+    /// KEY or KEY=VALUE (repeatable; all must match).
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Only certificates expiring within this span, e.g. 30d.
+    #[arg(long, value_parser = parse_value::<Span>)]
+    expiring_within: Option<Span>,
+    /// Page size (1-1000).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Continue after this id (from the previous page).
+    #[arg(long)]
+    after: Option<String>,
+    /// Fetch every page.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The leaf certificate (PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    certificate: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1; PEM or DER; may be encrypted PKCS#8).
+    #[arg(long, value_name = "FILE")]
+    private_key: PathBuf,
+    /// The issuers, nearest first.
+    #[arg(long, value_name = "FILE")]
+    chain: Option<PathBuf>,
+    /// Passphrase of an encrypted key (first line of the file).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Accept a certificate that has already expired.
+    #[arg(long)]
+    allow_expired: bool,
+    /// Re-import: add as a new version of this certificate.
+    #[arg(long, value_name = "ID")]
+    certificate_id: Option<String>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    /// The certificate signing request (PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    csr: PathBuf,
+    #[arg(long)]
+    ca: Option<String>,
+    #[arg(long, value_parser = parse_value::<Span>)]
+    validity: Option<Span>,
+    #[arg(long)]
+    client_auth: bool,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Write the certificate chain here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// List CAs.
+    List,
+    /// Show a CA (and the CSR of an external CA waiting for its certificate).
+    Describe { name: String },
+    /// Print a CA's certificate (PEM), followed by its issuers.
+    Certificate { name: String },
+    /// Create a root CA, a subordinate of another CA (--parent), or one for an outside root (--external).
+    Create {
+        name: String,
+        #[arg(long, conflicts_with = "external")]
+        parent: Option<String>,
+        /// Print a CSR for an outside root; complete with `ca install`.
+        #[arg(long)]
+        external: bool,
+        #[arg(long)]
+        common_name: Option<String>,
+        #[arg(long, value_parser = parse_value::<KeyAlgorithm>)]
+        key_algorithm: Option<KeyAlgorithm>,
+        /// Lifetime [default: 3650d; a subordinate is capped at its parent's remaining lifetime].
+        #[arg(long, value_parser = parse_value::<Span>)]
+        validity: Option<Span>,
+        /// How many CA levels may follow below this one.
+        #[arg(long)]
+        path_length: Option<u8>,
+        /// Permitted DNS subtree (repeatable), e.g. corp.example.
+        #[arg(long = "permit-dns", value_name = "NAME")]
+        permitted_dns: Vec<String>,
+    },
+    /// Install the certificate an outside root signed for an --external CA.
+    Install {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        certificate: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        chain: Option<PathBuf>,
+    },
+    /// Print a CA's current CRL.
+    Crl {
+        name: String,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: CrlFormat,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config file: exit 0 if valid, 78 with the file, line and key if not.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Print a new random master key (base64) for secrets.master-key-file or systemd-creds.
+    Generate {
+        /// Write to this file (created with mode 0400) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Rewrap every private key under the current master key (after changing it in the config
+    /// and listing the old one in secrets.previous-master-key-files).
+    Rotate,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PemPart {
+    Fullchain,
+    Cert,
+    Chain,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CrlFormat {
+    Pem,
+    Der,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormatArg {
+    Pem,
+    Pkcs12,
+    Pkcs12Legacy,
+}
+
+fn parse_value<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| e.to_string())
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// A failed CLI run: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        let code = match &err {
+            ClientError::Unreachable { .. } => exit::UNAVAILABLE,
+            ClientError::Api { status, .. } if status.as_u16() == 400 || status.as_u16() == 422 || status.as_u16() == 413 => exit::DATA,
+            ClientError::Api { status, .. } if status.is_server_error() => exit::SOFTWARE,
+            ClientError::Api { .. } => exit::FAILED,
+            ClientError::Protocol(_) => exit::SOFTWARE,
+        };
+        Failure::new(code, err.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(err: std::io::Error) -> Self {
+        Failure::new(exit::IO, format!("cannot write output: {err}"))
+    }
+}
+
+/// Runs a client verb. `serve` is handled by the caller (it owns the process).
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let format = cli.output;
+    match cli.command {
+        Command::Serve { .. } => unreachable_serve(),
+        Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref(), format),
+        Command::MasterKey(MasterKeyCommand::Generate { out }) => master_key_generate(out.as_deref()),
+        command => {
+            let socket = socket_path(cli.socket, cli.config.as_deref())?;
+            let client = Client::new(&socket);
+            run_client(&client, command, format).await
+        }
+    }
+}
+
+fn unreachable_serve() -> Result<(), Failure> {
+    Err(Failure::new(exit::SOFTWARE, "serve is run by main"))
+}
+
+/// Returns the `serve` arguments when the command is `serve`.
+pub fn serve_args(cli: &Cli) -> Option<(Option<PathBuf>, Option<PathBuf>)> {
+    match &cli.command {
+        Command::Serve { state_dir } => Some((cli.config.clone(), state_dir.clone())),
+        _ => None,
+    }
+}
+
+/// `--socket`/`CERTKEEPER_SOCKET`, else the socket of the config file, else the packaged default.
+fn socket_path(flag: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(socket) = flag {
+        return Ok(socket);
+    }
+    let path = config.map(Path::to_owned).or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
+    match path {
+        Some(path) => {
+            let config = Config::load(Some(&path), &Environment::from_process(None))
+                .map_err(|e| Failure::new(exit::CONFIG, format!("{e} (needed to find the API socket; or pass --socket)")))?;
+            Ok(config.socket)
+        }
+        None => Ok(PathBuf::from("/run/certkeeper/api.sock")),
+    }
+}
+
+async fn run_client(client: &Client, command: Command, format: Format) -> Result<(), Failure> {
+    match command {
+        Command::Request(args) => {
+            let body = RequestCertificate {
+                domains: args.domains,
+                name: args.name,
+                ca: args.ca,
+                key_algorithm: args.key_algorithm,
+                validity: args.validity,
+                client_auth: args.client_auth,
+                tags: args.tags.into_iter().collect(),
+            };
+            let cert: Certificate = client.post("/v1/certificates", &body).await?;
+            show_certificate(&cert, format)
+        }
+        Command::List(args) => list(client, args, format).await,
+        Command::Describe { certificate } => {
+            let cert: Certificate = client.get(&format!("/v1/certificates/{}", encode(&certificate))).await?;
+            show_certificate(&cert, format)
+        }
+        Command::Get { certificate, version, part, out } => {
+            let mut path = format!("/v1/certificates/{}/pem", encode(&certificate));
+            if let Some(v) = version {
+                path.push_str(&format!("?version={v}"));
+            }
+            let pem: CertificatePem = client.get(&path).await?;
+            if format == Format::Json {
+                return Ok(output::json(&pem)?);
+            }
+            let text = match part {
+                PemPart::Fullchain => format!("{}{}", pem.certificate, pem.chain),
+                PemPart::Cert => pem.certificate,
+                PemPart::Chain => pem.chain,
+            };
+            write_output(out.as_deref(), text.as_bytes(), 0o644)
+        }
+        Command::Export { certificate, passphrase_file, format: export_format, version, out } => {
+            let passphrase = read_passphrase(&passphrase_file)?;
+            let body = ExportRequest {
+                passphrase: passphrase.to_string(),
+                format: match export_format {
+                    ExportFormatArg::Pem => ExportFormat::Pem,
+                    ExportFormatArg::Pkcs12 => ExportFormat::Pkcs12,
+                    ExportFormatArg::Pkcs12Legacy => ExportFormat::Pkcs12Legacy,
+                },
+                version,
+            };
+            let exported: Exported = client.post(&format!("/v1/certificates/{}/export", encode(&certificate)), &body).await?;
+            write_export(&exported, out.as_deref(), format)
+        }
+        Command::Import(args) => {
+            let body = ImportCertificate {
+                certificate: file_field(&read_input(&args.certificate)?),
+                private_key: file_field(&read_input(&args.private_key)?),
+                chain: args.chain.as_deref().map(read_input).transpose()?.map(|b| file_field(&b)),
+                passphrase: args.passphrase_file.as_deref().map(read_passphrase).transpose()?.map(|p| p.to_string()),
+                allow_expired: args.allow_expired,
+                certificate_id: args.certificate_id,
+                name: args.name,
+                tags: args.tags.into_iter().collect(),
+            };
+            let cert: Certificate = client.post("/v1/certificates/import", &body).await?;
+            show_certificate(&cert, format)
+        }
+        Command::Sign(args) => {
+            let body = SignRequest {
+                csr: file_field(&read_input(&args.csr)?),
+                ca: args.ca,
+                validity: args.validity,
+                client_auth: args.client_auth,
+                name: args.name,
+                tags: args.tags.into_iter().collect(),
+            };
+            let signed: Signed = client.post("/v1/sign", &body).await?;
+            if format == Format::Json {
+                return Ok(output::json(&signed)?);
+            }
+            eprintln!("issued {} ({}), serial {}", signed.certificate.id, signed.certificate.name, signed.certificate.serial);
+            let text = format!("{}{}", signed.certificate_pem, signed.chain_pem);
+            write_output(args.out.as_deref(), text.as_bytes(), 0o644)
+        }
+        Command::Renew { certificate } => {
+            let cert: Certificate = client.post(&format!("/v1/certificates/{}/renew", encode(&certificate)), &()).await?;
+            show_certificate(&cert, format)
+        }
+        Command::Revoke { certificate, reason } => {
+            let cert: Certificate =
+                client.post(&format!("/v1/certificates/{}/revoke", encode(&certificate)), &RevokeRequest { reason }).await?;
+            show_certificate(&cert, format)
+        }
+        Command::Delete { certificate } => {
+            let cert: Certificate = client.delete(&format!("/v1/certificates/{}", encode(&certificate))).await?;
+            if format == Format::Json {
+                return Ok(output::json(&cert)?);
+            }
+            println!("deleted {} ({})", cert.id, cert.name);
+            Ok(())
+        }
+        Command::Tag { certificate, tags } => {
+            let body = TagsRequest { set: tags.into_iter().collect(), remove: Vec::new() };
+            let cert: Certificate = client.post(&format!("/v1/certificates/{}/tags", encode(&certificate)), &body).await?;
+            show_certificate(&cert, format)
+        }
+        Command::Untag { certificate, keys } => {
+            let body = TagsRequest { set: BTreeMap::new(), remove: keys };
+            let cert: Certificate = client.post(&format!("/v1/certificates/{}/tags", encode(&certificate)), &body).await?;
+            show_certificate(&cert, format)
+        }
+        Command::Ca(command) => ca(client, command, format).await,
+        Command::Events { after, follow } => events(client, after, follow, format).await,
+        Command::MasterKey(MasterKeyCommand::Rotate) => {
+            let result: RotateResult = client.post("/v1/master-key/rotate", &()).await?;
+            if format == Format::Json {
+                return Ok(output::json(&result)?);
+            }
+            println!("rewrapped {} record(s) under master key {}", result.rewrapped, result.current_key_id);
+            for (kid, n) in &result.key_usage {
+                println!("  key {kid}: {n} record(s)");
+            }
+            Ok(())
+        }
+        Command::Serve { .. } | Command::Config(_) | Command::MasterKey(MasterKeyCommand::Generate { .. }) => {
+            unreachable_serve()
+        }
+    }
+}
+
+async fn list(client: &Client, args: ListArgs, format: Format) -> Result<(), Failure> {
+    let mut query: Vec<(String, String)> = Vec::new();
+    query.extend(args.status.iter().map(|s| ("status".into(), s.to_string())));
+    query.extend(args.origin.iter().map(|o| ("origin".into(), o.to_string())));
+    query.extend(args.tag.iter().map(|t| ("tag".into(), t.clone())));
+    if let Some(within) = args.expiring_within {
+        query.push(("expiring_within".into(), within.to_string()));
+    }
+    query.push(("limit".into(), args.limit.to_string()));
+    let mut after = args.after;
+    let mut all = CertificateList { certificates: Vec::new(), next_page: None };
+    loop {
+        let mut q = query.clone();
+        if let Some(after) = &after {
+            q.push(("after".into(), after.clone()));
+        }
+        let qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+        let page: CertificateList = client.get(&format!("/v1/certificates?{}", qs.join("&"))).await?;
+        all.certificates.extend(page.certificates);
+        all.next_page = page.next_page;
+        match (&all.next_page, args.all) {
+            (Some(next), true) => after = Some(next.clone()),
+            _ => break,
+        }
+    }
+    match format {
+        Format::Json => Ok(output::json(&all)?),
+        Format::Table => Ok(output::certificate_list(&all)?),
+    }
+}
+
+async fn ca(client: &Client, command: CaCommand, format: Format) -> Result<(), Failure> {
+    let show = |details: &CaDetails| -> Result<(), Failure> {
+        match format {
+            Format::Json => Ok(output::json(details)?),
+            Format::Table => Ok(output::ca(details)?),
+        }
+    };
+    match command {
+        CaCommand::List => {
+            let list: CaList = client.get("/v1/cas").await?;
+            match format {
+                Format::Json => Ok(output::json(&list)?),
+                Format::Table => Ok(output::ca_list(&list.cas)?),
+            }
+        }
+        CaCommand::Describe { name } => show(&client.get(&format!("/v1/cas/{}", encode(&name))).await?),
+        CaCommand::Certificate { name } => {
+            let details: CaDetails = client.get(&format!("/v1/cas/{}", encode(&name))).await?;
+            if format == Format::Json {
+                return Ok(output::json(&details)?);
+            }
+            let pem = details.certificate_pem.ok_or_else(|| {
+                Failure::new(exit::FAILED, format!("CA {name:?} has no certificate yet (run `certkeeper ca install`)"))
+            })?;
+            print!("{pem}{}", details.chain_pem);
+            Ok(())
+        }
+        CaCommand::Create { name, parent, external, common_name, key_algorithm, validity, path_length, permitted_dns } => {
+            let body = CreateCa { name, parent, external, common_name, key_algorithm, validity, path_length, permitted_dns };
+            let details: CaDetails = client.post("/v1/cas", &body).await?;
+            if external && format == Format::Table {
+                // The CSR is what the user needs next: print it alone on stdout, the rest on stderr.
+                eprintln!("created external CA {:?}; have this CSR signed, then run `certkeeper ca install {} --certificate FILE`", details.ca.name, details.ca.name);
+                print!("{}", details.csr_pem.unwrap_or_default());
+                return Ok(());
+            }
+            show(&details)
+        }
+        CaCommand::Install { name, certificate, chain } => {
+            let body = InstallCa {
+                certificate: file_field(&read_input(&certificate)?),
+                chain: chain.as_deref().map(read_input).transpose()?.map(|b| file_field(&b)),
+            };
+            show(&client.post(&format!("/v1/cas/{}/install", encode(&name)), &body).await?)
+        }
+        CaCommand::Crl { name, format: crl_format, out } => {
+            let fmt = match crl_format {
+                CrlFormat::Pem => "pem",
+                CrlFormat::Der => "der",
+            };
+            let bytes = client.get_bytes(&format!("/v1/cas/{}/crl?format={fmt}", encode(&name))).await?;
+            write_output(out.as_deref(), &bytes, 0o644)
+        }
+    }
+}
+
+async fn events(client: &Client, mut after: i64, follow: bool, format: Format) -> Result<(), Failure> {
+    loop {
+        let list: EventList = client.get(&format!("/v1/events?after={after}&limit=1000")).await?;
+        let empty = list.events.is_empty();
+        for entry in &list.events {
+            after = entry.cursor;
+            match format {
+                // One JSON object per line, so `--follow` output can be piped into jq.
+                Format::Json => println!("{}", serde_json::to_string(entry).unwrap_or_default()),
+                Format::Table => println!(
+                    "{:>6}  {}  {:<36}  {}",
+                    entry.cursor,
+                    output::date(entry.event.time),
+                    entry.event.detail_type,
+                    entry.event.resources.join(",")
+                ),
+            }
+        }
+        std::io::stdout().flush()?;
+        if !follow {
+            return Ok(());
+        }
+        if empty {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn show_certificate(cert: &Certificate, format: Format) -> Result<(), Failure> {
+    match format {
+        Format::Json => Ok(output::json(cert)?),
+        Format::Table => Ok(output::certificate(cert)?),
+    }
+}
+
+fn config_check(path: Option<&Path>, format: Format) -> Result<(), Failure> {
+    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    let config = Config::load(Some(path), &Environment::from_process(None)).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    if format == Format::Json {
+        let summary = serde_json::json!({
+            "file": path,
+            "valid": true,
+            "state_dir": config.state_dir,
+            "socket": config.socket,
+            "cas": config.cas.iter().map(|c| &c.name).collect::<Vec<_>>(),
+        });
+        return Ok(output::json(&summary)?);
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn master_key_generate(out: Option<&Path>) -> Result<(), Failure> {
+    let key = crate::store::seal::new_key_text().map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))?;
+    match out {
+        Some(path) => write_new_file(path, key.as_bytes(), 0o400),
+        None => Ok(print!("{}", key.as_str())),
+    }
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
+    let meta = std::fs::metadata(path).map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))?;
+    if meta.len() > crate::pem::MAX_INPUT as u64 {
+        return Err(Failure::new(
+            exit::DATA,
+            format!("{}: {} bytes is more than the {}-byte limit", path.display(), meta.len(), crate::pem::MAX_INPUT),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))
+}
+
+fn read_passphrase(path: &Path) -> Result<Zeroizing<String>, Failure> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))?,
+    );
+    Ok(Zeroizing::new(text.lines().next().unwrap_or_default().to_owned()))
+}
+
+fn write_export(exported: &Exported, out: Option<&Path>, format: Format) -> Result<(), Failure> {
+    if format == Format::Json {
+        return Ok(output::json(exported)?);
+    }
+    let bytes: Zeroizing<Vec<u8>> = match &exported.pkcs12 {
+        Some(b64) => Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| Failure::new(exit::SOFTWARE, format!("bad PKCS#12 from daemon: {e}")))?,
+        ),
+        None => Zeroizing::new(
+            format!(
+                "{}{}{}",
+                exported.certificate.as_deref().unwrap_or_default(),
+                exported.chain.as_deref().unwrap_or_default(),
+                exported.private_key.as_deref().unwrap_or_default()
+            )
+            .into_bytes(),
+        ),
+    };
+    if out.is_none() && exported.pkcs12.is_some() && std::io::stdout().is_terminal() {
+        return Err(Failure::new(exit::FAILED, "PKCS#12 is binary: pass --out FILE or redirect standard output"));
+    }
+    write_output(out, &bytes, 0o600)
+}
+
+/// Writes to `out` (atomically, with `mode`) or standard output.
+fn write_output(out: Option<&Path>, bytes: &[u8], mode: u32) -> Result<(), Failure> {
+    match out {
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(bytes)?;
+            Ok(stdout.flush()?)
+        }
+        Some(path) => crate::fsutil::write_atomic(path, bytes, mode)
+            .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", path.display()))),
+    }
+}
+
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", path.display())))
+}

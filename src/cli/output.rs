@@ -1,0 +1,173 @@
+//! Output for people (aligned tables, key: value blocks) and for scripts (one JSON document).
+
+use std::io::Write;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::api::types::{CaDetails, CertificateList};
+use crate::model::{CaInfo, Certificate};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned tables and key: value lines.
+    Table,
+    /// One JSON document per invocation.
+    Json,
+}
+
+pub fn json<T: Serialize>(value: &T) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 == widths.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(&mut out, &mut header.iter().copied())?;
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+pub fn date(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = list
+        .certificates
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.name.clone(),
+                c.status.to_string(),
+                c.origin.to_string(),
+                date(c.not_after),
+                c.domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATUS", "ORIGIN", "NOT AFTER", "DOMAINS"], &rows)?;
+    if let Some(next) = &list.next_page {
+        eprintln!("more certificates follow: --after {next} (or --all)");
+    }
+    Ok(())
+}
+
+pub fn certificate(c: &Certificate) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut field = |k: &str, v: String| writeln!(out, "{:<18}{v}", format!("{k}:"));
+    field("id", c.id.to_string())?;
+    field("name", c.name.clone())?;
+    field("status", c.status.to_string())?;
+    field("origin", c.origin.to_string())?;
+    field("issuer", c.issuer.clone())?;
+    field("domains", c.domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))?;
+    field("key algorithm", c.key_algorithm.to_string())?;
+    field("serial", c.serial.to_string())?;
+    field("not before", date(c.not_before))?;
+    field("not after", date(c.not_after))?;
+    if let Some(validity) = c.validity {
+        field("validity", validity.to_string())?;
+    }
+    field("client auth", c.client_auth.to_string())?;
+    field("current version", c.current_version.to_string())?;
+    if !c.tags.is_empty() {
+        field("tags", c.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))?;
+    }
+    if let (Some(at), Some(reason)) = (c.revoked_at, c.revocation_reason) {
+        field("revoked", format!("{} ({reason})", date(at)))?;
+    }
+    field("created", date(c.created_at))?;
+    drop(out);
+    if !c.versions.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = c
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.to_string(),
+                    v.serial.to_string(),
+                    date(v.not_before),
+                    date(v.not_after),
+                    v.issuer_ca.clone().unwrap_or_else(|| "-".into()),
+                    if v.key_held { "yes".into() } else { "no".into() },
+                ]
+            })
+            .collect();
+        table(&["VERSION", "SERIAL", "NOT BEFORE", "NOT AFTER", "CA", "KEY HELD"], &rows)?;
+    }
+    Ok(())
+}
+
+pub fn ca_list(cas: &[CaInfo]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = cas
+        .iter()
+        .map(|ca| {
+            vec![
+                ca.name.clone(),
+                ca.kind.to_string(),
+                ca.state.to_string(),
+                ca.parent.clone().unwrap_or_else(|| "-".into()),
+                ca.key_algorithm.to_string(),
+                ca.not_after.map(date).unwrap_or_else(|| "-".into()),
+                if ca.permitted_dns.is_empty() { "-".into() } else { ca.permitted_dns.join(",") },
+            ]
+        })
+        .collect();
+    table(&["NAME", "KIND", "STATE", "PARENT", "KEY", "NOT AFTER", "PERMITTED DNS"], &rows)
+}
+
+pub fn ca(details: &CaDetails) -> std::io::Result<()> {
+    let ca = &details.ca;
+    let mut out = std::io::stdout().lock();
+    let mut field = |k: &str, v: String| writeln!(out, "{:<16}{v}", format!("{k}:"));
+    field("name", ca.name.clone())?;
+    field("kind", ca.kind.to_string())?;
+    field("state", ca.state.to_string())?;
+    if let Some(parent) = &ca.parent {
+        field("parent", parent.clone())?;
+    }
+    field("common name", ca.common_name.clone())?;
+    field("key algorithm", ca.key_algorithm.to_string())?;
+    field("path length", ca.path_length.map_or_else(|| "unconstrained".into(), |n| n.to_string()))?;
+    field(
+        "permitted dns",
+        if ca.permitted_dns.is_empty() { "unconstrained".into() } else { ca.permitted_dns.join(", ") },
+    )?;
+    if let Some(serial) = &ca.serial {
+        field("serial", serial.to_string())?;
+    }
+    if let (Some(nb), Some(na)) = (ca.not_before, ca.not_after) {
+        field("not before", date(nb))?;
+        field("not after", date(na))?;
+    }
+    if let Some(csr) = &details.csr_pem {
+        writeln!(out, "\nHave this CSR signed by the external root, then run `certkeeper ca install {} --certificate FILE`:\n", ca.name)?;
+        write!(out, "{csr}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The daemon's lifecycle, and nothing else: load, open, bind, notify, serve, reload, drain.
+//!
+//! Order matters and is the contract with systemd (`Type=notify`): READY is sent only once the
+//! config is checked, the master key loaded, the store open and verified against that key, the
+//! configured CAs exist, and the API socket accepts connections. On SIGTERM the socket stops
+//! accepting, in-flight requests get until `daemon.shutdown-timeout` to finish (each change is
+//! one store transaction, so an abandoned request leaves nothing half-done), then we exit 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::{self, AppState, Limits};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, MasterKeySource};
+use crate::inventory::{Inventory, InventoryError};
+use crate::logging::Logging;
+use crate::store::{Keyring, SealError, Store, StoreError};
+use crate::systemd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    MasterKey(#[from] SealError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("starting the inventory: {0}")]
+    Inventory(#[from] InventoryError),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("another certkeeper daemon is using the state directory {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("another process is serving the API socket {0}")]
+    SocketInUse(PathBuf),
+}
+
+impl DaemonError {
+    /// The process exit code: 78 (EX_CONFIG) for anything the operator fixes in configuration,
+    /// including a master key that does not open the stored keys.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::MasterKey(_) => crate::cli::exit::CONFIG,
+            DaemonError::Store(StoreError::Seal(_)) => crate::cli::exit::CONFIG,
+            DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => crate::cli::exit::CONFIG,
+            DaemonError::AlreadyRunning(_) | DaemonError::SocketInUse(_) => 75, // EX_TEMPFAIL
+            DaemonError::Io { .. } => 73, // EX_CANTCREAT
+            DaemonError::Store(_) | DaemonError::Inventory(_) => crate::cli::exit::SOFTWARE,
+        }
+    }
+}
+
+/// The config file `serve` uses: `--config`, else the packaged path if it exists, else none
+/// (the built-in default).
+fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()))
+}
+
+/// Loads the configuration `serve` runs with (before logging starts, which it configures).
+pub fn load_config(config_flag: Option<PathBuf>, state_dir_flag: Option<PathBuf>) -> Result<(Config, Environment), DaemonError> {
+    let env = Environment::from_process(state_dir_flag);
+    let config = Config::load(config_path(config_flag).as_deref(), &env)?;
+    Ok((config, env))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(mut config: Config, env: Environment, logging: &Logging) -> Result<(), DaemonError> {
+    info!(
+        config = %config.source.as_deref().map_or_else(|| "built-in default".into(), |p| p.display().to_string()),
+        state_dir = %config.state_dir.display(),
+        log = logging.target,
+        "starting certkeeper {}", env!("CARGO_PKG_VERSION")
+    );
+
+    create_private_dir(&config.state_dir)?;
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let keyring = load_keyring(&config)?;
+    let store = Store::open(&config.store_path, config.synchronous, keyring).await?;
+    let usage = store.check_keys().await?;
+    info!(store = %config.store_path.display(), sealed_records = usage.values().sum::<u64>(), "store open, keys verified");
+
+    let inventory = Inventory::new(store, config.defaults.clone());
+    for name in inventory.start(&config.cas).await? {
+        info!(ca = %name, "created CA");
+    }
+    let listener = bind_socket(&config.socket, config.socket_mode)?;
+    info!(socket = %config.socket.display(), "API listening");
+
+    let state = Arc::new(AppState { inventory });
+    let limits = Limits { max_body: config.max_request_body, timeout: config.request_timeout.std() };
+    let shutdown = CancellationToken::new();
+    let server = {
+        let app = api::router(state.clone(), limits);
+        let stop = shutdown.clone();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
+    };
+    systemd::ready();
+    if let Some(interval) = systemd::spawn_watchdog(shutdown.clone()) {
+        info!(interval_ms = interval.as_millis() as u64, "watchdog enabled");
+    }
+
+    wait_for_stop(&mut config, &env, &state, logging).await;
+
+    info!(deadline_s = config.shutdown_timeout.as_secs(), "stopping: finishing in-flight requests");
+    systemd::stopping();
+    shutdown.cancel();
+    match tokio::time::timeout(config.shutdown_timeout.std(), server).await {
+        Ok(Ok(Ok(()))) => info!("stopped"),
+        Ok(Ok(Err(err))) => error!(error = %err, "API server failed"),
+        Ok(Err(err)) => error!(error = %err, "API server task failed"),
+        Err(_) => warn!("shutdown deadline passed; abandoning in-flight requests (nothing half-written is kept)"),
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+/// Handles signals until one asks us to stop. SIGHUP reloads the config; a config that does
+/// not load is logged and the running one kept.
+async fn wait_for_stop(config: &mut Config, env: &Environment, state: &AppState, logging: &Logging) {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            // SIGHUP: reload, then keep serving.
+            _ = hup.recv() => reload(config, env, state, logging).await,
+            // SIGTERM (systemctl stop) or SIGINT (Ctrl-C): leave the loop and drain.
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+        }
+    }
+}
+
+async fn reload(config: &mut Config, env: &Environment, state: &AppState, logging: &Logging) {
+    systemd::reloading();
+    let Some(source) = config.source.clone() else {
+        info!("SIGHUP: running on the built-in default; nothing to reload");
+        systemd::reloaded();
+        return;
+    };
+    match Config::load(Some(&source), env) {
+        Err(err) => error!(error = %err, "config reload rejected; keeping the running config"),
+        Ok(new) => {
+            for (what, changed) in [
+                ("daemon.state-dir", new.state_dir != config.state_dir),
+                ("daemon.socket", new.socket != config.socket),
+                ("store.path", new.store_path != config.store_path),
+                ("secrets.master-key-file", new.master_key != config.master_key),
+            ] {
+                if changed {
+                    warn!(key = what, "changed; takes effect at the next restart");
+                }
+            }
+            logging.set_level(&new.log_level);
+            state.inventory.set_defaults(new.defaults.clone());
+            match state.inventory.start(&new.cas).await {
+                Ok(created) => created.iter().for_each(|name| info!(ca = %name, "created CA")),
+                Err(err) => error!(error = %err, "creating configured CAs failed"),
+            }
+            let (state_dir, socket, store_path, master_key) =
+                (config.state_dir.clone(), config.socket.clone(), config.store_path.clone(), config.master_key.clone());
+            *config = Config { state_dir, socket, store_path, master_key, ..new };
+            info!(config = %source.display(), "config reloaded");
+        }
+    }
+    systemd::reloaded();
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DaemonError::Io { what: "cannot create state directory", path: dir.to_owned(), source })
+}
+
+/// One daemon per state directory: two writers on one database would corrupt each other's view
+/// of the inventory. The lock is released when the file handle drops (or the process dies).
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DaemonError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Io { what: "cannot open lock file", path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::AlreadyRunning(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Io { what: "cannot lock", path, source }),
+    }
+}
+
+fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
+    let create = matches!(config.master_key, MasterKeySource::StateDir(_));
+    let (keyring, created) = Keyring::load(config.master_key.path(), create, &config.previous_master_keys)?;
+    if created {
+        warn!(
+            path = %config.master_key.path().display(),
+            key_id = keyring.current_kid(),
+            "created a new master key (0400); back it up: without it no stored private key can be decrypted"
+        );
+    } else {
+        info!(path = %config.master_key.path().display(), key_id = keyring.current_kid(), "master key loaded");
+    }
+    Ok(keyring)
+}
+
+/// Binds the API socket. A leftover socket file from a crash is replaced; one that still
+/// answers belongs to a running daemon and is left alone.
+fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what, source| DaemonError::Io { what, path: path.to_owned(), source };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::SocketInUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(|e| io("cannot remove stale socket", e))?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent)?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("cannot bind API socket", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io("cannot set mode of", e))?;
+    Ok(listener)
+}

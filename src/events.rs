@@ -1,0 +1,78 @@
+//! Lifecycle events in ACM's EventBridge shape (DESIGN.md §5).
+//!
+//! Events are built here and written by the store in the same transaction as the change they
+//! describe (the outbox), so an event exists exactly when its change does.
+
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::model::{Certificate, Event, Origin};
+
+pub const AVAILABLE: &str = "Certificate Available";
+pub const REVOKED: &str = "Certificate Revoked";
+
+/// Why a certificate became available (ACM's `Action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Issuance,
+    Renewal,
+    Import,
+    Reimport,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Issuance => "ISSUANCE",
+            Action::Renewal => "RENEWAL",
+            Action::Import => "IMPORT",
+            Action::Reimport => "REIMPORT",
+        }
+    }
+}
+
+/// `Certificate Available`. Built from the certificate as it will be after the change.
+pub fn available(cert: &Certificate, action: Action, now: OffsetDateTime) -> Event {
+    let detail = json!({
+        "Action": action.as_str(),
+        "CertificateType": certificate_type(cert.origin),
+        "CommonName": cert.common_name(),
+        "Domains": cert.domains,
+        "Serial": cert.serial,
+        "Version": cert.current_version,
+        "CertificateCreatedDate": rfc3339(cert.created_at),
+        "CertificateExpirationDate": rfc3339(cert.not_after),
+        "DaysToExpiry": days_between(now, cert.not_after),
+    });
+    Event::new(AVAILABLE, &cert.id, now, detail)
+}
+
+/// `Certificate Revoked`.
+pub fn revoked(cert: &Certificate, reason: &str, now: OffsetDateTime) -> Event {
+    let detail = json!({
+        "CertificateType": certificate_type(cert.origin),
+        "CommonName": cert.common_name(),
+        "Serial": cert.serial,
+        "RevocationReason": reason,
+        "RevokedAt": rfc3339(now),
+    });
+    Event::new(REVOKED, &cert.id, now, detail)
+}
+
+fn certificate_type(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Public => "PUBLIC",
+        Origin::Private => "PRIVATE",
+        Origin::Imported => "IMPORTED",
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Whole days from `now` to `then`, rounded down; negative once `then` has passed.
+pub fn days_between(now: OffsetDateTime, then: OffsetDateTime) -> i64 {
+    (then - now).whole_seconds().div_euclid(86_400)
+}
