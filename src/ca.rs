@@ -9,9 +9,10 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, CidrSubnet, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, NameConstraints,
-    PublicKeyData, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CidrSubnet,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyIdMethod,
+    KeyPair, KeyUsagePurpose, NameConstraints, PublicKeyData, RevokedCertParams, SanType,
+    SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -36,11 +37,19 @@ pub enum CaError {
     #[error("signing failed: {0}")]
     Sign(String),
     #[error("CA {ca:?} may not issue for {name}: outside its permitted names ({permitted})")]
-    NameConstraint { ca: String, name: String, permitted: String },
+    NameConstraint {
+        ca: String,
+        name: String,
+        permitted: String,
+    },
     #[error("CA {ca:?} is constrained to DNS names and may not issue for the IP address {ip}")]
     IpNotPermitted { ca: String, ip: IpAddr },
     #[error("CA {ca:?} expires at {ca_not_after}; a validity of {validity} would outlive it")]
-    OutlivesCa { ca: String, validity: Span, ca_not_after: OffsetDateTime },
+    OutlivesCa {
+        ca: String,
+        validity: Span,
+        ca_not_after: OffsetDateTime,
+    },
     #[error("CA {ca:?} has path length 0 and may not sign another CA")]
     PathLength { ca: String },
     #[error("invalid permitted DNS name {0:?}")]
@@ -101,9 +110,15 @@ impl Authority {
         path_length: Option<u8>,
     ) -> Result<Authority, CaError> {
         let key = keys::load_pkcs8(key_pkcs8)?;
-        let der = pem::certificates(cert_pem).into_iter().next().ok_or_else(|| CaError::Sign("no certificate".into()))?;
-        let not_after = crate::x509::inspect(&der).map_err(|e| CaError::Sign(e.to_string()))?.not_after;
-        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(der), key).map_err(|e| CaError::Sign(e.to_string()))?;
+        let der = pem::certificates(cert_pem)
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::Sign("no certificate".into()))?;
+        let not_after = crate::x509::inspect(&der)
+            .map_err(|e| CaError::Sign(e.to_string()))?
+            .not_after;
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(der), key)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(Authority {
             name: name.to_owned(),
             issuer,
@@ -121,7 +136,12 @@ impl Authority {
     }
 
     /// Issues a leaf certificate for `public_key`.
-    pub fn issue(&self, request: &LeafRequest<'_>, public_key: &impl PublicKeyData, now: OffsetDateTime) -> Result<Issued, CaError> {
+    pub fn issue(
+        &self,
+        request: &LeafRequest<'_>,
+        public_key: &impl PublicKeyData,
+        now: OffsetDateTime,
+    ) -> Result<Issued, CaError> {
         self.check_names(request.domains)?;
         let (not_before, not_after) = self.validity_window(request.validity, now)?;
         let mut params = CertificateParams::default();
@@ -130,7 +150,9 @@ impl Authority {
         params.serial_number = Some(random_serial()?);
         params.distinguished_name = DistinguishedName::new();
         if let Some(first) = request.domains.first() {
-            params.distinguished_name.push(DnType::CommonName, first.to_string());
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.to_string());
         }
         params.subject_alt_names = request.domains.iter().map(san).collect::<Result<_, _>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
@@ -141,26 +163,46 @@ impl Authority {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         if request.client_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
-        let cert = params.signed_by(public_key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             chain_pem: self.leaf_chain_pem(),
-            serial: Serial::from_bytes(params.serial_number.as_ref().map(SerialNumber::as_ref).unwrap_or_default()),
+            serial: Serial::from_bytes(
+                params
+                    .serial_number
+                    .as_ref()
+                    .map(SerialNumber::as_ref)
+                    .unwrap_or_default(),
+            ),
             not_before,
             not_after,
         })
     }
 
     /// Creates a subordinate CA signed by this one.
-    pub fn create_subordinate(&self, spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaError> {
+    pub fn create_subordinate(
+        &self,
+        spec: &CaSpec,
+        now: OffsetDateTime,
+    ) -> Result<CreatedCa, CaError> {
         if self.path_length == Some(0) {
-            return Err(CaError::PathLength { ca: self.name.clone() });
+            return Err(CaError::PathLength {
+                ca: self.name.clone(),
+            });
         }
-        let child_permitted = if spec.permitted_dns.is_empty() { &self.permitted_dns } else { &spec.permitted_dns };
+        let child_permitted = if spec.permitted_dns.is_empty() {
+            &self.permitted_dns
+        } else {
+            &spec.permitted_dns
+        };
         for name in child_permitted {
             if !self.permits(&name.to_ascii_lowercase()) {
                 return Err(CaError::NameConstraint {
@@ -181,7 +223,9 @@ impl Authority {
         let (not_before, not_after) = self.validity_window(spec.validity, now)?;
         let key = keys::generate(spec.key_algorithm)?;
         let params = ca_params(&child, not_before, not_after)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(created(&params, cert.pem(), self.leaf_chain_pem(), key))
     }
 
@@ -209,7 +253,9 @@ impl Authority {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let crl = params.signed_by(&self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(crl.der().to_vec())
     }
 
@@ -219,7 +265,12 @@ impl Authority {
         }
         for domain in domains {
             match domain {
-                Domain::Ip(ip) => return Err(CaError::IpNotPermitted { ca: self.name.clone(), ip: *ip }),
+                Domain::Ip(ip) => {
+                    return Err(CaError::IpNotPermitted {
+                        ca: self.name.clone(),
+                        ip: *ip,
+                    });
+                }
                 Domain::Dns(name) => {
                     let base = name.strip_prefix("*.").unwrap_or(name);
                     if !self.permits(base) {
@@ -243,13 +294,21 @@ impl Authority {
         })
     }
 
-    fn validity_window(&self, validity: Span, now: OffsetDateTime) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+    fn validity_window(
+        &self,
+        validity: Span,
+        now: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
         if validity.as_secs() < 60 {
             return Err(CaError::ValidityTooShort);
         }
         let not_after = now + validity.time();
         if not_after > self.not_after {
-            return Err(CaError::OutlivesCa { ca: self.name.clone(), validity, ca_not_after: self.not_after });
+            return Err(CaError::OutlivesCa {
+                ca: self.name.clone(),
+                validity,
+                ca_not_after: self.not_after,
+            });
         }
         Ok((now - BACKDATE, not_after))
     }
@@ -262,7 +321,9 @@ pub fn create_root(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaEr
     }
     let key = keys::generate(spec.key_algorithm)?;
     let params = ca_params(spec, now - BACKDATE, now + spec.validity.time())?;
-    let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
     Ok(created(&params, cert.pem(), String::new(), key))
 }
 
@@ -270,7 +331,9 @@ pub fn create_root(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaEr
 pub fn create_external(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaError> {
     let key = keys::generate(spec.key_algorithm)?;
     let params = ca_params(spec, now, now + spec.validity.time())?;
-    let csr = params.serialize_request(&key).map_err(|e| CaError::Sign(e.to_string()))?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
     Ok(CreatedCa {
         cert_pem: None,
         chain_pem: String::new(),
@@ -282,18 +345,28 @@ pub fn create_external(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, 
     })
 }
 
-fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<CertificateParams, CaError> {
+fn ca_params(
+    spec: &CaSpec,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
     params.not_before = not_before;
     params.not_after = not_after;
     params.serial_number = Some(random_serial()?);
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, spec.common_name.clone());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, spec.common_name.clone());
     params.is_ca = IsCa::Ca(match spec.path_length {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
     if !spec.permitted_dns.is_empty() {
@@ -302,7 +375,9 @@ fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTim
             let base = name.trim_start_matches('.');
             // Validate as a domain name (a constraint like "example.com" must itself be a name).
             let probe = format!("x.{base}");
-            probe.parse::<Domain>().map_err(|_| CaError::BadConstraint(name.clone()))?;
+            probe
+                .parse::<Domain>()
+                .map_err(|_| CaError::BadConstraint(name.clone()))?;
             permitted.push(GeneralSubtree::DnsName(base.to_ascii_lowercase()));
         }
         // DNS constraints say nothing about IP addresses (RFC 5280), so a DNS-constrained CA
@@ -318,12 +393,20 @@ fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTim
     Ok(params)
 }
 
-fn created(params: &CertificateParams, cert_pem: String, chain_pem: String, key: KeyPair) -> CreatedCa {
+fn created(
+    params: &CertificateParams,
+    cert_pem: String,
+    chain_pem: String,
+    key: KeyPair,
+) -> CreatedCa {
     CreatedCa {
         cert_pem: Some(cert_pem),
         chain_pem,
         csr_pem: None,
-        serial: params.serial_number.as_ref().map(|s| Serial::from_bytes(s.as_ref())),
+        serial: params
+            .serial_number
+            .as_ref()
+            .map(|s| Serial::from_bytes(s.as_ref())),
         not_before: Some(params.not_before),
         not_after: Some(params.not_after),
         key: Zeroizing::new(key.serialize_der()),
@@ -341,7 +424,11 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 
 fn san(domain: &Domain) -> Result<SanType, CaError> {
     Ok(match domain {
-        Domain::Dns(name) => SanType::DnsName(name.clone().try_into().map_err(|_| CaError::Sign(format!("name {name}")))?),
+        Domain::Dns(name) => SanType::DnsName(
+            name.clone()
+                .try_into()
+                .map_err(|_| CaError::Sign(format!("name {name}")))?,
+        ),
         Domain::Ip(ip) => SanType::IpAddress(*ip),
     })
 }
@@ -367,7 +454,10 @@ pub struct Csr {
 
 impl std::fmt::Debug for Csr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Csr").field("key_algorithm", &self.key_algorithm).field("domains", &self.domains).finish()
+        f.debug_struct("Csr")
+            .field("key_algorithm", &self.key_algorithm)
+            .field("domains", &self.domains)
+            .finish()
     }
 }
 
@@ -377,22 +467,30 @@ pub fn parse_csr(input: &[u8]) -> Result<Csr, CaError> {
     let bad = |m: String| CaError::Csr(m);
     let blocks = pem::blocks(input).map_err(|e| bad(e.to_string()))?;
     let [block] = blocks.as_slice() else {
-        return Err(bad(format!("input holds {} PEM blocks; expected one CERTIFICATE REQUEST", blocks.len())));
+        return Err(bad(format!(
+            "input holds {} PEM blocks; expected one CERTIFICATE REQUEST",
+            blocks.len()
+        )));
     };
     if let Some(label) = &block.label
         && label != "CERTIFICATE REQUEST"
         && label != "NEW CERTIFICATE REQUEST"
     {
-        return Err(bad(format!("is a PEM block labelled {label:?}, not CERTIFICATE REQUEST")));
+        return Err(bad(format!(
+            "is a PEM block labelled {label:?}, not CERTIFICATE REQUEST"
+        )));
     }
-    let (rest, csr) = X509CertificationRequest::from_der(&block.der).map_err(|e| bad(format!("does not parse: {e}")))?;
+    let (rest, csr) = X509CertificationRequest::from_der(&block.der)
+        .map_err(|e| bad(format!("does not parse: {e}")))?;
     if !rest.is_empty() {
         return Err(bad("has trailing data".into()));
     }
-    csr.verify_signature().map_err(|_| bad("signature does not verify against its own public key".into()))?;
+    csr.verify_signature()
+        .map_err(|_| bad("signature does not verify against its own public key".into()))?;
     let info = &csr.certification_request_info;
     let key_algorithm = keys::algorithm_of(&info.subject_pki).map_err(|e| bad(e.to_string()))?;
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|e| bad(format!("public key: {e}")))?;
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+        .map_err(|e| bad(format!("public key: {e}")))?;
 
     let mut names: Vec<String> = Vec::new();
     for ext in csr.requested_extensions().into_iter().flatten() {
@@ -401,21 +499,32 @@ pub fn parse_csr(input: &[u8]) -> Result<Csr, CaError> {
                 match name {
                     GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
                     GeneralName::IPAddress(bytes) => {
-                        let ip = crate::x509::ip_from_bytes(bytes).ok_or_else(|| bad("has a malformed IP address".into()))?;
+                        let ip = crate::x509::ip_from_bytes(bytes)
+                            .ok_or_else(|| bad("has a malformed IP address".into()))?;
                         names.push(ip.to_string());
                     }
-                    other => return Err(bad(format!("requests an unsupported name type: {other}"))),
+                    other => {
+                        return Err(bad(format!("requests an unsupported name type: {other}")));
+                    }
                 }
             }
         }
     }
     if names.is_empty()
-        && let Some(cn) = info.subject.iter_common_name().next().and_then(|cn| cn.as_str().ok())
+        && let Some(cn) = info
+            .subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
     {
         names.push(cn.to_owned());
     }
     let domains = crate::model::parse_domains(&names).map_err(|e| bad(format!("names: {e}")))?;
-    Ok(Csr { public_key, key_algorithm, domains })
+    Ok(Csr {
+        public_key,
+        key_algorithm,
+        domains,
+    })
 }
 
 #[cfg(test)]
@@ -459,11 +568,25 @@ mod tests {
         let key = keys::generate(KeyAlgorithm::EcP256).unwrap();
         let ok = |names: &[&str]| {
             let d = domains(names);
-            ca.issue(&LeafRequest { domains: &d, validity: Span::from_days(30), client_auth: false }, &key, now)
+            ca.issue(
+                &LeafRequest {
+                    domains: &d,
+                    validity: Span::from_days(30),
+                    client_auth: false,
+                },
+                &key,
+                now,
+            )
         };
         assert!(ok(&["corp.example", "*.corp.example", "a.b.corp.example"]).is_ok());
-        assert!(matches!(ok(&["evilcorp.example"]), Err(CaError::NameConstraint { .. })));
-        assert!(matches!(ok(&["10.0.0.1"]), Err(CaError::IpNotPermitted { .. })));
+        assert!(matches!(
+            ok(&["evilcorp.example"]),
+            Err(CaError::NameConstraint { .. })
+        ));
+        assert!(matches!(
+            ok(&["10.0.0.1"]),
+            Err(CaError::IpNotPermitted { .. })
+        ));
     }
 
     #[test]
@@ -474,7 +597,15 @@ mod tests {
         let ca = authority(&spec, &create_root(&spec, now).unwrap());
         let key = keys::generate(KeyAlgorithm::EcP256).unwrap();
         let d = domains(&["a.example"]);
-        let err = ca.issue(&LeafRequest { domains: &d, validity: Span::from_days(30), client_auth: false }, &key, now);
+        let err = ca.issue(
+            &LeafRequest {
+                domains: &d,
+                validity: Span::from_days(30),
+                client_auth: false,
+            },
+            &key,
+            now,
+        );
         assert!(matches!(err, Err(CaError::OutlivesCa { .. })));
     }
 
@@ -484,9 +615,15 @@ mod tests {
         let root_spec = spec("root", &["corp.example"], Some(1));
         let root = authority(&root_spec, &create_root(&root_spec, now).unwrap());
         let wider = spec("wider", &["example"], None);
-        assert!(matches!(root.create_subordinate(&wider, now), Err(CaError::NameConstraint { .. })));
+        assert!(matches!(
+            root.create_subordinate(&wider, now),
+            Err(CaError::NameConstraint { .. })
+        ));
         let mut child_spec = spec("child", &[], None);
-        assert!(matches!(root.create_subordinate(&child_spec, now), Err(CaError::OutlivesCa { .. })));
+        assert!(matches!(
+            root.create_subordinate(&child_spec, now),
+            Err(CaError::OutlivesCa { .. })
+        ));
         child_spec.validity = Span::from_days(365);
         let child_created = root.create_subordinate(&child_spec, now).unwrap();
         let mut inherited = child_spec.clone();
@@ -495,13 +632,17 @@ mod tests {
         let child = authority(&inherited, &child_created);
         let mut grandchild = spec("grandchild", &[], None);
         grandchild.validity = Span::from_days(30);
-        assert!(matches!(child.create_subordinate(&grandchild, now), Err(CaError::PathLength { .. })));
+        assert!(matches!(
+            child.create_subordinate(&grandchild, now),
+            Err(CaError::PathLength { .. })
+        ));
     }
 
     #[test]
     fn csr_parsing_checks_signature_and_names() {
         let key = keys::generate(KeyAlgorithm::EcP384).unwrap();
-        let params = CertificateParams::new(vec!["app.example".to_owned(), "10.1.2.3".to_owned()]).unwrap();
+        let params =
+            CertificateParams::new(vec!["app.example".to_owned(), "10.1.2.3".to_owned()]).unwrap();
         let csr = params.serialize_request(&key).unwrap();
         let parsed = parse_csr(csr.pem().unwrap().as_bytes()).unwrap();
         assert_eq!(parsed.key_algorithm, KeyAlgorithm::EcP384);

@@ -158,7 +158,9 @@ pub enum MasterKeySource {
 impl MasterKeySource {
     pub fn path(&self) -> &Path {
         match self {
-            MasterKeySource::File(p) | MasterKeySource::Credential(p) | MasterKeySource::StateDir(p) => p,
+            MasterKeySource::File(p)
+            | MasterKeySource::Credential(p)
+            | MasterKeySource::StateDir(p) => p,
         }
     }
 }
@@ -193,11 +195,23 @@ impl Environment {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{origin}: {key}: {message}")]
-    Invalid { origin: String, key: String, message: String },
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
 }
 
 impl Config {
@@ -206,8 +220,10 @@ impl Config {
         let Some(path) = path else {
             return Config::from_raw(RawConfig::default(), None, env);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path, env)
     }
 
@@ -217,8 +233,15 @@ impl Config {
         Config::from_raw(raw, Some(path), env)
     }
 
-    fn from_raw(raw: RawConfig, source: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
-        let origin = source.map_or_else(|| "built-in default".to_owned(), |p| p.display().to_string());
+    fn from_raw(
+        raw: RawConfig,
+        source: Option<&Path>,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        let origin = source.map_or_else(
+            || "built-in default".to_owned(),
+            |p| p.display().to_string(),
+        );
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             origin: origin.clone(),
             key: key.to_owned(),
@@ -231,11 +254,17 @@ impl Config {
             .or(raw.daemon.state_dir)
             .or_else(|| env.state_directory.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let socket = raw.daemon.socket.unwrap_or_else(|| state_dir.join("api.sock"));
+        let socket = raw
+            .daemon
+            .socket
+            .unwrap_or_else(|| state_dir.join("api.sock"));
         let socket_mode = match raw.daemon.socket_mode.as_deref() {
             None => 0o660,
             Some(text) => parse_mode(text).ok_or_else(|| {
-                invalid("daemon.socket-mode", format!("{text:?} is not an octal file mode such as \"0660\""))
+                invalid(
+                    "daemon.socket-mode",
+                    format!("{text:?} is not an octal file mode such as \"0660\""),
+                )
             })?,
         };
         let log_level = raw.daemon.log_level.unwrap_or_else(|| "info".to_owned());
@@ -244,13 +273,18 @@ impl Config {
 
         let master_key = match (raw.secrets.master_key_file, &env.credentials_directory) {
             (Some(file), _) => MasterKeySource::File(file),
-            (None, Some(dir)) if dir.join("master-key").exists() => MasterKeySource::Credential(dir.join("master-key")),
+            (None, Some(dir)) if dir.join("master-key").exists() => {
+                MasterKeySource::Credential(dir.join("master-key"))
+            }
             (None, _) => MasterKeySource::StateDir(state_dir.join("master-key")),
         };
 
         let max_request_body = raw.api.max_request_body.unwrap_or(1 << 20);
         if !(4096..=64 << 20).contains(&max_request_body) {
-            return Err(invalid("api.max-request-body", format!("{max_request_body} is outside 4096..=67108864 bytes")));
+            return Err(invalid(
+                "api.max-request-body",
+                format!("{max_request_body} is outside 4096..=67108864 bytes"),
+            ));
         }
 
         let defaults = Defaults {
@@ -259,7 +293,10 @@ impl Config {
             validity: raw.defaults.validity.unwrap_or(Span::from_days(395)),
         };
         if defaults.validity.as_secs() < 60 {
-            return Err(invalid("defaults.validity", "must be at least 1m".to_owned()));
+            return Err(invalid(
+                "defaults.validity",
+                "must be at least 1m".to_owned(),
+            ));
         }
 
         let raw_cas = raw.ca.unwrap_or_else(|| vec![RawCa::default_root()]);
@@ -267,8 +304,14 @@ impl Config {
         for (i, raw_ca) in raw_cas.into_iter().enumerate() {
             let key = |field: &str| format!("ca[{i}].{field}");
             check_name("CA", &raw_ca.name).map_err(|e| invalid(&key("name"), e.to_string()))?;
-            if cas.iter().any(|c: &crate::model::CaSpec| c.name == raw_ca.name) {
-                return Err(invalid(&key("name"), format!("CA {:?} is defined twice", raw_ca.name)));
+            if cas
+                .iter()
+                .any(|c: &crate::model::CaSpec| c.name == raw_ca.name)
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!("CA {:?} is defined twice", raw_ca.name),
+                ));
             }
             if let Some(parent) = &raw_ca.parent
                 && !cas.iter().any(|c: &crate::model::CaSpec| &c.name == parent)
@@ -284,13 +327,19 @@ impl Config {
             // A default CA created through the API is fine too, so only the built-in name is
             // allowed to be missing here; anything else is most likely a typo.
             if defaults.ca != DEFAULT_CA {
-                return Err(invalid("defaults.ca", format!("no [[ca]] named {:?}", defaults.ca)));
+                return Err(invalid(
+                    "defaults.ca",
+                    format!("no [[ca]] named {:?}", defaults.ca),
+                ));
             }
         }
 
         Ok(Config {
             source: source.map(Path::to_owned),
-            store_path: raw.store.path.unwrap_or_else(|| state_dir.join("certkeeper.db")),
+            store_path: raw
+                .store
+                .path
+                .unwrap_or_else(|| state_dir.join("certkeeper.db")),
             synchronous: raw.store.synchronous.unwrap_or(Synchronous::Full),
             socket,
             socket_mode,
@@ -323,7 +372,9 @@ impl RawCa {
 
     fn into_spec(self) -> crate::model::CaSpec {
         crate::model::CaSpec {
-            common_name: self.common_name.unwrap_or_else(|| format!("certkeeper {} CA", self.name)),
+            common_name: self
+                .common_name
+                .unwrap_or_else(|| format!("certkeeper {} CA", self.name)),
             name: self.name,
             parent: self.parent,
             external: false,
@@ -348,7 +399,12 @@ fn syntax_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     let message = err.message().trim().replace('\n', " ");
-    ConfigError::Syntax { path: path.to_owned(), line, column, message }
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -361,10 +417,16 @@ mod tests {
 
     #[test]
     fn built_in_default_resolves_everything() {
-        let env = Environment { state_dir_flag: Some("/tmp/ck".into()), ..Default::default() };
+        let env = Environment {
+            state_dir_flag: Some("/tmp/ck".into()),
+            ..Default::default()
+        };
         let config = Config::load(None, &env).unwrap();
         assert_eq!(config.socket, Path::new("/tmp/ck/api.sock"));
-        assert_eq!(config.master_key, MasterKeySource::StateDir("/tmp/ck/master-key".into()));
+        assert_eq!(
+            config.master_key,
+            MasterKeySource::StateDir("/tmp/ck/master-key".into())
+        );
         assert_eq!(config.cas.len(), 1);
         assert_eq!(config.cas[0].name, "default");
         assert_eq!(config.cas[0].validity, Span::from_days(3650));
@@ -379,7 +441,8 @@ mod tests {
             state_directory: Some("/var/lib/x".into()),
             credentials_directory: None,
         };
-        let config = Config::parse("[daemon]\nstate-dir = \"/srv/ck\"\n", Path::new("t"), &env).unwrap();
+        let config =
+            Config::parse("[daemon]\nstate-dir = \"/srv/ck\"\n", Path::new("t"), &env).unwrap();
         assert_eq!(config.state_dir, Path::new("/srv/ck"));
         let config = Config::parse("", Path::new("t"), &env).unwrap();
         assert_eq!(config.state_dir, Path::new("/var/lib/x"));
@@ -387,24 +450,39 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = parse("[daemon]\nsocket = \"/x\"\nsokcet-mode = \"0600\"\n").unwrap_err().to_string();
+        let err = parse("[daemon]\nsocket = \"/x\"\nsokcet-mode = \"0600\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("test.toml:3:1:"), "{err}");
         assert!(err.contains("sokcet-mode"), "{err}");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = parse("[daemon]\nsocket-mode = \"rw\"\n").unwrap_err().to_string();
+        let err = parse("[daemon]\nsocket-mode = \"rw\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("daemon.socket-mode"), "{err}");
-        let err = parse("[defaults]\nvalidity = \"13 months\"\n").unwrap_err().to_string();
-        assert!(err.contains("test.toml:2:") && err.contains("13 months"), "{err}");
-        let err = parse("[defaults]\nkey-algorithm = \"dsa\"\n").unwrap_err().to_string();
+        let err = parse("[defaults]\nvalidity = \"13 months\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test.toml:2:") && err.contains("13 months"),
+            "{err}"
+        );
+        let err = parse("[defaults]\nkey-algorithm = \"dsa\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dsa"), "{err}");
-        let err = parse("[[ca]]\nname = \"a\"\nparent = \"b\"\n").unwrap_err().to_string();
+        let err = parse("[[ca]]\nname = \"a\"\nparent = \"b\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ca[0].parent"), "{err}");
         let err = parse("[[ca]]\nname = \"a b\"\n").unwrap_err().to_string();
         assert!(err.contains("ca[0].name"), "{err}");
-        let err = parse("[defaults]\nca = \"nope\"\n").unwrap_err().to_string();
+        let err = parse("[defaults]\nca = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("defaults.ca"), "{err}");
     }
 }

@@ -32,7 +32,11 @@ pub enum DaemonError {
     #[error("starting the inventory: {0}")]
     Inventory(#[from] InventoryError),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("another certkeeper daemon is using the state directory {0}")]
     AlreadyRunning(PathBuf),
     #[error("another process is serving the API socket {0}")]
@@ -46,9 +50,11 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) | DaemonError::MasterKey(_) => crate::cli::exit::CONFIG,
             DaemonError::Store(StoreError::Seal(_)) => crate::cli::exit::CONFIG,
-            DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => crate::cli::exit::CONFIG,
+            DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => {
+                crate::cli::exit::CONFIG
+            }
             DaemonError::AlreadyRunning(_) | DaemonError::SocketInUse(_) => 75, // EX_TEMPFAIL
-            DaemonError::Io { .. } => 73, // EX_CANTCREAT
+            DaemonError::Io { .. } => 73,                                       // EX_CANTCREAT
             DaemonError::Store(_) | DaemonError::Inventory(_) => crate::cli::exit::SOFTWARE,
         }
     }
@@ -61,14 +67,21 @@ fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 /// Loads the configuration `serve` runs with (before logging starts, which it configures).
-pub fn load_config(config_flag: Option<PathBuf>, state_dir_flag: Option<PathBuf>) -> Result<(Config, Environment), DaemonError> {
+pub fn load_config(
+    config_flag: Option<PathBuf>,
+    state_dir_flag: Option<PathBuf>,
+) -> Result<(Config, Environment), DaemonError> {
     let env = Environment::from_process(state_dir_flag);
     let config = Config::load(config_path(config_flag).as_deref(), &env)?;
     Ok((config, env))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn serve(mut config: Config, env: Environment, logging: &Logging) -> Result<(), DaemonError> {
+pub async fn serve(
+    mut config: Config,
+    env: Environment,
+    logging: &Logging,
+) -> Result<(), DaemonError> {
     info!(
         config = %config.source.as_deref().map_or_else(|| "built-in default".into(), |p| p.display().to_string()),
         state_dir = %config.state_dir.display(),
@@ -91,28 +104,43 @@ pub async fn serve(mut config: Config, env: Environment, logging: &Logging) -> R
     info!(socket = %config.socket.display(), "API listening");
 
     let state = Arc::new(AppState { inventory });
-    let limits = Limits { max_body: config.max_request_body, timeout: config.request_timeout.std() };
+    let limits = Limits {
+        max_body: config.max_request_body,
+        timeout: config.request_timeout.std(),
+    };
     let shutdown = CancellationToken::new();
     let server = {
         let app = api::router(state.clone(), limits);
         let stop = shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
     };
     systemd::ready();
     if let Some(interval) = systemd::spawn_watchdog(shutdown.clone()) {
-        info!(interval_ms = interval.as_millis() as u64, "watchdog enabled");
+        info!(
+            interval_ms = interval.as_millis() as u64,
+            "watchdog enabled"
+        );
     }
 
     wait_for_stop(&mut config, &env, &state, logging).await;
 
-    info!(deadline_s = config.shutdown_timeout.as_secs(), "stopping: finishing in-flight requests");
+    info!(
+        deadline_s = config.shutdown_timeout.as_secs(),
+        "stopping: finishing in-flight requests"
+    );
     systemd::stopping();
     shutdown.cancel();
     match tokio::time::timeout(config.shutdown_timeout.std(), server).await {
         Ok(Ok(Ok(()))) => info!("stopped"),
         Ok(Ok(Err(err))) => error!(error = %err, "API server failed"),
         Ok(Err(err)) => error!(error = %err, "API server task failed"),
-        Err(_) => warn!("shutdown deadline passed; abandoning in-flight requests (nothing half-written is kept)"),
+        Err(_) => warn!(
+            "shutdown deadline passed; abandoning in-flight requests (nothing half-written is kept)"
+        ),
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
@@ -120,10 +148,17 @@ pub async fn serve(mut config: Config, env: Environment, logging: &Logging) -> R
 
 /// Handles signals until one asks us to stop. SIGHUP reloads the config; a config that does
 /// not load is logged and the running one kept.
-async fn wait_for_stop(config: &mut Config, env: &Environment, state: &AppState, logging: &Logging) {
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+async fn wait_for_stop(
+    config: &mut Config,
+    env: &Environment,
+    state: &AppState,
+    logging: &Logging,
+) {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers; stopping");
         return;
     };
@@ -152,7 +187,10 @@ async fn reload(config: &mut Config, env: &Environment, state: &AppState, loggin
                 ("daemon.state-dir", new.state_dir != config.state_dir),
                 ("daemon.socket", new.socket != config.socket),
                 ("store.path", new.store_path != config.store_path),
-                ("secrets.master-key-file", new.master_key != config.master_key),
+                (
+                    "secrets.master-key-file",
+                    new.master_key != config.master_key,
+                ),
             ] {
                 if changed {
                     warn!(key = what, "changed; takes effect at the next restart");
@@ -161,12 +199,24 @@ async fn reload(config: &mut Config, env: &Environment, state: &AppState, loggin
             logging.set_level(&new.log_level);
             state.inventory.set_defaults(new.defaults.clone());
             match state.inventory.start(&new.cas).await {
-                Ok(created) => created.iter().for_each(|name| info!(ca = %name, "created CA")),
+                Ok(created) => created
+                    .iter()
+                    .for_each(|name| info!(ca = %name, "created CA")),
                 Err(err) => error!(error = %err, "creating configured CAs failed"),
             }
-            let (state_dir, socket, store_path, master_key) =
-                (config.state_dir.clone(), config.socket.clone(), config.store_path.clone(), config.master_key.clone());
-            *config = Config { state_dir, socket, store_path, master_key, ..new };
+            let (state_dir, socket, store_path, master_key) = (
+                config.state_dir.clone(),
+                config.socket.clone(),
+                config.store_path.clone(),
+                config.master_key.clone(),
+            );
+            *config = Config {
+                state_dir,
+                socket,
+                store_path,
+                master_key,
+                ..new
+            };
             info!(config = %source.display(), "config reloaded");
         }
     }
@@ -182,7 +232,11 @@ fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| DaemonError::Io { what: "cannot create state directory", path: dir.to_owned(), source })
+        .map_err(|source| DaemonError::Io {
+            what: "cannot create state directory",
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// One daemon per state directory: two writers on one database would corrupt each other's view
@@ -194,17 +248,29 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DaemonError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| DaemonError::Io { what: "cannot open lock file", path: path.clone(), source })?;
+        .map_err(|source| DaemonError::Io {
+            what: "cannot open lock file",
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::AlreadyRunning(dir.to_owned())),
-        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Io { what: "cannot lock", path, source }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Io {
+            what: "cannot lock",
+            path,
+            source,
+        }),
     }
 }
 
 fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
     let create = matches!(config.master_key, MasterKeySource::StateDir(_));
-    let (keyring, created) = Keyring::load(config.master_key.path(), create, &config.previous_master_keys)?;
+    let (keyring, created) = Keyring::load(
+        config.master_key.path(),
+        create,
+        &config.previous_master_keys,
+    )?;
     if created {
         warn!(
             path = %config.master_key.path().display(),
@@ -221,7 +287,11 @@ fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
 /// answers belongs to a running daemon and is left alone.
 fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |what, source| DaemonError::Io { what, path: path.to_owned(), source };
+    let io = |what, source| DaemonError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(DaemonError::SocketInUse(path.to_owned()));
@@ -232,6 +302,7 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
         create_private_dir(parent)?;
     }
     let listener = UnixListener::bind(path).map_err(|e| io("cannot bind API socket", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io("cannot set mode of", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("cannot set mode of", e))?;
     Ok(listener)
 }

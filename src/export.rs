@@ -37,7 +37,9 @@ pub enum ExportFormat {
 pub enum ExportError {
     #[error("passphrase must be {MIN_PASSPHRASE} to {MAX_PASSPHRASE} characters")]
     Passphrase,
-    #[error("certkeeper does not hold the private key of this certificate (it was signed from a CSR)")]
+    #[error(
+        "certkeeper does not hold the private key of this certificate (it was signed from a CSR)"
+    )]
     NoKey,
     #[error("encryption failed: {0}")]
     Crypto(String),
@@ -104,10 +106,16 @@ fn encrypt_pkcs8(key_pkcs8: &[u8], passphrase: &str) -> Result<String, ExportErr
     let mut iv = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt).map_err(|e| crypto(&e))?;
     aws_lc_rs::rand::fill(&mut iv).map_err(|e| crypto(&e))?;
-    let params = pkcs8::pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, iv)
-        .map_err(|e| crypto(&e))?;
+    let params = pkcs8::pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(
+        PBKDF2_ITERATIONS,
+        &salt,
+        iv,
+    )
+    .map_err(|e| crypto(&e))?;
     let info = pkcs8::PrivateKeyInfoRef::try_from(key_pkcs8).map_err(|e| crypto(&e))?;
-    let doc = info.encrypt_with_params(params, passphrase).map_err(|e| crypto(&e))?;
+    let doc = info
+        .encrypt_with_params(params, passphrase)
+        .map_err(|e| crypto(&e))?;
     Ok(pem::encode("ENCRYPTED PRIVATE KEY", doc.as_bytes()))
 }
 
@@ -120,19 +128,32 @@ fn pkcs12(
 ) -> Result<Zeroizing<Vec<u8>>, ExportError> {
     let crypto = |e: &dyn std::fmt::Display| ExportError::Crypto(e.to_string());
     let mut certs = Vec::new();
-    for der in pem::certificates(cert_pem).into_iter().chain(pem::certificates(chain_pem)) {
+    for der in pem::certificates(cert_pem)
+        .into_iter()
+        .chain(pem::certificates(chain_pem))
+    {
         certs.push(p12_keystore::Certificate::from_der(&der).map_err(|e| crypto(&e))?);
     }
     let key = p12_keystore::PrivateKey::from_der(key_pkcs8).map_err(|e| crypto(&e))?;
-    let local_key_id = certs.first().map(|c| digest(c.as_der())).unwrap_or_default();
+    let local_key_id = certs
+        .first()
+        .map(|c| digest(c.as_der()))
+        .unwrap_or_default();
     let chain = p12_keystore::PrivateKeyChain::new(local_key_id, key, certs);
     let mut store = p12_keystore::KeyStore::new();
-    store.add_entry("certkeeper", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+    store.add_entry(
+        "certkeeper",
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(chain),
+    );
     let (encryption, mac) = match format {
-        ExportFormat::Pkcs12Legacy => {
-            (p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc, p12_keystore::MacAlgorithm::HmacSha1)
-        }
-        _ => (p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256, p12_keystore::MacAlgorithm::HmacSha256),
+        ExportFormat::Pkcs12Legacy => (
+            p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc,
+            p12_keystore::MacAlgorithm::HmacSha1,
+        ),
+        _ => (
+            p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
+            p12_keystore::MacAlgorithm::HmacSha256,
+        ),
     };
     let bytes = store
         .writer(passphrase)
@@ -148,5 +169,7 @@ fn pkcs12(
 /// The PKCS#12 localKeyId links the key bag to its certificate bag: the leaf's SHA-1, as
 /// OpenSSL writes it.
 fn digest(der: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref().to_vec()
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+        .as_ref()
+        .to_vec()
 }

@@ -19,16 +19,36 @@ use crate::x509::{self, CertInfo};
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{input} {error}")]
-    Pem { input: &'static str, error: PemError },
+    Pem {
+        input: &'static str,
+        error: PemError,
+    },
     #[error("{input} is neither PEM nor a DER {expected}")]
-    NotPemOrDer { input: &'static str, expected: &'static str },
+    NotPemOrDer {
+        input: &'static str,
+        expected: &'static str,
+    },
     #[error("{input} holds {count} {what}; expected exactly one{hint}")]
-    Count { input: &'static str, count: usize, what: &'static str, hint: &'static str },
+    Count {
+        input: &'static str,
+        count: usize,
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("{input} holds a PEM block labelled {label:?}; expected {expected}")]
-    WrongLabel { input: &'static str, label: String, expected: &'static str },
+    WrongLabel {
+        input: &'static str,
+        label: String,
+        expected: &'static str,
+    },
     #[error("{input} {error}")]
-    X509 { input: &'static str, error: x509::X509Error },
-    #[error("certificate is a CA certificate (basicConstraints CA:TRUE); import the leaf certificate and pass CAs with --chain")]
+    X509 {
+        input: &'static str,
+        error: x509::X509Error,
+    },
+    #[error(
+        "certificate is a CA certificate (basicConstraints CA:TRUE); import the leaf certificate and pass CAs with --chain"
+    )]
     CaAsLeaf,
     #[error("certificate expired at {not_after}; pass --allow-expired to import it anyway")]
     Expired { not_after: OffsetDateTime },
@@ -38,22 +58,42 @@ pub enum ImportError {
     NoNames,
     #[error("private key is encrypted; give its passphrase (--passphrase-file)")]
     PassphraseRequired,
-    #[error("private key could not be decrypted: wrong passphrase, or an unsupported encryption scheme")]
+    #[error(
+        "private key could not be decrypted: wrong passphrase, or an unsupported encryption scheme"
+    )]
     WrongPassphrase,
-    #[error("private key uses legacy OpenSSL PEM encryption; convert it with `openssl pkcs8 -topk8` first")]
+    #[error(
+        "private key uses legacy OpenSSL PEM encryption; convert it with `openssl pkcs8 -topk8` first"
+    )]
     LegacyEncryption,
     #[error("private key {0}")]
     Key(KeyError),
     #[error("private key does not match the certificate's public key")]
     KeyMismatch,
     #[error("chain element {index} {error}")]
-    ChainElement { index: usize, error: x509::X509Error },
+    ChainElement {
+        index: usize,
+        error: x509::X509Error,
+    },
     #[error("chain element {index} (subject {subject:?}) is not a CA certificate")]
     ChainNotCa { index: usize, subject: String },
-    #[error("chain is out of order: {what} is signed by chain element {found}, not element {expected}; list each certificate's issuer right after it")]
-    ChainOrder { what: String, expected: usize, found: usize },
-    #[error("chain does not link: {what} (issuer {issuer:?}) is not signed by chain element {index} (subject {subject:?})")]
-    ChainBreak { what: String, issuer: String, index: usize, subject: String },
+    #[error(
+        "chain is out of order: {what} is signed by chain element {found}, not element {expected}; list each certificate's issuer right after it"
+    )]
+    ChainOrder {
+        what: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "chain does not link: {what} (issuer {issuer:?}) is not signed by chain element {index} (subject {subject:?})"
+    )]
+    ChainBreak {
+        what: String,
+        issuer: String,
+        index: usize,
+        subject: String,
+    },
     #[error("chain does not verify: {0}")]
     ChainInvalid(String),
 }
@@ -82,13 +122,18 @@ pub struct Input<'a> {
 
 pub fn check(input: &Input<'_>, now: OffsetDateTime) -> Result<Checked, ImportError> {
     let cert_der = one_certificate(input.certificate)?;
-    let info = x509::inspect(&cert_der).map_err(|error| ImportError::X509 { input: "certificate", error })?;
+    let info = x509::inspect(&cert_der).map_err(|error| ImportError::X509 {
+        input: "certificate",
+        error,
+    })?;
     if info.is_ca {
         return Err(ImportError::CaAsLeaf);
     }
     let key_algorithm = keys::algorithm_of_spki(&info.spki).map_err(ImportError::UnsupportedKey)?;
     if info.not_after < now && !input.allow_expired {
-        return Err(ImportError::Expired { not_after: info.not_after });
+        return Err(ImportError::Expired {
+            not_after: info.not_after,
+        });
     }
     let key = private_key(input.private_key, input.passphrase)?;
     if key.spki != info.spki {
@@ -102,13 +147,20 @@ pub fn check(input: &Input<'_>, now: OffsetDateTime) -> Result<Checked, ImportEr
     if !chain.is_empty() {
         // Verify at a time inside the certificate's validity when an expired import is allowed,
         // so an allowed expiry does not fail the path check.
-        let at = if info.not_after < now { info.not_after - time::Duration::seconds(1) } else { now };
+        let at = if info.not_after < now {
+            info.not_after - time::Duration::seconds(1)
+        } else {
+            now
+        };
         verify_path(&cert_der, &chain, at)?;
     }
     let domains = domains_of(&info)?;
     Ok(Checked {
         cert_pem: pem::encode("CERTIFICATE", &cert_der),
-        chain_pem: chain.iter().map(|der| pem::encode("CERTIFICATE", der)).collect(),
+        chain_pem: chain
+            .iter()
+            .map(|der| pem::encode("CERTIFICATE", der))
+            .collect(),
         key_algorithm,
         domains,
         key: key.pkcs8,
@@ -117,7 +169,10 @@ pub fn check(input: &Input<'_>, now: OffsetDateTime) -> Result<Checked, ImportEr
 }
 
 fn one_certificate(input: &[u8]) -> Result<Vec<u8>, ImportError> {
-    let blocks = pem::blocks(input).map_err(|error| ImportError::Pem { input: "certificate", error })?;
+    let blocks = pem::blocks(input).map_err(|error| ImportError::Pem {
+        input: "certificate",
+        error,
+    })?;
     let certs = certificate_blocks("certificate", blocks)?;
     match certs.len() {
         1 => Ok(certs.into_iter().next().unwrap_or_default()),
@@ -131,33 +186,55 @@ fn one_certificate(input: &[u8]) -> Result<Vec<u8>, ImportError> {
 }
 
 fn chain(input: &[u8]) -> Result<Vec<Vec<u8>>, ImportError> {
-    let blocks = pem::blocks(input).map_err(|error| ImportError::Pem { input: "chain", error })?;
+    let blocks = pem::blocks(input).map_err(|error| ImportError::Pem {
+        input: "chain",
+        error,
+    })?;
     let certs = certificate_blocks("chain", blocks)?;
     for (i, der) in certs.iter().enumerate() {
-        let info = x509::inspect(der).map_err(|error| ImportError::ChainElement { index: i + 1, error })?;
+        let info = x509::inspect(der).map_err(|error| ImportError::ChainElement {
+            index: i + 1,
+            error,
+        })?;
         if !info.is_ca {
-            return Err(ImportError::ChainNotCa { index: i + 1, subject: info.subject });
+            return Err(ImportError::ChainNotCa {
+                index: i + 1,
+                subject: info.subject,
+            });
         }
     }
     Ok(certs)
 }
 
 /// The DER of each CERTIFICATE block; DER input must itself be a certificate.
-fn certificate_blocks(input: &'static str, blocks: Vec<Block>) -> Result<Vec<Vec<u8>>, ImportError> {
+fn certificate_blocks(
+    input: &'static str,
+    blocks: Vec<Block>,
+) -> Result<Vec<Vec<u8>>, ImportError> {
     let mut out = Vec::with_capacity(blocks.len());
     for block in blocks {
         match block.label.as_deref() {
             Some("CERTIFICATE") => out.push(block.der.to_vec()),
             Some(label) => {
-                return Err(ImportError::WrongLabel { input, label: label.to_owned(), expected: "CERTIFICATE" });
+                return Err(ImportError::WrongLabel {
+                    input,
+                    label: label.to_owned(),
+                    expected: "CERTIFICATE",
+                });
             }
             None => {
                 if x509::inspect(&block.der).is_err() {
                     // Tell DER junk apart from a DER certificate with bytes after it.
                     if matches!(x509::inspect(&block.der), Err(x509::X509Error::Trailing)) {
-                        return Err(ImportError::X509 { input, error: x509::X509Error::Trailing });
+                        return Err(ImportError::X509 {
+                            input,
+                            error: x509::X509Error::Trailing,
+                        });
                     }
-                    return Err(ImportError::NotPemOrDer { input, expected: "certificate" });
+                    return Err(ImportError::NotPemOrDer {
+                        input,
+                        expected: "certificate",
+                    });
                 }
                 out.push(block.der.to_vec());
             }
@@ -170,9 +247,17 @@ fn private_key(input: &[u8], passphrase: Option<&str>) -> Result<keys::ParsedKey
     if input.windows(10).any(|w| w == b"Proc-Type:") {
         return Err(ImportError::LegacyEncryption);
     }
-    let blocks = pem::blocks(input).map_err(|error| ImportError::Pem { input: "private key", error })?;
+    let blocks = pem::blocks(input).map_err(|error| ImportError::Pem {
+        input: "private key",
+        error,
+    })?;
     let [block] = blocks.as_slice() else {
-        return Err(ImportError::Count { input: "private key", count: blocks.len(), what: "PEM blocks", hint: "" });
+        return Err(ImportError::Count {
+            input: "private key",
+            count: blocks.len(),
+            what: "PEM blocks",
+            hint: "",
+        });
     };
     let der: Zeroizing<Vec<u8>> = block.der.clone();
     let key = match block.label.as_deref() {
@@ -189,8 +274,12 @@ fn private_key(input: &[u8], passphrase: Option<&str>) -> Result<keys::ParsedKey
         }
         None => match pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice()) {
             Ok(_) => decrypt(&der, passphrase)?,
-            Err(_) => PrivateKeyDer::try_from(der.to_vec())
-                .map_err(|_| ImportError::NotPemOrDer { input: "private key", expected: "private key" })?,
+            Err(_) => {
+                PrivateKeyDer::try_from(der.to_vec()).map_err(|_| ImportError::NotPemOrDer {
+                    input: "private key",
+                    expected: "private key",
+                })?
+            }
         },
     };
     keys::parse_private_key(&key).map_err(ImportError::Key)
@@ -198,9 +287,14 @@ fn private_key(input: &[u8], passphrase: Option<&str>) -> Result<keys::ParsedKey
 
 fn decrypt(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ImportError> {
     let passphrase = passphrase.ok_or(ImportError::PassphraseRequired)?;
-    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der)
-        .map_err(|_| ImportError::NotPemOrDer { input: "private key", expected: "encrypted private key" })?;
-    let plain = info.decrypt(passphrase).map_err(|_| ImportError::WrongPassphrase)?;
+    let info =
+        pkcs8::EncryptedPrivateKeyInfoRef::try_from(der).map_err(|_| ImportError::NotPemOrDer {
+            input: "private key",
+            expected: "encrypted private key",
+        })?;
+    let plain = info
+        .decrypt(passphrase)
+        .map_err(|_| ImportError::WrongPassphrase)?;
     Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
 }
 
@@ -211,12 +305,24 @@ fn check_links(cert: &[u8], chain: &[Vec<u8>]) -> Result<(), ImportError> {
     let mut what = "the certificate".to_owned();
     for (i, parent) in chain.iter().enumerate() {
         if !x509::is_signed_by(child, parent) {
-            if let Some(found) = chain.iter().position(|other| x509::is_signed_by(child, other)) {
-                return Err(ImportError::ChainOrder { what, expected: i + 1, found: found + 1 });
+            if let Some(found) = chain
+                .iter()
+                .position(|other| x509::is_signed_by(child, other))
+            {
+                return Err(ImportError::ChainOrder {
+                    what,
+                    expected: i + 1,
+                    found: found + 1,
+                });
             }
             let issuer = x509::inspect(child).map(|c| c.issuer).unwrap_or_default();
             let subject = x509::inspect(parent).map(|c| c.subject).unwrap_or_default();
-            return Err(ImportError::ChainBreak { what, issuer, index: i + 1, subject });
+            return Err(ImportError::ChainBreak {
+                what,
+                issuer,
+                index: i + 1,
+                subject,
+            });
         }
         child = parent;
         what = format!("chain element {}", i + 1);
@@ -228,17 +334,32 @@ fn check_links(cert: &[u8], chain: &[Vec<u8>]) -> Result<(), ImportError> {
 /// link check cannot see: validity periods of the CAs, name constraints, path lengths, EKU.
 fn verify_path(cert: &[u8], chain: &[Vec<u8>], at: OffsetDateTime) -> Result<(), ImportError> {
     let invalid = |e: webpki::Error| ImportError::ChainInvalid(format!("{e:?}"));
-    let Some((anchor_der, intermediates)) = chain.split_last() else { return Ok(()) };
+    let Some((anchor_der, intermediates)) = chain.split_last() else {
+        return Ok(());
+    };
     let anchor_cert = CertificateDer::from(anchor_der.as_slice());
     let anchor = webpki::anchor_from_trusted_cert(&anchor_cert).map_err(invalid)?;
-    let intermediates: Vec<CertificateDer<'_>> = intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
+    let intermediates: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
     let leaf_der = CertificateDer::from(cert);
     let leaf = webpki::EndEntityCert::try_from(&leaf_der).map_err(invalid)?;
-    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(at.unix_timestamp().max(0) as u64));
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        at.unix_timestamp().max(0) as u64,
+    ));
     let anchors = [anchor];
     let verify = |usage| {
-        leaf.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &anchors, &intermediates, time, usage, None, None)
-            .map(|_| ())
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            time,
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
     };
     // Imported certificates may be server or client certificates: either purpose will do.
     verify(webpki::KeyUsage::server_auth())
@@ -248,7 +369,11 @@ fn verify_path(cert: &[u8], chain: &[Vec<u8>], at: OffsetDateTime) -> Result<(),
 
 fn domains_of(info: &CertInfo) -> Result<Vec<Domain>, ImportError> {
     let mut domains: Vec<Domain> = Vec::new();
-    let candidates = info.names.iter().cloned().chain(info.common_name.iter().filter_map(|cn| cn.parse().ok()));
+    let candidates = info
+        .names
+        .iter()
+        .cloned()
+        .chain(info.common_name.iter().filter_map(|cn| cn.parse().ok()));
     for domain in candidates {
         if !domains.contains(&domain) {
             domains.push(domain);
@@ -256,7 +381,10 @@ fn domains_of(info: &CertInfo) -> Result<Vec<Domain>, ImportError> {
     }
     // The common name, when it is among the names, goes first: it is what users call the
     // certificate.
-    if let Some(cn) = info.common_name.as_ref().and_then(|cn| cn.parse::<Domain>().ok())
+    if let Some(cn) = info
+        .common_name
+        .as_ref()
+        .and_then(|cn| cn.parse::<Domain>().ok())
         && let Some(pos) = domains.iter().position(|d| *d == cn)
     {
         let cn = domains.remove(pos);

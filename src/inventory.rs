@@ -15,8 +15,8 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::api::types::{
-    CaDetails, CertificatePem, CreateCa, ExportRequest, ImportCertificate, InstallCa, RequestCertificate, SignRequest,
-    Signed, TagsRequest, file_bytes,
+    CaDetails, CertificatePem, CreateCa, ExportRequest, ImportCertificate, InstallCa,
+    RequestCertificate, SignRequest, Signed, TagsRequest, file_bytes,
 };
 use crate::ca::{self, Authority, CaError, LeafRequest};
 use crate::config::Defaults;
@@ -24,11 +24,13 @@ use crate::events::{self, Action};
 use crate::export::{self, ExportError, Exported};
 use crate::import::{self, ImportError};
 use crate::model::{
-    CaInfo, CaSpec, CaState, Certificate, CertificateId, Origin, RevocationReason, Status, check_name, check_tag,
-    parse_domains,
+    CaInfo, CaSpec, CaState, Certificate, CertificateId, Origin, RevocationReason, Status,
+    check_name, check_tag, parse_domains,
 };
 use crate::span::Span;
-use crate::store::{InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store, StoreError};
+use crate::store::{
+    InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store, StoreError,
+};
 
 /// How long a CRL is valid; it is re-signed when less than half of this remains.
 const CRL_VALIDITY: Span = Span::from_days(7);
@@ -56,7 +58,9 @@ pub enum InventoryError {
 impl From<StoreError> for InventoryError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::NameTaken(_) | StoreError::Conflict(_) => InventoryError::Conflict(err.to_string()),
+            StoreError::NameTaken(_) | StoreError::Conflict(_) => {
+                InventoryError::Conflict(err.to_string())
+            }
             StoreError::NotFound(what) => InventoryError::NotFound(what),
             other => InventoryError::Store(other),
         }
@@ -80,7 +84,11 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(store: Store, defaults: Defaults) -> Inventory {
-        Inventory { store, authorities: RwLock::new(HashMap::new()), defaults: RwLock::new(defaults) }
+        Inventory {
+            store,
+            authorities: RwLock::new(HashMap::new()),
+            defaults: RwLock::new(defaults),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -92,7 +100,10 @@ impl Inventory {
     }
 
     fn defaults(&self) -> Defaults {
-        self.defaults.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.defaults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Creates the configured CAs that do not exist yet (in order, so parents come first), then
@@ -117,7 +128,9 @@ impl Inventory {
     async fn load_authorities(&self) -> Result<()> {
         let mut loaded = HashMap::new();
         for stored in self.store.cas().await? {
-            let Some(cert_pem) = &stored.cert_pem else { continue };
+            let Some(cert_pem) = &stored.cert_pem else {
+                continue;
+            };
             let key = self.store.open_ca_key(&stored)?;
             let info = &stored.info;
             let authority = Authority::load(
@@ -136,7 +149,9 @@ impl Inventory {
 
     fn authority(&self, name: &str) -> Result<Arc<Authority>> {
         let map = self.authorities.read().unwrap_or_else(|p| p.into_inner());
-        map.get(name).cloned().ok_or_else(|| InventoryError::NotFound(format!("active CA {name:?}")))
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| InventoryError::NotFound(format!("active CA {name:?}")))
     }
 
     // --- certificates ----------------------------------------------------------------------
@@ -162,7 +177,11 @@ impl Inventory {
             let domains = domains.clone();
             blocking(move || -> Result<_> {
                 let key = crate::keys::generate(algorithm).map_err(CaError::from)?;
-                let request = LeafRequest { domains: &domains, validity, client_auth: req.client_auth };
+                let request = LeafRequest {
+                    domains: &domains,
+                    validity,
+                    client_auth: req.client_auth,
+                };
                 let issued = authority.issue(&request, &key, now)?;
                 Ok((issued, Zeroizing::new(key.serialize_der())))
             })
@@ -192,7 +211,11 @@ impl Inventory {
             },
             event: None,
         };
-        new.event = Some(events::available(&preview(&new, now), Action::Issuance, now));
+        new.event = Some(events::available(
+            &preview(&new, now),
+            Action::Issuance,
+            now,
+        ));
         Ok(self.store.insert_certificate(new).await?)
     }
 
@@ -213,7 +236,11 @@ impl Inventory {
         let authority = self.authority(&ca_name)?;
         let validity = req.validity.unwrap_or(defaults.validity);
         let now = OffsetDateTime::now_utc();
-        let request = LeafRequest { domains: &csr.domains, validity, client_auth: req.client_auth };
+        let request = LeafRequest {
+            domains: &csr.domains,
+            validity,
+            client_auth: req.client_auth,
+        };
         let issued = authority.issue(&request, &csr.public_key, now)?;
         let (cert_pem, chain_pem) = (issued.cert_pem.clone(), issued.chain_pem.clone());
         let mut new = NewCertificate {
@@ -239,9 +266,17 @@ impl Inventory {
             },
             event: None,
         };
-        new.event = Some(events::available(&preview(&new, now), Action::Issuance, now));
+        new.event = Some(events::available(
+            &preview(&new, now),
+            Action::Issuance,
+            now,
+        ));
         let certificate = self.store.insert_certificate(new).await?;
-        Ok(Signed { certificate, certificate_pem: cert_pem, chain_pem })
+        Ok(Signed {
+            certificate,
+            certificate_pem: cert_pem,
+            chain_pem,
+        })
     }
 
     pub async fn import(&self, req: ImportCertificate) -> Result<Certificate> {
@@ -270,7 +305,16 @@ impl Inventory {
             key: Some(checked.key),
         };
         match req.certificate_id {
-            Some(target) => self.reimport(&target, version, checked.domains, checked.key_algorithm, now).await,
+            Some(target) => {
+                self.reimport(
+                    &target,
+                    version,
+                    checked.domains,
+                    checked.key_algorithm,
+                    now,
+                )
+                .await
+            }
             None => {
                 let (name, name_is_default) = match req.name {
                     Some(name) => {
@@ -279,7 +323,11 @@ impl Inventory {
                     }
                     None => (checked.domains[0].to_string(), true),
                 };
-                let status = if checked.info.not_after < now { Status::Expired } else { Status::Issued };
+                let status = if checked.info.not_after < now {
+                    Status::Expired
+                } else {
+                    Status::Issued
+                };
                 let mut new = NewCertificate {
                     id: CertificateId::generate(),
                     name,
@@ -322,10 +370,21 @@ impl Inventory {
         after.not_after = version.not_after;
         after.domains = domains.clone();
         let event = events::available(&after, Action::Reimport, now);
-        let status = if version.not_after < now { Status::Expired } else { Status::Issued };
+        let status = if version.not_after < now {
+            Status::Expired
+        } else {
+            Status::Issued
+        };
         let updated = self
             .store
-            .add_version(&cert.id, cert.current_version + 1, version, status, Some(event), Some((domains, key_algorithm)))
+            .add_version(
+                &cert.id,
+                cert.current_version + 1,
+                version,
+                status,
+                Some(event),
+                Some((domains, key_algorithm)),
+            )
             .await?;
         Ok(updated)
     }
@@ -340,7 +399,10 @@ impl Inventory {
             )));
         }
         if cert.status == Status::Revoked {
-            return Err(InventoryError::Conflict(format!("certificate {} is revoked", cert.id)));
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is revoked",
+                cert.id
+            )));
         }
         if !cert.versions.first().is_some_and(|v| v.key_held) {
             return Err(InventoryError::Conflict(format!(
@@ -356,7 +418,15 @@ impl Inventory {
             let (algorithm, client_auth) = (cert.key_algorithm, cert.client_auth);
             blocking(move || -> Result<_> {
                 let key = crate::keys::generate(algorithm).map_err(CaError::from)?;
-                let issued = authority.issue(&LeafRequest { domains: &domains, validity, client_auth }, &key, now)?;
+                let issued = authority.issue(
+                    &LeafRequest {
+                        domains: &domains,
+                        validity,
+                        client_auth,
+                    },
+                    &key,
+                    now,
+                )?;
                 Ok((issued, Zeroizing::new(key.serialize_der())))
             })
             .await??
@@ -375,15 +445,32 @@ impl Inventory {
             chain_pem: issued.chain_pem,
             key: Some(key),
         };
-        Ok(self.store.add_version(&cert.id, cert.current_version + 1, version, Status::Issued, Some(event), None).await?)
+        Ok(self
+            .store
+            .add_version(
+                &cert.id,
+                cert.current_version + 1,
+                version,
+                Status::Issued,
+                Some(event),
+                None,
+            )
+            .await?)
     }
 
     /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL
     /// (a renewal does not make the earlier keys trustworthy), and the CRL is re-signed.
-    pub async fn revoke(&self, id_or_name: &str, reason: Option<RevocationReason>) -> Result<Certificate> {
+    pub async fn revoke(
+        &self,
+        id_or_name: &str,
+        reason: Option<RevocationReason>,
+    ) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
         if cert.status == Status::Revoked {
-            return Err(InventoryError::Conflict(format!("certificate {} is already revoked", cert.id)));
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is already revoked",
+                cert.id
+            )));
         }
         if cert.origin == Origin::Imported {
             return Err(InventoryError::Conflict(format!(
@@ -395,11 +482,18 @@ impl Inventory {
         let revocations: Vec<Revocation> = cert
             .versions
             .iter()
-            .filter_map(|v| v.issuer_ca.clone().map(|ca| Revocation { ca, serial: v.serial.clone() }))
+            .filter_map(|v| {
+                v.issuer_ca.clone().map(|ca| Revocation {
+                    ca,
+                    serial: v.serial.clone(),
+                })
+            })
             .collect();
         let now = OffsetDateTime::now_utc();
         let event = events::revoked(&cert, reason.as_str(), now);
-        self.store.revoke(&cert.id, reason, revocations.clone(), Some(event), now).await?;
+        self.store
+            .revoke(&cert.id, reason, revocations.clone(), Some(event), now)
+            .await?;
         let mut cas: Vec<&str> = revocations.iter().map(|r| r.ca.as_str()).collect();
         cas.dedup();
         for ca in cas {
@@ -435,11 +529,10 @@ impl Inventory {
     pub async fn pem(&self, id_or_name: &str, version: Option<u32>) -> Result<CertificatePem> {
         let cert = self.find(id_or_name).await?;
         let number = version.unwrap_or(cert.current_version);
-        let stored = self
-            .store
-            .version(&cert.id, number)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("version {number} of {}", cert.id)))?;
+        let stored =
+            self.store.version(&cert.id, number).await?.ok_or_else(|| {
+                InventoryError::NotFound(format!("version {number} of {}", cert.id))
+            })?;
         Ok(CertificatePem {
             id: cert.id.to_string(),
             version: number,
@@ -452,25 +545,46 @@ impl Inventory {
         export::check_passphrase(&req.passphrase)?;
         let cert = self.find(id_or_name).await?;
         let number = req.version.unwrap_or(cert.current_version);
-        let stored = self
+        let stored =
+            self.store.version(&cert.id, number).await?.ok_or_else(|| {
+                InventoryError::NotFound(format!("version {number} of {}", cert.id))
+            })?;
+        let key = self
             .store
-            .version(&cert.id, number)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("version {number} of {}", cert.id)))?;
-        let key = self.store.open_version_key(&cert.id, &stored)?.ok_or(ExportError::NoKey)?;
+            .open_version_key(&cert.id, &stored)?
+            .ok_or(ExportError::NoKey)?;
         let passphrase = Zeroizing::new(req.passphrase);
         let format = req.format;
-        Ok(blocking(move || export::export(format, &stored.cert_pem, &stored.chain_pem, &key, &passphrase)).await??)
+        Ok(blocking(move || {
+            export::export(
+                format,
+                &stored.cert_pem,
+                &stored.chain_pem,
+                &key,
+                &passphrase,
+            )
+        })
+        .await??)
     }
 
     // --- certificate authorities -----------------------------------------------------------
 
     pub async fn cas(&self) -> Result<Vec<CaInfo>> {
-        Ok(self.store.cas().await?.into_iter().map(|c| c.info).collect())
+        Ok(self
+            .store
+            .cas()
+            .await?
+            .into_iter()
+            .map(|c| c.info)
+            .collect())
     }
 
     pub async fn ca(&self, name: &str) -> Result<CaDetails> {
-        let stored = self.store.ca(name).await?.ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self
+            .store
+            .ca(name)
+            .await?
+            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
         Ok(CaDetails {
             ca: stored.info,
             certificate_pem: stored.cert_pem,
@@ -482,14 +596,20 @@ impl Inventory {
     pub async fn create_ca(&self, req: CreateCa) -> Result<CaDetails> {
         check_name("CA", &req.name).map_err(InventoryError::invalid)?;
         if req.external && req.parent.is_some() {
-            return Err(InventoryError::Invalid("a CA is either --external or has a --parent, not both".into()));
+            return Err(InventoryError::Invalid(
+                "a CA is either --external or has a --parent, not both".into(),
+            ));
         }
         let mut spec = CaSpec {
-            common_name: req.common_name.unwrap_or_else(|| format!("certkeeper {} CA", req.name)),
+            common_name: req
+                .common_name
+                .unwrap_or_else(|| format!("certkeeper {} CA", req.name)),
             name: req.name,
             parent: req.parent,
             external: req.external,
-            key_algorithm: req.key_algorithm.unwrap_or(crate::model::KeyAlgorithm::EcP256),
+            key_algorithm: req
+                .key_algorithm
+                .unwrap_or(crate::model::KeyAlgorithm::EcP256),
             validity: req.validity.unwrap_or(Span::from_days(3650)),
             path_length: req.path_length,
             permitted_dns: req.permitted_dns,
@@ -511,13 +631,19 @@ impl Inventory {
         if explicit.is_some() {
             return Ok(spec.validity);
         }
-        let remaining = (parent.not_after - OffsetDateTime::now_utc() - time::Duration::hours(1)).whole_seconds();
-        Ok(Span::from_secs(spec.validity.as_secs().min(remaining.max(0) as u64)))
+        let remaining = (parent.not_after - OffsetDateTime::now_utc() - time::Duration::hours(1))
+            .whole_seconds();
+        Ok(Span::from_secs(
+            spec.validity.as_secs().min(remaining.max(0) as u64),
+        ))
     }
 
     async fn create_ca_from_spec(&self, spec: CaSpec) -> Result<()> {
         if self.store.ca(&spec.name).await?.is_some() {
-            return Err(InventoryError::Conflict(format!("CA {:?} already exists", spec.name)));
+            return Err(InventoryError::Conflict(format!(
+                "CA {:?} already exists",
+                spec.name
+            )));
         }
         let now = OffsetDateTime::now_utc();
         let created = match &spec.parent {
@@ -553,7 +679,12 @@ impl Inventory {
                 key: created.key,
             })
             .await?;
-        if self.store.ca(&name).await?.is_some_and(|c| c.info.state == CaState::Active) {
+        if self
+            .store
+            .ca(&name)
+            .await?
+            .is_some_and(|c| c.info.state == CaState::Active)
+        {
             self.load_authorities().await?;
             self.refresh_crl(&name, now).await?;
         }
@@ -562,13 +693,22 @@ impl Inventory {
 
     /// Completes an external CA with the certificate its root signed.
     pub async fn install_ca(&self, name: &str, req: InstallCa) -> Result<CaDetails> {
-        let stored = self.store.ca(name).await?.ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self
+            .store
+            .ca(name)
+            .await?
+            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
         if stored.info.state != CaState::PendingCertificate {
-            return Err(InventoryError::Conflict(format!("CA {name:?} already has its certificate")));
+            return Err(InventoryError::Conflict(format!(
+                "CA {name:?} already has its certificate"
+            )));
         }
         let key = self.store.open_ca_key(&stored)?;
         let public = crate::keys::load_pkcs8(&key).map_err(CaError::from)?;
-        let checked = check_ca_certificate(&req, &rcgen::PublicKeyData::subject_public_key_info(&public))?;
+        let checked = check_ca_certificate(
+            &req,
+            &rcgen::PublicKeyData::subject_public_key_info(&public),
+        )?;
         self.store.install_ca(name, checked).await?;
         self.load_authorities().await?;
         self.refresh_crl(name, OffsetDateTime::now_utc()).await?;
@@ -578,19 +718,35 @@ impl Inventory {
     /// The CA's current CRL (DER), re-signed first when it is stale.
     pub async fn crl(&self, name: &str) -> Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
-        let stored = self.store.ca(name).await?.ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
-        let fresh = stored.crl_next_update.is_some_and(|next| next - now > CRL_VALIDITY.time() / 2);
+        let stored = self
+            .store
+            .ca(name)
+            .await?
+            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let fresh = stored
+            .crl_next_update
+            .is_some_and(|next| next - now > CRL_VALIDITY.time() / 2);
         if let (true, Some(der)) = (fresh, stored.crl_der) {
             return Ok(der);
         }
         self.refresh_crl(name, now).await?;
-        let stored = self.store.ca(name).await?.ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
-        stored.crl_der.ok_or_else(|| InventoryError::Internal(format!("CA {name:?} has no CRL")))
+        let stored = self
+            .store
+            .ca(name)
+            .await?
+            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        stored
+            .crl_der
+            .ok_or_else(|| InventoryError::Internal(format!("CA {name:?} has no CRL")))
     }
 
     async fn refresh_crl(&self, name: &str, now: OffsetDateTime) -> Result<()> {
         let authority = self.authority(name)?;
-        let stored = self.store.ca(name).await?.ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self
+            .store
+            .ca(name)
+            .await?
+            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
         let revoked = self.store.revocations(name).await?;
         let number = stored.crl_number + 1;
         let next_update = now + CRL_VALIDITY.time();
@@ -635,7 +791,9 @@ fn preview(new: &NewCertificate, now: OffsetDateTime) -> Certificate {
 
 fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
     if tags.len() > 50 {
-        return Err(InventoryError::Invalid("at most 50 tags per certificate".into()));
+        return Err(InventoryError::Invalid(
+            "at most 50 tags per certificate".into(),
+        ));
     }
     for (key, value) in tags {
         check_tag(key, value).map_err(InventoryError::invalid)?;
@@ -647,8 +805,12 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
 /// stored policy matches the certificate (a subordinate inherits its parent's limits).
 fn effective_spec(mut spec: CaSpec, cert_pem: &str) -> CaSpec {
     use x509_parser::prelude::FromDer;
-    let Some(der) = crate::pem::certificates(cert_pem).into_iter().next() else { return spec };
-    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) else { return spec };
+    let Some(der) = crate::pem::certificates(cert_pem).into_iter().next() else {
+        return spec;
+    };
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) else {
+        return spec;
+    };
     if let Ok(Some(bc)) = cert.basic_constraints() {
         spec.path_length = bc.value.path_len_constraint.map(|n| n.min(255) as u8);
     }
@@ -671,24 +833,36 @@ fn effective_spec(mut spec: CaSpec, cert_pem: &str) -> CaSpec {
 /// chain that links it to its root.
 fn check_ca_certificate(req: &InstallCa, our_spki: &[u8]) -> Result<InstalledCa> {
     let bad = |m: String| InventoryError::Invalid(m);
-    let blocks = crate::pem::blocks(&file_bytes(&req.certificate)).map_err(|e| bad(format!("certificate {e}")))?;
+    let blocks = crate::pem::blocks(&file_bytes(&req.certificate))
+        .map_err(|e| bad(format!("certificate {e}")))?;
     let [block] = blocks.as_slice() else {
-        return Err(bad(format!("certificate holds {} PEM blocks; expected one (put issuers in --chain)", blocks.len())));
+        return Err(bad(format!(
+            "certificate holds {} PEM blocks; expected one (put issuers in --chain)",
+            blocks.len()
+        )));
     };
     let info = crate::x509::inspect(&block.der).map_err(|e| bad(format!("certificate {e}")))?;
     if !info.is_ca {
-        return Err(bad("certificate is not a CA certificate (basicConstraints CA:TRUE missing)".into()));
+        return Err(bad(
+            "certificate is not a CA certificate (basicConstraints CA:TRUE missing)".into(),
+        ));
     }
     if info.spki != our_spki {
-        return Err(bad("certificate is not for this CA's key (was it signed from this CA's CSR?)".into()));
+        return Err(bad(
+            "certificate is not for this CA's key (was it signed from this CA's CSR?)".into(),
+        ));
     }
     let mut chain_pem = String::new();
     let mut child = block.der.to_vec();
     if let Some(chain) = &req.chain {
-        let blocks = crate::pem::blocks(&file_bytes(chain)).map_err(|e| bad(format!("chain {e}")))?;
+        let blocks =
+            crate::pem::blocks(&file_bytes(chain)).map_err(|e| bad(format!("chain {e}")))?;
         for (i, parent) in blocks.iter().enumerate() {
             if !crate::x509::is_signed_by(&child, &parent.der) {
-                return Err(bad(format!("chain element {} does not sign the certificate before it", i + 1)));
+                return Err(bad(format!(
+                    "chain element {} does not sign the certificate before it",
+                    i + 1
+                )));
             }
             chain_pem.push_str(&crate::pem::encode("CERTIFICATE", &parent.der));
             child = parent.der.to_vec();
@@ -705,7 +879,9 @@ fn check_ca_certificate(req: &InstallCa, our_spki: &[u8]) -> Result<InstalledCa>
 
 /// Runs CPU-heavy work (key generation, KDFs) on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| InventoryError::Internal(format!("worker failed: {e}")))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InventoryError::Internal(format!("worker failed: {e}")))
 }
 
 /// Like [`blocking`] for work that borrows from the caller: runs it in place, telling the

@@ -6,7 +6,10 @@
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{EcdsaKeyPair, RsaKeyPair};
-use rcgen::{KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PKCS_RSA_SHA256, RsaKeySize};
+use rcgen::{
+    KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PKCS_RSA_SHA256,
+    PublicKeyData, RsaKeySize,
+};
 use rustls_pki_types::PrivateKeyDer;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -19,7 +22,9 @@ use crate::model::KeyAlgorithm;
 pub enum KeyError {
     #[error("the private key is not a valid PKCS#8, SEC1 or PKCS#1 key")]
     Unparsable,
-    #[error("unsupported key type: {0} (supported: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519)")]
+    #[error(
+        "unsupported key type: {0} (supported: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519)"
+    )]
     Unsupported(String),
     #[error("key generation failed for {0}")]
     Generation(KeyAlgorithm),
@@ -93,7 +98,9 @@ pub struct ParsedKey {
 
 impl std::fmt::Debug for ParsedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParsedKey").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("ParsedKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +111,8 @@ pub fn parse_private_key(key: &PrivateKeyDer<'_>) -> Result<ParsedKey, KeyError>
         PrivateKeyDer::Pkcs8(der) => Zeroizing::new(der.secret_pkcs8_der().to_vec()),
         PrivateKeyDer::Sec1(der) => sec1_to_pkcs8(der.secret_sec1_der())?,
         PrivateKeyDer::Pkcs1(der) => {
-            let rsa = RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|_| KeyError::Unparsable)?;
+            let rsa =
+                RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|_| KeyError::Unparsable)?;
             let doc = rsa.as_der().map_err(|_| KeyError::Unparsable)?;
             Zeroizing::new(doc.as_ref().to_vec())
         }
@@ -113,7 +121,11 @@ pub fn parse_private_key(key: &PrivateKeyDer<'_>) -> Result<ParsedKey, KeyError>
     let pair = load_pkcs8(&pkcs8).map_err(|_| unsupported_or_unparsable(&pkcs8))?;
     let spki = pair.subject_public_key_info();
     let algorithm = algorithm_of_spki(&spki)?;
-    Ok(ParsedKey { algorithm, pkcs8, spki })
+    Ok(ParsedKey {
+        algorithm,
+        pkcs8,
+        spki,
+    })
 }
 
 fn sec1_to_pkcs8(der: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
@@ -140,10 +152,16 @@ fn unsupported_or_unparsable(pkcs8: &[u8]) -> KeyError {
     match pkcs8::PrivateKeyInfoRef::try_from(pkcs8) {
         Ok(info) => {
             let oid = info.algorithm.oid.to_string();
-            let curve = info.algorithm.parameters_oid().map(|o| o.to_string()).unwrap_or_default();
+            let curve = info
+                .algorithm
+                .parameters_oid()
+                .map(|o| o.to_string())
+                .unwrap_or_default();
             match (oid.as_str(), curve.as_str()) {
                 ("1.2.840.10045.2.1", "1.3.132.0.35") => KeyError::Unsupported("EC P-521".into()),
-                ("1.2.840.113549.1.1.1", _) => KeyError::Unsupported("RSA key of an unsupported size".into()),
+                ("1.2.840.113549.1.1.1", _) => {
+                    KeyError::Unsupported("RSA key of an unsupported size".into())
+                }
                 ("1.3.101.113", _) => KeyError::Unsupported("Ed448".into()),
                 ("1.2.840.10040.4.1", _) => KeyError::Unsupported("DSA".into()),
                 _ => KeyError::Unsupported(format!("private key algorithm {oid}")),
@@ -159,9 +177,15 @@ mod tests {
 
     #[test]
     fn generated_keys_round_trip_through_pkcs8() {
-        for alg in [KeyAlgorithm::EcP256, KeyAlgorithm::EcP384, KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa2048] {
+        for alg in [
+            KeyAlgorithm::EcP256,
+            KeyAlgorithm::EcP384,
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::Rsa2048,
+        ] {
             let pair = generate(alg).unwrap();
-            let parsed = parse_private_key(&PrivateKeyDer::Pkcs8(pair.serialize_der().into())).unwrap();
+            let parsed =
+                parse_private_key(&PrivateKeyDer::Pkcs8(pair.serialize_der().into())).unwrap();
             assert_eq!(parsed.algorithm, alg);
             assert_eq!(parsed.spki, pair.subject_public_key_info());
         }

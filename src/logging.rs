@@ -20,9 +20,15 @@ impl Logging {
             LogTarget::Stderr => None,
             LogTarget::Journald => tracing_journald::layer().ok(),
             // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
-            LogTarget::Auto => std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok()),
+            LogTarget::Auto => {
+                std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok())
+            }
         };
-        let used = if journald.is_some() { "journald" } else { "stderr" };
+        let used = if journald.is_some() {
+            "journald"
+        } else {
+            "stderr"
+        };
         let output = match journald {
             Some(layer) => layer.with_syslog_identifier("certkeeper".into()).boxed(),
             None => tracing_subscriber::fmt::layer()
@@ -32,8 +38,14 @@ impl Logging {
                 .boxed(),
         };
         // A second init (tests) is not an error worth failing for.
-        let _ = tracing_subscriber::registry().with(filter).with(output).try_init();
-        Logging { filter: handle, target: used }
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(output)
+            .try_init();
+        Logging {
+            filter: handle,
+            target: used,
+        }
     }
 
     pub fn set_level(&self, level: &str) {

@@ -171,11 +171,17 @@ impl FromStr for Domain {
     type Err = DomainError;
 
     fn from_str(input: &str) -> Result<Self, DomainError> {
-        let fail = |reason| DomainError { input: input.to_owned(), reason };
+        let fail = |reason| DomainError {
+            input: input.to_owned(),
+            reason,
+        };
         if let Ok(ip) = input.parse::<IpAddr>() {
             return Ok(Domain::Ip(ip));
         }
-        let name = input.strip_suffix('.').unwrap_or(input).to_ascii_lowercase();
+        let name = input
+            .strip_suffix('.')
+            .unwrap_or(input)
+            .to_ascii_lowercase();
         if name.is_empty() {
             return Err(fail("empty name"));
         }
@@ -218,7 +224,10 @@ fn check_label(label: &str) -> Result<(), &'static str> {
     if label.contains('*') {
         return Err("'*' is allowed only as a whole leftmost label");
     }
-    if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err("only letters, digits, '-' and '_' are allowed");
     }
     Ok(())
@@ -244,12 +253,18 @@ pub fn parse_domains<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<Domain>, DomainE
     for input in inputs {
         let domain: Domain = input.as_ref().parse()?;
         if domains.contains(&domain) {
-            return Err(DomainError { input: input.as_ref().to_owned(), reason: "listed twice" });
+            return Err(DomainError {
+                input: input.as_ref().to_owned(),
+                reason: "listed twice",
+            });
         }
         domains.push(domain);
     }
     if domains.is_empty() {
-        return Err(DomainError { input: String::new(), reason: "at least one domain is required" });
+        return Err(DomainError {
+            input: String::new(),
+            reason: "at least one domain is required",
+        });
     }
     Ok(domains)
 }
@@ -283,8 +298,13 @@ impl Serial {
 
     /// Accepts the hex form with optional `:` separators (as `openssl x509 -text` prints it).
     pub fn parse(text: &str) -> Option<Self> {
-        let hex: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
-        let valid = !hex.is_empty() && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let hex: String = text
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let valid =
+            !hex.is_empty() && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit());
         valid.then_some(Serial(hex))
     }
 }
@@ -330,10 +350,16 @@ impl fmt::Display for CertificateId {
 pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*');
     if name.is_empty() || name.len() > 128 || !name.chars().all(ok_char) {
-        return Err(NameError { what, name: name.to_owned() });
+        return Err(NameError {
+            what,
+            name: name.to_owned(),
+        });
     }
     if name.starts_with(CertificateId::PREFIX) {
-        return Err(NameError { what, name: name.to_owned() });
+        return Err(NameError {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -351,10 +377,16 @@ pub struct NameError {
 pub fn check_tag(key: &str, value: &str) -> Result<(), TagError> {
     let printable = |s: &str| s.chars().all(|c| !c.is_control());
     if key.is_empty() || key.len() > 128 || !printable(key) || key.contains('=') {
-        return Err(TagError { key: key.to_owned(), reason: "a key needs 1-128 printable characters without '='" });
+        return Err(TagError {
+            key: key.to_owned(),
+            reason: "a key needs 1-128 printable characters without '='",
+        });
     }
     if value.len() > 256 || !printable(value) {
-        return Err(TagError { key: key.to_owned(), reason: "a value holds at most 256 printable characters" });
+        return Err(TagError {
+            key: key.to_owned(),
+            reason: "a value holds at most 256 printable characters",
+        });
     }
     Ok(())
 }
@@ -419,7 +451,10 @@ pub struct Certificate {
 
 impl Certificate {
     pub fn common_name(&self) -> String {
-        self.domains.first().map(ToString::to_string).unwrap_or_default()
+        self.domains
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 }
 
@@ -496,7 +531,12 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(detail_type: &str, certificate: &CertificateId, now: OffsetDateTime, detail: serde_json::Value) -> Self {
+    pub fn new(
+        detail_type: &str,
+        certificate: &CertificateId,
+        now: OffsetDateTime,
+        detail: serde_json::Value,
+    ) -> Self {
         Event {
             version: "0".to_owned(),
             id: uuid::Uuid::now_v7().to_string(),
@@ -525,11 +565,27 @@ mod tests {
 
     #[test]
     fn domains_normalise_and_reject() {
-        assert_eq!("WWW.Example.COM.".parse::<Domain>(), Ok(Domain::Dns("www.example.com".into())));
-        assert_eq!("*.example.com".parse::<Domain>().map(|d| d.is_wildcard()), Ok(true));
+        assert_eq!(
+            "WWW.Example.COM.".parse::<Domain>(),
+            Ok(Domain::Dns("www.example.com".into()))
+        );
+        assert_eq!(
+            "*.example.com".parse::<Domain>().map(|d| d.is_wildcard()),
+            Ok(true)
+        );
         assert!(matches!("10.0.0.1".parse::<Domain>(), Ok(Domain::Ip(_))));
         assert!(matches!("::1".parse::<Domain>(), Ok(Domain::Ip(_))));
-        for bad in ["", "a..b", "-a.com", "a-.com", "www.*.com", "*.com", "exa mple.com", "bücher.de", "x"] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "www.*.com",
+            "*.com",
+            "exa mple.com",
+            "bücher.de",
+            "x",
+        ] {
             assert!(bad.parse::<Domain>().is_err(), "{bad:?} should be rejected");
         }
         let long_label = format!("{}.com", "a".repeat(64));

@@ -36,30 +36,46 @@ pub struct Block {
 /// Splits `input` into blocks following the rules in the module comment.
 pub fn blocks(input: &[u8]) -> Result<Vec<Block>, PemError> {
     if input.len() > MAX_INPUT {
-        return Err(PemError::TooLarge { size: input.len(), limit: MAX_INPUT });
+        return Err(PemError::TooLarge {
+            size: input.len(),
+            limit: MAX_INPUT,
+        });
     }
     if input.iter().all(u8::is_ascii_whitespace) {
         return Err(PemError::Empty);
     }
     if !contains(input, b"-----BEGIN ") {
-        return Ok(vec![Block { label: None, der: Zeroizing::new(input.to_vec()) }]);
+        return Ok(vec![Block {
+            label: None,
+            der: Zeroizing::new(input.to_vec()),
+        }]);
     }
     let text = String::from_utf8_lossy(input);
     let mut out = Vec::new();
     let mut rest: &str = &text;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after_begin = &rest[start + "-----BEGIN ".len()..];
-        let label_end = after_begin.find("-----").ok_or_else(|| PemError::Unterminated(String::new()))?;
+        let label_end = after_begin
+            .find("-----")
+            .ok_or_else(|| PemError::Unterminated(String::new()))?;
         let label = after_begin[..label_end].to_owned();
         let body_start = &after_begin[label_end + 5..];
         let end_marker = format!("-----END {label}-----");
-        let body_len = body_start.find(&end_marker).ok_or_else(|| PemError::Unterminated(label.clone()))?;
-        let body: String = body_start[..body_len].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let body_len = body_start
+            .find(&end_marker)
+            .ok_or_else(|| PemError::Unterminated(label.clone()))?;
+        let body: String = body_start[..body_len]
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
         let body = Zeroizing::new(body);
         let der = base64::engine::general_purpose::STANDARD
             .decode(body.as_bytes())
             .map_err(|_| PemError::BadBase64(label.clone()))?;
-        out.push(Block { label: Some(label), der: Zeroizing::new(der) });
+        out.push(Block {
+            label: Some(label),
+            der: Zeroizing::new(der),
+        });
         rest = &body_start[body_len + end_marker.len()..];
     }
     if !rest.trim().is_empty() {
@@ -74,7 +90,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Encodes one block as PEM with 64-character lines and a final newline.
 pub fn encode(label: &str, der: &[u8]) -> String {
-    pem::encode_config(&pem::Pem::new(label, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Decodes a PEM string we wrote ourselves into the DER of each CERTIFICATE block.
@@ -108,10 +127,19 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert_eq!(blocks(b"  \n").err(), Some(PemError::Empty));
-        assert_eq!(blocks(format!("{BODY}junk").as_bytes()).err(), Some(PemError::TrailingGarbage));
-        assert!(matches!(blocks(b"-----BEGIN CERTIFICATE-----\nAQID\n"), Err(PemError::Unterminated(_))));
+        assert_eq!(
+            blocks(format!("{BODY}junk").as_bytes()).err(),
+            Some(PemError::TrailingGarbage)
+        );
+        assert!(matches!(
+            blocks(b"-----BEGIN CERTIFICATE-----\nAQID\n"),
+            Err(PemError::Unterminated(_))
+        ));
         let bad = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
-        assert!(matches!(blocks(bad.as_bytes()), Err(PemError::BadBase64(_))));
+        assert!(matches!(
+            blocks(bad.as_bytes()),
+            Err(PemError::BadBase64(_))
+        ));
         let big = vec![b'a'; MAX_INPUT + 1];
         assert!(matches!(blocks(&big), Err(PemError::TooLarge { .. })));
     }

@@ -12,7 +12,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(std::time::Duration);
 
-const UNITS: &[(char, u64)] = &[('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+const UNITS: &[(char, u64)] = &[
+    ('w', 604_800),
+    ('d', 86_400),
+    ('h', 3_600),
+    ('m', 60),
+    ('s', 1),
+];
 
 impl Span {
     pub const fn from_secs(secs: u64) -> Self {
@@ -37,7 +43,9 @@ impl Span {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (write e.g. \"90d\", \"12h\", \"1h30m\"; units w, d, h, m, s)")]
+#[error(
+    "invalid duration {input:?}: {reason} (write e.g. \"90d\", \"12h\", \"1h30m\"; units w, d, h, m, s)"
+)]
 pub struct SpanError {
     input: String,
     reason: &'static str,
@@ -47,21 +55,36 @@ impl FromStr for Span {
     type Err = SpanError;
 
     fn from_str(input: &str) -> Result<Self, SpanError> {
-        let fail = |reason| SpanError { input: input.to_owned(), reason };
+        let fail = |reason| SpanError {
+            input: input.to_owned(),
+            reason,
+        };
         let mut rest = input.trim();
         if rest.is_empty() {
             return Err(fail("empty"));
         }
         let mut total: u64 = 0;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| fail("a number needs a unit"))?;
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(|| fail("a number needs a unit"))?;
             if digits == 0 {
                 return Err(fail("expected a number"));
             }
-            let number: u64 = rest[..digits].parse().map_err(|_| fail("number too large"))?;
-            let unit = rest[digits..].chars().next().ok_or_else(|| fail("a number needs a unit"))?;
-            let (_, scale) = UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(|| fail("unknown unit"))?;
-            let part = number.checked_mul(*scale).ok_or_else(|| fail("too large"))?;
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| fail("number too large"))?;
+            let unit = rest[digits..]
+                .chars()
+                .next()
+                .ok_or_else(|| fail("a number needs a unit"))?;
+            let (_, scale) = UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .ok_or_else(|| fail("unknown unit"))?;
+            let part = number
+                .checked_mul(*scale)
+                .ok_or_else(|| fail("too large"))?;
             total = total.checked_add(part).ok_or_else(|| fail("too large"))?;
             rest = &rest[digits + unit.len_utf8()..];
         }
@@ -110,7 +133,13 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        let cases = [("90d", 90 * 86_400), ("1h30m", 5_400), ("2w", 1_209_600), ("45s", 45), ("0s", 0)];
+        let cases = [
+            ("90d", 90 * 86_400),
+            ("1h30m", 5_400),
+            ("2w", 1_209_600),
+            ("45s", 45),
+            ("0s", 0),
+        ];
         for (text, secs) in cases {
             let span: Span = text.parse().unwrap();
             assert_eq!(span.as_secs(), secs, "{text}");
@@ -122,7 +151,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "d", "90", "90y", "1.5d", "-1d", "99999999999999999999d", "1d x"] {
+        for bad in [
+            "",
+            "d",
+            "90",
+            "90y",
+            "1.5d",
+            "-1d",
+            "99999999999999999999d",
+            "1d x",
+        ] {
             assert!(bad.parse::<Span>().is_err(), "{bad:?} should be rejected");
         }
         let err = "90y".parse::<Span>().unwrap_err().to_string();

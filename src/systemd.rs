@@ -17,7 +17,10 @@ pub fn reloading() {
 }
 
 pub fn reloaded() {
-    notify(&[NotifyState::Ready, NotifyState::Status("serving (config reloaded)")]);
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving (config reloaded)"),
+    ]);
 }
 
 pub fn stopping() {

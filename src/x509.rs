@@ -35,7 +35,8 @@ pub enum X509Error {
 
 /// Parses exactly one DER certificate (no trailing bytes).
 pub fn inspect(der: &[u8]) -> Result<CertInfo, X509Error> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| X509Error::Malformed(e.to_string()))?;
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| X509Error::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(X509Error::Trailing);
     }
@@ -54,7 +55,12 @@ fn info(cert: &X509Certificate<'_>) -> CertInfo {
             names.extend(parsed);
         }
     }
-    let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
     CertInfo {
         serial: Serial::from_bytes(cert.raw_serial()),
         not_before: cert.validity().not_before.to_datetime(),
@@ -79,11 +85,14 @@ pub fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
 
 /// Whether `child` names `parent` as its issuer and carries a valid signature by its key.
 pub fn is_signed_by(child_der: &[u8], parent_der: &[u8]) -> bool {
-    let (Ok((_, child)), Ok((_, parent))) = (X509Certificate::from_der(child_der), X509Certificate::from_der(parent_der))
-    else {
+    let (Ok((_, child)), Ok((_, parent))) = (
+        X509Certificate::from_der(child_der),
+        X509Certificate::from_der(parent_der),
+    ) else {
         return false;
     };
-    child.issuer().as_raw() == parent.subject().as_raw() && child.verify_signature(Some(parent.public_key())).is_ok()
+    child.issuer().as_raw() == parent.subject().as_raw()
+        && child.verify_signature(Some(parent.public_key())).is_ok()
 }
 
 #[cfg(test)]
@@ -92,9 +101,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_trailing_bytes() {
-        assert!(matches!(inspect(&[0x30, 0x03, 0x02, 0x01, 0x00]), Err(X509Error::Malformed(_))));
+        assert!(matches!(
+            inspect(&[0x30, 0x03, 0x02, 0x01, 0x00]),
+            Err(X509Error::Malformed(_))
+        ));
         let pair = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap().self_signed(&pair).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example".into()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
         let mut der = cert.der().to_vec();
         let info = inspect(&der).unwrap();
         assert_eq!(info.names, vec![Domain::Dns("a.example".into())]);

@@ -75,7 +75,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -85,7 +89,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -94,7 +103,9 @@ impl From<InventoryError> for ApiError {
     fn from(err: InventoryError) -> Self {
         let message = err.to_string();
         match err {
-            InventoryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not-found", message),
+            InventoryError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", message)
+            }
             InventoryError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             InventoryError::Invalid(_)
             | InventoryError::Import(_)
@@ -129,7 +140,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     let status = rejection.status();
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload-too-large" } else { "invalid-json" };
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "payload-too-large"
+    } else {
+        "invalid-json"
+    };
     ApiError::new(status, code, rejection.body_text())
 }
 
@@ -146,7 +161,12 @@ async fn not_found() -> ApiError {
 async fn deadline(State(limits): State<Limits>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limits.timeout, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long").into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long",
+        )
+        .into_response(),
     }
 }
 
@@ -157,43 +177,72 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 async fn health(State(state): Shared) -> ApiResult<Health> {
     let inventory = &state.inventory;
     let cas = inventory.cas().await?.len() as u64;
-    let certificates = inventory.store().count_certificates().await.map_err(InventoryError::from)?;
-    Ok(Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), certificates, cas }))
+    let certificates = inventory
+        .store()
+        .count_certificates()
+        .await
+        .map_err(InventoryError::from)?;
+    Ok(Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        certificates,
+        cas,
+    }))
 }
 
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
 
-async fn list(State(state): Shared, query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> ApiResult<CertificateList> {
+async fn list(
+    State(state): Shared,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<CertificateList> {
     let Query(pairs) = query.map_err(query_rejection)?;
     let filter = list_filter(&pairs)?;
     let limit = filter.limit;
     // Ask for one more than a page to learn whether another page follows.
-    let mut certificates = state.inventory.list(&ListFilter { limit: limit + 1, ..filter }).await?;
+    let mut certificates = state
+        .inventory
+        .list(&ListFilter {
+            limit: limit + 1,
+            ..filter
+        })
+        .await?;
     let next_page = if certificates.len() > limit as usize {
         certificates.truncate(limit as usize);
         certificates.last().map(|c| c.id.to_string())
     } else {
         None
     };
-    Ok(Json(CertificateList { certificates, next_page }))
+    Ok(Json(CertificateList {
+        certificates,
+        next_page,
+    }))
 }
 
 /// Query parameters: `status`, `origin` (repeatable or comma-separated), `tag=KEY` or
 /// `tag=KEY=VALUE` (repeatable), `expiring_within=30d`, `limit`, `after`.
 fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
-    let mut filter = ListFilter { limit: DEFAULT_PAGE, ..ListFilter::default() };
+    let mut filter = ListFilter {
+        limit: DEFAULT_PAGE,
+        ..ListFilter::default()
+    };
     for (key, value) in pairs {
-        let invalid = |e: &dyn std::fmt::Display| ApiError::invalid(format!("query parameter {key}: {e}"));
+        let invalid =
+            |e: &dyn std::fmt::Display| ApiError::invalid(format!("query parameter {key}: {e}"));
         match key.as_str() {
             "status" => {
                 for part in value.split(',') {
-                    filter.statuses.push(part.parse::<Status>().map_err(|e| invalid(&e))?);
+                    filter
+                        .statuses
+                        .push(part.parse::<Status>().map_err(|e| invalid(&e))?);
                 }
             }
             "origin" => {
                 for part in value.split(',') {
-                    filter.origins.push(part.parse::<Origin>().map_err(|e| invalid(&e))?);
+                    filter
+                        .origins
+                        .push(part.parse::<Origin>().map_err(|e| invalid(&e))?);
                 }
             }
             "tag" => {
@@ -203,7 +252,9 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
                 };
                 filter.tags.push((k, v));
             }
-            "expiring_within" => filter.expiring_within = Some(value.parse::<Span>().map_err(|e| invalid(&e))?),
+            "expiring_within" => {
+                filter.expiring_within = Some(value.parse::<Span>().map_err(|e| invalid(&e))?)
+            }
             "limit" => {
                 let limit: u32 = value.parse().map_err(|e| invalid(&e))?;
                 if !(1..=MAX_PAGE).contains(&limit) {
@@ -212,35 +263,62 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
                 filter.limit = limit;
             }
             "after" => {
-                let id = CertificateId::parse(value).ok_or_else(|| invalid(&"not a certificate id"))?;
+                let id =
+                    CertificateId::parse(value).ok_or_else(|| invalid(&"not a certificate id"))?;
                 filter.after = Some(id);
             }
-            other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}"))),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
         }
     }
     Ok(filter)
 }
 
-async fn request(State(state): Shared, Body(req): Body<RequestCertificate>) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
+async fn request(
+    State(state): Shared,
+    Body(req): Body<RequestCertificate>,
+) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
     let cert = state.inventory.request(req).await?;
     Ok((StatusCode::CREATED, Json(cert)))
 }
 
-async fn import(State(state): Shared, Body(req): Body<ImportCertificate>) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
+async fn import(
+    State(state): Shared,
+    Body(req): Body<ImportCertificate>,
+) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
     let reimport = req.certificate_id.is_some();
     let cert = state.inventory.import(req).await?;
-    Ok((if reimport { StatusCode::OK } else { StatusCode::CREATED }, Json(cert)))
+    Ok((
+        if reimport {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        Json(cert),
+    ))
 }
 
-async fn sign(State(state): Shared, Body(req): Body<SignRequest>) -> Result<(StatusCode, Json<Signed>), ApiError> {
+async fn sign(
+    State(state): Shared,
+    Body(req): Body<SignRequest>,
+) -> Result<(StatusCode, Json<Signed>), ApiError> {
     Ok((StatusCode::CREATED, Json(state.inventory.sign(req).await?)))
 }
 
-async fn describe(State(state): Shared, Path(id): Path<String>) -> ApiResult<crate::model::Certificate> {
+async fn describe(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.find(&id).await?))
 }
 
-async fn delete(State(state): Shared, Path(id): Path<String>) -> ApiResult<crate::model::Certificate> {
+async fn delete(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.delete(&id).await?))
 }
 
@@ -259,37 +337,64 @@ async fn pem(
     Ok(Json(state.inventory.pem(&id, query.version).await?))
 }
 
-async fn export(State(state): Shared, Path(id): Path<String>, Body(req): Body<ExportRequest>) -> ApiResult<crate::export::Exported> {
+async fn export(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<ExportRequest>,
+) -> ApiResult<crate::export::Exported> {
     Ok(Json(state.inventory.export(&id, req).await?))
 }
 
-async fn renew(State(state): Shared, Path(id): Path<String>) -> ApiResult<crate::model::Certificate> {
+async fn renew(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.renew(&id).await?))
 }
 
-async fn revoke(State(state): Shared, Path(id): Path<String>, Body(req): Body<RevokeRequest>) -> ApiResult<crate::model::Certificate> {
+async fn revoke(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<RevokeRequest>,
+) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.revoke(&id, req.reason).await?))
 }
 
-async fn tags(State(state): Shared, Path(id): Path<String>, Body(req): Body<TagsRequest>) -> ApiResult<crate::model::Certificate> {
+async fn tags(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<TagsRequest>,
+) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.tags(&id, req).await?))
 }
 
 // --- certificate authorities ----------------------------------------------------------------
 
 async fn ca_list(State(state): Shared) -> ApiResult<CaList> {
-    Ok(Json(CaList { cas: state.inventory.cas().await? }))
+    Ok(Json(CaList {
+        cas: state.inventory.cas().await?,
+    }))
 }
 
-async fn ca_create(State(state): Shared, Body(req): Body<CreateCa>) -> Result<(StatusCode, Json<CaDetails>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.inventory.create_ca(req).await?)))
+async fn ca_create(
+    State(state): Shared,
+    Body(req): Body<CreateCa>,
+) -> Result<(StatusCode, Json<CaDetails>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.inventory.create_ca(req).await?),
+    ))
 }
 
 async fn ca_describe(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.ca(&name).await?))
 }
 
-async fn ca_install(State(state): Shared, Path(name): Path<String>, Body(req): Body<InstallCa>) -> ApiResult<CaDetails> {
+async fn ca_install(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Body(req): Body<InstallCa>,
+) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.install_ca(&name, req).await?))
 }
 
@@ -309,11 +414,15 @@ async fn ca_crl(
     let Query(query) = query.map_err(query_rejection)?;
     let der = state.inventory.crl(&name).await?;
     match query.format.as_deref() {
-        None | Some("pem") => {
-            Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], crate::pem::encode("X509 CRL", &der)).into_response())
-        }
+        None | Some("pem") => Ok((
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            crate::pem::encode("X509 CRL", &der),
+        )
+            .into_response()),
         Some("der") => Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()),
-        Some(other) => Err(ApiError::invalid(format!("format {other:?}: expected pem or der"))),
+        Some(other) => Err(ApiError::invalid(format!(
+            "format {other:?}: expected pem or der"
+        ))),
     }
 }
 
@@ -328,16 +437,33 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
-async fn events(State(state): Shared, query: Result<Query<EventsQuery>, QueryRejection>) -> ApiResult<EventList> {
+async fn events(
+    State(state): Shared,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> ApiResult<EventList> {
     let Query(query) = query.map_err(query_rejection)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let rows = state.inventory.store().events_after(query.after, limit).await.map_err(InventoryError::from)?;
-    Ok(Json(EventList { events: rows.into_iter().map(|(cursor, event)| EventEntry { cursor, event }).collect() }))
+    let rows = state
+        .inventory
+        .store()
+        .events_after(query.after, limit)
+        .await
+        .map_err(InventoryError::from)?;
+    Ok(Json(EventList {
+        events: rows
+            .into_iter()
+            .map(|(cursor, event)| EventEntry { cursor, event })
+            .collect(),
+    }))
 }
 
 async fn rotate(State(state): Shared) -> ApiResult<RotateResult> {
     let (rewrapped, key_usage) = state.inventory.rotate_master_key().await?;
     let current_key_id = state.inventory.store().keyring().current_kid().to_owned();
     tracing::info!(rewrapped, key_id = %current_key_id, "master key rotation done");
-    Ok(Json(RotateResult { current_key_id, rewrapped, key_usage }))
+    Ok(Json(RotateResult {
+        current_key_id,
+        rewrapped,
+        key_usage,
+    }))
 }

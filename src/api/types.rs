@@ -214,7 +214,9 @@ pub fn file_bytes(field: &str) -> Vec<u8> {
         return field.as_bytes().to_vec();
     }
     let compact: String = field.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| field.as_bytes().to_vec())
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .unwrap_or_else(|_| field.as_bytes().to_vec())
 }
 
 /// The inverse of [`file_bytes`], for the CLI: UTF-8 PEM stays text, anything else is base64.

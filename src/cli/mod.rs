@@ -339,7 +339,9 @@ where
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     Ok((k.to_owned(), v.to_owned()))
 }
 
@@ -352,7 +354,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -360,7 +365,11 @@ impl From<ClientError> for Failure {
     fn from(err: ClientError) -> Self {
         let code = match &err {
             ClientError::Unreachable { .. } => exit::UNAVAILABLE,
-            ClientError::Api { status, .. } if status.as_u16() == 400 || status.as_u16() == 422 || status.as_u16() == 413 => exit::DATA,
+            ClientError::Api { status, .. }
+                if status.as_u16() == 400 || status.as_u16() == 422 || status.as_u16() == 413 =>
+            {
+                exit::DATA
+            }
             ClientError::Api { status, .. } if status.is_server_error() => exit::SOFTWARE,
             ClientError::Api { .. } => exit::FAILED,
             ClientError::Protocol(_) => exit::SOFTWARE,
@@ -381,7 +390,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve { .. } => unreachable_serve(),
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref(), format),
-        Command::MasterKey(MasterKeyCommand::Generate { out }) => master_key_generate(out.as_deref()),
+        Command::MasterKey(MasterKeyCommand::Generate { out }) => {
+            master_key_generate(out.as_deref())
+        }
         command => {
             let socket = socket_path(cli.socket, cli.config.as_deref())?;
             let client = Client::new(&socket);
@@ -407,11 +418,18 @@ fn socket_path(flag: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, 
     if let Some(socket) = flag {
         return Ok(socket);
     }
-    let path = config.map(Path::to_owned).or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
+    let path = config
+        .map(Path::to_owned)
+        .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
     match path {
         Some(path) => {
-            let config = Config::load(Some(&path), &Environment::from_process(None))
-                .map_err(|e| Failure::new(exit::CONFIG, format!("{e} (needed to find the API socket; or pass --socket)")))?;
+            let config =
+                Config::load(Some(&path), &Environment::from_process(None)).map_err(|e| {
+                    Failure::new(
+                        exit::CONFIG,
+                        format!("{e} (needed to find the API socket; or pass --socket)"),
+                    )
+                })?;
             Ok(config.socket)
         }
         None => Ok(PathBuf::from("/run/certkeeper/api.sock")),
@@ -435,10 +453,17 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
         }
         Command::List(args) => list(client, args, format).await,
         Command::Describe { certificate } => {
-            let cert: Certificate = client.get(&format!("/v1/certificates/{}", encode(&certificate))).await?;
+            let cert: Certificate = client
+                .get(&format!("/v1/certificates/{}", encode(&certificate)))
+                .await?;
             show_certificate(&cert, format)
         }
-        Command::Get { certificate, version, part, out } => {
+        Command::Get {
+            certificate,
+            version,
+            part,
+            out,
+        } => {
             let mut path = format!("/v1/certificates/{}/pem", encode(&certificate));
             if let Some(v) = version {
                 path.push_str(&format!("?version={v}"));
@@ -454,7 +479,13 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             };
             write_output(out.as_deref(), text.as_bytes(), 0o644)
         }
-        Command::Export { certificate, passphrase_file, format: export_format, version, out } => {
+        Command::Export {
+            certificate,
+            passphrase_file,
+            format: export_format,
+            version,
+            out,
+        } => {
             let passphrase = read_passphrase(&passphrase_file)?;
             let body = ExportRequest {
                 passphrase: passphrase.to_string(),
@@ -465,15 +496,30 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 },
                 version,
             };
-            let exported: Exported = client.post(&format!("/v1/certificates/{}/export", encode(&certificate)), &body).await?;
+            let exported: Exported = client
+                .post(
+                    &format!("/v1/certificates/{}/export", encode(&certificate)),
+                    &body,
+                )
+                .await?;
             write_export(&exported, out.as_deref(), format)
         }
         Command::Import(args) => {
             let body = ImportCertificate {
                 certificate: file_field(&read_input(&args.certificate)?),
                 private_key: file_field(&read_input(&args.private_key)?),
-                chain: args.chain.as_deref().map(read_input).transpose()?.map(|b| file_field(&b)),
-                passphrase: args.passphrase_file.as_deref().map(read_passphrase).transpose()?.map(|p| p.to_string()),
+                chain: args
+                    .chain
+                    .as_deref()
+                    .map(read_input)
+                    .transpose()?
+                    .map(|b| file_field(&b)),
+                passphrase: args
+                    .passphrase_file
+                    .as_deref()
+                    .map(read_passphrase)
+                    .transpose()?
+                    .map(|p| p.to_string()),
                 allow_expired: args.allow_expired,
                 certificate_id: args.certificate_id,
                 name: args.name,
@@ -495,21 +541,38 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             if format == Format::Json {
                 return Ok(output::json(&signed)?);
             }
-            eprintln!("issued {} ({}), serial {}", signed.certificate.id, signed.certificate.name, signed.certificate.serial);
+            eprintln!(
+                "issued {} ({}), serial {}",
+                signed.certificate.id, signed.certificate.name, signed.certificate.serial
+            );
             let text = format!("{}{}", signed.certificate_pem, signed.chain_pem);
             write_output(args.out.as_deref(), text.as_bytes(), 0o644)
         }
         Command::Renew { certificate } => {
-            let cert: Certificate = client.post(&format!("/v1/certificates/{}/renew", encode(&certificate)), &()).await?;
+            let cert: Certificate = client
+                .post(
+                    &format!("/v1/certificates/{}/renew", encode(&certificate)),
+                    &(),
+                )
+                .await?;
             show_certificate(&cert, format)
         }
-        Command::Revoke { certificate, reason } => {
-            let cert: Certificate =
-                client.post(&format!("/v1/certificates/{}/revoke", encode(&certificate)), &RevokeRequest { reason }).await?;
+        Command::Revoke {
+            certificate,
+            reason,
+        } => {
+            let cert: Certificate = client
+                .post(
+                    &format!("/v1/certificates/{}/revoke", encode(&certificate)),
+                    &RevokeRequest { reason },
+                )
+                .await?;
             show_certificate(&cert, format)
         }
         Command::Delete { certificate } => {
-            let cert: Certificate = client.delete(&format!("/v1/certificates/{}", encode(&certificate))).await?;
+            let cert: Certificate = client
+                .delete(&format!("/v1/certificates/{}", encode(&certificate)))
+                .await?;
             if format == Format::Json {
                 return Ok(output::json(&cert)?);
             }
@@ -517,13 +580,29 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             Ok(())
         }
         Command::Tag { certificate, tags } => {
-            let body = TagsRequest { set: tags.into_iter().collect(), remove: Vec::new() };
-            let cert: Certificate = client.post(&format!("/v1/certificates/{}/tags", encode(&certificate)), &body).await?;
+            let body = TagsRequest {
+                set: tags.into_iter().collect(),
+                remove: Vec::new(),
+            };
+            let cert: Certificate = client
+                .post(
+                    &format!("/v1/certificates/{}/tags", encode(&certificate)),
+                    &body,
+                )
+                .await?;
             show_certificate(&cert, format)
         }
         Command::Untag { certificate, keys } => {
-            let body = TagsRequest { set: BTreeMap::new(), remove: keys };
-            let cert: Certificate = client.post(&format!("/v1/certificates/{}/tags", encode(&certificate)), &body).await?;
+            let body = TagsRequest {
+                set: BTreeMap::new(),
+                remove: keys,
+            };
+            let cert: Certificate = client
+                .post(
+                    &format!("/v1/certificates/{}/tags", encode(&certificate)),
+                    &body,
+                )
+                .await?;
             show_certificate(&cert, format)
         }
         Command::Ca(command) => ca(client, command, format).await,
@@ -533,15 +612,18 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             if format == Format::Json {
                 return Ok(output::json(&result)?);
             }
-            println!("rewrapped {} record(s) under master key {}", result.rewrapped, result.current_key_id);
+            println!(
+                "rewrapped {} record(s) under master key {}",
+                result.rewrapped, result.current_key_id
+            );
             for (kid, n) in &result.key_usage {
                 println!("  key {kid}: {n} record(s)");
             }
             Ok(())
         }
-        Command::Serve { .. } | Command::Config(_) | Command::MasterKey(MasterKeyCommand::Generate { .. }) => {
-            unreachable_serve()
-        }
+        Command::Serve { .. }
+        | Command::Config(_)
+        | Command::MasterKey(MasterKeyCommand::Generate { .. }) => unreachable_serve(),
     }
 }
 
@@ -555,14 +637,22 @@ async fn list(client: &Client, args: ListArgs, format: Format) -> Result<(), Fai
     }
     query.push(("limit".into(), args.limit.to_string()));
     let mut after = args.after;
-    let mut all = CertificateList { certificates: Vec::new(), next_page: None };
+    let mut all = CertificateList {
+        certificates: Vec::new(),
+        next_page: None,
+    };
     loop {
         let mut q = query.clone();
         if let Some(after) = &after {
             q.push(("after".into(), after.clone()));
         }
-        let qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-        let page: CertificateList = client.get(&format!("/v1/certificates?{}", qs.join("&"))).await?;
+        let qs: Vec<String> = q
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        let page: CertificateList = client
+            .get(&format!("/v1/certificates?{}", qs.join("&")))
+            .await?;
         all.certificates.extend(page.certificates);
         all.next_page = page.next_page;
         match (&all.next_page, args.all) {
@@ -591,50 +681,101 @@ async fn ca(client: &Client, command: CaCommand, format: Format) -> Result<(), F
                 Format::Table => Ok(output::ca_list(&list.cas)?),
             }
         }
-        CaCommand::Describe { name } => show(&client.get(&format!("/v1/cas/{}", encode(&name))).await?),
+        CaCommand::Describe { name } => {
+            show(&client.get(&format!("/v1/cas/{}", encode(&name))).await?)
+        }
         CaCommand::Certificate { name } => {
             let details: CaDetails = client.get(&format!("/v1/cas/{}", encode(&name))).await?;
             if format == Format::Json {
                 return Ok(output::json(&details)?);
             }
             let pem = details.certificate_pem.ok_or_else(|| {
-                Failure::new(exit::FAILED, format!("CA {name:?} has no certificate yet (run `certkeeper ca install`)"))
+                Failure::new(
+                    exit::FAILED,
+                    format!("CA {name:?} has no certificate yet (run `certkeeper ca install`)"),
+                )
             })?;
             print!("{pem}{}", details.chain_pem);
             Ok(())
         }
-        CaCommand::Create { name, parent, external, common_name, key_algorithm, validity, path_length, permitted_dns } => {
-            let body = CreateCa { name, parent, external, common_name, key_algorithm, validity, path_length, permitted_dns };
+        CaCommand::Create {
+            name,
+            parent,
+            external,
+            common_name,
+            key_algorithm,
+            validity,
+            path_length,
+            permitted_dns,
+        } => {
+            let body = CreateCa {
+                name,
+                parent,
+                external,
+                common_name,
+                key_algorithm,
+                validity,
+                path_length,
+                permitted_dns,
+            };
             let details: CaDetails = client.post("/v1/cas", &body).await?;
             if external && format == Format::Table {
                 // The CSR is what the user needs next: print it alone on stdout, the rest on stderr.
-                eprintln!("created external CA {:?}; have this CSR signed, then run `certkeeper ca install {} --certificate FILE`", details.ca.name, details.ca.name);
+                eprintln!(
+                    "created external CA {:?}; have this CSR signed, then run `certkeeper ca install {} --certificate FILE`",
+                    details.ca.name, details.ca.name
+                );
                 print!("{}", details.csr_pem.unwrap_or_default());
                 return Ok(());
             }
             show(&details)
         }
-        CaCommand::Install { name, certificate, chain } => {
+        CaCommand::Install {
+            name,
+            certificate,
+            chain,
+        } => {
             let body = InstallCa {
                 certificate: file_field(&read_input(&certificate)?),
-                chain: chain.as_deref().map(read_input).transpose()?.map(|b| file_field(&b)),
+                chain: chain
+                    .as_deref()
+                    .map(read_input)
+                    .transpose()?
+                    .map(|b| file_field(&b)),
             };
-            show(&client.post(&format!("/v1/cas/{}/install", encode(&name)), &body).await?)
+            show(
+                &client
+                    .post(&format!("/v1/cas/{}/install", encode(&name)), &body)
+                    .await?,
+            )
         }
-        CaCommand::Crl { name, format: crl_format, out } => {
+        CaCommand::Crl {
+            name,
+            format: crl_format,
+            out,
+        } => {
             let fmt = match crl_format {
                 CrlFormat::Pem => "pem",
                 CrlFormat::Der => "der",
             };
-            let bytes = client.get_bytes(&format!("/v1/cas/{}/crl?format={fmt}", encode(&name))).await?;
+            let bytes = client
+                .get_bytes(&format!("/v1/cas/{}/crl?format={fmt}", encode(&name)))
+                .await?;
             write_output(out.as_deref(), &bytes, 0o644)
         }
     }
 }
 
-async fn events(client: &Client, mut after: i64, follow: bool, format: Format) -> Result<(), Failure> {
+async fn events(
+    client: &Client,
+    mut after: i64,
+    follow: bool,
+    format: Format,
+) -> Result<(), Failure> {
     loop {
-        let list: EventList = client.get(&format!("/v1/events?after={after}&limit=1000")).await?;
+        let list: EventList = client
+            .get(&format!("/v1/events?after={after}&limit=1000"))
+            .await?;
         let empty = list.events.is_empty();
         for entry in &list.events {
             after = entry.cursor;
@@ -669,7 +810,8 @@ fn show_certificate(cert: &Certificate, format: Format) -> Result<(), Failure> {
 
 fn config_check(path: Option<&Path>, format: Format) -> Result<(), Failure> {
     let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
-    let config = Config::load(Some(path), &Environment::from_process(None)).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let config = Config::load(Some(path), &Environment::from_process(None))
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     if format == Format::Json {
         let summary = serde_json::json!({
             "file": path,
@@ -685,7 +827,8 @@ fn config_check(path: Option<&Path>, format: Format) -> Result<(), Failure> {
 }
 
 fn master_key_generate(out: Option<&Path>) -> Result<(), Failure> {
-    let key = crate::store::seal::new_key_text().map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))?;
+    let key = crate::store::seal::new_key_text()
+        .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))?;
     match out {
         Some(path) => write_new_file(path, key.as_bytes(), 0o400),
         None => Ok(print!("{}", key.as_str())),
@@ -693,21 +836,31 @@ fn master_key_generate(out: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {
-    let meta = std::fs::metadata(path).map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))?;
     if meta.len() > crate::pem::MAX_INPUT as u64 {
         return Err(Failure::new(
             exit::DATA,
-            format!("{}: {} bytes is more than the {}-byte limit", path.display(), meta.len(), crate::pem::MAX_INPUT),
+            format!(
+                "{}: {} bytes is more than the {}-byte limit",
+                path.display(),
+                meta.len(),
+                crate::pem::MAX_INPUT
+            ),
         ));
     }
-    std::fs::read(path).map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))
 }
 
 fn read_passphrase(path: &Path) -> Result<Zeroizing<String>, Failure> {
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))?,
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::new(exit::NO_INPUT, format!("{}: {e}", path.display())))?,
     );
-    Ok(Zeroizing::new(text.lines().next().unwrap_or_default().to_owned()))
+    Ok(Zeroizing::new(
+        text.lines().next().unwrap_or_default().to_owned(),
+    ))
 }
 
 fn write_export(exported: &Exported, out: Option<&Path>, format: Format) -> Result<(), Failure> {
@@ -718,7 +871,9 @@ fn write_export(exported: &Exported, out: Option<&Path>, format: Format) -> Resu
         Some(b64) => Zeroizing::new(
             base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| Failure::new(exit::SOFTWARE, format!("bad PKCS#12 from daemon: {e}")))?,
+                .map_err(|e| {
+                    Failure::new(exit::SOFTWARE, format!("bad PKCS#12 from daemon: {e}"))
+                })?,
         ),
         None => Zeroizing::new(
             format!(
@@ -731,7 +886,10 @@ fn write_export(exported: &Exported, out: Option<&Path>, format: Format) -> Resu
         ),
     };
     if out.is_none() && exported.pkcs12.is_some() && std::io::stdout().is_terminal() {
-        return Err(Failure::new(exit::FAILED, "PKCS#12 is binary: pass --out FILE or redirect standard output"));
+        return Err(Failure::new(
+            exit::FAILED,
+            "PKCS#12 is binary: pass --out FILE or redirect standard output",
+        ));
     }
     write_output(out, &bytes, 0o600)
 }

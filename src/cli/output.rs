@@ -32,17 +32,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
         }
     }
     let mut out = std::io::stdout().lock();
-    let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
-        let mut text = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i + 1 == widths.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+    let line =
+        |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
+            let mut text = String::new();
+            for (i, cell) in cells.enumerate() {
+                if i + 1 == widths.len() {
+                    text.push_str(cell);
+                } else {
+                    text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                }
             }
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
+            writeln!(out, "{}", text.trim_end())
+        };
     line(&mut out, &mut header.iter().copied())?;
     for row in rows {
         line(&mut out, &mut row.iter().map(String::as_str))?;
@@ -65,11 +66,18 @@ pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
                 c.status.to_string(),
                 c.origin.to_string(),
                 date(c.not_after),
-                c.domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                c.domains
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
-    table(&["ID", "NAME", "STATUS", "ORIGIN", "NOT AFTER", "DOMAINS"], &rows)?;
+    table(
+        &["ID", "NAME", "STATUS", "ORIGIN", "NOT AFTER", "DOMAINS"],
+        &rows,
+    )?;
     if let Some(next) = &list.next_page {
         eprintln!("more certificates follow: --after {next} (or --all)");
     }
@@ -84,7 +92,14 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
     field("status", c.status.to_string())?;
     field("origin", c.origin.to_string())?;
     field("issuer", c.issuer.clone())?;
-    field("domains", c.domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))?;
+    field(
+        "domains",
+        c.domains
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )?;
     field("key algorithm", c.key_algorithm.to_string())?;
     field("serial", c.serial.to_string())?;
     field("not before", date(c.not_before))?;
@@ -95,7 +110,14 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
     field("client auth", c.client_auth.to_string())?;
     field("current version", c.current_version.to_string())?;
     if !c.tags.is_empty() {
-        field("tags", c.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))?;
+        field(
+            "tags",
+            c.tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )?;
     }
     if let (Some(at), Some(reason)) = (c.revoked_at, c.revocation_reason) {
         field("revoked", format!("{} ({reason})", date(at)))?;
@@ -114,11 +136,25 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
                     date(v.not_before),
                     date(v.not_after),
                     v.issuer_ca.clone().unwrap_or_else(|| "-".into()),
-                    if v.key_held { "yes".into() } else { "no".into() },
+                    if v.key_held {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                 ]
             })
             .collect();
-        table(&["VERSION", "SERIAL", "NOT BEFORE", "NOT AFTER", "CA", "KEY HELD"], &rows)?;
+        table(
+            &[
+                "VERSION",
+                "SERIAL",
+                "NOT BEFORE",
+                "NOT AFTER",
+                "CA",
+                "KEY HELD",
+            ],
+            &rows,
+        )?;
     }
     Ok(())
 }
@@ -134,11 +170,26 @@ pub fn ca_list(cas: &[CaInfo]) -> std::io::Result<()> {
                 ca.parent.clone().unwrap_or_else(|| "-".into()),
                 ca.key_algorithm.to_string(),
                 ca.not_after.map(date).unwrap_or_else(|| "-".into()),
-                if ca.permitted_dns.is_empty() { "-".into() } else { ca.permitted_dns.join(",") },
+                if ca.permitted_dns.is_empty() {
+                    "-".into()
+                } else {
+                    ca.permitted_dns.join(",")
+                },
             ]
         })
         .collect();
-    table(&["NAME", "KIND", "STATE", "PARENT", "KEY", "NOT AFTER", "PERMITTED DNS"], &rows)
+    table(
+        &[
+            "NAME",
+            "KIND",
+            "STATE",
+            "PARENT",
+            "KEY",
+            "NOT AFTER",
+            "PERMITTED DNS",
+        ],
+        &rows,
+    )
 }
 
 pub fn ca(details: &CaDetails) -> std::io::Result<()> {
@@ -153,10 +204,18 @@ pub fn ca(details: &CaDetails) -> std::io::Result<()> {
     }
     field("common name", ca.common_name.clone())?;
     field("key algorithm", ca.key_algorithm.to_string())?;
-    field("path length", ca.path_length.map_or_else(|| "unconstrained".into(), |n| n.to_string()))?;
+    field(
+        "path length",
+        ca.path_length
+            .map_or_else(|| "unconstrained".into(), |n| n.to_string()),
+    )?;
     field(
         "permitted dns",
-        if ca.permitted_dns.is_empty() { "unconstrained".into() } else { ca.permitted_dns.join(", ") },
+        if ca.permitted_dns.is_empty() {
+            "unconstrained".into()
+        } else {
+            ca.permitted_dns.join(", ")
+        },
     )?;
     if let Some(serial) = &ca.serial {
         field("serial", serial.to_string())?;
@@ -166,7 +225,11 @@ pub fn ca(details: &CaDetails) -> std::io::Result<()> {
         field("not after", date(na))?;
     }
     if let Some(csr) = &details.csr_pem {
-        writeln!(out, "\nHave this CSR signed by the external root, then run `certkeeper ca install {} --certificate FILE`:\n", ca.name)?;
+        writeln!(
+            out,
+            "\nHave this CSR signed by the external root, then run `certkeeper ca install {} --certificate FILE`:\n",
+            ca.name
+        )?;
         write!(out, "{csr}")?;
     }
     Ok(())

@@ -23,7 +23,8 @@ use zeroize::Zeroizing;
 
 use crate::config::Synchronous;
 use crate::model::{
-    CaInfo, CaSpec, Certificate, CertificateId, Event, KeyAlgorithm, Origin, RevocationReason, Serial, Status,
+    CaInfo, CaSpec, Certificate, CertificateId, Event, KeyAlgorithm, Origin, RevocationReason,
+    Serial, Status,
 };
 pub use seal::{Keyring, SealError, Sealed};
 pub use sqlite::ListFilter;
@@ -144,10 +145,18 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database and runs pending migrations. The writer task is
     /// spawned on the current runtime and stops when the last `Store` clone is dropped.
-    pub async fn open(path: &Path, synchronous: Synchronous, keyring: Keyring) -> Result<Store, StoreError> {
+    pub async fn open(
+        path: &Path,
+        synchronous: Synchronous,
+        keyring: Keyring,
+    ) -> Result<Store, StoreError> {
         let db = sqlite::Db::open(path, synchronous).await?;
         let writer = writer::spawn(db.clone()).await?;
-        Ok(Store { db, writer, keyring: Arc::new(keyring) })
+        Ok(Store {
+            db,
+            writer,
+            keyring: Arc::new(keyring),
+        })
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -169,11 +178,21 @@ impl Store {
 
     // --- certificates --------------------------------------------------------------------
 
-    pub async fn insert_certificate(&self, mut new: NewCertificate) -> Result<Certificate, StoreError> {
+    pub async fn insert_certificate(
+        &self,
+        mut new: NewCertificate,
+    ) -> Result<Certificate, StoreError> {
         let sealed = self.seal_version_key(&new.id, 1, new.version.key.take())?;
         let id = new.id.clone();
-        self.write(|reply| Job::InsertCertificate { new: Box::new(new), key: sealed, reply }).await?;
-        self.certificate(&id).await?.ok_or_else(|| StoreError::NotFound(id.to_string()))
+        self.write(|reply| Job::InsertCertificate {
+            new: Box::new(new),
+            key: sealed,
+            reply,
+        })
+        .await?;
+        self.certificate(&id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
     /// Adds version `version` (which must be the current one plus one) and makes it current.
@@ -200,7 +219,9 @@ impl Store {
             reply,
         })
         .await?;
-        self.certificate(id).await?.ok_or_else(|| StoreError::NotFound(id.to_string()))
+        self.certificate(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
     pub async fn revoke(
@@ -212,7 +233,15 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(|reply| Job::Revoke { id, reason, revocations, event, now, reply }).await
+        self.write(|reply| Job::Revoke {
+            id,
+            reason,
+            revocations,
+            event,
+            now,
+            reply,
+        })
+        .await
     }
 
     pub async fn delete(&self, id: &CertificateId) -> Result<(), StoreError> {
@@ -227,27 +256,48 @@ impl Store {
         remove: Vec<String>,
     ) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(|reply| Job::SetTags { id, set, remove, reply }).await
+        self.write(|reply| Job::SetTags {
+            id,
+            set,
+            remove,
+            reply,
+        })
+        .await
     }
 
     /// Looks a certificate up by id or, failing that, by name; includes its versions.
-    pub async fn find_certificate(&self, id_or_name: &str) -> Result<Option<Certificate>, StoreError> {
-        self.db.find_certificate(id_or_name, OffsetDateTime::now_utc()).await
+    pub async fn find_certificate(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<Certificate>, StoreError> {
+        self.db
+            .find_certificate(id_or_name, OffsetDateTime::now_utc())
+            .await
     }
 
     pub async fn certificate(&self, id: &CertificateId) -> Result<Option<Certificate>, StoreError> {
-        self.db.find_certificate(id.as_str(), OffsetDateTime::now_utc()).await
+        self.db
+            .find_certificate(id.as_str(), OffsetDateTime::now_utc())
+            .await
     }
 
     pub async fn count_certificates(&self) -> Result<u64, StoreError> {
         self.db.count_certificates().await
     }
 
-    pub async fn list(&self, filter: &ListFilter, now: OffsetDateTime) -> Result<Vec<Certificate>, StoreError> {
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Certificate>, StoreError> {
         self.db.list(filter, now).await
     }
 
-    pub async fn version(&self, id: &CertificateId, version: u32) -> Result<Option<StoredVersion>, StoreError> {
+    pub async fn version(
+        &self,
+        id: &CertificateId,
+        version: u32,
+    ) -> Result<Option<StoredVersion>, StoreError> {
         self.db.version(id, version).await
     }
 
@@ -257,8 +307,13 @@ impl Store {
         id: &CertificateId,
         version: &StoredVersion,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let Some(sealed) = &version.key else { return Ok(None) };
-        Ok(Some(self.keyring.open(&version_record(id, version.version), sealed)?))
+        let Some(sealed) = &version.key else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.keyring
+                .open(&version_record(id, version.version), sealed)?,
+        ))
     }
 
     fn seal_version_key(
@@ -267,7 +322,9 @@ impl Store {
         version: u32,
         key: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Option<Sealed>, StoreError> {
-        Ok(key.map(|k| self.keyring.seal(&version_record(id, version), &k)).transpose()?)
+        Ok(key
+            .map(|k| self.keyring.seal(&version_record(id, version), &k))
+            .transpose()?)
     }
 
     // --- certificate authorities -----------------------------------------------------------
@@ -275,12 +332,22 @@ impl Store {
     pub async fn insert_ca(&self, mut new: NewCa) -> Result<(), StoreError> {
         let key = std::mem::take(&mut new.key);
         let sealed = self.keyring.seal(&ca_record(&new.spec.name), &key)?;
-        self.write(|reply| Job::InsertCa { new: Box::new(new), key: sealed, reply }).await
+        self.write(|reply| Job::InsertCa {
+            new: Box::new(new),
+            key: sealed,
+            reply,
+        })
+        .await
     }
 
     pub async fn install_ca(&self, name: &str, installed: InstalledCa) -> Result<(), StoreError> {
         let name = name.to_owned();
-        self.write(|reply| Job::InstallCa { name, installed: Box::new(installed), reply }).await
+        self.write(|reply| Job::InstallCa {
+            name,
+            installed: Box::new(installed),
+            reply,
+        })
+        .await
     }
 
     pub async fn save_crl(
@@ -291,7 +358,14 @@ impl Store {
         next_update: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let ca = ca.to_owned();
-        self.write(|reply| Job::SaveCrl { ca, number, der, next_update, reply }).await
+        self.write(|reply| Job::SaveCrl {
+            ca,
+            number,
+            der,
+            next_update,
+            reply,
+        })
+        .await
     }
 
     pub async fn cas(&self) -> Result<Vec<StoredCa>, StoreError> {
@@ -306,13 +380,20 @@ impl Store {
         Ok(self.keyring.open(&ca_record(&ca.info.name), &ca.key)?)
     }
 
-    pub async fn revocations(&self, ca: &str) -> Result<Vec<(Serial, OffsetDateTime, RevocationReason)>, StoreError> {
+    pub async fn revocations(
+        &self,
+        ca: &str,
+    ) -> Result<Vec<(Serial, OffsetDateTime, RevocationReason)>, StoreError> {
         self.db.revocations(ca).await
     }
 
     // --- events and keys -------------------------------------------------------------------
 
-    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, Event)>, StoreError> {
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
         self.db.events_after(after, limit).await
     }
 
@@ -332,7 +413,11 @@ impl Store {
                 rewrapped.push((record, new));
             }
             total += rewrapped.len() as u64;
-            self.write(|reply| Job::Rewrap { rows: rewrapped, reply }).await?;
+            self.write(|reply| Job::Rewrap {
+                rows: rewrapped,
+                reply,
+            })
+            .await?;
         }
     }
 
@@ -345,9 +430,15 @@ impl Store {
         self.db.integrity_check().await
     }
 
-    async fn write(&self, job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Job) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Job,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send(job(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(job(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }

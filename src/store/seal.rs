@@ -27,7 +27,11 @@ pub enum SealError {
         "record {record} is sealed with master key {kid}, which is not loaded (loaded: {loaded}); \
          configure the right secrets.master-key-file, or list the old key in secrets.previous-master-key-files"
     )]
-    UnknownKey { record: String, kid: String, loaded: String },
+    UnknownKey {
+        record: String,
+        kid: String,
+        loaded: String,
+    },
     #[error("record {record} cannot be opened: the master key or the stored ciphertext is wrong")]
     Corrupt { record: String },
     #[error("encryption failed")]
@@ -48,7 +52,10 @@ impl MasterKey {
         ctx.update(b"certkeeper master key id\0");
         ctx.update(bytes.as_ref());
         let hash = ctx.finish();
-        let kid = hash.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let kid = hash.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         MasterKey { kid, bytes }
     }
 }
@@ -70,13 +77,20 @@ impl Keyring {
     pub fn new(current: [u8; KEY_LEN], previous: Vec<[u8; KEY_LEN]>) -> Self {
         Keyring {
             current: MasterKey::new(Zeroizing::new(current)),
-            previous: previous.into_iter().map(|k| MasterKey::new(Zeroizing::new(k))).collect(),
+            previous: previous
+                .into_iter()
+                .map(|k| MasterKey::new(Zeroizing::new(k)))
+                .collect(),
         }
     }
 
     /// Loads the current key from `current` (creating it when `create` is set and the file
     /// does not exist) and older keys from `previous`.
-    pub fn load(current: &Path, create: bool, previous: &[PathBuf]) -> Result<(Keyring, bool), SealError> {
+    pub fn load(
+        current: &Path,
+        create: bool,
+        previous: &[PathBuf],
+    ) -> Result<(Keyring, bool), SealError> {
         let created = create && !current.exists();
         if created {
             write_new_key_file(current)?;
@@ -93,7 +107,8 @@ impl Keyring {
     }
 
     pub fn kids(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.current.kid.as_str()).chain(self.previous.iter().map(|k| k.kid.as_str()))
+        std::iter::once(self.current.kid.as_str())
+            .chain(self.previous.iter().map(|k| k.kid.as_str()))
     }
 
     /// Encrypts `plaintext` for the record `record_id` under a fresh data key.
@@ -102,7 +117,8 @@ impl Keyring {
         aws_lc_rs::rand::fill(data_key.as_mut()).map_err(|_| SealError::Crypto)?;
         let wrapped = wrap(&self.current, data_key.as_ref())?;
 
-        let aead = RandomizedNonceKey::new(&AES_256_GCM, data_key.as_ref()).map_err(|_| SealError::Crypto)?;
+        let aead = RandomizedNonceKey::new(&AES_256_GCM, data_key.as_ref())
+            .map_err(|_| SealError::Crypto)?;
         let mut body = plaintext.to_vec();
         let nonce = aead
             .seal_in_place_append_tag(Aad::from(record_id.as_bytes()), &mut body)
@@ -114,16 +130,22 @@ impl Keyring {
         blob.extend_from_slice(&wrapped);
         blob.extend_from_slice(nonce.as_ref());
         blob.extend_from_slice(&body);
-        Ok(Sealed { kid: self.current.kid.clone(), blob })
+        Ok(Sealed {
+            kid: self.current.kid.clone(),
+            blob,
+        })
     }
 
     /// Decrypts a record sealed by [`Keyring::seal`] for the same `record_id`.
     pub fn open(&self, record_id: &str, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let key = self.key(record_id, &sealed.kid)?;
-        let corrupt = || SealError::Corrupt { record: record_id.to_owned() };
+        let corrupt = || SealError::Corrupt {
+            record: record_id.to_owned(),
+        };
         let parts = split_blob(&sealed.blob).ok_or_else(corrupt)?;
         let data_key = unwrap(key, parts.wrapped).ok_or_else(corrupt)?;
-        let aead = RandomizedNonceKey::new(&AES_256_GCM, data_key.as_ref()).map_err(|_| corrupt())?;
+        let aead =
+            RandomizedNonceKey::new(&AES_256_GCM, data_key.as_ref()).map_err(|_| corrupt())?;
         let nonce = Nonce::try_assume_unique_for_key(parts.nonce).map_err(|_| corrupt())?;
         let mut body = Zeroizing::new(parts.body.to_vec());
         let len = aead
@@ -138,7 +160,9 @@ impl Keyring {
     /// untouched, so rotation costs one key unwrap and one wrap per record.
     pub fn rewrap(&self, record_id: &str, sealed: &Sealed) -> Result<Sealed, SealError> {
         let key = self.key(record_id, &sealed.kid)?;
-        let corrupt = || SealError::Corrupt { record: record_id.to_owned() };
+        let corrupt = || SealError::Corrupt {
+            record: record_id.to_owned(),
+        };
         let parts = split_blob(&sealed.blob).ok_or_else(corrupt)?;
         let data_key = unwrap(key, parts.wrapped).ok_or_else(corrupt)?;
         let wrapped = wrap(&self.current, data_key.as_ref())?;
@@ -148,17 +172,21 @@ impl Keyring {
         blob.extend_from_slice(&wrapped);
         blob.extend_from_slice(parts.nonce);
         blob.extend_from_slice(parts.body);
-        Ok(Sealed { kid: self.current.kid.clone(), blob })
+        Ok(Sealed {
+            kid: self.current.kid.clone(),
+            blob,
+        })
     }
 
     fn key(&self, record_id: &str, kid: &str) -> Result<&MasterKey, SealError> {
-        std::iter::once(&self.current).chain(&self.previous).find(|k| k.kid == kid).ok_or_else(|| {
-            SealError::UnknownKey {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| SealError::UnknownKey {
                 record: record_id.to_owned(),
                 kid: kid.to_owned(),
                 loaded: self.kids().collect::<Vec<_>>().join(", "),
-            }
-        })
+            })
     }
 }
 
@@ -176,13 +204,20 @@ fn split_blob(blob: &[u8]) -> Option<BlobParts<'_>> {
     let (&wrapped_len, rest) = rest.split_first()?;
     let (wrapped, rest) = rest.split_at_checked(usize::from(wrapped_len))?;
     let (nonce, body) = rest.split_at_checked(NONCE_LEN)?;
-    Some(BlobParts { wrapped, nonce, body })
+    Some(BlobParts {
+        wrapped,
+        nonce,
+        body,
+    })
 }
 
 fn wrap(master: &MasterKey, data_key: &[u8]) -> Result<Vec<u8>, SealError> {
     let kek = AesKek::new(&AES_256, master.bytes.as_ref()).map_err(|_| SealError::Crypto)?;
     let mut out = vec![0u8; KEY_LEN + 16];
-    let len = kek.wrap_with_padding(data_key, &mut out).map_err(|_| SealError::Crypto)?.len();
+    let len = kek
+        .wrap_with_padding(data_key, &mut out)
+        .map_err(|_| SealError::Crypto)?
+        .len();
     out.truncate(len);
     Ok(out)
 }
@@ -190,7 +225,10 @@ fn wrap(master: &MasterKey, data_key: &[u8]) -> Result<Vec<u8>, SealError> {
 fn unwrap(master: &MasterKey, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let kek = AesKek::new(&AES_256, master.bytes.as_ref()).ok()?;
     let mut out = Zeroizing::new(vec![0u8; wrapped.len()]);
-    let len = kek.unwrap_with_padding(wrapped, out.as_mut_slice()).ok()?.len();
+    let len = kek
+        .unwrap_with_padding(wrapped, out.as_mut_slice())
+        .ok()?
+        .len();
     out.truncate(len);
     (len == KEY_LEN).then_some(out)
 }
@@ -208,14 +246,20 @@ pub fn new_key_text() -> Result<Zeroizing<String>, SealError> {
 /// fine). Refuses files that group or others can read: a key anyone can read protects nothing.
 fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
     use std::os::unix::fs::PermissionsExt;
-    let fail = |reason: String| SealError::KeyFile { path: path.to_owned(), reason };
+    let fail = |reason: String| SealError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(fail(format!("mode {mode:04o} lets group or others read it; chmod 0400 it")));
+        return Err(fail(format!(
+            "mode {mode:04o} lets group or others read it; chmod 0400 it"
+        )));
     }
     let raw = Zeroizing::new(std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?);
-    decode_key(&raw).ok_or_else(|| fail("expected 32 bytes, raw or as base64 or hex text".to_owned()))
+    decode_key(&raw)
+        .ok_or_else(|| fail("expected 32 bytes, raw or as base64 or hex text".to_owned()))
 }
 
 fn decode_key(raw: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
@@ -225,11 +269,18 @@ fn decode_key(raw: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
         return Some(key);
     }
     let text = std::str::from_utf8(raw).ok()?.trim();
-    let decoded = Zeroizing::new(if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?
-    } else {
-        base64::engine::general_purpose::STANDARD.decode(text).ok()?
-    });
+    let decoded = Zeroizing::new(
+        if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?
+        },
+    );
     (decoded.len() == KEY_LEN).then(|| {
         key.copy_from_slice(&decoded);
         key
@@ -241,7 +292,10 @@ fn decode_key(raw: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
 fn write_new_key_file(path: &Path) -> Result<(), SealError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let fail = |reason: String| SealError::KeyFile { path: path.to_owned(), reason };
+    let fail = |reason: String| SealError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
     let text = new_key_text()?;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -251,7 +305,9 @@ fn write_new_key_file(path: &Path) -> Result<(), SealError> {
         .mode(0o400)
         .open(&tmp)
         .map_err(|e| fail(format!("cannot create: {e}")))?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| fail(format!("cannot write: {e}")))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| fail(format!("cannot write: {e}")))?;
     std::fs::hard_link(&tmp, path).map_err(|e| fail(format!("cannot create: {e}")))?;
     let _ = std::fs::remove_file(&tmp);
     Ok(())
@@ -271,20 +327,29 @@ mod tests {
         let sealed = ring.seal("ck-1/1", b"secret key").unwrap();
         assert_eq!(sealed.kid, ring.current_kid());
         assert!(!sealed.blob.windows(10).any(|w| w == b"secret key"));
-        assert_eq!(ring.open("ck-1/1", &sealed).unwrap().as_slice(), b"secret key");
+        assert_eq!(
+            ring.open("ck-1/1", &sealed).unwrap().as_slice(),
+            b"secret key"
+        );
     }
 
     #[test]
     fn same_plaintext_seals_differently() {
         let ring = keyring(1);
-        assert_ne!(ring.seal("r", b"k").unwrap().blob, ring.seal("r", b"k").unwrap().blob);
+        assert_ne!(
+            ring.seal("r", b"k").unwrap().blob,
+            ring.seal("r", b"k").unwrap().blob
+        );
     }
 
     #[test]
     fn wrong_record_id_fails() {
         let ring = keyring(1);
         let sealed = ring.seal("ck-1/1", b"secret").unwrap();
-        assert!(matches!(ring.open("ck-2/1", &sealed), Err(SealError::Corrupt { .. })));
+        assert!(matches!(
+            ring.open("ck-2/1", &sealed),
+            Err(SealError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -296,9 +361,15 @@ mod tests {
         let mut bad = sealed.clone();
         let last = bad.blob.len() - 1;
         bad.blob[last] ^= 1;
-        assert!(matches!(keyring(1).open("r", &bad), Err(SealError::Corrupt { .. })));
+        assert!(matches!(
+            keyring(1).open("r", &bad),
+            Err(SealError::Corrupt { .. })
+        ));
         bad.blob.truncate(5);
-        assert!(matches!(keyring(1).open("r", &bad), Err(SealError::Corrupt { .. })));
+        assert!(matches!(
+            keyring(1).open("r", &bad),
+            Err(SealError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -308,7 +379,10 @@ mod tests {
         let both = Keyring::new([2; KEY_LEN], vec![[1; KEY_LEN]]);
         let rewrapped = both.rewrap("r", &sealed).unwrap();
         assert_eq!(rewrapped.kid, both.current_kid());
-        assert_eq!(keyring(2).open("r", &rewrapped).unwrap().as_slice(), b"secret");
+        assert_eq!(
+            keyring(2).open("r", &rewrapped).unwrap().as_slice(),
+            b"secret"
+        );
     }
 
     #[test]
@@ -318,7 +392,10 @@ mod tests {
         let path = dir.path().join("master-key");
         let (ring, created) = Keyring::load(&path, true, &[]).unwrap();
         assert!(created);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
         let (again, created) = Keyring::load(&path, true, &[]).unwrap();
         assert!(!created);
         assert_eq!(ring.current_kid(), again.current_kid());

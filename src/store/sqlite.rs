@@ -8,15 +8,17 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
-use super::{SealedRecord, Sealed, StoreError, StoredCa, StoredVersion};
+use super::{Sealed, SealedRecord, StoreError, StoredCa, StoredVersion};
 use crate::config::Synchronous;
 use crate::model::{
-    CaInfo, CaKind, CaState, Certificate, CertificateId, Event, Origin, RevocationReason, Serial, Status,
-    VersionInfo, from_unix, unix,
+    CaInfo, CaKind, CaState, Certificate, CertificateId, Event, Origin, RevocationReason, Serial,
+    Status, VersionInfo, from_unix, unix,
 };
 use crate::span::Span;
 
@@ -42,7 +44,10 @@ pub(super) struct Db {
 
 impl Db {
     pub(super) async fn open(path: &Path, synchronous: Synchronous) -> Result<Db, StoreError> {
-        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -80,9 +85,16 @@ impl Db {
         id_or_name: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Certificate>, StoreError> {
-        let column = if CertificateId::parse(id_or_name).is_some() { "id" } else { "name" };
+        let column = if CertificateId::parse(id_or_name).is_some() {
+            "id"
+        } else {
+            "name"
+        };
         let sql = format!("SELECT * FROM certificates WHERE {column} = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id_or_name).fetch_optional(&self.read).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id_or_name)
+            .fetch_optional(&self.read)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let mut cert = certificate_from_row(&row, now)?;
         self.attach_tags(std::slice::from_mut(&mut cert)).await?;
@@ -91,12 +103,19 @@ impl Db {
     }
 
     pub(super) async fn count_certificates(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates").fetch_one(&self.read).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
+            .fetch_one(&self.read)
+            .await?;
         Ok(n.max(0) as u64)
     }
 
-    pub(super) async fn list(&self, filter: &ListFilter, now: OffsetDateTime) -> Result<Vec<Certificate>, StoreError> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM certificates c WHERE 1 = 1");
+    pub(super) async fn list(
+        &self,
+        filter: &ListFilter,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM certificates c WHERE 1 = 1");
         if let Some(after) = &filter.after {
             q.push(" AND c.id > ").push_bind(after.as_str().to_owned());
         }
@@ -112,7 +131,10 @@ impl Db {
                         .push("(c.status = 'expired' OR (c.status = 'issued' AND c.not_after < ")
                         .push_bind(unix(now))
                         .push("))"),
-                    Status::Issued => q.push("(c.status = 'issued' AND c.not_after >= ").push_bind(unix(now)).push(")"),
+                    Status::Issued => q
+                        .push("(c.status = 'issued' AND c.not_after >= ")
+                        .push_bind(unix(now))
+                        .push(")"),
                     other => q.push("c.status = ").push_bind(other.as_str()),
                 };
             }
@@ -127,18 +149,24 @@ impl Db {
             q.push(")");
         }
         if let Some(within) = filter.expiring_within {
-            q.push(" AND c.not_after <= ").push_bind(unix(now + within.time()));
+            q.push(" AND c.not_after <= ")
+                .push_bind(unix(now + within.time()));
         }
         for (key, value) in &filter.tags {
-            q.push(" AND EXISTS (SELECT 1 FROM tags t WHERE t.certificate_id = c.id AND t.key = ").push_bind(key.clone());
+            q.push(" AND EXISTS (SELECT 1 FROM tags t WHERE t.certificate_id = c.id AND t.key = ")
+                .push_bind(key.clone());
             if let Some(value) = value {
                 q.push(" AND t.value = ").push_bind(value.clone());
             }
             q.push(")");
         }
-        q.push(" ORDER BY c.id LIMIT ").push_bind(i64::from(filter.limit));
+        q.push(" ORDER BY c.id LIMIT ")
+            .push_bind(i64::from(filter.limit));
         let rows = q.build().fetch_all(&self.read).await?;
-        let mut certs = rows.iter().map(|r| certificate_from_row(r, now)).collect::<Result<Vec<_>, _>>()?;
+        let mut certs = rows
+            .iter()
+            .map(|r| certificate_from_row(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
         self.attach_tags(&mut certs).await?;
         Ok(certs)
     }
@@ -147,8 +175,9 @@ impl Db {
         if certs.is_empty() {
             return Ok(());
         }
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT certificate_id, key, value FROM tags WHERE certificate_id IN (");
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT certificate_id, key, value FROM tags WHERE certificate_id IN (",
+        );
         let mut ids = q.separated(", ");
         for cert in certs.iter() {
             ids.push_bind(cert.id.as_str().to_owned());
@@ -157,7 +186,10 @@ impl Db {
         let mut by_id: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for row in q.build().fetch_all(&self.read).await? {
             let id: String = row.try_get("certificate_id")?;
-            by_id.entry(id).or_default().insert(row.try_get("key")?, row.try_get("value")?);
+            by_id
+                .entry(id)
+                .or_default()
+                .insert(row.try_get("key")?, row.try_get("value")?);
         }
         for cert in certs {
             cert.tags = by_id.remove(cert.id.as_str()).unwrap_or_default();
@@ -188,14 +220,21 @@ impl Db {
             .collect()
     }
 
-    pub(super) async fn version(&self, id: &CertificateId, version: u32) -> Result<Option<StoredVersion>, StoreError> {
+    pub(super) async fn version(
+        &self,
+        id: &CertificateId,
+        version: u32,
+    ) -> Result<Option<StoredVersion>, StoreError> {
         let row = sqlx::query("SELECT * FROM versions WHERE certificate_id = ? AND version = ?")
             .bind(id.as_str())
             .bind(version)
             .fetch_optional(&self.read)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let key = match (row.try_get::<Option<String>, _>("key_kid")?, row.try_get::<Option<Vec<u8>>, _>("key_blob")?) {
+        let key = match (
+            row.try_get::<Option<String>, _>("key_kid")?,
+            row.try_get::<Option<Vec<u8>>, _>("key_blob")?,
+        ) {
             (Some(kid), Some(blob)) => Some(Sealed { kid, blob }),
             _ => None,
         };
@@ -210,12 +249,17 @@ impl Db {
     }
 
     pub(super) async fn cas(&self) -> Result<Vec<StoredCa>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM cas ORDER BY created_at, name").fetch_all(&self.read).await?;
+        let rows = sqlx::query("SELECT * FROM cas ORDER BY created_at, name")
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(ca_from_row).collect()
     }
 
     pub(super) async fn ca(&self, name: &str) -> Result<Option<StoredCa>, StoreError> {
-        let row = sqlx::query("SELECT * FROM cas WHERE name = ?").bind(name).fetch_optional(&self.read).await?;
+        let row = sqlx::query("SELECT * FROM cas WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
         row.as_ref().map(ca_from_row).transpose()
     }
 
@@ -223,16 +267,28 @@ impl Db {
         &self,
         ca: &str,
     ) -> Result<Vec<(Serial, OffsetDateTime, RevocationReason)>, StoreError> {
-        let rows = sqlx::query("SELECT serial, revoked_at, reason FROM revocations WHERE ca = ? ORDER BY revoked_at")
-            .bind(ca)
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, reason FROM revocations WHERE ca = ? ORDER BY revoked_at",
+        )
+        .bind(ca)
+        .fetch_all(&self.read)
+        .await?;
         rows.iter()
-            .map(|row| Ok((serial(row, "serial")?, from_unix(row.try_get("revoked_at")?), parse(row, "reason")?)))
+            .map(|row| {
+                Ok((
+                    serial(row, "serial")?,
+                    from_unix(row.try_get("revoked_at")?),
+                    parse(row, "reason")?,
+                ))
+            })
             .collect()
     }
 
-    pub(super) async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, Event)>, StoreError> {
+    pub(super) async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Event)>, StoreError> {
         let rows = sqlx::query("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
             .bind(after)
             .bind(limit)
@@ -241,7 +297,8 @@ impl Db {
         rows.iter()
             .map(|row| {
                 let body: String = row.try_get("body")?;
-                let event = serde_json::from_str(&body).map_err(|e| StoreError::Invalid(format!("event: {e}")))?;
+                let event = serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Invalid(format!("event: {e}")))?;
                 Ok((row.try_get("seq")?, event))
             })
             .collect()
@@ -262,9 +319,15 @@ impl Db {
         Ok(usage)
     }
 
-    pub(super) async fn one_sealed_record(&self, kid: &str) -> Result<Option<(String, Sealed)>, StoreError> {
+    pub(super) async fn one_sealed_record(
+        &self,
+        kid: &str,
+    ) -> Result<Option<(String, Sealed)>, StoreError> {
         let batch = self.sealed_records(kid, true, 1).await?;
-        Ok(batch.into_iter().next().map(|(record, sealed)| (record.name(), sealed)))
+        Ok(batch
+            .into_iter()
+            .next()
+            .map(|(record, sealed)| (record.name(), sealed)))
     }
 
     pub(super) async fn sealed_records_not_under(
@@ -288,7 +351,11 @@ impl Db {
              UNION ALL SELECT 'version', certificate_id, version, key_kid, key_blob FROM versions \
              WHERE key_kid IS NOT NULL AND key_kid {op} ?1 LIMIT ?2"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(kid).bind(limit).fetch_all(&self.read).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kid)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
         rows.iter()
             .map(|row| {
                 let kind: String = row.try_get("kind")?;
@@ -296,16 +363,25 @@ impl Db {
                 let record = if kind == "ca" {
                     SealedRecord::Ca(id)
                 } else {
-                    let id = CertificateId::parse(&id).ok_or_else(|| StoreError::Invalid(format!("id {id:?}")))?;
+                    let id = CertificateId::parse(&id)
+                        .ok_or_else(|| StoreError::Invalid(format!("id {id:?}")))?;
                     SealedRecord::Version(id, row.try_get("version")?)
                 };
-                Ok((record, Sealed { kid: row.try_get("key_kid")?, blob: row.try_get("key_blob")? }))
+                Ok((
+                    record,
+                    Sealed {
+                        kid: row.try_get("key_kid")?,
+                        blob: row.try_get("key_blob")?,
+                    },
+                ))
             })
             .collect()
     }
 
     pub(super) async fn integrity_check(&self) -> Result<String, StoreError> {
-        Ok(sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&self.read).await?)
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.read)
+            .await?)
     }
 }
 
@@ -322,7 +398,11 @@ fn restrict_permissions(path: &Path) {
 /// `issued` certificates past their not-after are shown as `expired` even before the lifecycle
 /// task records it, so no reader ever sees an expired certificate called issued.
 fn effective_status(stored: Status, not_after: OffsetDateTime, now: OffsetDateTime) -> Status {
-    if stored == Status::Issued && not_after < now { Status::Expired } else { stored }
+    if stored == Status::Issued && not_after < now {
+        Status::Expired
+    } else {
+        stored
+    }
 }
 
 fn certificate_from_row(row: &SqliteRow, now: OffsetDateTime) -> Result<Certificate, StoreError> {
@@ -331,12 +411,14 @@ fn certificate_from_row(row: &SqliteRow, now: OffsetDateTime) -> Result<Certific
     let validity: Option<i64> = row.try_get("validity")?;
     let id: String = row.try_get("id")?;
     Ok(Certificate {
-        id: CertificateId::parse(&id).ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
+        id: CertificateId::parse(&id)
+            .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
         name: row.try_get("name")?,
         origin: parse(row, "origin")?,
         status: effective_status(parse(row, "status")?, not_after, now),
         issuer: row.try_get("issuer")?,
-        domains: serde_json::from_str(&domains).map_err(|e| StoreError::Invalid(format!("domains of {id}: {e}")))?,
+        domains: serde_json::from_str(&domains)
+            .map_err(|e| StoreError::Invalid(format!("domains of {id}: {e}")))?,
         key_algorithm: parse(row, "key_algorithm")?,
         serial: serial(row, "serial")?,
         not_before: from_unix(row.try_get("not_before")?),
@@ -350,7 +432,10 @@ fn certificate_from_row(row: &SqliteRow, now: OffsetDateTime) -> Result<Certific
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_unix),
         revocation_reason: row
             .try_get::<Option<String>, _>("revocation_reason")?
-            .map(|r| r.parse().map_err(|e: crate::model::UnknownValue| StoreError::Invalid(e.to_string())))
+            .map(|r| {
+                r.parse()
+                    .map_err(|e: crate::model::UnknownValue| StoreError::Invalid(e.to_string()))
+            })
             .transpose()?,
         versions: Vec::new(),
     })
@@ -373,8 +458,11 @@ fn ca_from_row(row: &SqliteRow) -> Result<StoredCa, StoreError> {
         parent,
         common_name: row.try_get("common_name")?,
         key_algorithm: parse(row, "key_algorithm")?,
-        path_length: row.try_get::<Option<i64>, _>("path_length")?.map(|n| n.clamp(0, 255) as u8),
-        permitted_dns: serde_json::from_str(&permitted).map_err(|e| StoreError::Invalid(format!("permitted_dns: {e}")))?,
+        path_length: row
+            .try_get::<Option<i64>, _>("path_length")?
+            .map(|n| n.clamp(0, 255) as u8),
+        permitted_dns: serde_json::from_str(&permitted)
+            .map_err(|e| StoreError::Invalid(format!("permitted_dns: {e}")))?,
         serial: serial_text.as_deref().and_then(Serial::parse),
         not_before: row.try_get::<Option<i64>, _>("not_before")?.map(from_unix),
         not_after: row.try_get::<Option<i64>, _>("not_after")?.map(from_unix),
@@ -387,8 +475,13 @@ fn ca_from_row(row: &SqliteRow) -> Result<StoredCa, StoreError> {
         csr_pem: row.try_get("csr_pem")?,
         crl_number: row.try_get::<i64, _>("crl_number")?.max(0) as u64,
         crl_der: row.try_get("crl_der")?,
-        crl_next_update: row.try_get::<Option<i64>, _>("crl_next_update")?.map(from_unix),
-        key: Sealed { kid: row.try_get("key_kid")?, blob: row.try_get("key_blob")? },
+        crl_next_update: row
+            .try_get::<Option<i64>, _>("crl_next_update")?
+            .map(from_unix),
+        key: Sealed {
+            kid: row.try_get("key_kid")?,
+            blob: row.try_get("key_blob")?,
+        },
     })
 }
 
@@ -397,7 +490,8 @@ where
     T: FromStr<Err = crate::model::UnknownValue>,
 {
     let text: String = row.try_get(column)?;
-    text.parse().map_err(|e: crate::model::UnknownValue| StoreError::Invalid(format!("{column}: {e}")))
+    text.parse()
+        .map_err(|e: crate::model::UnknownValue| StoreError::Invalid(format!("{column}: {e}")))
 }
 
 fn serial(row: &SqliteRow, column: &str) -> Result<Serial, StoreError> {

@@ -14,8 +14,12 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::sqlite::Db;
-use super::{InstalledCa, NewCa, NewCertificate, NewVersion, Revocation, Sealed, SealedRecord, StoreError};
-use crate::model::{CaState, CertificateId, Domain, Event, KeyAlgorithm, RevocationReason, Status, unix};
+use super::{
+    InstalledCa, NewCa, NewCertificate, NewVersion, Revocation, Sealed, SealedRecord, StoreError,
+};
+use crate::model::{
+    CaState, CertificateId, Domain, Event, KeyAlgorithm, RevocationReason, Status, unix,
+};
 
 /// The most jobs committed together. Large enough to amortise an fsync under load, small
 /// enough that one transaction never holds the write lock for long.
@@ -24,7 +28,11 @@ const MAX_BATCH: usize = 256;
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 pub(super) enum Job {
-    InsertCertificate { new: Box<NewCertificate>, key: Option<Sealed>, reply: Reply },
+    InsertCertificate {
+        new: Box<NewCertificate>,
+        key: Option<Sealed>,
+        reply: Reply,
+    },
     AddVersion {
         id: CertificateId,
         version: u32,
@@ -43,12 +51,37 @@ pub(super) enum Job {
         now: OffsetDateTime,
         reply: Reply,
     },
-    Delete { id: CertificateId, reply: Reply },
-    SetTags { id: CertificateId, set: BTreeMap<String, String>, remove: Vec<String>, reply: Reply },
-    InsertCa { new: Box<NewCa>, key: Sealed, reply: Reply },
-    InstallCa { name: String, installed: Box<InstalledCa>, reply: Reply },
-    SaveCrl { ca: String, number: u64, der: Vec<u8>, next_update: OffsetDateTime, reply: Reply },
-    Rewrap { rows: Vec<(SealedRecord, Sealed)>, reply: Reply },
+    Delete {
+        id: CertificateId,
+        reply: Reply,
+    },
+    SetTags {
+        id: CertificateId,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        reply: Reply,
+    },
+    InsertCa {
+        new: Box<NewCa>,
+        key: Sealed,
+        reply: Reply,
+    },
+    InstallCa {
+        name: String,
+        installed: Box<InstalledCa>,
+        reply: Reply,
+    },
+    SaveCrl {
+        ca: String,
+        number: u64,
+        der: Vec<u8>,
+        next_update: OffsetDateTime,
+        reply: Reply,
+    },
+    Rewrap {
+        rows: Vec<(SealedRecord, Sealed)>,
+        reply: Reply,
+    },
 }
 
 pub(super) async fn spawn(db: Db) -> Result<mpsc::Sender<Job>, StoreError> {
@@ -79,7 +112,11 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
         for job in batch.drain(..) {
             sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
             let (reply, result) = apply(&mut tx, job).await;
-            let undo = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let undo = if result.is_ok() {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
             sqlx::raw_sql(undo).execute(&mut *tx).await?;
             results.push((reply, result));
         }
@@ -99,7 +136,9 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
             // which their callers see as `Closed`.
             let message = err.to_string();
             for (reply, _) in results {
-                let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(message.clone()))));
+                let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(
+                    message.clone(),
+                ))));
             }
             batch.clear();
         }
@@ -108,20 +147,53 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
 
 async fn apply(conn: &mut SqliteConnection, job: Job) -> (Reply, Result<(), StoreError>) {
     match job {
-        Job::InsertCertificate { new, key, reply } => (reply, insert_certificate(conn, *new, key).await),
-        Job::AddVersion { id, version, new, key, status, event, names, reply } => {
-            (reply, add_version(conn, &id, version, &new, key, status, event, names).await)
+        Job::InsertCertificate { new, key, reply } => {
+            (reply, insert_certificate(conn, *new, key).await)
         }
-        Job::Revoke { id, reason, revocations, event, now, reply } => {
-            (reply, revoke(conn, &id, reason, &revocations, event, now).await)
-        }
+        Job::AddVersion {
+            id,
+            version,
+            new,
+            key,
+            status,
+            event,
+            names,
+            reply,
+        } => (
+            reply,
+            add_version(conn, &id, version, &new, key, status, event, names).await,
+        ),
+        Job::Revoke {
+            id,
+            reason,
+            revocations,
+            event,
+            now,
+            reply,
+        } => (
+            reply,
+            revoke(conn, &id, reason, &revocations, event, now).await,
+        ),
         Job::Delete { id, reply } => (reply, delete(conn, &id).await),
-        Job::SetTags { id, set, remove, reply } => (reply, set_tags(conn, &id, &set, &remove).await),
+        Job::SetTags {
+            id,
+            set,
+            remove,
+            reply,
+        } => (reply, set_tags(conn, &id, &set, &remove).await),
         Job::InsertCa { new, key, reply } => (reply, insert_ca(conn, &new, key).await),
-        Job::InstallCa { name, installed, reply } => (reply, install_ca(conn, &name, &installed).await),
-        Job::SaveCrl { ca, number, der, next_update, reply } => {
-            (reply, save_crl(conn, &ca, number, der, next_update).await)
-        }
+        Job::InstallCa {
+            name,
+            installed,
+            reply,
+        } => (reply, install_ca(conn, &name, &installed).await),
+        Job::SaveCrl {
+            ca,
+            number,
+            der,
+            next_update,
+            reply,
+        } => (reply, save_crl(conn, &ca, number, der, next_update).await),
         Job::Rewrap { rows, reply } => (reply, rewrap(conn, rows).await),
     }
 }
@@ -133,7 +205,8 @@ async fn insert_certificate(
 ) -> Result<(), StoreError> {
     new.name = unique_name(conn, &new.name, new.name_is_default, &new.id).await?;
     let now = unix(OffsetDateTime::now_utc());
-    let domains = serde_json::to_string(&new.domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let domains =
+        serde_json::to_string(&new.domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let version = &new.version;
     sqlx::query(
         "INSERT INTO certificates (id, name, origin, status, issuer, domains, key_algorithm, validity, \
@@ -180,7 +253,10 @@ async fn unique_name(
     id: &CertificateId,
 ) -> Result<String, StoreError> {
     let taken = |candidate: String| async move {
-        let row = sqlx::query("SELECT 1 FROM certificates WHERE name = ?").bind(&candidate).fetch_optional(&mut *conn).await?;
+        let row = sqlx::query("SELECT 1 FROM certificates WHERE name = ?")
+            .bind(&candidate)
+            .fetch_optional(&mut *conn)
+            .await?;
         Ok::<_, StoreError>((row.is_some(), candidate))
     };
     let (is_taken, name) = taken(name.to_owned()).await?;
@@ -190,7 +266,15 @@ async fn unique_name(
     if !is_default {
         return Err(StoreError::NameTaken(name));
     }
-    let suffix: String = id.as_str().chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+    let suffix: String = id
+        .as_str()
+        .chars()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     Ok(format!("{name}-{suffix}"))
 }
 
@@ -252,7 +336,8 @@ async fn add_version(
         return Err(StoreError::Conflict(format!("certificate {id}")));
     }
     if let Some((domains, algorithm)) = names {
-        let domains = serde_json::to_string(&domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let domains =
+            serde_json::to_string(&domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
         sqlx::query("UPDATE certificates SET domains = ?, key_algorithm = ? WHERE id = ?")
             .bind(domains)
             .bind(algorithm.as_str())
@@ -286,7 +371,9 @@ async fn revoke(
     .execute(&mut *conn)
     .await?;
     if updated.rows_affected() != 1 {
-        return Err(StoreError::Conflict(format!("certificate {id} (already revoked?)")));
+        return Err(StoreError::Conflict(format!(
+            "certificate {id} (already revoked?)"
+        )));
     }
     for revocation in revocations {
         sqlx::query(
@@ -308,7 +395,10 @@ async fn revoke(
 
 async fn delete(conn: &mut SqliteConnection, id: &CertificateId) -> Result<(), StoreError> {
     // Versions and tags go with it (ON DELETE CASCADE); revocations stay for the CRL.
-    let deleted = sqlx::query("DELETE FROM certificates WHERE id = ?").bind(id.as_str()).execute(conn).await?;
+    let deleted = sqlx::query("DELETE FROM certificates WHERE id = ?")
+        .bind(id.as_str())
+        .execute(conn)
+        .await?;
     if deleted.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("certificate {id}")));
     }
@@ -347,14 +437,29 @@ async fn set_tags(
     Ok(())
 }
 
-async fn insert_ca(conn: &mut SqliteConnection, new: &NewCa, key: Sealed) -> Result<(), StoreError> {
+async fn insert_ca(
+    conn: &mut SqliteConnection,
+    new: &NewCa,
+    key: Sealed,
+) -> Result<(), StoreError> {
     let spec = &new.spec;
-    let exists = sqlx::query("SELECT 1 FROM cas WHERE name = ?").bind(&spec.name).fetch_optional(&mut *conn).await?;
+    let exists = sqlx::query("SELECT 1 FROM cas WHERE name = ?")
+        .bind(&spec.name)
+        .fetch_optional(&mut *conn)
+        .await?;
     if exists.is_some() {
-        return Err(StoreError::Conflict(format!("CA {:?} already exists", spec.name)));
+        return Err(StoreError::Conflict(format!(
+            "CA {:?} already exists",
+            spec.name
+        )));
     }
-    let state = if new.cert_pem.is_some() { CaState::Active } else { CaState::PendingCertificate };
-    let permitted = serde_json::to_string(&spec.permitted_dns).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let state = if new.cert_pem.is_some() {
+        CaState::Active
+    } else {
+        CaState::PendingCertificate
+    };
+    let permitted = serde_json::to_string(&spec.permitted_dns)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
     sqlx::query(
         "INSERT INTO cas (name, parent, external, state, common_name, key_algorithm, validity, path_length, \
          permitted_dns, cert_pem, chain_pem, csr_pem, serial, not_before, not_after, key_kid, key_blob, created_at) \
@@ -383,7 +488,11 @@ async fn insert_ca(conn: &mut SqliteConnection, new: &NewCa, key: Sealed) -> Res
     Ok(())
 }
 
-async fn install_ca(conn: &mut SqliteConnection, name: &str, installed: &InstalledCa) -> Result<(), StoreError> {
+async fn install_ca(
+    conn: &mut SqliteConnection,
+    name: &str,
+    installed: &InstalledCa,
+) -> Result<(), StoreError> {
     let updated = sqlx::query(
         "UPDATE cas SET state = 'active', cert_pem = ?, chain_pem = ?, serial = ?, not_before = ?, not_after = ? \
          WHERE name = ? AND state = 'pending-certificate'",
@@ -397,7 +506,9 @@ async fn install_ca(conn: &mut SqliteConnection, name: &str, installed: &Install
     .execute(conn)
     .await?;
     if updated.rows_affected() != 1 {
-        return Err(StoreError::Conflict(format!("CA {name:?} is not waiting for a certificate")));
+        return Err(StoreError::Conflict(format!(
+            "CA {name:?} is not waiting for a certificate"
+        )));
     }
     Ok(())
 }
@@ -426,7 +537,10 @@ async fn save_crl(
     Ok(())
 }
 
-async fn rewrap(conn: &mut SqliteConnection, rows: Vec<(SealedRecord, Sealed)>) -> Result<(), StoreError> {
+async fn rewrap(
+    conn: &mut SqliteConnection,
+    rows: Vec<(SealedRecord, Sealed)>,
+) -> Result<(), StoreError> {
     for (record, sealed) in rows {
         let query = match &record {
             SealedRecord::Ca(name) => sqlx::query("UPDATE cas SET key_kid = ?, key_blob = ? WHERE name = ?")
@@ -448,13 +562,15 @@ async fn rewrap(conn: &mut SqliteConnection, rows: Vec<(SealedRecord, Sealed)>) 
 
 async fn insert_event(conn: &mut SqliteConnection, event: &Event) -> Result<(), StoreError> {
     let body = serde_json::to_string(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    sqlx::query("INSERT INTO events (id, time, detail_type, certificate_id, body) VALUES (?, ?, ?, ?, ?)")
-        .bind(&event.id)
-        .bind(unix(event.time))
-        .bind(&event.detail_type)
-        .bind(event.resources.first().map(String::as_str))
-        .bind(body)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (id, time, detail_type, certificate_id, body) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&event.id)
+    .bind(unix(event.time))
+    .bind(&event.detail_type)
+    .bind(event.resources.first().map(String::as_str))
+    .bind(body)
+    .execute(conn)
+    .await?;
     Ok(())
 }

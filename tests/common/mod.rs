@@ -1,0 +1,240 @@
+//! Test harness: runs the real `certkeeper` binary on a temporary state directory and drives it
+//! through its real socket with the real CLI. Everything is cleaned up on drop.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
+
+/// A running daemon with its own state directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: Option<PathBuf>,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts on the built-in default (no config file).
+    pub fn start() -> Daemon {
+        Daemon::start_with(None)
+    }
+
+    /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
+    pub fn start_with(config: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = dir.path().join("state");
+        let config_path = config.map(|text| {
+            let path = dir.path().join("certkeeper.toml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        let mut daemon = Daemon {
+            socket: state_dir.join("api.sock"),
+            log: dir.path().join("daemon.log"),
+            state_dir,
+            config: config_path,
+            dir,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts the process again on the same state directory (after `stop` or `kill`).
+    pub fn spawn(&mut self) {
+        let child = self.command().spawn().expect("spawn certkeeper serve");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// The `serve` command this daemon runs, for tests that want to inspect a failing start.
+    pub fn command(&self) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--state-dir").arg(&self.state_dir);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.env_remove("CERTKEEPER_SOCKET")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("RUST_LOG", "certkeeper=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "certkeeper serve exited with {status} before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "certkeeper serve not ready in 60 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait; returns the exit status and how long the stop took.
+    pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        self.signal("TERM");
+        let status = self.child.take().expect("running").wait().expect("wait");
+        (status, started.elapsed())
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a CLI verb against this daemon.
+    pub fn ck(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("CERTKEEPER_SOCKET", &self.socket)
+            .env_remove("CERTKEEPER_CONFIG")
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run certkeeper")
+    }
+
+    /// Runs a verb that must succeed, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ck(args);
+        assert!(
+            out.status.success(),
+            "certkeeper {args:?} failed with {}:\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs a verb with `--output json` that must succeed and parses its output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let text = self.ok(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{text}"))
+    }
+
+    /// Runs a verb that must fail with `code`, returning stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.ck(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "certkeeper {args:?}: expected exit {code}\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
+    /// Number of certificates in the inventory.
+    pub fn count(&self) -> usize {
+        let list = self.json(&["list", "--all", "--limit", "1000"]);
+        list["certificates"]
+            .as_array()
+            .expect("certificates array")
+            .len()
+    }
+
+    /// A path inside this daemon's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its output on failure.
+pub fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`openssl`] but returns whether it succeeded and its combined output.
+pub fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The id of a certificate from its JSON.
+pub fn id(cert: &serde_json::Value) -> String {
+    cert["id"].as_str().expect("id").to_owned()
+}
