@@ -3,25 +3,388 @@
 
 mod common;
 
-use common::{Daemon, id};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{BIN, Daemon, http, id, openssl};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr).
+fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
+    let mut cmd = daemon.command();
+    let child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+    let out = child.wait_with_output().expect("wait");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Exports `cert` as PEM and returns (decrypted key's public key, certificate's public key),
+/// both as PEM from openssl: equal when the stored key matches the certificate.
+fn exported_key_and_cert_pubkeys(daemon: &Daemon, cert: &str) -> (String, String) {
+    let pass = daemon.write("pass.txt", "correct horse\n");
+    let out = daemon.path(&format!("{cert}.export.pem"));
+    daemon.ok(&["export", cert, "--passphrase-file", pass.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(mode(&out), 0o600, "exports are written 0600");
+    let dir = daemon.dir.path();
+    let key = openssl(dir, &["pkey", "-in", out.to_str().unwrap(), "-passin", "pass:correct horse", "-pubout"]);
+    let crt = openssl(dir, &["x509", "-in", out.to_str().unwrap(), "-noout", "-pubkey"]);
+    (key, crt)
+}
 
 #[test]
 fn built_in_default_serves_and_survives_restart() {
     let mut daemon = Daemon::start();
-    let cert = daemon.json(&[
-        "request",
-        "app.internal",
-        "www.app.internal",
-        "--validity",
-        "90d",
-    ]);
-    assert_eq!(cert["status"], "issued");
-    assert_eq!(cert["origin"], "private");
-    let before = daemon.ok(&["get", &id(&cert)]);
+    let ec = daemon.json(&["request", "app.internal", "www.app.internal", "--validity", "90d"]);
+    let rsa = daemon.json(&["request", "rsa.internal", "--key-algorithm", "rsa-2048"]);
+    assert_eq!(ec["status"], "issued");
+    assert_eq!(ec["origin"], "private");
+    let before = daemon.ok(&["get", &id(&ec)]);
 
     let (status, _) = daemon.stop();
     assert!(status.success(), "SIGTERM must exit 0: {status}");
+    assert!(!daemon.socket.exists(), "the socket is removed on a clean stop");
     daemon.spawn();
-    assert_eq!(daemon.ok(&["get", &id(&cert)]), before);
-    assert_eq!(daemon.count(), 1);
+
+    assert_eq!(daemon.ok(&["get", &id(&ec)]), before);
+    assert_eq!(daemon.count(), 2);
+    for cert in [&ec, &rsa] {
+        let (key, crt) = exported_key_and_cert_pubkeys(&daemon, &id(cert));
+        assert_eq!(key, crt, "the key decrypts after a restart and matches its certificate");
+    }
+}
+
+#[test]
+fn files_are_private_and_keys_are_not_stored_in_plaintext() {
+    let daemon = Daemon::start();
+    let cert = daemon.json(&["request", "secret.internal"]);
+    assert_eq!(mode(&daemon.socket), 0o660);
+    assert_eq!(mode(&daemon.state_dir), 0o700);
+    assert_eq!(mode(&daemon.state_dir.join("master-key")), 0o400);
+    assert_eq!(mode(&daemon.state_dir.join("certkeeper.db")), 0o600);
+    assert!(daemon.log_text().contains("created a new master key"), "{}", daemon.log_text());
+
+    let pass = daemon.write("pass.txt", "correct horse\n");
+    let exported = daemon.path("export.pem");
+    daemon.ok(&["export", &id(&cert), "--passphrase-file", pass.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    let der = Command::new("openssl")
+        .args(["pkey", "-in", exported.to_str().unwrap(), "-passin", "pass:correct horse", "-outform", "DER"])
+        .output()
+        .expect("openssl");
+    assert!(der.status.success());
+    // The PKCS#8 DER holds the raw private scalar: search for the last 32 bytes of it.
+    let secret = &der.stdout[der.stdout.len() - 80..der.stdout.len() - 48];
+    for entry in std::fs::read_dir(&daemon.state_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret), "key material in plaintext in {}", path.display());
+        }
+    }
+    // No key in the daemon's log either.
+    assert!(!daemon.log_text().contains("PRIVATE KEY"));
+}
+
+#[test]
+fn wrong_master_key_is_a_clear_error_at_start() {
+    let mut daemon = Daemon::start();
+    daemon.json(&["request", "a.internal"]);
+    daemon.stop();
+    let key = daemon.state_dir.join("master-key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let new = Command::new(BIN).args(["master-key", "generate"]).output().unwrap();
+    std::fs::write(&key, &new.stdout).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+
+    let (code, stderr) = failed_start(&daemon);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("sealed with master key") && stderr.contains("not loaded"), "{stderr}");
+}
+
+#[test]
+fn master_key_file_must_be_private() {
+    let mut daemon = Daemon::start();
+    daemon.stop();
+    let key = daemon.state_dir.join("master-key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = failed_start(&daemon);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("0644") && stderr.contains("chmod 0400"), "{stderr}");
+}
+
+#[test]
+fn master_key_rotation_rewraps_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let generate = |name: &str| {
+        let path = dir.path().join(name);
+        let out = Command::new(BIN).args(["master-key", "generate", "--out"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(mode(&path), 0o400);
+        path
+    };
+    let (old, new) = (generate("old.key"), generate("new.key"));
+    let config = |current: &std::path::Path, previous: &[&std::path::Path]| {
+        let previous: Vec<String> = previous.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        format!(
+            "[secrets]\nmaster-key-file = {:?}\nprevious-master-key-files = [{}]\n",
+            current.display().to_string(),
+            previous.join(", ")
+        )
+    };
+
+    let mut daemon = Daemon::start_with(Some(&config(&old, &[])));
+    let cert = daemon.json(&["request", "rotate.internal"]);
+    daemon.stop();
+
+    // The new key alone cannot open what the old one sealed.
+    std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[])).unwrap();
+    let (code, stderr) = failed_start(&daemon);
+    assert_eq!(code, Some(78), "{stderr}");
+
+    std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[&old])).unwrap();
+    daemon.spawn();
+    let rotated = daemon.json(&["master-key", "rotate"]);
+    // The default CA's key and the certificate's key.
+    assert_eq!(rotated["rewrapped"], 2, "{rotated}");
+    assert_eq!(rotated["key_usage"].as_object().unwrap().len(), 1, "{rotated}");
+    daemon.stop();
+
+    std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[])).unwrap();
+    daemon.spawn();
+    let (key, crt) = exported_key_and_cert_pubkeys(&daemon, &id(&cert));
+    assert_eq!(key, crt);
+    daemon.json(&["request", "after-rotation.internal"]);
+}
+
+#[test]
+fn one_daemon_per_state_directory() {
+    let daemon = Daemon::start();
+    let (code, stderr) = failed_start(&daemon);
+    assert_eq!(code, Some(75), "{stderr}");
+    assert!(stderr.contains("another certkeeper daemon"), "{stderr}");
+    // The first one is unharmed.
+    daemon.json(&["request", "still-here.internal"]);
+}
+
+#[test]
+fn config_errors_exit_78_naming_file_line_and_key() {
+    let daemon = Daemon::start();
+    let bad = daemon.write("bad.toml", "[daemon]\nlog-level = \"info\"\nsocket-mdoe = \"0600\"\n");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("bad.toml:3:1") && stderr.contains("socket-mdoe"), "{stderr}");
+
+    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("socket-mdoe"));
+
+    let missing = daemon.path("missing.toml");
+    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_keeps_the_old_one_on_error() {
+    let mut daemon = Daemon::start_with(Some("[defaults]\nvalidity = \"30d\"\n"));
+    let validity = |cert: &serde_json::Value| cert["validity"].as_str().unwrap().to_owned();
+    assert_eq!(validity(&daemon.json(&["request", "a.internal"])), "30d");
+
+    std::fs::write(daemon.config.as_ref().unwrap(), "[defaults]\nvalidity = \"45d\"\n").unwrap();
+    daemon.signal("HUP");
+    wait_for_log(&daemon, "config reloaded", 1);
+    assert_eq!(validity(&daemon.json(&["request", "b.internal"])), "45d");
+
+    std::fs::write(daemon.config.as_ref().unwrap(), "[defaults]\nvalidity = \"45 days\"\n").unwrap();
+    daemon.signal("HUP");
+    wait_for_log(&daemon, "config reload rejected", 1);
+    assert!(daemon.log_text().contains("45 days"), "the log names the bad value");
+    assert_eq!(validity(&daemon.json(&["request", "c.internal"])), "45d", "the running config is kept");
+
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+}
+
+fn wait_for_log(daemon: &Daemon, needle: &str, count: usize) {
+    for _ in 0..500 {
+        if daemon.log_text().matches(needle).count() >= count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("log never said {needle:?}:\n{}", daemon.log_text());
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let mut daemon = Daemon::start_with(Some("[daemon]\nshutdown-timeout = \"15s\"\n"));
+    let socket = daemon.socket.clone();
+    // Slow requests (RSA-4096 key generation) in flight while SIGTERM arrives.
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"domains":["slow{i}.internal"],"key_algorithm":"rsa-4096"}}"#);
+                http(&socket, "POST", "/v1/certificates", Some(body.as_bytes()))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, took) = daemon.stop();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(15 + 5), "stop took {took:?}, past the 15 s deadline");
+    let answered: Vec<(u16, String)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    daemon.spawn();
+    // Every request that was answered with success is stored; none is half-stored.
+    for (status, body) in &answered {
+        if *status == 201 {
+            let cert: serde_json::Value = serde_json::from_str(body).unwrap();
+            daemon.ok(&["describe", &id(&cert)]);
+        }
+    }
+    let created = answered.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(daemon.count(), created, "answers: {answered:?}");
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
+    let mut daemon = Daemon::start();
+    let socket = daemon.socket.clone();
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // 200 issuances, 16 in flight at a time.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (socket, acknowledged, stop, next) = (socket.clone(), acknowledged.clone(), stop.clone(), next.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 200 || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let body = format!(r#"{{"domains":["burst{i}.internal"]}}"#);
+                    let (status, body) = http(&socket, "POST", "/v1/certificates", Some(body.as_bytes()));
+                    if status == 201 {
+                        let cert: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        acknowledged.lock().unwrap().push(id(&cert));
+                    }
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 60 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.kill();
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 60 && acknowledged.len() < 200, "kill landed mid-burst: {}", acknowledged.len());
+
+    daemon.spawn();
+    for cert in &acknowledged {
+        daemon.ok(&["describe", cert]);
+    }
+    // Every acknowledged key decrypts and matches its certificate (a sample of 10 through
+    // openssl; all of them through the API's export, which fails if a key does not open).
+    let pass = daemon.write("pass.txt", "correct horse\n");
+    for cert in &acknowledged {
+        daemon.ok(&["export", cert, "--passphrase-file", pass.to_str().unwrap(), "--output", "json"]);
+    }
+    for cert in acknowledged.iter().take(10) {
+        let (key, crt) = exported_key_and_cert_pubkeys(&daemon, cert);
+        assert_eq!(key, crt);
+    }
+    assert_eq!(integrity_check(&daemon.state_dir.join("certkeeper.db")), "ok");
+}
+
+fn integrity_check(db: &std::path::Path) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query_scalar::<_, String>("PRAGMA integrity_check").fetch_one(&pool).await.unwrap()
+    })
+}
+
+#[test]
+fn api_errors_are_json_with_fitting_status() {
+    let daemon = Daemon::start();
+    let error = |(status, body): (u16, String)| {
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, value["error"]["code"].as_str().unwrap().to_owned(), value["error"]["message"].as_str().unwrap().to_owned())
+    };
+    let socket = &daemon.socket;
+
+    let (status, code, _) = error(http(socket, "GET", "/v1/nothing", None));
+    assert_eq!((status, code.as_str()), (404, "not-found"));
+    let (status, code, _) = error(http(socket, "GET", "/v1/certificates/ck-0190f8a4-0000-7000-8000-000000000000", None));
+    assert_eq!((status, code.as_str()), (404, "not-found"));
+    let (status, code, _) = error(http(socket, "POST", "/v1/certificates", Some(b"{not json")));
+    assert_eq!((status, code.as_str()), (400, "invalid-json"));
+    let (status, code, message) = error(http(socket, "POST", "/v1/certificates", Some(br#"{"domains":["a.internal"],"colour":"red"}"#)));
+    assert_eq!((status, code.as_str()), (422, "invalid-json"));
+    assert!(message.contains("colour"), "{message}");
+    let (status, code, message) = error(http(socket, "POST", "/v1/certificates", Some(br#"{"domains":["-bad.internal"]}"#)));
+    assert_eq!((status, code.as_str()), (422, "invalid-input"));
+    assert!(message.contains("-bad.internal"), "{message}");
+    let (status, code, _) = error(http(socket, "GET", "/v1/certificates?limit=0", None));
+    assert_eq!((status, code.as_str()), (400, "invalid-input"));
+    let (status, code, _) = error(http(socket, "GET", "/v1/certificates?colour=red", None));
+    assert_eq!((status, code.as_str()), (400, "invalid-input"));
+
+    let huge = format!(r#"{{"domains":["a.internal"],"name":"{}"}}"#, "x".repeat(2 << 20));
+    let (status, code, _) = error(http(socket, "POST", "/v1/certificates", Some(huge.as_bytes())));
+    assert_eq!((status, code.as_str()), (413, "payload-too-large"));
+    assert_eq!(daemon.count(), 0, "nothing was stored by any bad request");
+
+    let (status, body) = http(socket, "GET", "/v1/health", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn list_filters_and_pages() {
+    let daemon = Daemon::start();
+    for i in 0..5 {
+        daemon.json(&["request", &format!("page{i}.internal"), "--tag", &format!("team={}", if i % 2 == 0 { "a" } else { "b" })]);
+    }
+    daemon.json(&["request", "short.internal", "--validity", "2d"]);
+
+    let page = daemon.json(&["list", "--limit", "2"]);
+    assert_eq!(page["certificates"].as_array().unwrap().len(), 2);
+    let next = page["next_page"].as_str().unwrap().to_owned();
+    let rest = daemon.json(&["list", "--limit", "100", "--after", &next]);
+    assert_eq!(rest["certificates"].as_array().unwrap().len(), 4);
+    assert!(rest.get("next_page").is_none());
+    assert_eq!(daemon.json(&["list", "--limit", "2", "--all"])["certificates"].as_array().unwrap().len(), 6);
+
+    assert_eq!(daemon.json(&["list", "--tag", "team=a"])["certificates"].as_array().unwrap().len(), 3);
+    assert_eq!(daemon.json(&["list", "--tag", "team"])["certificates"].as_array().unwrap().len(), 5);
+    let expiring = daemon.json(&["list", "--expiring-within", "3d"]);
+    assert_eq!(expiring["certificates"][0]["name"], "short.internal");
+    assert_eq!(expiring["certificates"].as_array().unwrap().len(), 1);
+    assert_eq!(daemon.json(&["list", "--origin", "imported"])["certificates"].as_array().unwrap().len(), 0);
+    assert_eq!(daemon.json(&["list", "--status", "issued"])["certificates"].as_array().unwrap().len(), 6);
+
+    let cert = daemon.json(&["describe", "page0.internal"]);
+    daemon.ok(&["revoke", &id(&cert)]);
+    assert_eq!(daemon.json(&["list", "--status", "revoked"])["certificates"].as_array().unwrap().len(), 1);
+    daemon.ok(&["delete", &id(&cert)]);
+    assert_eq!(daemon.count(), 5);
+    daemon.fails(&["describe", &id(&cert)], 1);
+
+    // Tags: set, change, remove.
+    let cert = daemon.json(&["tag", "page1.internal", "team=c", "env=prod"]);
+    assert_eq!(cert["tags"]["team"], "c");
+    assert_eq!(cert["tags"]["env"], "prod");
+    let cert = daemon.json(&["untag", "page1.internal", "env"]);
+    assert!(cert["tags"].get("env").is_none());
 }

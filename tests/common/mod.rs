@@ -238,3 +238,29 @@ pub fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
 pub fn id(cert: &serde_json::Value) -> String {
     cert["id"].as_str().expect("id").to_owned()
 }
+
+/// One raw HTTP/1.1 request over the API socket; returns the status code and body, or status 0
+/// when the daemon cannot be reached. For tests of the API itself (error shapes, limits) and
+/// for load that would be slow through the CLI.
+pub fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err) => return (0, err.to_string()),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: certkeeper\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write request");
+    // The server may answer (e.g. 413) before reading a large body; a broken pipe is fine then.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
