@@ -48,7 +48,7 @@ pub enum CaError {
     OutlivesCa {
         ca: String,
         validity: Span,
-        ca_not_after: OffsetDateTime,
+        ca_not_after: String,
     },
     #[error("CA {ca:?} has path length 0 and may not sign another CA")]
     PathLength { ca: String },
@@ -204,7 +204,9 @@ impl Authority {
             &spec.permitted_dns
         };
         for name in child_permitted {
-            if !self.permits(&name.to_ascii_lowercase()) {
+            // An unconstrained parent permits any narrowing; a constrained one only subtrees
+            // of its own.
+            if !self.permitted_dns.is_empty() && !self.permits(&name.to_ascii_lowercase()) {
                 return Err(CaError::NameConstraint {
                     ca: self.name.clone(),
                     name: name.clone(),
@@ -307,7 +309,7 @@ impl Authority {
             return Err(CaError::OutlivesCa {
                 ca: self.name.clone(),
                 validity,
-                ca_not_after: self.not_after,
+                ca_not_after: crate::model::rfc3339(self.not_after),
             });
         }
         Ok((now - BACKDATE, not_after))
@@ -330,7 +332,13 @@ pub fn create_root(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaEr
 /// Creates the key and CSR of a CA to be signed by a root outside certkeeper.
 pub fn create_external(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaError> {
     let key = keys::generate(spec.key_algorithm)?;
-    let params = ca_params(spec, now, now + spec.validity.time())?;
+    let mut params = ca_params(spec, now, now + spec.validity.time())?;
+    // A CSR carries only what the requester may ask for: the external root picks the serial,
+    // adds its own key identifier and decides on constraints (ours are still enforced by our
+    // own policy check before every signature).
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    params.name_constraints = None;
     let csr = params
         .serialize_request(&key)
         .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -636,6 +644,29 @@ mod tests {
             child.create_subordinate(&grandchild, now),
             Err(CaError::PathLength { .. })
         ));
+    }
+
+    #[test]
+    fn unconstrained_parent_may_create_a_constrained_child() {
+        let now = OffsetDateTime::now_utc();
+        let root_spec = spec("root", &[], None);
+        let root = authority(&root_spec, &create_root(&root_spec, now).unwrap());
+        let mut child = spec("corp", &["corp.example"], None);
+        child.validity = Span::from_days(30);
+        assert!(root.create_subordinate(&child, now).is_ok());
+    }
+
+    #[test]
+    fn external_ca_yields_a_csr() {
+        let now = OffsetDateTime::now_utc();
+        let created = create_external(&spec("ext", &["corp.example"], Some(0)), now).unwrap();
+        assert!(
+            created
+                .csr_pem
+                .unwrap()
+                .contains("BEGIN CERTIFICATE REQUEST")
+        );
+        assert!(created.cert_pem.is_none());
     }
 
     #[test]

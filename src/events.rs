@@ -5,9 +5,8 @@
 
 use serde_json::json;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::model::{Certificate, Event, Origin};
+use crate::model::{Certificate, Event, Origin, rfc3339};
 
 pub const AVAILABLE: &str = "Certificate Available";
 pub const REVOKED: &str = "Certificate Revoked";
@@ -66,10 +65,6 @@ fn certificate_type(origin: Origin) -> &'static str {
         Origin::Private => "PRIVATE",
         Origin::Imported => "IMPORTED",
     }
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 /// Whole days from `now` to `then`, rounded down; negative once `then` has passed.

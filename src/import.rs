@@ -51,7 +51,7 @@ pub enum ImportError {
     )]
     CaAsLeaf,
     #[error("certificate expired at {not_after}; pass --allow-expired to import it anyway")]
-    Expired { not_after: OffsetDateTime },
+    Expired { not_after: String },
     #[error("certificate has {0}")]
     UnsupportedKey(KeyError),
     #[error("certificate names no DNS name or IP address certkeeper can manage")]
@@ -132,7 +132,7 @@ pub fn check(input: &Input<'_>, now: OffsetDateTime) -> Result<Checked, ImportEr
     let key_algorithm = keys::algorithm_of_spki(&info.spki).map_err(ImportError::UnsupportedKey)?;
     if info.not_after < now && !input.allow_expired {
         return Err(ImportError::Expired {
-            not_after: info.not_after,
+            not_after: crate::model::rfc3339(info.not_after),
         });
     }
     let key = private_key(input.private_key, input.passphrase)?;

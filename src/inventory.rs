@@ -30,6 +30,7 @@ use crate::model::{
 use crate::span::Span;
 use crate::store::{
     InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store, StoreError,
+    VersionChange,
 };
 
 /// How long a CRL is valid; it is re-signed when less than half of this remains.
@@ -375,18 +376,14 @@ impl Inventory {
         } else {
             Status::Issued
         };
-        let updated = self
-            .store
-            .add_version(
-                &cert.id,
-                cert.current_version + 1,
-                version,
-                status,
-                Some(event),
-                Some((domains, key_algorithm)),
-            )
-            .await?;
-        Ok(updated)
+        let change = VersionChange {
+            version: cert.current_version + 1,
+            new: version,
+            status,
+            event: Some(event),
+            names: Some((domains, key_algorithm)),
+        };
+        Ok(self.store.add_version(&cert.id, change).await?)
     }
 
     /// Issues a new version of a private certificate: new key, same names, same lifetime.
@@ -445,17 +442,14 @@ impl Inventory {
             chain_pem: issued.chain_pem,
             key: Some(key),
         };
-        Ok(self
-            .store
-            .add_version(
-                &cert.id,
-                cert.current_version + 1,
-                version,
-                Status::Issued,
-                Some(event),
-                None,
-            )
-            .await?)
+        let change = VersionChange {
+            version: cert.current_version + 1,
+            new: version,
+            status: Status::Issued,
+            event: Some(event),
+            names: None,
+        };
+        Ok(self.store.add_version(&cert.id, change).await?)
     }
 
     /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL

@@ -42,8 +42,12 @@ pub enum Status {
 pub enum KeyAlgorithm {
     EcP256,
     EcP384,
+    // kebab-case puts no hyphen before digits: spell these out to match `spelled!` below.
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
+    #[serde(rename = "rsa-4096")]
     Rsa4096,
     Ed25519,
 }
@@ -303,8 +307,9 @@ impl Serial {
             .filter(|c| *c != ':')
             .collect::<String>()
             .to_ascii_lowercase();
-        let valid =
-            !hex.is_empty() && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid = !hex.is_empty()
+            && hex.len().is_multiple_of(2)
+            && hex.bytes().all(|b| b.is_ascii_hexdigit());
         valid.then_some(Serial(hex))
     }
 }
@@ -549,6 +554,12 @@ impl Event {
     }
 }
 
+/// RFC 3339 text, the one way times are written for people and in messages.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 /// Seconds since the Unix epoch, the form times take in the store.
 pub fn unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -617,6 +628,28 @@ mod tests {
         }
         for alg in KeyAlgorithm::ALL {
             assert_eq!(alg.as_str().parse::<KeyAlgorithm>(), Ok(*alg));
+            assert_eq!(
+                serde_json::to_string(alg).unwrap(),
+                format!("\"{}\"", alg.as_str())
+            );
+        }
+        for origin in Origin::ALL {
+            assert_eq!(
+                serde_json::to_string(origin).unwrap(),
+                format!("\"{}\"", origin.as_str())
+            );
+        }
+        for reason in RevocationReason::ALL {
+            assert_eq!(
+                serde_json::to_string(reason).unwrap(),
+                format!("\"{}\"", reason.as_str())
+            );
+        }
+        for state in CaState::ALL {
+            assert_eq!(
+                serde_json::to_string(state).unwrap(),
+                format!("\"{}\"", state.as_str())
+            );
         }
         let err = "p256".parse::<KeyAlgorithm>().unwrap_err();
         assert!(err.to_string().contains("ec-p256"), "{err}");

@@ -102,7 +102,7 @@ impl fmt::Display for Span {
         for (unit, scale) in UNITS {
             // Weeks read worse than days for certificate lifetimes ("57w" vs "399d"): use them
             // only when nothing smaller is left over and the number stays small.
-            if *unit == 'w' && (secs % scale != 0 || secs / scale > 8) {
+            if *unit == 'w' && (!secs.is_multiple_of(*scale) || secs / scale > 8) {
                 continue;
             }
             if secs >= *scale {

@@ -1,5 +1,6 @@
 //! Every file under config/ must parse, and adding an unknown key to any of its tables must be
 //! rejected with an error naming that key: the annotated config documents the real schema.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,13 +22,23 @@ fn shipped_configs() -> Vec<PathBuf> {
             }
         }
     }
-    assert!(files.len() >= 2, "config/ should hold the annotated default and examples");
+    assert!(
+        files.len() >= 2,
+        "config/ should hold the annotated default and examples"
+    );
     files
 }
 
 fn check(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(path).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Every table path in a document: the root, sub-tables, and each element of arrays of tables.
@@ -35,11 +46,17 @@ fn table_paths(table: &toml::Table, prefix: Vec<String>, out: &mut Vec<Vec<Strin
     out.push(prefix.clone());
     for (key, value) in table {
         match value {
-            toml::Value::Table(sub) => table_paths(sub, [prefix.clone(), vec![key.clone()]].concat(), out),
+            toml::Value::Table(sub) => {
+                table_paths(sub, [prefix.clone(), vec![key.clone()]].concat(), out)
+            }
             toml::Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let toml::Value::Table(sub) = item {
-                        table_paths(sub, [prefix.clone(), vec![format!("{key}[{i}]")]].concat(), out);
+                        table_paths(
+                            sub,
+                            [prefix.clone(), vec![format!("{key}[{i}]")]].concat(),
+                            out,
+                        );
                     }
                 }
             }
@@ -54,7 +71,11 @@ fn table_at<'a>(root: &'a mut toml::Table, path: &[String]) -> &'a mut toml::Tab
         table = match part.split_once('[') {
             Some((key, index)) => {
                 let i: usize = index.trim_end_matches(']').parse().unwrap();
-                table.get_mut(key).and_then(|v| v.as_array_mut()).and_then(|a| a[i].as_table_mut()).unwrap()
+                table
+                    .get_mut(key)
+                    .and_then(|v| v.as_array_mut())
+                    .and_then(|a| a[i].as_table_mut())
+                    .unwrap()
             }
             None => table.get_mut(part).and_then(|v| v.as_table_mut()).unwrap(),
         };
@@ -94,8 +115,17 @@ fn an_unknown_key_in_any_table_is_rejected() {
             let mutated = dir.path().join("mutated.toml");
             std::fs::write(&mutated, toml::to_string(&doc).unwrap()).unwrap();
             let (code, stderr) = check(&mutated);
-            assert_eq!(code, Some(78), "{} with an unknown key in [{}] was accepted", file.display(), path.join("."));
-            assert!(stderr.contains(UNKNOWN) && stderr.contains("mutated.toml:"), "{stderr}");
+            assert_eq!(
+                code,
+                Some(78),
+                "{} with an unknown key in [{}] was accepted",
+                file.display(),
+                path.join(".")
+            );
+            assert!(
+                stderr.contains(UNKNOWN) && stderr.contains("mutated.toml:"),
+                "{stderr}"
+            );
             tried += 1;
         }
     }

@@ -1,5 +1,6 @@
 //! The daemon's lifecycle through the real binary: start on the built-in default, restart,
 //! master key handling, signals, crash safety, and the API's error shape.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 
@@ -20,7 +21,10 @@ fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
     let mut cmd = daemon.command();
     let child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
     let out = child.wait_with_output().expect("wait");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Exports `cert` as PEM and returns (decrypted key's public key, certificate's public key),
@@ -28,18 +32,44 @@ fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
 fn exported_key_and_cert_pubkeys(daemon: &Daemon, cert: &str) -> (String, String) {
     let pass = daemon.write("pass.txt", "correct horse\n");
     let out = daemon.path(&format!("{cert}.export.pem"));
-    daemon.ok(&["export", cert, "--passphrase-file", pass.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    daemon.ok(&[
+        "export",
+        cert,
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(mode(&out), 0o600, "exports are written 0600");
     let dir = daemon.dir.path();
-    let key = openssl(dir, &["pkey", "-in", out.to_str().unwrap(), "-passin", "pass:correct horse", "-pubout"]);
-    let crt = openssl(dir, &["x509", "-in", out.to_str().unwrap(), "-noout", "-pubkey"]);
+    let key = openssl(
+        dir,
+        &[
+            "pkey",
+            "-in",
+            out.to_str().unwrap(),
+            "-passin",
+            "pass:correct horse",
+            "-pubout",
+        ],
+    );
+    let crt = openssl(
+        dir,
+        &["x509", "-in", out.to_str().unwrap(), "-noout", "-pubkey"],
+    );
     (key, crt)
 }
 
 #[test]
 fn built_in_default_serves_and_survives_restart() {
     let mut daemon = Daemon::start();
-    let ec = daemon.json(&["request", "app.internal", "www.app.internal", "--validity", "90d"]);
+    let ec = daemon.json(&[
+        "request",
+        "app.internal",
+        "www.app.internal",
+        "--validity",
+        "90d",
+    ]);
     let rsa = daemon.json(&["request", "rsa.internal", "--key-algorithm", "rsa-2048"]);
     assert_eq!(ec["status"], "issued");
     assert_eq!(ec["origin"], "private");
@@ -47,14 +77,20 @@ fn built_in_default_serves_and_survives_restart() {
 
     let (status, _) = daemon.stop();
     assert!(status.success(), "SIGTERM must exit 0: {status}");
-    assert!(!daemon.socket.exists(), "the socket is removed on a clean stop");
+    assert!(
+        !daemon.socket.exists(),
+        "the socket is removed on a clean stop"
+    );
     daemon.spawn();
 
     assert_eq!(daemon.ok(&["get", &id(&ec)]), before);
     assert_eq!(daemon.count(), 2);
     for cert in [&ec, &rsa] {
         let (key, crt) = exported_key_and_cert_pubkeys(&daemon, &id(cert));
-        assert_eq!(key, crt, "the key decrypts after a restart and matches its certificate");
+        assert_eq!(
+            key, crt,
+            "the key decrypts after a restart and matches its certificate"
+        );
     }
 }
 
@@ -66,13 +102,32 @@ fn files_are_private_and_keys_are_not_stored_in_plaintext() {
     assert_eq!(mode(&daemon.state_dir), 0o700);
     assert_eq!(mode(&daemon.state_dir.join("master-key")), 0o400);
     assert_eq!(mode(&daemon.state_dir.join("certkeeper.db")), 0o600);
-    assert!(daemon.log_text().contains("created a new master key"), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("created a new master key"),
+        "{}",
+        daemon.log_text()
+    );
 
     let pass = daemon.write("pass.txt", "correct horse\n");
     let exported = daemon.path("export.pem");
-    daemon.ok(&["export", &id(&cert), "--passphrase-file", pass.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    daemon.ok(&[
+        "export",
+        &id(&cert),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
     let der = Command::new("openssl")
-        .args(["pkey", "-in", exported.to_str().unwrap(), "-passin", "pass:correct horse", "-outform", "DER"])
+        .args([
+            "pkey",
+            "-in",
+            exported.to_str().unwrap(),
+            "-passin",
+            "pass:correct horse",
+            "-outform",
+            "DER",
+        ])
         .output()
         .expect("openssl");
     assert!(der.status.success());
@@ -82,7 +137,11 @@ fn files_are_private_and_keys_are_not_stored_in_plaintext() {
         let path = entry.unwrap().path();
         if path.is_file() {
             let bytes = std::fs::read(&path).unwrap_or_default();
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret), "key material in plaintext in {}", path.display());
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "key material in plaintext in {}",
+                path.display()
+            );
         }
     }
     // No key in the daemon's log either.
@@ -96,13 +155,19 @@ fn wrong_master_key_is_a_clear_error_at_start() {
     daemon.stop();
     let key = daemon.state_dir.join("master-key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let new = Command::new(BIN).args(["master-key", "generate"]).output().unwrap();
+    let new = Command::new(BIN)
+        .args(["master-key", "generate"])
+        .output()
+        .unwrap();
     std::fs::write(&key, &new.stdout).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
 
     let (code, stderr) = failed_start(&daemon);
     assert_eq!(code, Some(78), "{stderr}");
-    assert!(stderr.contains("sealed with master key") && stderr.contains("not loaded"), "{stderr}");
+    assert!(
+        stderr.contains("sealed with master key") && stderr.contains("not loaded"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -113,7 +178,10 @@ fn master_key_file_must_be_private() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, stderr) = failed_start(&daemon);
     assert_eq!(code, Some(78), "{stderr}");
-    assert!(stderr.contains("0644") && stderr.contains("chmod 0400"), "{stderr}");
+    assert!(
+        stderr.contains("0644") && stderr.contains("chmod 0400"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -121,14 +189,25 @@ fn master_key_rotation_rewraps_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let generate = |name: &str| {
         let path = dir.path().join(name);
-        let out = Command::new(BIN).args(["master-key", "generate", "--out"]).arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["master-key", "generate", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(mode(&path), 0o400);
         path
     };
     let (old, new) = (generate("old.key"), generate("new.key"));
     let config = |current: &std::path::Path, previous: &[&std::path::Path]| {
-        let previous: Vec<String> = previous.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let previous: Vec<String> = previous
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
         format!(
             "[secrets]\nmaster-key-file = {:?}\nprevious-master-key-files = [{}]\n",
             current.display().to_string(),
@@ -150,7 +229,11 @@ fn master_key_rotation_rewraps_every_key() {
     let rotated = daemon.json(&["master-key", "rotate"]);
     // The default CA's key and the certificate's key.
     assert_eq!(rotated["rewrapped"], 2, "{rotated}");
-    assert_eq!(rotated["key_usage"].as_object().unwrap().len(), 1, "{rotated}");
+    assert_eq!(
+        rotated["key_usage"].as_object().unwrap().len(),
+        1,
+        "{rotated}"
+    );
     daemon.stop();
 
     std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[])).unwrap();
@@ -173,18 +256,36 @@ fn one_daemon_per_state_directory() {
 #[test]
 fn config_errors_exit_78_naming_file_line_and_key() {
     let daemon = Daemon::start();
-    let bad = daemon.write("bad.toml", "[daemon]\nlog-level = \"info\"\nsocket-mdoe = \"0600\"\n");
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    let bad = daemon.write(
+        "bad.toml",
+        "[daemon]\nlog-level = \"info\"\nsocket-mdoe = \"0600\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("bad.toml:3:1") && stderr.contains("socket-mdoe"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:3:1") && stderr.contains("socket-mdoe"),
+        "{stderr}"
+    );
 
-    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("socket-mdoe"));
 
     let missing = daemon.path("missing.toml");
-    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&missing).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
 }
@@ -195,16 +296,31 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_on_error() {
     let validity = |cert: &serde_json::Value| cert["validity"].as_str().unwrap().to_owned();
     assert_eq!(validity(&daemon.json(&["request", "a.internal"])), "30d");
 
-    std::fs::write(daemon.config.as_ref().unwrap(), "[defaults]\nvalidity = \"45d\"\n").unwrap();
+    std::fs::write(
+        daemon.config.as_ref().unwrap(),
+        "[defaults]\nvalidity = \"45d\"\n",
+    )
+    .unwrap();
     daemon.signal("HUP");
     wait_for_log(&daemon, "config reloaded", 1);
     assert_eq!(validity(&daemon.json(&["request", "b.internal"])), "45d");
 
-    std::fs::write(daemon.config.as_ref().unwrap(), "[defaults]\nvalidity = \"45 days\"\n").unwrap();
+    std::fs::write(
+        daemon.config.as_ref().unwrap(),
+        "[defaults]\nvalidity = \"45 days\"\n",
+    )
+    .unwrap();
     daemon.signal("HUP");
     wait_for_log(&daemon, "config reload rejected", 1);
-    assert!(daemon.log_text().contains("45 days"), "the log names the bad value");
-    assert_eq!(validity(&daemon.json(&["request", "c.internal"])), "45d", "the running config is kept");
+    assert!(
+        daemon.log_text().contains("45 days"),
+        "the log names the bad value"
+    );
+    assert_eq!(
+        validity(&daemon.json(&["request", "c.internal"])),
+        "45d",
+        "the running config is kept"
+    );
 
     let (status, _) = daemon.stop();
     assert!(status.success());
@@ -229,7 +345,8 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
         .map(|i| {
             let socket = socket.clone();
             std::thread::spawn(move || {
-                let body = format!(r#"{{"domains":["slow{i}.internal"],"key_algorithm":"rsa-4096"}}"#);
+                let body =
+                    format!(r#"{{"domains":["slow{i}.internal"],"key_algorithm":"rsa-4096"}}"#);
                 http(&socket, "POST", "/v1/certificates", Some(body.as_bytes()))
             })
         })
@@ -237,7 +354,10 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     std::thread::sleep(Duration::from_millis(200));
     let (status, took) = daemon.stop();
     assert!(status.success(), "exit status {status}");
-    assert!(took < Duration::from_secs(15 + 5), "stop took {took:?}, past the 15 s deadline");
+    assert!(
+        took < Duration::from_secs(15 + 5),
+        "stop took {took:?}, past the 15 s deadline"
+    );
     let answered: Vec<(u16, String)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     daemon.spawn();
     // Every request that was answered with success is stored; none is half-stored.
@@ -261,7 +381,12 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..16)
         .map(|_| {
-            let (socket, acknowledged, stop, next) = (socket.clone(), acknowledged.clone(), stop.clone(), next.clone());
+            let (socket, acknowledged, stop, next) = (
+                socket.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+                next.clone(),
+            );
             std::thread::spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -269,7 +394,8 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
                         return;
                     }
                     let body = format!(r#"{{"domains":["burst{i}.internal"]}}"#);
-                    let (status, body) = http(&socket, "POST", "/v1/certificates", Some(body.as_bytes()));
+                    let (status, body) =
+                        http(&socket, "POST", "/v1/certificates", Some(body.as_bytes()));
                     if status == 201 {
                         let cert: serde_json::Value = serde_json::from_str(&body).unwrap();
                         acknowledged.lock().unwrap().push(id(&cert));
@@ -287,7 +413,11 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
         worker.join().unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() >= 60 && acknowledged.len() < 200, "kill landed mid-burst: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 60 && acknowledged.len() < 200,
+        "kill landed mid-burst: {}",
+        acknowledged.len()
+    );
 
     daemon.spawn();
     for cert in &acknowledged {
@@ -297,21 +427,39 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
     // openssl; all of them through the API's export, which fails if a key does not open).
     let pass = daemon.write("pass.txt", "correct horse\n");
     for cert in &acknowledged {
-        daemon.ok(&["export", cert, "--passphrase-file", pass.to_str().unwrap(), "--output", "json"]);
+        daemon.ok(&[
+            "export",
+            cert,
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
     }
     for cert in acknowledged.iter().take(10) {
         let (key, crt) = exported_key_and_cert_pubkeys(&daemon, cert);
         assert_eq!(key, crt);
     }
-    assert_eq!(integrity_check(&daemon.state_dir.join("certkeeper.db")), "ok");
+    assert_eq!(
+        integrity_check(&daemon.state_dir.join("certkeeper.db")),
+        "ok"
+    );
 }
 
 fn integrity_check(db: &std::path::Path) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .read_only(true);
         let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        sqlx::query_scalar::<_, String>("PRAGMA integrity_check").fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar::<_, String>("PRAGMA integrity_check")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     })
 }
 
@@ -319,21 +467,41 @@ fn integrity_check(db: &std::path::Path) -> String {
 fn api_errors_are_json_with_fitting_status() {
     let daemon = Daemon::start();
     let error = |(status, body): (u16, String)| {
-        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        (status, value["error"]["code"].as_str().unwrap().to_owned(), value["error"]["message"].as_str().unwrap().to_owned())
+        let value: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (
+            status,
+            value["error"]["code"].as_str().unwrap().to_owned(),
+            value["error"]["message"].as_str().unwrap().to_owned(),
+        )
     };
     let socket = &daemon.socket;
 
     let (status, code, _) = error(http(socket, "GET", "/v1/nothing", None));
     assert_eq!((status, code.as_str()), (404, "not-found"));
-    let (status, code, _) = error(http(socket, "GET", "/v1/certificates/ck-0190f8a4-0000-7000-8000-000000000000", None));
+    let (status, code, _) = error(http(
+        socket,
+        "GET",
+        "/v1/certificates/ck-0190f8a4-0000-7000-8000-000000000000",
+        None,
+    ));
     assert_eq!((status, code.as_str()), (404, "not-found"));
     let (status, code, _) = error(http(socket, "POST", "/v1/certificates", Some(b"{not json")));
     assert_eq!((status, code.as_str()), (400, "invalid-json"));
-    let (status, code, message) = error(http(socket, "POST", "/v1/certificates", Some(br#"{"domains":["a.internal"],"colour":"red"}"#)));
+    let (status, code, message) = error(http(
+        socket,
+        "POST",
+        "/v1/certificates",
+        Some(br#"{"domains":["a.internal"],"colour":"red"}"#),
+    ));
     assert_eq!((status, code.as_str()), (422, "invalid-json"));
     assert!(message.contains("colour"), "{message}");
-    let (status, code, message) = error(http(socket, "POST", "/v1/certificates", Some(br#"{"domains":["-bad.internal"]}"#)));
+    let (status, code, message) = error(http(
+        socket,
+        "POST",
+        "/v1/certificates",
+        Some(br#"{"domains":["-bad.internal"]}"#),
+    ));
     assert_eq!((status, code.as_str()), (422, "invalid-input"));
     assert!(message.contains("-bad.internal"), "{message}");
     let (status, code, _) = error(http(socket, "GET", "/v1/certificates?limit=0", None));
@@ -341,8 +509,16 @@ fn api_errors_are_json_with_fitting_status() {
     let (status, code, _) = error(http(socket, "GET", "/v1/certificates?colour=red", None));
     assert_eq!((status, code.as_str()), (400, "invalid-input"));
 
-    let huge = format!(r#"{{"domains":["a.internal"],"name":"{}"}}"#, "x".repeat(2 << 20));
-    let (status, code, _) = error(http(socket, "POST", "/v1/certificates", Some(huge.as_bytes())));
+    let huge = format!(
+        r#"{{"domains":["a.internal"],"name":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    let (status, code, _) = error(http(
+        socket,
+        "POST",
+        "/v1/certificates",
+        Some(huge.as_bytes()),
+    ));
     assert_eq!((status, code.as_str()), (413, "payload-too-large"));
     assert_eq!(daemon.count(), 0, "nothing was stored by any bad request");
 
@@ -354,7 +530,12 @@ fn api_errors_are_json_with_fitting_status() {
 fn list_filters_and_pages() {
     let daemon = Daemon::start();
     for i in 0..5 {
-        daemon.json(&["request", &format!("page{i}.internal"), "--tag", &format!("team={}", if i % 2 == 0 { "a" } else { "b" })]);
+        daemon.json(&[
+            "request",
+            &format!("page{i}.internal"),
+            "--tag",
+            &format!("team={}", if i % 2 == 0 { "a" } else { "b" }),
+        ]);
     }
     daemon.json(&["request", "short.internal", "--validity", "2d"]);
 
@@ -364,19 +545,55 @@ fn list_filters_and_pages() {
     let rest = daemon.json(&["list", "--limit", "100", "--after", &next]);
     assert_eq!(rest["certificates"].as_array().unwrap().len(), 4);
     assert!(rest.get("next_page").is_none());
-    assert_eq!(daemon.json(&["list", "--limit", "2", "--all"])["certificates"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        daemon.json(&["list", "--limit", "2", "--all"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
 
-    assert_eq!(daemon.json(&["list", "--tag", "team=a"])["certificates"].as_array().unwrap().len(), 3);
-    assert_eq!(daemon.json(&["list", "--tag", "team"])["certificates"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        daemon.json(&["list", "--tag", "team=a"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        daemon.json(&["list", "--tag", "team"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
     let expiring = daemon.json(&["list", "--expiring-within", "3d"]);
     assert_eq!(expiring["certificates"][0]["name"], "short.internal");
     assert_eq!(expiring["certificates"].as_array().unwrap().len(), 1);
-    assert_eq!(daemon.json(&["list", "--origin", "imported"])["certificates"].as_array().unwrap().len(), 0);
-    assert_eq!(daemon.json(&["list", "--status", "issued"])["certificates"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        daemon.json(&["list", "--origin", "imported"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        daemon.json(&["list", "--status", "issued"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
 
     let cert = daemon.json(&["describe", "page0.internal"]);
     daemon.ok(&["revoke", &id(&cert)]);
-    assert_eq!(daemon.json(&["list", "--status", "revoked"])["certificates"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        daemon.json(&["list", "--status", "revoked"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     daemon.ok(&["delete", &id(&cert)]);
     assert_eq!(daemon.count(), 5);
     daemon.fails(&["describe", &id(&cert)], 1);

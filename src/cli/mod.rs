@@ -831,7 +831,10 @@ fn master_key_generate(out: Option<&Path>) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::SOFTWARE, e.to_string()))?;
     match out {
         Some(path) => write_new_file(path, key.as_bytes(), 0o400),
-        None => Ok(print!("{}", key.as_str())),
+        None => {
+            print!("{}", key.as_str());
+            Ok(())
+        }
     }
 }
 

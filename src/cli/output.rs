@@ -4,7 +4,6 @@ use std::io::Write;
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::api::types::{CaDetails, CertificateList};
 use crate::model::{CaInfo, Certificate};
@@ -52,7 +51,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
 }
 
 pub fn date(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    crate::model::rfc3339(t)
 }
 
 pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {

@@ -82,6 +82,17 @@ pub struct NewVersion {
     pub key: Option<Zeroizing<Vec<u8>>>,
 }
 
+/// A new version becoming current: a renewal or a re-import.
+pub struct VersionChange {
+    /// Must be the current version plus one; a concurrent change makes the write a `Conflict`.
+    pub version: u32,
+    pub new: NewVersion,
+    pub status: Status,
+    pub event: Option<Event>,
+    /// New domains and key algorithm, when they change (a re-import may).
+    pub names: Option<(Vec<crate::model::Domain>, KeyAlgorithm)>,
+}
+
 /// A version as read back for `get` and `export`.
 pub struct StoredVersion {
     pub version: u32,
@@ -195,27 +206,18 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
-    /// Adds version `version` (which must be the current one plus one) and makes it current.
-    /// `names` replaces the certificate's domains and key algorithm (a re-import may change them).
+    /// Adds a version (numbered the current one plus one) and makes it current.
     pub async fn add_version(
         &self,
         id: &CertificateId,
-        version: u32,
-        mut new: NewVersion,
-        status: Status,
-        event: Option<Event>,
-        names: Option<(Vec<crate::model::Domain>, KeyAlgorithm)>,
+        mut change: VersionChange,
     ) -> Result<Certificate, StoreError> {
-        let sealed = self.seal_version_key(id, version, new.key.take())?;
+        let sealed = self.seal_version_key(id, change.version, change.new.key.take())?;
         let job_id = id.clone();
         self.write(|reply| Job::AddVersion {
             id: job_id,
-            version,
-            new: Box::new(new),
+            change: Box::new(change),
             key: sealed,
-            status,
-            event,
-            names,
             reply,
         })
         .await?;

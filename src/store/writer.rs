@@ -16,10 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::sqlite::Db;
 use super::{
     InstalledCa, NewCa, NewCertificate, NewVersion, Revocation, Sealed, SealedRecord, StoreError,
+    VersionChange,
 };
-use crate::model::{
-    CaState, CertificateId, Domain, Event, KeyAlgorithm, RevocationReason, Status, unix,
-};
+use crate::model::{CaState, CertificateId, Event, RevocationReason, unix};
 
 /// The most jobs committed together. Large enough to amortise an fsync under load, small
 /// enough that one transaction never holds the write lock for long.
@@ -35,12 +34,8 @@ pub(super) enum Job {
     },
     AddVersion {
         id: CertificateId,
-        version: u32,
-        new: Box<NewVersion>,
+        change: Box<VersionChange>,
         key: Option<Sealed>,
-        status: Status,
-        event: Option<Event>,
-        names: Option<(Vec<Domain>, KeyAlgorithm)>,
         reply: Reply,
     },
     Revoke {
@@ -152,17 +147,10 @@ async fn apply(conn: &mut SqliteConnection, job: Job) -> (Reply, Result<(), Stor
         }
         Job::AddVersion {
             id,
-            version,
-            new,
+            change,
             key,
-            status,
-            event,
-            names,
             reply,
-        } => (
-            reply,
-            add_version(conn, &id, version, &new, key, status, event, names).await,
-        ),
+        } => (reply, add_version(conn, &id, *change, key).await),
         Job::Revoke {
             id,
             reason,
@@ -309,13 +297,17 @@ async fn insert_version(
 async fn add_version(
     conn: &mut SqliteConnection,
     id: &CertificateId,
-    version: u32,
-    new: &NewVersion,
+    change: VersionChange,
     key: Option<Sealed>,
-    status: Status,
-    event: Option<Event>,
-    names: Option<(Vec<Domain>, KeyAlgorithm)>,
 ) -> Result<(), StoreError> {
+    let VersionChange {
+        version,
+        new,
+        status,
+        event,
+        names,
+    } = change;
+    let new = &new;
     // Optimistic concurrency: the caller computed `version` from what it read; if another
     // renewal got there first, this matches no row and the caller hears `Conflict`.
     let updated = sqlx::query(

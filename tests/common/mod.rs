@@ -1,5 +1,6 @@
 //! Test harness: runs the real `certkeeper` binary on a temporary state directory and drives it
 //! through its real socket with the real CLI. Everything is cleaned up on drop.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -248,7 +249,9 @@ pub fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u1
         Ok(stream) => stream,
         Err(err) => return (0, err.to_string()),
     };
-    stream.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: certkeeper\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -260,7 +263,14 @@ pub fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u1
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }

@@ -1,0 +1,455 @@
+//! Private issuance throughput: certkeeper vs `cfssl serve`, side by side, same client.
+//!
+//!     cargo bench --bench private_issuance -- [--requests N] [--concurrency 1,4,16]
+//!
+//! (a) sign: the caller's CSR is signed (certkeeper also records the certificate durably);
+//! (b) full issuance: the server generates the key and signs (certkeeper also seals the key and
+//!     commits it durably; cfssl's `newcert` returns the key and stores nothing).
+//! Both servers get the same pre-generated CSRs over keep-alive HTTP/1.1 connections from one
+//! client process: certkeeper on its Unix socket, cfssl on loopback TCP. Server CPU comes from
+//! /proc/<pid>/stat, peak RSS from VmHWM. Then an in-process breakdown of where certkeeper's
+//! time goes. Needs `cfssl` (Debian golang-cfssl) and `openssl`.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use time::OffsetDateTime;
+
+use certkeeper::ca::{self, Authority, LeafRequest};
+use certkeeper::model::{CaSpec, KeyAlgorithm};
+use certkeeper::span::Span;
+
+const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
+
+struct Args {
+    requests: usize,
+    concurrency: Vec<usize>,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        requests: 20_000,
+        concurrency: vec![1, 4, 16],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--requests" => {
+                args.requests = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--requests N")
+            }
+            "--concurrency" => {
+                args.concurrency = it
+                    .next()
+                    .expect("--concurrency 1,4")
+                    .split(',')
+                    .map(|c| c.parse().expect("number"))
+                    .collect();
+            }
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    args
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    target: Target,
+}
+
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn cpu_ms(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_certkeeper(dir: &Path) -> Server {
+    let state = dir.join("certkeeper");
+    let child = Command::new(BIN)
+        .args(["serve", "--state-dir"])
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start certkeeper");
+    let socket = state.join("api.sock");
+    wait_for("certkeeper", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    Server {
+        name: "certkeeper",
+        child,
+        target: Target::Unix(socket),
+    }
+}
+
+fn start_cfssl(dir: &Path) -> Server {
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?}");
+    };
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "cfssl-ca-key.pem",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-x509",
+        "-key",
+        "cfssl-ca-key.pem",
+        "-subj",
+        "/CN=cfssl bench CA",
+        "-days",
+        "3650",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "cfssl-ca.pem",
+    ]);
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        listener.local_addr().expect("addr").port()
+    };
+    let child = Command::new("cfssl")
+        .args([
+            "serve",
+            "-address",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+            "-ca",
+            "cfssl-ca.pem",
+            "-ca-key",
+            "cfssl-ca-key.pem",
+            "-loglevel",
+            "5",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cfssl serve (apt-get install golang-cfssl)");
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("cfssl", || std::net::TcpStream::connect(&addr).is_ok());
+    Server {
+        name: "cfssl",
+        child,
+        target: Target::Tcp(addr),
+    }
+}
+
+async fn connect(target: &Target) -> SendRequest<Full<Bytes>> {
+    macro_rules! handshake {
+        ($stream:expr) => {{
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            sender
+        }};
+    }
+    match target {
+        Target::Unix(path) => handshake!(
+            tokio::net::UnixStream::connect(path)
+                .await
+                .expect("connect")
+        ),
+        Target::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            handshake!(stream)
+        }
+    }
+}
+
+/// One request body per operation and server.
+fn body(server: &str, op: Op, csr: &str, i: usize) -> (String, Vec<u8>) {
+    let json = match (server, op) {
+        ("certkeeper", Op::Sign) => serde_json::json!({ "csr": csr }),
+        ("certkeeper", Op::Full) => {
+            serde_json::json!({ "domains": [format!("host{i}.bench.internal")] })
+        }
+        (_, Op::Sign) => serde_json::json!({ "certificate_request": csr }),
+        (_, Op::Full) => serde_json::json!({
+            "request": { "CN": format!("host{i}.bench.internal"), "hosts": [format!("host{i}.bench.internal")],
+                         "key": { "algo": "ecdsa", "size": 256 } }
+        }),
+    };
+    let path = match (server, op) {
+        ("certkeeper", Op::Sign) => "/v1/sign",
+        ("certkeeper", Op::Full) => "/v1/certificates",
+        (_, Op::Sign) => "/api/v1/cfssl/sign",
+        (_, Op::Full) => "/api/v1/cfssl/newcert",
+    };
+    (path.to_owned(), serde_json::to_vec(&json).expect("json"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Sign,
+    Full,
+}
+
+struct Run {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_ms_per_req: f64,
+}
+
+async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurrency: usize) -> Run {
+    let cpu_before = server.cpu_ms();
+    let started = Instant::now();
+    let per_task = requests / concurrency;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let target = server.target.clone();
+            let name = server.name;
+            let csrs = csrs.to_vec();
+            tokio::spawn(async move {
+                let mut sender = connect(&target).await;
+                let mut latencies = Vec::with_capacity(per_task);
+                for k in 0..per_task {
+                    let i = t * per_task + k;
+                    let (path, bytes) = body(name, op, &csrs[i % csrs.len()], i);
+                    let request = hyper::Request::post(path)
+                        .header("host", "bench")
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(bytes)))
+                        .expect("request");
+                    let sent = Instant::now();
+                    sender.ready().await.expect("connection ready");
+                    let response = sender.send_request(request).await.expect("response");
+                    let status = response.status();
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("body")
+                        .to_bytes();
+                    assert!(
+                        status.is_success(),
+                        "{name}: HTTP {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests);
+    for task in tasks {
+        latencies.extend(task.await.expect("client task"));
+    }
+    let wall = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1000.0
+    };
+    let done = latencies.len() as f64;
+    Run {
+        rate: done / wall.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        cpu_ms_per_req: (server.cpu_ms() - cpu_before) / done,
+    }
+}
+
+fn csrs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec![format!("svc{i}.bench.internal")])
+                .expect("params");
+            params
+                .serialize_request(&key)
+                .expect("csr")
+                .pem()
+                .expect("pem")
+        })
+        .collect()
+}
+
+/// Mean time of `f` over `n` runs, in microseconds.
+fn time_us(n: usize, mut f: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    started.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn breakdown(dir: &Path) {
+    let now = OffsetDateTime::now_utc();
+    let spec = CaSpec {
+        name: "bench".into(),
+        parent: None,
+        external: false,
+        common_name: "bench CA".into(),
+        key_algorithm: KeyAlgorithm::EcP256,
+        validity: Span::from_days(3650),
+        path_length: None,
+        permitted_dns: vec![],
+    };
+    let created = ca::create_root(&spec, now).expect("root");
+    let authority = Authority::load(
+        "bench",
+        created.cert_pem.as_deref().expect("cert"),
+        "",
+        &created.key,
+        vec![],
+        None,
+    )
+    .expect("load");
+    let domains = certkeeper::model::parse_domains(&["svc.bench.internal"]).expect("domains");
+    let request = LeafRequest {
+        domains: &domains,
+        validity: Span::from_days(90),
+        client_auth: false,
+    };
+    let key = certkeeper::keys::generate(KeyAlgorithm::EcP256).expect("key");
+    let csr = csrs(1).remove(0);
+    let ring = certkeeper::store::Keyring::new([7; 32], vec![]);
+    let pkcs8 = key.serialize_der();
+    let n = 2000;
+    let keygen = time_us(n, || drop(certkeeper::keys::generate(KeyAlgorithm::EcP256)));
+    let csr_parse = time_us(n, || drop(ca::parse_csr(csr.as_bytes())));
+    let sign = time_us(n, || drop(authority.issue(&request, &key, now)));
+    let seal = time_us(n, || drop(ring.seal("ck-x/v1", &pkcs8)));
+    let fsync = {
+        use std::io::Write;
+        let path = dir.join("fsync-probe");
+        let mut file = std::fs::File::create(&path).expect("probe");
+        time_us(200, || {
+            file.write_all(&[0u8; 4096]).expect("write");
+            file.sync_data().expect("fdatasync");
+        })
+    };
+    println!("\n### Where certkeeper's time goes (in-process, one core, mean of {n})\n");
+    println!("| step | µs |\n|---|---|");
+    println!("| ECDSA P-256 key generation | {keygen:.1} |");
+    println!("| CSR parse + signature check | {csr_parse:.1} |");
+    println!("| leaf signing (build + ECDSA sign + PEM) | {sign:.1} |");
+    println!("| sealing the key (data key, AES-256-GCM, key wrap) | {seal:.1} |");
+    println!("| one 4 KiB write + fdatasync on the state disk (commit floor) | {fsync:.1} |");
+}
+
+fn main() {
+    // `cargo test --all-targets` runs this binary without `--bench`: only check it builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let args = args();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let csrs = csrs(1000);
+    let certkeeper = start_certkeeper(dir.path());
+    let cfssl = start_cfssl(dir.path());
+
+    println!(
+        "## Private issuance: certkeeper vs cfssl serve ({} requests per cell)\n",
+        args.requests
+    );
+    println!("| operation | clients | server | rate /s | p50 ms | p99 ms | server CPU ms/req |");
+    println!("|---|---|---|---|---|---|---|");
+    for op in [Op::Sign, Op::Full] {
+        let requests = if op == Op::Sign {
+            args.requests
+        } else {
+            args.requests / 4
+        };
+        for &c in &args.concurrency {
+            for server in [&certkeeper, &cfssl] {
+                // Warm up connections, caches and the allocator.
+                runtime.block_on(run(server, op, &csrs, 200.max(c), c));
+                let r = runtime.block_on(run(server, op, &csrs, requests, c));
+                let label = if op == Op::Sign {
+                    "sign CSR"
+                } else {
+                    "full issuance"
+                };
+                println!(
+                    "| {label} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.3} |",
+                    server.name, r.rate, r.p50_ms, r.p99_ms, r.cpu_ms_per_req
+                );
+            }
+        }
+    }
+    println!(
+        "\nPeak RSS: certkeeper {:.1} MiB, cfssl {:.1} MiB",
+        certkeeper.peak_rss_mib(),
+        cfssl.peak_rss_mib()
+    );
+    breakdown(dir.path());
+}
