@@ -213,7 +213,7 @@ impl Inventory {
             event: None,
         };
         new.event = Some(events::available(
-            &preview(&new, now),
+            &new.certificate(now),
             Action::Issuance,
             now,
         ));
@@ -268,7 +268,7 @@ impl Inventory {
             event: None,
         };
         new.event = Some(events::available(
-            &preview(&new, now),
+            &new.certificate(now),
             Action::Issuance,
             now,
         ));
@@ -344,7 +344,11 @@ impl Inventory {
                     version,
                     event: None,
                 };
-                new.event = Some(events::available(&preview(&new, now), Action::Import, now));
+                new.event = Some(events::available(
+                    &new.certificate(now),
+                    Action::Import,
+                    now,
+                ));
                 Ok(self.store.insert_certificate(new).await?)
             }
         }
@@ -755,31 +759,6 @@ impl Inventory {
     pub async fn rotate_master_key(&self) -> Result<(u64, BTreeMap<String, u64>)> {
         let rewrapped = self.store.rotate_master_key().await?;
         Ok((rewrapped, self.store.key_usage().await?))
-    }
-}
-
-/// The certificate as it will read once stored, for building its event before the write.
-fn preview(new: &NewCertificate, now: OffsetDateTime) -> Certificate {
-    Certificate {
-        id: new.id.clone(),
-        name: new.name.clone(),
-        origin: new.origin,
-        status: new.status,
-        issuer: new.issuer.clone(),
-        domains: new.domains.clone(),
-        key_algorithm: new.key_algorithm,
-        serial: new.version.serial.clone(),
-        not_before: new.version.not_before,
-        not_after: new.version.not_after,
-        current_version: 1,
-        validity: new.validity,
-        client_auth: new.client_auth,
-        tags: new.tags.clone(),
-        created_at: now,
-        updated_at: now,
-        revoked_at: None,
-        revocation_reason: None,
-        versions: Vec::new(),
     }
 }
 

@@ -447,20 +447,11 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
 }
 
 fn integrity_check(db: &std::path::Path) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .read_only(true);
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        sqlx::query_scalar::<_, String>("PRAGMA integrity_check")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    })
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap()
 }
 
 #[test]

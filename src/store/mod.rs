@@ -33,11 +33,12 @@ use writer::Job;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Open { path: String, source: sqlx::Error },
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
     #[error(transparent)]
     Seal(#[from] SealError),
     #[error("a certificate named {0:?} already exists")]
@@ -68,6 +69,41 @@ pub struct NewCertificate {
     pub tags: BTreeMap<String, String>,
     pub version: NewVersion,
     pub event: Option<Event>,
+}
+
+impl NewCertificate {
+    /// The certificate as it reads once stored (before the writer settles its final name).
+    pub fn certificate(&self, now: OffsetDateTime) -> Certificate {
+        Certificate {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            origin: self.origin,
+            status: self.status,
+            issuer: self.issuer.clone(),
+            domains: self.domains.clone(),
+            key_algorithm: self.key_algorithm,
+            serial: self.version.serial.clone(),
+            not_before: self.version.not_before,
+            not_after: self.version.not_after,
+            current_version: 1,
+            validity: self.validity,
+            client_auth: self.client_auth,
+            tags: self.tags.clone(),
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+            revocation_reason: None,
+            versions: vec![crate::model::VersionInfo {
+                version: 1,
+                serial: self.version.serial.clone(),
+                not_before: self.version.not_before,
+                not_after: self.version.not_after,
+                issuer_ca: self.version.issuer_ca.clone(),
+                key_held: self.version.key.is_some(),
+                created_at: now,
+            }],
+        }
+    }
 }
 
 /// One issued or imported certificate, before it is stored.
@@ -154,15 +190,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and runs pending migrations. The writer task is
-    /// spawned on the current runtime and stops when the last `Store` clone is dropped.
+    /// Opens (creating if needed) the database and runs pending migrations. The writer thread
+    /// stops when the last `Store` clone is dropped.
     pub async fn open(
         path: &Path,
         synchronous: Synchronous,
         keyring: Keyring,
     ) -> Result<Store, StoreError> {
-        let db = sqlite::Db::open(path, synchronous).await?;
-        let writer = writer::spawn(db.clone()).await?;
+        let path = path.to_owned();
+        let (db, conn) = tokio::task::spawn_blocking(move || sqlite::Db::open(&path, synchronous))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("open task failed: {e}")))??;
+        let writer = writer::spawn(conn)?;
         Ok(Store {
             db,
             writer,
@@ -180,8 +219,9 @@ impl Store {
     pub async fn check_keys(&self) -> Result<KeyUsage, StoreError> {
         let usage = self.db.key_usage().await?;
         for kid in usage.keys() {
-            if let Some((record, sealed)) = self.db.one_sealed_record(kid).await? {
-                self.keyring.open(&record, &sealed)?;
+            let one = self.db.sealed_records(kid.clone(), true, 1).await?;
+            if let Some((record, sealed)) = one.first() {
+                self.keyring.open(&record.name(), sealed)?;
             }
         }
         Ok(usage)
@@ -194,16 +234,18 @@ impl Store {
         mut new: NewCertificate,
     ) -> Result<Certificate, StoreError> {
         let sealed = self.seal_version_key(&new.id, 1, new.version.key.take())?;
-        let id = new.id.clone();
-        self.write(|reply| Job::InsertCertificate {
-            new: Box::new(new),
-            key: sealed,
-            reply,
-        })
-        .await?;
-        self.certificate(&id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+        // Build the answer from what we wrote instead of reading it back: issuance is the hot
+        // path, and the only thing the writer may change is the name.
+        let mut cert = new.certificate(OffsetDateTime::now_utc());
+        let name = self
+            .write(|reply| Job::InsertCertificate {
+                new: Box::new(new),
+                key: sealed,
+                reply,
+            })
+            .await?;
+        cert.name = name.unwrap_or(cert.name);
+        Ok(cert)
     }
 
     /// Adds a version (numbered the current one plus one) and makes it current.
@@ -244,11 +286,14 @@ impl Store {
             reply,
         })
         .await
+        .map(drop)
     }
 
     pub async fn delete(&self, id: &CertificateId) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(|reply| Job::Delete { id, reply }).await
+        self.write(|reply| Job::Delete { id, reply })
+            .await
+            .map(drop)
     }
 
     pub async fn set_tags(
@@ -265,6 +310,7 @@ impl Store {
             reply,
         })
         .await
+        .map(drop)
     }
 
     /// Looks a certificate up by id or, failing that, by name; includes its versions.
@@ -273,13 +319,13 @@ impl Store {
         id_or_name: &str,
     ) -> Result<Option<Certificate>, StoreError> {
         self.db
-            .find_certificate(id_or_name, OffsetDateTime::now_utc())
+            .find_certificate(id_or_name.to_owned(), OffsetDateTime::now_utc())
             .await
     }
 
     pub async fn certificate(&self, id: &CertificateId) -> Result<Option<Certificate>, StoreError> {
         self.db
-            .find_certificate(id.as_str(), OffsetDateTime::now_utc())
+            .find_certificate(id.as_str().to_owned(), OffsetDateTime::now_utc())
             .await
     }
 
@@ -292,7 +338,7 @@ impl Store {
         filter: &ListFilter,
         now: OffsetDateTime,
     ) -> Result<Vec<Certificate>, StoreError> {
-        self.db.list(filter, now).await
+        self.db.list(filter.clone(), now).await
     }
 
     pub async fn version(
@@ -300,7 +346,7 @@ impl Store {
         id: &CertificateId,
         version: u32,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        self.db.version(id, version).await
+        self.db.version(id.clone(), version).await
     }
 
     /// Decrypts a version's private key. Only `export` and renewal should need this.
@@ -340,6 +386,7 @@ impl Store {
             reply,
         })
         .await
+        .map(drop)
     }
 
     pub async fn install_ca(&self, name: &str, installed: InstalledCa) -> Result<(), StoreError> {
@@ -350,6 +397,7 @@ impl Store {
             reply,
         })
         .await
+        .map(drop)
     }
 
     pub async fn save_crl(
@@ -368,6 +416,7 @@ impl Store {
             reply,
         })
         .await
+        .map(drop)
     }
 
     pub async fn cas(&self) -> Result<Vec<StoredCa>, StoreError> {
@@ -375,7 +424,7 @@ impl Store {
     }
 
     pub async fn ca(&self, name: &str) -> Result<Option<StoredCa>, StoreError> {
-        self.db.ca(name).await
+        self.db.ca(name.to_owned()).await
     }
 
     pub fn open_ca_key(&self, ca: &StoredCa) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -386,7 +435,7 @@ impl Store {
         &self,
         ca: &str,
     ) -> Result<Vec<(Serial, OffsetDateTime, RevocationReason)>, StoreError> {
-        self.db.revocations(ca).await
+        self.db.revocations(ca.to_owned()).await
     }
 
     // --- events and keys -------------------------------------------------------------------
@@ -405,7 +454,7 @@ impl Store {
         let current = self.keyring.current_kid().to_owned();
         let mut total = 0;
         loop {
-            let batch = self.db.sealed_records_not_under(&current, 500).await?;
+            let batch = self.db.sealed_records(current.clone(), false, 500).await?;
             if batch.is_empty() {
                 return Ok(total);
             }
@@ -432,10 +481,12 @@ impl Store {
         self.db.integrity_check().await
     }
 
+    /// Queues one write and waits until it is committed. Answers the name an inserted
+    /// certificate got; `None` for other writes.
     async fn write(
         &self,
-        job: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Job,
-    ) -> Result<(), StoreError> {
+        job: impl FnOnce(writer::Reply) -> Job,
+    ) -> Result<Option<String>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(job(tx))

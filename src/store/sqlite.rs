@@ -1,17 +1,17 @@
 //! SQLite backend: connection setup, migrations, and the read queries.
 //!
-//! Writes live in `writer.rs`, which owns the one write connection. Reads go through a small
-//! pool; WAL mode lets them run while the writer commits.
+//! Writes live in `writer.rs`, on the one thread that owns the write connection. Reads take a
+//! connection from a small pool on the blocking thread pool: one thread hand-off per read, not
+//! per statement, and WAL mode lets them run while the writer commits.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
 use super::{Sealed, SealedRecord, StoreError, StoredCa, StoredVersion};
@@ -21,6 +21,14 @@ use crate::model::{
     Status, VersionInfo, from_unix, unix,
 };
 use crate::span::Span;
+
+/// The schema, in order. A database records how many it has applied in `PRAGMA user_version`;
+/// opening applies the rest, each in its own transaction. Never edit an applied migration: add
+/// a new one.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_inventory.sql")];
+
+/// Read connections kept open; more concurrent reads wait for one.
+const READERS: usize = 4;
 
 /// Filters for `list`. All are optional and combine with AND.
 #[derive(Clone, Debug, Default)]
@@ -38,250 +46,219 @@ pub struct ListFilter {
 
 #[derive(Clone)]
 pub(super) struct Db {
-    pub(super) read: SqlitePool,
-    options: SqliteConnectOptions,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    available: tokio::sync::Semaphore,
 }
 
 impl Db {
-    pub(super) async fn open(path: &Path, synchronous: Synchronous) -> Result<Db, StoreError> {
+    /// Opens the database, applies migrations, and returns the reader pool and the one write
+    /// connection.
+    pub(super) fn open(
+        path: &Path,
+        synchronous: Synchronous,
+    ) -> Result<(Db, Connection), StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
         };
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match synchronous {
-                Synchronous::Full => SqliteSynchronous::Full,
-                Synchronous::Normal => SqliteSynchronous::Normal,
-            })
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-16384")
-            .disable_statement_logging();
-
-        // Migrate on a dedicated connection before anything else reads.
-        let mut conn = options.connect().await.map_err(open_err)?;
-        sqlx::migrate!("migrations/sqlite").run(&mut conn).await?;
-        drop(conn);
+        let mut writer = Connection::open(path).map_err(open_err)?;
+        configure(&writer, synchronous).map_err(open_err)?;
+        migrate(&mut writer)?;
         restrict_permissions(path);
 
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(options.clone().read_only(true))
-            .await
-            .map_err(open_err)?;
-        Ok(Db { read, options })
+        let mut idle = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            idle.push(open_reader(path)?);
+        }
+        let readers = ReadPool {
+            path: path.to_owned(),
+            idle: Mutex::new(idle),
+            available: tokio::sync::Semaphore::new(READERS),
+        };
+        Ok((
+            Db {
+                readers: Arc::new(readers),
+            },
+            writer,
+        ))
     }
 
-    pub(super) async fn write_connection(&self) -> Result<SqliteConnection, StoreError> {
-        Ok(self.options.connect().await?)
+    /// Runs `f` with a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        // The permit guarantees an idle connection exists when we take one.
+        let permit = self
+            .readers
+            .available
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = self.readers.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let taken = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match taken {
+                Some(conn) => conn,
+                // Only after a reader was lost to a panic: open a fresh one.
+                None => open_reader(&pool.path)?,
+            };
+            let result = f(&conn);
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?;
+        drop(permit);
+        result
     }
 
     pub(super) async fn find_certificate(
         &self,
-        id_or_name: &str,
+        id_or_name: String,
         now: OffsetDateTime,
     ) -> Result<Option<Certificate>, StoreError> {
-        let column = if CertificateId::parse(id_or_name).is_some() {
-            "id"
-        } else {
-            "name"
-        };
-        let sql = format!("SELECT * FROM certificates WHERE {column} = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id_or_name)
-            .fetch_optional(&self.read)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut cert = certificate_from_row(&row, now)?;
-        self.attach_tags(std::slice::from_mut(&mut cert)).await?;
-        cert.versions = self.versions(&cert.id).await?;
-        Ok(Some(cert))
+        self.read(move |conn| {
+            let column = if CertificateId::parse(&id_or_name).is_some() {
+                "id"
+            } else {
+                "name"
+            };
+            let sql = format!("SELECT * FROM certificates WHERE {column} = ?");
+            let cert = conn
+                .prepare_cached(&sql)?
+                .query_row([&id_or_name], |row| Ok(certificate_from_row(row, now)))
+                .optional()?
+                .transpose()?;
+            let Some(mut cert) = cert else {
+                return Ok(None);
+            };
+            attach_tags(conn, std::slice::from_mut(&mut cert))?;
+            cert.versions = versions(conn, &cert.id)?;
+            Ok(Some(cert))
+        })
+        .await
     }
 
     pub(super) async fn count_certificates(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
-            .fetch_one(&self.read)
-            .await?;
-        Ok(n.max(0) as u64)
+        self.read(|conn| {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
     }
 
     pub(super) async fn list(
         &self,
-        filter: &ListFilter,
+        filter: ListFilter,
         now: OffsetDateTime,
     ) -> Result<Vec<Certificate>, StoreError> {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT * FROM certificates c WHERE 1 = 1");
-        if let Some(after) = &filter.after {
-            q.push(" AND c.id > ").push_bind(after.as_str().to_owned());
-        }
-        if !filter.statuses.is_empty() {
-            q.push(" AND (");
-            for (i, status) in filter.statuses.iter().enumerate() {
-                if i > 0 {
-                    q.push(" OR ");
-                }
-                // `issued` past its not-after reads as `expired` (see `effective_status`).
-                match status {
-                    Status::Expired => q
-                        .push("(c.status = 'expired' OR (c.status = 'issued' AND c.not_after < ")
-                        .push_bind(unix(now))
-                        .push("))"),
-                    Status::Issued => q
-                        .push("(c.status = 'issued' AND c.not_after >= ")
-                        .push_bind(unix(now))
-                        .push(")"),
-                    other => q.push("c.status = ").push_bind(other.as_str()),
-                };
+        self.read(move |conn| {
+            let (sql, values) = list_query(&filter, now);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |row| {
+                Ok(certificate_from_row(row, now))
+            })?;
+            let mut certs = Vec::new();
+            for row in rows {
+                certs.push(row??);
             }
-            q.push(")");
-        }
-        if !filter.origins.is_empty() {
-            q.push(" AND c.origin IN (");
-            let mut list = q.separated(", ");
-            for origin in &filter.origins {
-                list.push_bind(origin.as_str());
-            }
-            q.push(")");
-        }
-        if let Some(within) = filter.expiring_within {
-            q.push(" AND c.not_after <= ")
-                .push_bind(unix(now + within.time()));
-        }
-        for (key, value) in &filter.tags {
-            q.push(" AND EXISTS (SELECT 1 FROM tags t WHERE t.certificate_id = c.id AND t.key = ")
-                .push_bind(key.clone());
-            if let Some(value) = value {
-                q.push(" AND t.value = ").push_bind(value.clone());
-            }
-            q.push(")");
-        }
-        q.push(" ORDER BY c.id LIMIT ")
-            .push_bind(i64::from(filter.limit));
-        let rows = q.build().fetch_all(&self.read).await?;
-        let mut certs = rows
-            .iter()
-            .map(|r| certificate_from_row(r, now))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.attach_tags(&mut certs).await?;
-        Ok(certs)
-    }
-
-    async fn attach_tags(&self, certs: &mut [Certificate]) -> Result<(), StoreError> {
-        if certs.is_empty() {
-            return Ok(());
-        }
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT certificate_id, key, value FROM tags WHERE certificate_id IN (",
-        );
-        let mut ids = q.separated(", ");
-        for cert in certs.iter() {
-            ids.push_bind(cert.id.as_str().to_owned());
-        }
-        q.push(")");
-        let mut by_id: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for row in q.build().fetch_all(&self.read).await? {
-            let id: String = row.try_get("certificate_id")?;
-            by_id
-                .entry(id)
-                .or_default()
-                .insert(row.try_get("key")?, row.try_get("value")?);
-        }
-        for cert in certs {
-            cert.tags = by_id.remove(cert.id.as_str()).unwrap_or_default();
-        }
-        Ok(())
-    }
-
-    async fn versions(&self, id: &CertificateId) -> Result<Vec<VersionInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT version, serial, issuer_ca, not_before, not_after, key_blob IS NOT NULL AS key_held, created_at \
-             FROM versions WHERE certificate_id = ? ORDER BY version DESC",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(VersionInfo {
-                    version: row.try_get("version")?,
-                    serial: serial(row, "serial")?,
-                    issuer_ca: row.try_get("issuer_ca")?,
-                    not_before: from_unix(row.try_get("not_before")?),
-                    not_after: from_unix(row.try_get("not_after")?),
-                    key_held: row.try_get("key_held")?,
-                    created_at: from_unix(row.try_get("created_at")?),
-                })
-            })
-            .collect()
+            attach_tags(conn, &mut certs)?;
+            Ok(certs)
+        })
+        .await
     }
 
     pub(super) async fn version(
         &self,
-        id: &CertificateId,
+        id: CertificateId,
         version: u32,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        let row = sqlx::query("SELECT * FROM versions WHERE certificate_id = ? AND version = ?")
-            .bind(id.as_str())
-            .bind(version)
-            .fetch_optional(&self.read)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let key = match (
-            row.try_get::<Option<String>, _>("key_kid")?,
-            row.try_get::<Option<Vec<u8>>, _>("key_blob")?,
-        ) {
-            (Some(kid), Some(blob)) => Some(Sealed { kid, blob }),
-            _ => None,
-        };
-        Ok(Some(StoredVersion {
-            version: row.try_get("version")?,
-            serial: serial(&row, "serial")?,
-            issuer_ca: row.try_get("issuer_ca")?,
-            cert_pem: row.try_get("cert_pem")?,
-            chain_pem: row.try_get("chain_pem")?,
-            key,
-        }))
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT version, serial, issuer_ca, cert_pem, chain_pem, key_kid, key_blob \
+                 FROM versions WHERE certificate_id = ? AND version = ?",
+            )?;
+            let row = stmt
+                .query_row(params![id.as_str(), version], |row| {
+                    let kid: Option<String> = row.get("key_kid")?;
+                    let blob: Option<Vec<u8>> = row.get("key_blob")?;
+                    Ok((
+                        row.get::<_, u32>("version")?,
+                        row.get::<_, String>("serial")?,
+                        row.get("issuer_ca")?,
+                        row.get("cert_pem")?,
+                        row.get("chain_pem")?,
+                        kid.zip(blob).map(|(kid, blob)| Sealed { kid, blob }),
+                    ))
+                })
+                .optional()?;
+            let Some((version, serial, issuer_ca, cert_pem, chain_pem, key)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(StoredVersion {
+                version,
+                serial: parse_serial(&serial)?,
+                issuer_ca,
+                cert_pem,
+                chain_pem,
+                key,
+            }))
+        })
+        .await
     }
 
     pub(super) async fn cas(&self) -> Result<Vec<StoredCa>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM cas ORDER BY created_at, name")
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter().map(ca_from_row).collect()
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT * FROM cas ORDER BY created_at, name")?;
+            let rows = stmt.query_map([], |row| Ok(ca_from_row(row)))?;
+            let mut cas = Vec::new();
+            for row in rows {
+                cas.push(row??);
+            }
+            Ok(cas)
+        })
+        .await
     }
 
-    pub(super) async fn ca(&self, name: &str) -> Result<Option<StoredCa>, StoreError> {
-        let row = sqlx::query("SELECT * FROM cas WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(ca_from_row).transpose()
+    pub(super) async fn ca(&self, name: String) -> Result<Option<StoredCa>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT * FROM cas WHERE name = ?")?
+                .query_row([&name], |row| Ok(ca_from_row(row)))
+                .optional()?
+                .transpose()
+        })
+        .await
     }
 
     pub(super) async fn revocations(
         &self,
-        ca: &str,
+        ca: String,
     ) -> Result<Vec<(Serial, OffsetDateTime, RevocationReason)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT serial, revoked_at, reason FROM revocations WHERE ca = ? ORDER BY revoked_at",
-        )
-        .bind(ca)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    serial(row, "serial")?,
-                    from_unix(row.try_get("revoked_at")?),
-                    parse(row, "reason")?,
-                ))
-            })
-            .collect()
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT serial, revoked_at, reason FROM revocations WHERE ca = ? ORDER BY revoked_at",
+            )?;
+            let rows = stmt.query_map([&ca], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (serial, at, reason) = row?;
+                out.push((parse_serial(&serial)?, from_unix(at), parse_text(&reason, "reason")?));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub(super) async fn events_after(
@@ -289,100 +266,130 @@ impl Db {
         after: i64,
         limit: u32,
     ) -> Result<Vec<(i64, Event)>, StoreError> {
-        let rows = sqlx::query("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let body: String = row.try_get("body")?;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, body) = row?;
                 let event = serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Invalid(format!("event: {e}")))?;
-                Ok((row.try_get("seq")?, event))
-            })
-            .collect()
+                    .map_err(|e| StoreError::Invalid(format!("event {seq}: {e}")))?;
+                out.push((seq, event));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub(super) async fn key_usage(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_kid, COUNT(*) AS n FROM versions WHERE key_kid IS NOT NULL GROUP BY key_kid \
-             UNION ALL SELECT key_kid, COUNT(*) FROM cas GROUP BY key_kid",
-        )
-        .fetch_all(&self.read)
-        .await?;
-        let mut usage = BTreeMap::new();
-        for row in rows {
-            let n: i64 = row.try_get("n")?;
-            *usage.entry(row.try_get("key_kid")?).or_insert(0) += n as u64;
-        }
-        Ok(usage)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key_kid, COUNT(*) FROM versions WHERE key_kid IS NOT NULL GROUP BY key_kid \
+                 UNION ALL SELECT key_kid, COUNT(*) FROM cas GROUP BY key_kid",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            let mut usage = BTreeMap::new();
+            for row in rows {
+                let (kid, n) = row?;
+                *usage.entry(kid).or_insert(0) += n.max(0) as u64;
+            }
+            Ok(usage)
+        })
+        .await
     }
 
-    pub(super) async fn one_sealed_record(
+    /// Sealed records whose master key id equals (`equal`) or differs from `kid`.
+    pub(super) async fn sealed_records(
         &self,
-        kid: &str,
-    ) -> Result<Option<(String, Sealed)>, StoreError> {
-        let batch = self.sealed_records(kid, true, 1).await?;
-        Ok(batch
-            .into_iter()
-            .next()
-            .map(|(record, sealed)| (record.name(), sealed)))
-    }
-
-    pub(super) async fn sealed_records_not_under(
-        &self,
-        kid: &str,
-        limit: u32,
-    ) -> Result<Vec<(SealedRecord, Sealed)>, StoreError> {
-        self.sealed_records(kid, false, limit).await
-    }
-
-    /// Sealed records whose kid equals (`equal`) or differs from `kid`.
-    async fn sealed_records(
-        &self,
-        kid: &str,
+        kid: String,
         equal: bool,
         limit: u32,
     ) -> Result<Vec<(SealedRecord, Sealed)>, StoreError> {
-        let op = if equal { "=" } else { "<>" };
-        let sql = format!(
-            "SELECT 'ca' AS kind, name AS id, 0 AS version, key_kid, key_blob FROM cas WHERE key_kid {op} ?1 \
-             UNION ALL SELECT 'version', certificate_id, version, key_kid, key_blob FROM versions \
-             WHERE key_kid IS NOT NULL AND key_kid {op} ?1 LIMIT ?2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(kid)
-            .bind(limit)
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                let id: String = row.try_get("id")?;
+        self.read(move |conn| {
+            let op = if equal { "=" } else { "<>" };
+            let sql = format!(
+                "SELECT 'ca', name, 0, key_kid, key_blob FROM cas WHERE key_kid {op} ?1 \
+                 UNION ALL SELECT 'version', certificate_id, version, key_kid, key_blob FROM versions \
+                 WHERE key_kid IS NOT NULL AND key_kid {op} ?1 LIMIT ?2"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![kid, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    Sealed { kid: row.get(3)?, blob: row.get(4)? },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (kind, id, version, sealed) = row?;
                 let record = if kind == "ca" {
                     SealedRecord::Ca(id)
                 } else {
                     let id = CertificateId::parse(&id)
-                        .ok_or_else(|| StoreError::Invalid(format!("id {id:?}")))?;
-                    SealedRecord::Version(id, row.try_get("version")?)
+                        .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?;
+                    SealedRecord::Version(id, version)
                 };
-                Ok((
-                    record,
-                    Sealed {
-                        kid: row.try_get("key_kid")?,
-                        blob: row.try_get("key_blob")?,
-                    },
-                ))
-            })
-            .collect()
+                out.push((record, sealed));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub(super) async fn integrity_check(&self) -> Result<String, StoreError> {
-        Ok(sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&self.read)
-            .await?)
+        self.read(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+            .await
     }
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -16384;"
+    ))
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA cache_size = -16384;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Invalid(format!(
+            "the database has schema version {applied}, newer than this certkeeper knows ({}); \
+             run a newer certkeeper",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 /// Keeps the database (and its WAL and shared-memory files) private to the service.
@@ -395,6 +402,126 @@ fn restrict_permissions(path: &Path) {
     }
 }
 
+/// Builds the `list` query. Only placeholders carry user input.
+fn list_query(filter: &ListFilter, now: OffsetDateTime) -> (String, Vec<Value>) {
+    let mut sql = String::from("SELECT * FROM certificates c WHERE 1 = 1");
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(after) = &filter.after {
+        sql.push_str(" AND c.id > ?");
+        values.push(Value::Text(after.as_str().to_owned()));
+    }
+    if !filter.statuses.is_empty() {
+        let mut parts = Vec::new();
+        for status in &filter.statuses {
+            // `issued` past its not-after reads as `expired` (see `effective_status`).
+            match status {
+                Status::Expired => {
+                    parts.push(
+                        "(c.status = 'expired' OR (c.status = 'issued' AND c.not_after < ?))",
+                    );
+                    values.push(Value::Integer(unix(now)));
+                }
+                Status::Issued => {
+                    parts.push("(c.status = 'issued' AND c.not_after >= ?)");
+                    values.push(Value::Integer(unix(now)));
+                }
+                other => {
+                    parts.push("c.status = ?");
+                    values.push(Value::Text(other.as_str().to_owned()));
+                }
+            }
+        }
+        sql.push_str(&format!(" AND ({})", parts.join(" OR ")));
+    }
+    if !filter.origins.is_empty() {
+        let marks = vec!["?"; filter.origins.len()].join(", ");
+        sql.push_str(&format!(" AND c.origin IN ({marks})"));
+        values.extend(
+            filter
+                .origins
+                .iter()
+                .map(|o| Value::Text(o.as_str().to_owned())),
+        );
+    }
+    if let Some(within) = filter.expiring_within {
+        sql.push_str(" AND c.not_after <= ?");
+        values.push(Value::Integer(unix(now + within.time())));
+    }
+    for (key, value) in &filter.tags {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM tags t WHERE t.certificate_id = c.id AND t.key = ?",
+        );
+        values.push(Value::Text(key.clone()));
+        if let Some(value) = value {
+            sql.push_str(" AND t.value = ?");
+            values.push(Value::Text(value.clone()));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ORDER BY c.id LIMIT ?");
+    values.push(Value::Integer(i64::from(filter.limit)));
+    (sql, values)
+}
+
+fn attach_tags(conn: &Connection, certs: &mut [Certificate]) -> Result<(), StoreError> {
+    if certs.is_empty() {
+        return Ok(());
+    }
+    let marks = vec!["?"; certs.len()].join(", ");
+    let sql =
+        format!("SELECT certificate_id, key, value FROM tags WHERE certificate_id IN ({marks})");
+    let mut stmt = conn.prepare(&sql)?;
+    let ids = certs.iter().map(|c| c.id.as_str());
+    let rows = stmt.query_map(rusqlite::params_from_iter(ids), |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut by_id: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for row in rows {
+        let (id, key, value) = row?;
+        by_id.entry(id).or_default().insert(key, value);
+    }
+    for cert in certs {
+        cert.tags = by_id.remove(cert.id.as_str()).unwrap_or_default();
+    }
+    Ok(())
+}
+
+fn versions(conn: &Connection, id: &CertificateId) -> Result<Vec<VersionInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, serial, issuer_ca, not_before, not_after, key_blob IS NOT NULL, created_at \
+         FROM versions WHERE certificate_id = ? ORDER BY version DESC",
+    )?;
+    let rows = stmt.query_map([id.as_str()], |row| {
+        Ok((
+            row.get::<_, u32>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Option<String>>(2)?,
+            row.get::<_, i64>(3)?,
+            row.get::<_, i64>(4)?,
+            row.get::<_, bool>(5)?,
+            row.get::<_, i64>(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (version, serial, issuer_ca, not_before, not_after, key_held, created_at) = row?;
+        out.push(VersionInfo {
+            version,
+            serial: parse_serial(&serial)?,
+            issuer_ca,
+            not_before: from_unix(not_before),
+            not_after: from_unix(not_after),
+            key_held,
+            created_at: from_unix(created_at),
+        });
+    }
+    Ok(out)
+}
+
 /// `issued` certificates past their not-after are shown as `expired` even before the lifecycle
 /// task records it, so no reader ever sees an expired certificate called issued.
 fn effective_status(stored: Status, not_after: OffsetDateTime, now: OffsetDateTime) -> Status {
@@ -405,96 +532,95 @@ fn effective_status(stored: Status, not_after: OffsetDateTime, now: OffsetDateTi
     }
 }
 
-fn certificate_from_row(row: &SqliteRow, now: OffsetDateTime) -> Result<Certificate, StoreError> {
-    let domains: String = row.try_get("domains")?;
-    let not_after = from_unix(row.try_get("not_after")?);
-    let validity: Option<i64> = row.try_get("validity")?;
-    let id: String = row.try_get("id")?;
+/// Maps a `certificates` row. The outer `rusqlite::Result` is column access; the inner one is
+/// our own validation of the values.
+fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificate, StoreError> {
+    let id: String = row.get("id")?;
+    let domains: String = row.get("domains")?;
+    let not_after = from_unix(row.get("not_after")?);
+    let validity: Option<i64> = row.get("validity")?;
+    let reason: Option<String> = row.get("revocation_reason")?;
     Ok(Certificate {
         id: CertificateId::parse(&id)
             .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
-        name: row.try_get("name")?,
-        origin: parse(row, "origin")?,
-        status: effective_status(parse(row, "status")?, not_after, now),
-        issuer: row.try_get("issuer")?,
+        name: row.get("name")?,
+        origin: parse_text(&row.get::<_, String>("origin")?, "origin")?,
+        status: effective_status(
+            parse_text(&row.get::<_, String>("status")?, "status")?,
+            not_after,
+            now,
+        ),
+        issuer: row.get("issuer")?,
         domains: serde_json::from_str(&domains)
             .map_err(|e| StoreError::Invalid(format!("domains of {id}: {e}")))?,
-        key_algorithm: parse(row, "key_algorithm")?,
-        serial: serial(row, "serial")?,
-        not_before: from_unix(row.try_get("not_before")?),
+        key_algorithm: parse_text(&row.get::<_, String>("key_algorithm")?, "key_algorithm")?,
+        serial: parse_serial(&row.get::<_, String>("serial")?)?,
+        not_before: from_unix(row.get("not_before")?),
         not_after,
-        current_version: row.try_get("current_version")?,
+        current_version: row.get("current_version")?,
         validity: validity.map(|s| Span::from_secs(s.max(0) as u64)),
-        client_auth: row.try_get("client_auth")?,
+        client_auth: row.get("client_auth")?,
         tags: BTreeMap::new(),
-        created_at: from_unix(row.try_get("created_at")?),
-        updated_at: from_unix(row.try_get("updated_at")?),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_unix),
-        revocation_reason: row
-            .try_get::<Option<String>, _>("revocation_reason")?
-            .map(|r| {
-                r.parse()
-                    .map_err(|e: crate::model::UnknownValue| StoreError::Invalid(e.to_string()))
-            })
+        created_at: from_unix(row.get("created_at")?),
+        updated_at: from_unix(row.get("updated_at")?),
+        revoked_at: row.get::<_, Option<i64>>("revoked_at")?.map(from_unix),
+        revocation_reason: reason
+            .map(|r| parse_text(&r, "revocation_reason"))
             .transpose()?,
         versions: Vec::new(),
     })
 }
 
-fn ca_from_row(row: &SqliteRow) -> Result<StoredCa, StoreError> {
-    let permitted: String = row.try_get("permitted_dns")?;
-    let parent: Option<String> = row.try_get("parent")?;
-    let external: bool = row.try_get("external")?;
+fn ca_from_row(row: &Row<'_>) -> Result<StoredCa, StoreError> {
+    let permitted: String = row.get("permitted_dns")?;
+    let parent: Option<String> = row.get("parent")?;
+    let external: bool = row.get("external")?;
     let kind = match (&parent, external) {
         (_, true) => CaKind::External,
         (Some(_), false) => CaKind::Subordinate,
         (None, false) => CaKind::Root,
     };
-    let serial_text: Option<String> = row.try_get("serial")?;
+    let serial: Option<String> = row.get("serial")?;
     let info = CaInfo {
-        name: row.try_get("name")?,
-        state: parse::<CaState>(row, "state")?,
+        name: row.get("name")?,
+        state: parse_text::<CaState>(&row.get::<_, String>("state")?, "state")?,
         kind,
         parent,
-        common_name: row.try_get("common_name")?,
-        key_algorithm: parse(row, "key_algorithm")?,
+        common_name: row.get("common_name")?,
+        key_algorithm: parse_text(&row.get::<_, String>("key_algorithm")?, "key_algorithm")?,
         path_length: row
-            .try_get::<Option<i64>, _>("path_length")?
+            .get::<_, Option<i64>>("path_length")?
             .map(|n| n.clamp(0, 255) as u8),
         permitted_dns: serde_json::from_str(&permitted)
             .map_err(|e| StoreError::Invalid(format!("permitted_dns: {e}")))?,
-        serial: serial_text.as_deref().and_then(Serial::parse),
-        not_before: row.try_get::<Option<i64>, _>("not_before")?.map(from_unix),
-        not_after: row.try_get::<Option<i64>, _>("not_after")?.map(from_unix),
-        created_at: from_unix(row.try_get("created_at")?),
+        serial: serial.as_deref().and_then(Serial::parse),
+        not_before: row.get::<_, Option<i64>>("not_before")?.map(from_unix),
+        not_after: row.get::<_, Option<i64>>("not_after")?.map(from_unix),
+        created_at: from_unix(row.get("created_at")?),
     };
     Ok(StoredCa {
         info,
-        cert_pem: row.try_get("cert_pem")?,
-        chain_pem: row.try_get("chain_pem")?,
-        csr_pem: row.try_get("csr_pem")?,
-        crl_number: row.try_get::<i64, _>("crl_number")?.max(0) as u64,
-        crl_der: row.try_get("crl_der")?,
-        crl_next_update: row
-            .try_get::<Option<i64>, _>("crl_next_update")?
-            .map(from_unix),
+        cert_pem: row.get("cert_pem")?,
+        chain_pem: row.get("chain_pem")?,
+        csr_pem: row.get("csr_pem")?,
+        crl_number: row.get::<_, i64>("crl_number")?.max(0) as u64,
+        crl_der: row.get("crl_der")?,
+        crl_next_update: row.get::<_, Option<i64>>("crl_next_update")?.map(from_unix),
         key: Sealed {
-            kid: row.try_get("key_kid")?,
-            blob: row.try_get("key_blob")?,
+            kid: row.get("key_kid")?,
+            blob: row.get("key_blob")?,
         },
     })
 }
 
-fn parse<T>(row: &SqliteRow, column: &str) -> Result<T, StoreError>
+fn parse_text<T>(text: &str, column: &str) -> Result<T, StoreError>
 where
     T: FromStr<Err = crate::model::UnknownValue>,
 {
-    let text: String = row.try_get(column)?;
     text.parse()
         .map_err(|e: crate::model::UnknownValue| StoreError::Invalid(format!("{column}: {e}")))
 }
 
-fn serial(row: &SqliteRow, column: &str) -> Result<Serial, StoreError> {
-    let text: String = row.try_get(column)?;
-    Serial::parse(&text).ok_or_else(|| StoreError::Invalid(format!("{column}: {text:?}")))
+fn parse_serial(text: &str) -> Result<Serial, StoreError> {
+    Serial::parse(text).ok_or_else(|| StoreError::Invalid(format!("serial {text:?}")))
 }

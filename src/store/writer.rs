@@ -1,19 +1,21 @@
-//! The single writer: every change to the database goes through this task.
+//! The single writer: every change to the database goes through this thread.
 //!
 //! Why one writer: SQLite allows one writer at a time anyway, and funnelling writes through one
-//! task turns contention into batching. The loop takes the first queued job, then whatever else
-//! is already waiting (up to `MAX_BATCH`), runs them in one transaction with a savepoint each,
-//! commits once, and only then answers every caller. A job that fails rolls back to its own
-//! savepoint and gets its own error; the others still commit. A caller that got `Ok` knows its
-//! write is durable (subject to `store.synchronous`).
+//! thread turns contention into batching. The loop takes the first queued job, then whatever
+//! else is already waiting (up to `MAX_BATCH`), runs them in one transaction, commits once, and
+//! only then answers every caller. When a batch holds several jobs each gets a savepoint: a job
+//! that fails rolls back to its own savepoint and gets its own error; the others still commit.
+//! A caller that got `Ok` knows its write is durable (subject to `store.synchronous`).
+//!
+//! Why a thread and not a task: statements run synchronously on the connection, so a job costs
+//! two thread hand-offs (queue in, answer out) however many statements it runs.
 
 use std::collections::BTreeMap;
 
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sqlite::Db;
 use super::{
     InstalledCa, NewCa, NewCertificate, NewVersion, Revocation, Sealed, SealedRecord, StoreError,
     VersionChange,
@@ -24,7 +26,8 @@ use crate::model::{CaState, CertificateId, Event, RevocationReason, unix};
 /// enough that one transaction never holds the write lock for long.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+/// What a job answers: for an inserted certificate, the name it got; otherwise nothing.
+pub(super) type Reply = oneshot::Sender<Result<Option<String>, StoreError>>;
 
 pub(super) enum Job {
     InsertCertificate {
@@ -79,78 +82,109 @@ pub(super) enum Job {
     },
 }
 
-pub(super) async fn spawn(db: Db) -> Result<mpsc::Sender<Job>, StoreError> {
-    let mut conn = db.write_connection().await?;
-    let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        // `recv` returns None once every Store clone (every sender) is gone: then we are done.
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            commit_batch(&mut conn, &mut batch).await;
+impl Job {
+    fn reply(self) -> Reply {
+        match self {
+            Job::InsertCertificate { reply, .. }
+            | Job::AddVersion { reply, .. }
+            | Job::Revoke { reply, .. }
+            | Job::Delete { reply, .. }
+            | Job::SetTags { reply, .. }
+            | Job::InsertCa { reply, .. }
+            | Job::InstallCa { reply, .. }
+            | Job::SaveCrl { reply, .. }
+            | Job::Rewrap { reply, .. } => reply,
         }
-    });
+    }
+}
+
+/// Starts the writer thread on `conn`. It ends when every sender (every `Store` clone) is gone.
+pub(super) fn spawn(mut conn: Connection) -> Result<mpsc::Sender<Job>, StoreError> {
+    let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    std::thread::Builder::new()
+        .name("certkeeper-store".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                commit_batch(&mut conn, &mut batch);
+            }
+        })
+        .map_err(|e| StoreError::Invalid(format!("cannot start the store writer: {e}")))?;
     Ok(tx)
 }
 
 /// Runs `batch` in one transaction and answers every job. Empties `batch`.
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
-    let mut results: Vec<(Reply, Result<(), StoreError>)> = Vec::with_capacity(batch.len());
-    let outcome = async {
-        let mut tx = conn.begin().await?;
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let single = batch.len() == 1;
+    let mut answers: Vec<(Reply, Result<Option<String>, StoreError>)> =
+        Vec::with_capacity(batch.len());
+    let outcome = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
-            sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
-            let (reply, result) = apply(&mut tx, job).await;
-            let undo = if result.is_ok() {
-                "RELEASE job"
+            if single {
+                // Alone in its transaction: no savepoint needed; on failure, returning without
+                // commit drops `tx`, which rolls the one job back.
+                let (reply, result) = apply(&tx, job);
+                let failed = result.is_err();
+                answers.push((reply, result));
+                if failed {
+                    return Ok(());
+                }
             } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            sqlx::raw_sql(undo).execute(&mut *tx).await?;
-            results.push((reply, result));
+                tx.execute_batch("SAVEPOINT job")?;
+                let (reply, result) = apply(&tx, job);
+                let undo = if result.is_ok() {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                tx.execute_batch(undo)?;
+                answers.push((reply, result));
+            }
         }
-        tx.commit().await
-    }
-    .await;
+        tx.commit()
+    })();
 
     match outcome {
         Ok(()) => {
-            for (reply, result) in results {
+            for (reply, result) in answers {
                 let _ = reply.send(result);
             }
         }
         Err(err) => {
             // Nothing in this batch is durable: every caller hears so, including those whose own
-            // step succeeded. Jobs not reached yet were drained with the batch and are dropped,
-            // which their callers see as `Closed`.
+            // step succeeded, and jobs not reached yet.
             let message = err.to_string();
-            for (reply, _) in results {
-                let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(
-                    message.clone(),
-                ))));
+            let fail = || Err(StoreError::Invalid(format!("commit failed: {message}")));
+            for (reply, _) in answers {
+                let _ = reply.send(fail());
             }
-            batch.clear();
+            for job in batch.drain(..) {
+                let _ = job.reply().send(fail());
+            }
         }
     }
 }
 
-async fn apply(conn: &mut SqliteConnection, job: Job) -> (Reply, Result<(), StoreError>) {
+fn apply(conn: &Connection, job: Job) -> (Reply, Result<Option<String>, StoreError>) {
+    let none = |r: Result<(), StoreError>| r.map(|()| None);
     match job {
         Job::InsertCertificate { new, key, reply } => {
-            (reply, insert_certificate(conn, *new, key).await)
+            (reply, insert_certificate(conn, *new, key).map(Some))
         }
         Job::AddVersion {
             id,
             change,
             key,
             reply,
-        } => (reply, add_version(conn, &id, *change, key).await),
+        } => (reply, none(add_version(conn, &id, *change, key))),
         Job::Revoke {
             id,
             reason,
@@ -160,142 +194,125 @@ async fn apply(conn: &mut SqliteConnection, job: Job) -> (Reply, Result<(), Stor
             reply,
         } => (
             reply,
-            revoke(conn, &id, reason, &revocations, event, now).await,
+            none(revoke(conn, &id, reason, &revocations, event.as_ref(), now)),
         ),
-        Job::Delete { id, reply } => (reply, delete(conn, &id).await),
+        Job::Delete { id, reply } => (reply, none(delete(conn, &id))),
         Job::SetTags {
             id,
             set,
             remove,
             reply,
-        } => (reply, set_tags(conn, &id, &set, &remove).await),
-        Job::InsertCa { new, key, reply } => (reply, insert_ca(conn, &new, key).await),
+        } => (reply, none(set_tags(conn, &id, &set, &remove))),
+        Job::InsertCa { new, key, reply } => (reply, none(insert_ca(conn, &new, key))),
         Job::InstallCa {
             name,
             installed,
             reply,
-        } => (reply, install_ca(conn, &name, &installed).await),
+        } => (reply, none(install_ca(conn, &name, &installed))),
         Job::SaveCrl {
             ca,
             number,
             der,
             next_update,
             reply,
-        } => (reply, save_crl(conn, &ca, number, der, next_update).await),
-        Job::Rewrap { rows, reply } => (reply, rewrap(conn, rows).await),
+        } => (reply, none(save_crl(conn, &ca, number, &der, next_update))),
+        Job::Rewrap { rows, reply } => (reply, none(rewrap(conn, rows))),
     }
 }
 
-async fn insert_certificate(
-    conn: &mut SqliteConnection,
-    mut new: NewCertificate,
+/// Inserts a certificate with its first version; returns the name it got.
+fn insert_certificate(
+    conn: &Connection,
+    new: NewCertificate,
     key: Option<Sealed>,
-) -> Result<(), StoreError> {
-    new.name = unique_name(conn, &new.name, new.name_is_default, &new.id).await?;
+) -> Result<String, StoreError> {
     let now = unix(OffsetDateTime::now_utc());
     let domains =
         serde_json::to_string(&new.domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let version = &new.version;
-    sqlx::query(
+    let mut insert = conn.prepare_cached(
         "INSERT INTO certificates (id, name, origin, status, issuer, domains, key_algorithm, validity, \
          client_auth, current_version, serial, not_before, not_after, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
-    )
-    .bind(new.id.as_str())
-    .bind(&new.name)
-    .bind(new.origin.as_str())
-    .bind(new.status.as_str())
-    .bind(&new.issuer)
-    .bind(domains)
-    .bind(new.key_algorithm.as_str())
-    .bind(new.validity.map(|v| v.as_secs() as i64))
-    .bind(new.client_auth)
-    .bind(version.serial.as_str())
-    .bind(unix(version.not_before))
-    .bind(unix(version.not_after))
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    insert_version(conn, &new.id, 1, version, key).await?;
-    for (k, v) in &new.tags {
-        sqlx::query("INSERT INTO tags (certificate_id, key, value) VALUES (?, ?, ?)")
-            .bind(new.id.as_str())
-            .bind(k)
-            .bind(v)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if let Some(event) = new.event {
-        insert_event(conn, &event).await?;
-    }
-    Ok(())
-}
-
-/// An explicit name must be free; a default one (the first domain) gets the id's last
-/// characters appended when taken, so requests for the same domain never fail on naming.
-async fn unique_name(
-    conn: &mut SqliteConnection,
-    name: &str,
-    is_default: bool,
-    id: &CertificateId,
-) -> Result<String, StoreError> {
-    let taken = |candidate: String| async move {
-        let row = sqlx::query("SELECT 1 FROM certificates WHERE name = ?")
-            .bind(&candidate)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok::<_, StoreError>((row.is_some(), candidate))
+    )?;
+    let mut row = |name: &str| {
+        insert.execute(params![
+            new.id.as_str(),
+            name,
+            new.origin.as_str(),
+            new.status.as_str(),
+            new.issuer,
+            domains,
+            new.key_algorithm.as_str(),
+            new.validity.map(|v| v.as_secs() as i64),
+            new.client_auth,
+            version.serial.as_str(),
+            unix(version.not_before),
+            unix(version.not_after),
+            now,
+            now,
+        ])
     };
-    let (is_taken, name) = taken(name.to_owned()).await?;
-    if !is_taken {
-        return Ok(name);
+    // The unique index decides whether a name is free, in the same statement that takes it.
+    // An explicit name must be free; a default one (the first domain) gets the end of the id
+    // appended, so requests for the same domain never fail on naming.
+    let name = match row(&new.name) {
+        Ok(_) => new.name.clone(),
+        Err(err) if is_unique_violation(&err) && new.name_is_default => {
+            let suffix = &new.id.as_str()[new.id.as_str().len() - 12..];
+            let name = format!("{}-{suffix}", new.name);
+            row(&name)?;
+            name
+        }
+        Err(err) if is_unique_violation(&err) => return Err(StoreError::NameTaken(new.name)),
+        Err(err) => return Err(err.into()),
+    };
+    insert_version(conn, &new.id, 1, version, key)?;
+    let mut tag =
+        conn.prepare_cached("INSERT INTO tags (certificate_id, key, value) VALUES (?, ?, ?)")?;
+    for (k, v) in &new.tags {
+        tag.execute(params![new.id.as_str(), k, v])?;
     }
-    if !is_default {
-        return Err(StoreError::NameTaken(name));
+    if let Some(event) = &new.event {
+        insert_event(conn, event)?;
     }
-    let suffix: String = id
-        .as_str()
-        .chars()
-        .rev()
-        .take(12)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    Ok(format!("{name}-{suffix}"))
+    Ok(name)
 }
 
-async fn insert_version(
-    conn: &mut SqliteConnection,
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
+}
+
+fn insert_version(
+    conn: &Connection,
     id: &CertificateId,
     version: u32,
     new: &NewVersion,
     key: Option<Sealed>,
 ) -> Result<(), StoreError> {
     let (kid, blob) = key.map_or((None, None), |s| (Some(s.kid), Some(s.blob)));
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO versions (certificate_id, version, serial, issuer_ca, not_before, not_after, cert_pem, \
          chain_pem, key_kid, key_blob, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id.as_str())
-    .bind(version)
-    .bind(new.serial.as_str())
-    .bind(new.issuer_ca.as_deref())
-    .bind(unix(new.not_before))
-    .bind(unix(new.not_after))
-    .bind(&new.cert_pem)
-    .bind(&new.chain_pem)
-    .bind(kid)
-    .bind(blob)
-    .bind(unix(OffsetDateTime::now_utc()))
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![
+        id.as_str(),
+        version,
+        new.serial.as_str(),
+        new.issuer_ca,
+        unix(new.not_before),
+        unix(new.not_after),
+        new.cert_pem,
+        new.chain_pem,
+        kid,
+        blob,
+        unix(OffsetDateTime::now_utc()),
+    ])?;
     Ok(())
 }
 
-async fn add_version(
-    conn: &mut SqliteConnection,
+fn add_version(
+    conn: &Connection,
     id: &CertificateId,
     change: VersionChange,
     key: Option<Sealed>,
@@ -307,138 +324,121 @@ async fn add_version(
         event,
         names,
     } = change;
-    let new = &new;
     // Optimistic concurrency: the caller computed `version` from what it read; if another
     // renewal got there first, this matches no row and the caller hears `Conflict`.
-    let updated = sqlx::query(
-        "UPDATE certificates SET current_version = ?, serial = ?, not_before = ?, not_after = ?, status = ?, \
-         updated_at = ? WHERE id = ? AND current_version = ?",
-    )
-    .bind(version)
-    .bind(new.serial.as_str())
-    .bind(unix(new.not_before))
-    .bind(unix(new.not_after))
-    .bind(status.as_str())
-    .bind(unix(OffsetDateTime::now_utc()))
-    .bind(id.as_str())
-    .bind(version - 1)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() != 1 {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE certificates SET current_version = ?, serial = ?, not_before = ?, not_after = ?, \
+             status = ?, updated_at = ? WHERE id = ? AND current_version = ?",
+        )?
+        .execute(params![
+            version,
+            new.serial.as_str(),
+            unix(new.not_before),
+            unix(new.not_after),
+            status.as_str(),
+            unix(OffsetDateTime::now_utc()),
+            id.as_str(),
+            version - 1,
+        ])?;
+    if updated != 1 {
         return Err(StoreError::Conflict(format!("certificate {id}")));
     }
     if let Some((domains, algorithm)) = names {
         let domains =
             serde_json::to_string(&domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query("UPDATE certificates SET domains = ?, key_algorithm = ? WHERE id = ?")
-            .bind(domains)
-            .bind(algorithm.as_str())
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await?;
+        conn.execute(
+            "UPDATE certificates SET domains = ?, key_algorithm = ? WHERE id = ?",
+            params![domains, algorithm.as_str(), id.as_str()],
+        )?;
     }
-    insert_version(conn, id, version, new, key).await?;
-    if let Some(event) = event {
-        insert_event(conn, &event).await?;
+    insert_version(conn, id, version, &new, key)?;
+    if let Some(event) = &event {
+        insert_event(conn, event)?;
     }
     Ok(())
 }
 
-async fn revoke(
-    conn: &mut SqliteConnection,
+fn revoke(
+    conn: &Connection,
     id: &CertificateId,
     reason: RevocationReason,
     revocations: &[Revocation],
-    event: Option<Event>,
+    event: Option<&Event>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    let updated = sqlx::query(
+    let updated = conn.execute(
         "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?, updated_at = ? \
          WHERE id = ? AND status <> 'revoked'",
-    )
-    .bind(unix(now))
-    .bind(reason.as_str())
-    .bind(unix(now))
-    .bind(id.as_str())
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() != 1 {
+        params![unix(now), reason.as_str(), unix(now), id.as_str()],
+    )?;
+    if updated != 1 {
         return Err(StoreError::Conflict(format!(
             "certificate {id} (already revoked?)"
         )));
     }
     for revocation in revocations {
-        sqlx::query(
-            "INSERT OR IGNORE INTO revocations (ca, serial, revoked_at, reason, certificate_id) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&revocation.ca)
-        .bind(revocation.serial.as_str())
-        .bind(unix(now))
-        .bind(reason.as_str())
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
+        conn.execute(
+            "INSERT OR IGNORE INTO revocations (ca, serial, revoked_at, reason, certificate_id) \
+             VALUES (?, ?, ?, ?, ?)",
+            params![
+                revocation.ca,
+                revocation.serial.as_str(),
+                unix(now),
+                reason.as_str(),
+                id.as_str()
+            ],
+        )?;
     }
     if let Some(event) = event {
-        insert_event(conn, &event).await?;
+        insert_event(conn, event)?;
     }
     Ok(())
 }
 
-async fn delete(conn: &mut SqliteConnection, id: &CertificateId) -> Result<(), StoreError> {
+fn delete(conn: &Connection, id: &CertificateId) -> Result<(), StoreError> {
     // Versions and tags go with it (ON DELETE CASCADE); revocations stay for the CRL.
-    let deleted = sqlx::query("DELETE FROM certificates WHERE id = ?")
-        .bind(id.as_str())
-        .execute(conn)
-        .await?;
-    if deleted.rows_affected() == 0 {
+    let deleted = conn.execute("DELETE FROM certificates WHERE id = ?", [id.as_str()])?;
+    if deleted == 0 {
         return Err(StoreError::NotFound(format!("certificate {id}")));
     }
     Ok(())
 }
 
-async fn set_tags(
-    conn: &mut SqliteConnection,
+fn set_tags(
+    conn: &Connection,
     id: &CertificateId,
     set: &BTreeMap<String, String>,
     remove: &[String],
 ) -> Result<(), StoreError> {
-    let touched = sqlx::query("UPDATE certificates SET updated_at = ? WHERE id = ?")
-        .bind(unix(OffsetDateTime::now_utc()))
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
-    if touched.rows_affected() == 0 {
+    let touched = conn.execute(
+        "UPDATE certificates SET updated_at = ? WHERE id = ?",
+        params![unix(OffsetDateTime::now_utc()), id.as_str()],
+    )?;
+    if touched == 0 {
         return Err(StoreError::NotFound(format!("certificate {id}")));
     }
     for key in remove {
-        sqlx::query("DELETE FROM tags WHERE certificate_id = ? AND key = ?")
-            .bind(id.as_str())
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
+        conn.execute(
+            "DELETE FROM tags WHERE certificate_id = ? AND key = ?",
+            params![id.as_str(), key],
+        )?;
     }
     for (key, value) in set {
-        sqlx::query("INSERT INTO tags (certificate_id, key, value) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value")
-            .bind(id.as_str())
-            .bind(key)
-            .bind(value)
-            .execute(&mut *conn)
-            .await?;
+        conn.execute(
+            "INSERT INTO tags (certificate_id, key, value) VALUES (?, ?, ?) \
+             ON CONFLICT DO UPDATE SET value = excluded.value",
+            params![id.as_str(), key, value],
+        )?;
     }
     Ok(())
 }
 
-async fn insert_ca(
-    conn: &mut SqliteConnection,
-    new: &NewCa,
-    key: Sealed,
-) -> Result<(), StoreError> {
+fn insert_ca(conn: &Connection, new: &NewCa, key: Sealed) -> Result<(), StoreError> {
     let spec = &new.spec;
-    let exists = sqlx::query("SELECT 1 FROM cas WHERE name = ?")
-        .bind(&spec.name)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let exists = conn
+        .query_row("SELECT 1 FROM cas WHERE name = ?", [&spec.name], |_| Ok(()))
+        .optional()?;
     if exists.is_some() {
         return Err(StoreError::Conflict(format!(
             "CA {:?} already exists",
@@ -452,52 +452,48 @@ async fn insert_ca(
     };
     let permitted = serde_json::to_string(&spec.permitted_dns)
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    sqlx::query(
+    conn.execute(
         "INSERT INTO cas (name, parent, external, state, common_name, key_algorithm, validity, path_length, \
-         permitted_dns, cert_pem, chain_pem, csr_pem, serial, not_before, not_after, key_kid, key_blob, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&spec.name)
-    .bind(spec.parent.as_deref())
-    .bind(spec.external)
-    .bind(state.as_str())
-    .bind(&spec.common_name)
-    .bind(spec.key_algorithm.as_str())
-    .bind(spec.validity.as_secs() as i64)
-    .bind(spec.path_length.map(i64::from))
-    .bind(permitted)
-    .bind(new.cert_pem.as_deref())
-    .bind(&new.chain_pem)
-    .bind(new.csr_pem.as_deref())
-    .bind(new.serial.as_ref().map(|s| s.as_str().to_owned()))
-    .bind(new.not_before.map(unix))
-    .bind(new.not_after.map(unix))
-    .bind(key.kid)
-    .bind(key.blob)
-    .bind(unix(OffsetDateTime::now_utc()))
-    .execute(conn)
-    .await?;
+         permitted_dns, cert_pem, chain_pem, csr_pem, serial, not_before, not_after, key_kid, key_blob, \
+         created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            spec.name,
+            spec.parent,
+            spec.external,
+            state.as_str(),
+            spec.common_name,
+            spec.key_algorithm.as_str(),
+            spec.validity.as_secs() as i64,
+            spec.path_length.map(i64::from),
+            permitted,
+            new.cert_pem,
+            new.chain_pem,
+            new.csr_pem,
+            new.serial.as_ref().map(|s| s.as_str().to_owned()),
+            new.not_before.map(unix),
+            new.not_after.map(unix),
+            key.kid,
+            key.blob,
+            unix(OffsetDateTime::now_utc()),
+        ],
+    )?;
     Ok(())
 }
 
-async fn install_ca(
-    conn: &mut SqliteConnection,
-    name: &str,
-    installed: &InstalledCa,
-) -> Result<(), StoreError> {
-    let updated = sqlx::query(
-        "UPDATE cas SET state = 'active', cert_pem = ?, chain_pem = ?, serial = ?, not_before = ?, not_after = ? \
-         WHERE name = ? AND state = 'pending-certificate'",
-    )
-    .bind(&installed.cert_pem)
-    .bind(&installed.chain_pem)
-    .bind(installed.serial.as_str())
-    .bind(unix(installed.not_before))
-    .bind(unix(installed.not_after))
-    .bind(name)
-    .execute(conn)
-    .await?;
-    if updated.rows_affected() != 1 {
+fn install_ca(conn: &Connection, name: &str, installed: &InstalledCa) -> Result<(), StoreError> {
+    let updated = conn.execute(
+        "UPDATE cas SET state = 'active', cert_pem = ?, chain_pem = ?, serial = ?, not_before = ?, \
+         not_after = ? WHERE name = ? AND state = 'pending-certificate'",
+        params![
+            installed.cert_pem,
+            installed.chain_pem,
+            installed.serial.as_str(),
+            unix(installed.not_before),
+            unix(installed.not_after),
+            name,
+        ],
+    )?;
+    if updated != 1 {
         return Err(StoreError::Conflict(format!(
             "CA {name:?} is not waiting for a certificate"
         )));
@@ -505,64 +501,51 @@ async fn install_ca(
     Ok(())
 }
 
-async fn save_crl(
-    conn: &mut SqliteConnection,
+fn save_crl(
+    conn: &Connection,
     ca: &str,
     number: u64,
-    der: Vec<u8>,
+    der: &[u8],
     next_update: OffsetDateTime,
 ) -> Result<(), StoreError> {
     // CRL numbers must only grow: a slower writer with an older number loses.
-    let updated = sqlx::query(
-        "UPDATE cas SET crl_number = ?, crl_der = ?, crl_next_update = ? WHERE name = ? AND crl_number < ?",
-    )
-    .bind(number as i64)
-    .bind(der)
-    .bind(unix(next_update))
-    .bind(ca)
-    .bind(number as i64)
-    .execute(conn)
-    .await?;
-    if updated.rows_affected() != 1 {
+    let updated = conn.execute(
+        "UPDATE cas SET crl_number = ?1, crl_der = ?2, crl_next_update = ?3 WHERE name = ?4 AND crl_number < ?1",
+        params![number as i64, der, unix(next_update), ca],
+    )?;
+    if updated != 1 {
         return Err(StoreError::Conflict(format!("CRL of CA {ca:?}")));
     }
     Ok(())
 }
 
-async fn rewrap(
-    conn: &mut SqliteConnection,
-    rows: Vec<(SealedRecord, Sealed)>,
-) -> Result<(), StoreError> {
+fn rewrap(conn: &Connection, rows: Vec<(SealedRecord, Sealed)>) -> Result<(), StoreError> {
     for (record, sealed) in rows {
-        let query = match &record {
-            SealedRecord::Ca(name) => sqlx::query("UPDATE cas SET key_kid = ?, key_blob = ? WHERE name = ?")
-                .bind(sealed.kid)
-                .bind(sealed.blob)
-                .bind(name.clone()),
-            SealedRecord::Version(id, version) => sqlx::query(
+        match &record {
+            SealedRecord::Ca(name) => conn.execute(
+                "UPDATE cas SET key_kid = ?, key_blob = ? WHERE name = ?",
+                params![sealed.kid, sealed.blob, name],
+            )?,
+            SealedRecord::Version(id, version) => conn.execute(
                 "UPDATE versions SET key_kid = ?, key_blob = ? WHERE certificate_id = ? AND version = ?",
-            )
-            .bind(sealed.kid)
-            .bind(sealed.blob)
-            .bind(id.as_str().to_owned())
-            .bind(*version),
+                params![sealed.kid, sealed.blob, id.as_str(), version],
+            )?,
         };
-        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-async fn insert_event(conn: &mut SqliteConnection, event: &Event) -> Result<(), StoreError> {
+fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
     let body = serde_json::to_string(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO events (id, time, detail_type, certificate_id, body) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&event.id)
-    .bind(unix(event.time))
-    .bind(&event.detail_type)
-    .bind(event.resources.first().map(String::as_str))
-    .bind(body)
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![
+        event.id,
+        unix(event.time),
+        event.detail_type,
+        event.resources.first(),
+        body,
+    ])?;
     Ok(())
 }
