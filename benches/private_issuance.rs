@@ -1,6 +1,7 @@
 //! Private issuance throughput: certkeeper vs `cfssl serve`, side by side, same client.
 //!
 //!     cargo bench --bench private_issuance -- [--requests N] [--concurrency 1,4,16]
+//!         [--synchronous full|normal]
 //!
 //! (a) sign: the caller's CSR is signed (certkeeper also records the certificate durably);
 //! (b) full issuance: the server generates the key and signs (certkeeper also seals the key and
@@ -30,12 +31,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
 struct Args {
     requests: usize,
     concurrency: Vec<usize>,
+    /// certkeeper's `store.synchronous`: "full" (default, fsync per commit) or "normal".
+    synchronous: String,
 }
 
 fn args() -> Args {
     let mut args = Args {
         requests: 20_000,
         concurrency: vec![1, 4, 16],
+        synchronous: "full".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +57,9 @@ fn args() -> Args {
                     .split(',')
                     .map(|c| c.parse().expect("number"))
                     .collect();
+            }
+            "--synchronous" => {
+                args.synchronous = it.next().expect("--synchronous full|normal");
             }
             _ => {} // cargo bench passes --bench
         }
@@ -115,11 +122,15 @@ fn wait_for(what: &str, ready: impl Fn() -> bool) {
     }
 }
 
-fn start_certkeeper(dir: &Path) -> Server {
+fn start_certkeeper(dir: &Path, synchronous: &str) -> Server {
     let state = dir.join("certkeeper");
+    let config = dir.join("certkeeper.toml");
+    std::fs::write(&config, format!("[store]\nsynchronous = {synchronous:?}\n")).expect("config");
     let child = Command::new(BIN)
         .args(["serve", "--state-dir"])
         .arg(&state)
+        .arg("--config")
+        .arg(&config)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::inherit())
         .spawn()
@@ -414,12 +425,12 @@ fn main() {
         .build()
         .expect("runtime");
     let csrs = csrs(1000);
-    let certkeeper = start_certkeeper(dir.path());
+    let certkeeper = start_certkeeper(dir.path(), &args.synchronous);
     let cfssl = start_cfssl(dir.path());
 
     println!(
-        "## Private issuance: certkeeper vs cfssl serve ({} requests per cell)\n",
-        args.requests
+        "## Private issuance: certkeeper (store.synchronous = {}) vs cfssl serve ({} requests per cell)\n",
+        args.synchronous, args.requests
     );
     println!("| operation | clients | server | rate /s | p50 ms | p99 ms | server CPU ms/req |");
     println!("|---|---|---|---|---|---|---|");

@@ -2,6 +2,8 @@
 -- Times are Unix seconds (UTC). JSON columns hold arrays written by the daemon only.
 -- Private keys are never stored in plaintext: *_blob columns hold store::seal envelopes and
 -- *_kid the id of the master key that wraps them (for rotation).
+-- Every index costs a page write per issuance: only what a hot path or a large-inventory
+-- query needs is indexed (rotation scans versions once; origin filters stop early in id order).
 
 CREATE TABLE cas (
     name            TEXT PRIMARY KEY,
@@ -48,7 +50,6 @@ CREATE TABLE certificates (
 );
 CREATE INDEX certificates_not_after ON certificates (not_after);
 CREATE INDEX certificates_status ON certificates (status, id);
-CREATE INDEX certificates_origin ON certificates (origin, id);
 
 CREATE TABLE versions (
     certificate_id TEXT NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
@@ -65,7 +66,6 @@ CREATE TABLE versions (
     PRIMARY KEY (certificate_id, version)
 );
 CREATE INDEX versions_serial ON versions (serial);
-CREATE INDEX versions_kid ON versions (key_kid);
 
 CREATE TABLE tags (
     certificate_id TEXT NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
@@ -88,7 +88,7 @@ CREATE TABLE revocations (
 -- The event outbox: rows are written in the same transaction as the change they describe.
 CREATE TABLE events (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    id             TEXT NOT NULL UNIQUE,
+    id             TEXT NOT NULL,                -- UUIDv7: unique by construction
     time           INTEGER NOT NULL,
     detail_type    TEXT NOT NULL,
     certificate_id TEXT,
