@@ -18,14 +18,14 @@ use crate::api::types::{
     CaDetails, CertificatePem, CreateCa, ExportRequest, ImportCertificate, InstallCa,
     RequestCertificate, SignRequest, Signed, TagsRequest, file_bytes,
 };
-use crate::ca::{self, Authority, CaError, LeafRequest};
+use crate::ca::{self, Authority, CaError, Issued, LeafRequest};
 use crate::config::Defaults;
 use crate::events::{self, Action};
 use crate::export::{self, ExportError, Exported};
 use crate::import::{self, ImportError};
 use crate::model::{
-    CaInfo, CaSpec, CaState, Certificate, CertificateId, Origin, RevocationReason, Status,
-    check_name, check_tag, parse_domains,
+    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
+    RevocationReason, Status, check_name, check_tag, parse_domains,
 };
 use crate::span::Span;
 use crate::store::{
@@ -161,13 +161,7 @@ impl Inventory {
         let defaults = self.defaults();
         let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
         check_tags(&req.tags)?;
-        let (name, name_is_default) = match req.name {
-            Some(name) => {
-                check_name("certificate", &name).map_err(InventoryError::invalid)?;
-                (name, false)
-            }
-            None => (domains[0].to_string(), true),
-        };
+        let name = resolve_name(req.name, &domains)?;
         let ca_name = req.ca.unwrap_or(defaults.ca);
         let authority = self.authority(&ca_name)?;
         let algorithm = req.key_algorithm.unwrap_or(defaults.key_algorithm);
@@ -188,35 +182,16 @@ impl Inventory {
             })
             .await??
         };
-        let id = CertificateId::generate();
-        let mut new = NewCertificate {
-            id,
+        let issuance = PrivateIssuance {
             name,
-            name_is_default,
-            origin: Origin::Private,
-            status: Status::Issued,
-            issuer: ca_name.clone(),
+            ca: ca_name,
             domains,
             key_algorithm: algorithm,
-            validity: Some(validity),
+            validity,
             client_auth: req.client_auth,
             tags: req.tags,
-            version: NewVersion {
-                serial: issued.serial,
-                issuer_ca: Some(ca_name),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                cert_pem: issued.cert_pem,
-                chain_pem: issued.chain_pem,
-                key: Some(key),
-            },
-            event: None,
         };
-        new.event = Some(events::available(
-            &new.certificate(now),
-            Action::Issuance,
-            now,
-        ));
+        let new = issuance.record(issued, Some(key), now);
         Ok(self.store.insert_certificate(new).await?)
     }
 
@@ -226,13 +201,7 @@ impl Inventory {
         let defaults = self.defaults();
         check_tags(&req.tags)?;
         let csr = ca::parse_csr(&file_bytes(&req.csr))?;
-        let (name, name_is_default) = match req.name {
-            Some(name) => {
-                check_name("certificate", &name).map_err(InventoryError::invalid)?;
-                (name, false)
-            }
-            None => (csr.domains[0].to_string(), true),
-        };
+        let name = resolve_name(req.name, &csr.domains)?;
         let ca_name = req.ca.unwrap_or(defaults.ca);
         let authority = self.authority(&ca_name)?;
         let validity = req.validity.unwrap_or(defaults.validity);
@@ -244,34 +213,16 @@ impl Inventory {
         };
         let issued = authority.issue(&request, &csr.public_key, now)?;
         let (cert_pem, chain_pem) = (issued.cert_pem.clone(), issued.chain_pem.clone());
-        let mut new = NewCertificate {
-            id: CertificateId::generate(),
+        let issuance = PrivateIssuance {
             name,
-            name_is_default,
-            origin: Origin::Private,
-            status: Status::Issued,
-            issuer: ca_name.clone(),
+            ca: ca_name,
             domains: csr.domains,
             key_algorithm: csr.key_algorithm,
-            validity: Some(validity),
+            validity,
             client_auth: req.client_auth,
             tags: req.tags,
-            version: NewVersion {
-                serial: issued.serial,
-                issuer_ca: Some(ca_name),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                cert_pem: issued.cert_pem,
-                chain_pem: issued.chain_pem,
-                key: None,
-            },
-            event: None,
         };
-        new.event = Some(events::available(
-            &new.certificate(now),
-            Action::Issuance,
-            now,
-        ));
+        let new = issuance.record(issued, None, now);
         let certificate = self.store.insert_certificate(new).await?;
         Ok(Signed {
             certificate,
@@ -317,13 +268,7 @@ impl Inventory {
                 .await
             }
             None => {
-                let (name, name_is_default) = match req.name {
-                    Some(name) => {
-                        check_name("certificate", &name).map_err(InventoryError::invalid)?;
-                        (name, false)
-                    }
-                    None => (checked.domains[0].to_string(), true),
-                };
+                let (name, name_is_default) = resolve_name(req.name, &checked.domains)?;
                 let status = if checked.info.not_after < now {
                     Status::Expired
                 } else {
@@ -358,8 +303,8 @@ impl Inventory {
         &self,
         target: &str,
         version: NewVersion,
-        domains: Vec<crate::model::Domain>,
-        key_algorithm: crate::model::KeyAlgorithm,
+        domains: Vec<Domain>,
+        key_algorithm: KeyAlgorithm,
         now: OffsetDateTime,
     ) -> Result<Certificate> {
         let cert = self.find(target).await?;
@@ -605,9 +550,7 @@ impl Inventory {
             name: req.name,
             parent: req.parent,
             external: req.external,
-            key_algorithm: req
-                .key_algorithm
-                .unwrap_or(crate::model::KeyAlgorithm::EcP256),
+            key_algorithm: req.key_algorithm.unwrap_or(KeyAlgorithm::EcP256),
             validity: req.validity.unwrap_or(Span::from_days(3650)),
             path_length: req.path_length,
             permitted_dns: req.permitted_dns,
@@ -759,6 +702,77 @@ impl Inventory {
     pub async fn rotate_master_key(&self) -> Result<(u64, BTreeMap<String, u64>)> {
         let rewrapped = self.store.rotate_master_key().await?;
         Ok((rewrapped, self.store.key_usage().await?))
+    }
+}
+
+/// What `request` and `sign` share once the CA has signed: the record to store, with its
+/// ISSUANCE event.
+struct PrivateIssuance {
+    /// The name and whether it was defaulted (see [`resolve_name`]).
+    name: (String, bool),
+    ca: String,
+    domains: Vec<Domain>,
+    key_algorithm: KeyAlgorithm,
+    validity: Span,
+    client_auth: bool,
+    tags: BTreeMap<String, String>,
+}
+
+impl PrivateIssuance {
+    /// `key` is the private key when we generated it, `None` for a caller's CSR.
+    fn record(
+        self,
+        issued: Issued,
+        key: Option<Zeroizing<Vec<u8>>>,
+        now: OffsetDateTime,
+    ) -> NewCertificate {
+        let (name, name_is_default) = self.name;
+        let mut new = NewCertificate {
+            id: CertificateId::generate(),
+            name,
+            name_is_default,
+            origin: Origin::Private,
+            status: Status::Issued,
+            issuer: self.ca.clone(),
+            domains: self.domains,
+            key_algorithm: self.key_algorithm,
+            validity: Some(self.validity),
+            client_auth: self.client_auth,
+            tags: self.tags,
+            version: NewVersion {
+                serial: issued.serial,
+                issuer_ca: Some(self.ca),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                cert_pem: issued.cert_pem,
+                chain_pem: issued.chain_pem,
+                key,
+            },
+            event: None,
+        };
+        new.event = Some(events::available(
+            &new.certificate(now),
+            Action::Issuance,
+            now,
+        ));
+        new
+    }
+}
+
+/// A certificate's name: the one given (checked), else its first domain. The flag says it was
+/// defaulted, which lets the store make it unique instead of refusing it.
+fn resolve_name(name: Option<String>, domains: &[Domain]) -> Result<(String, bool)> {
+    match name {
+        Some(name) => {
+            check_name("certificate", &name).map_err(InventoryError::invalid)?;
+            Ok((name, false))
+        }
+        None => {
+            let first = domains
+                .first()
+                .ok_or_else(|| InventoryError::Invalid("no domains".into()))?;
+            Ok((first.to_string(), true))
+        }
     }
 }
 

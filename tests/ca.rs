@@ -7,89 +7,11 @@ mod common;
 
 use std::path::Path;
 
+use common::pki::{aki, ders, parse, pem_blocks, ski, webpki_name, webpki_verify};
 use common::{Daemon, id, openssl, openssl_try};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::ParsedExtension;
-use x509_parser::prelude::FromDer;
+use rustls_pki_types::CertificateDer;
 
 // --- helpers ---------------------------------------------------------------------------------
-
-/// The PEM blocks of `text`, each with its BEGIN and END lines.
-fn pem_blocks(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let end = rest[start..].find("-----END ").expect("END line") + start;
-        let line_end = rest[end..]
-            .find('\n')
-            .map(|i| end + i + 1)
-            .unwrap_or(rest.len());
-        out.push(rest[start..line_end].to_owned());
-        rest = &rest[line_end..];
-    }
-    out
-}
-
-fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_else(|e| panic!("bad PEM ({e:?}):\n{pem}"))
-}
-
-fn parse(der: &[u8]) -> X509Certificate<'_> {
-    let (rest, cert) = X509Certificate::from_der(der).expect("certificate parses");
-    assert!(rest.is_empty(), "trailing data after certificate");
-    cert
-}
-
-fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
-}
-
-fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => Some(
-                a.key_identifier
-                    .as_ref()
-                    .map(|k| k.0.to_vec())
-                    .unwrap_or_default(),
-            ),
-            _ => None,
-        })
-}
-
-fn webpki_verify(
-    leaf: &CertificateDer<'_>,
-    root: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-) -> Result<(), webpki::Error> {
-    let ee = webpki::EndEntityCert::try_from(leaf)?;
-    let anchor = webpki::anchor_from_trusted_cert(root)?;
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &[anchor],
-        intermediates,
-        UnixTime::now(),
-        webpki::KeyUsage::server_auth(),
-        None,
-        None,
-    )
-    .map(|_| ())
-}
-
-fn webpki_name(leaf: &CertificateDer<'_>, name: &str) -> Result<(), webpki::Error> {
-    let ee = webpki::EndEntityCert::try_from(leaf)?;
-    ee.verify_is_valid_for_subject_name(&ServerName::try_from(name).expect("server name"))
-}
 
 /// `openssl verify` that must succeed.
 fn verify_ok(dir: &Path, args: &[&str]) {
@@ -206,10 +128,16 @@ fn subordinate_ca_chain_verifies() {
         "without the intermediate the leaf must not verify: {out}"
     );
 
-    webpki_verify(&full[0], &root, std::slice::from_ref(&team)).expect("webpki with intermediate");
+    webpki_verify(
+        &full[0],
+        &root,
+        std::slice::from_ref(&team),
+        webpki::KeyUsage::server_auth(),
+    )
+    .expect("webpki with intermediate");
     webpki_name(&full[0], "svc.team.internal").expect("webpki name");
     assert!(
-        webpki_verify(&full[0], &root, &[]).is_err(),
+        webpki_verify(&full[0], &root, &[], webpki::KeyUsage::server_auth()).is_err(),
         "webpki must need the intermediate"
     );
 }
@@ -265,8 +193,13 @@ fn check_constrained(
         "{ca}: fullchain length"
     );
     verify_leaf(&a_file);
-    webpki_verify(&full[0], anchor, intermediates)
-        .unwrap_or_else(|e| panic!("{ca}: webpki a.corp.example: {e:?}"));
+    webpki_verify(
+        &full[0],
+        anchor,
+        intermediates,
+        webpki::KeyUsage::server_auth(),
+    )
+    .unwrap_or_else(|e| panic!("{ca}: webpki a.corp.example: {e:?}"));
     webpki_name(&full[0], "a.corp.example").expect("webpki name");
     // The constraint's own name and a wildcard below it are inside too.
     let wild_file = format!("{ca}-wild.pem");
@@ -283,8 +216,13 @@ fn check_constrained(
         &wild_file,
     );
     verify_leaf(&wild_file);
-    webpki_verify(&full[0], anchor, intermediates)
-        .unwrap_or_else(|e| panic!("{ca}: webpki wildcard: {e:?}"));
+    webpki_verify(
+        &full[0],
+        anchor,
+        intermediates,
+        webpki::KeyUsage::server_auth(),
+    )
+    .unwrap_or_else(|e| panic!("{ca}: webpki wildcard: {e:?}"));
 
     // Outside: refused as invalid input, nothing stored.
     let count = d.count();
@@ -701,8 +639,13 @@ fn external_ca_signed_by_an_outside_root() {
             "leaf.pem",
         ],
     );
-    webpki_verify(&full[0], &outside[0], std::slice::from_ref(&ext))
-        .expect("webpki via outside root");
+    webpki_verify(
+        &full[0],
+        &outside[0],
+        std::slice::from_ref(&ext),
+        webpki::KeyUsage::server_auth(),
+    )
+    .expect("webpki via outside root");
     webpki_name(&full[0], "svc.ext.internal").expect("webpki name");
 
     // The external CA signs its CRL too.

@@ -6,14 +6,13 @@ mod common;
 
 use std::path::Path;
 
+use common::pki::{aki, ders, parse, pem_blocks, ski, webpki_name, webpki_verify};
 use common::{Daemon, id, openssl, openssl_try};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::FromDer;
+use x509_parser::extensions::GeneralName;
 use x509_parser::public_key::PublicKey;
 
 const BACKDATE_SECS: i64 = 5 * 60;
@@ -21,64 +20,12 @@ const DAY: i64 = 86_400;
 
 // --- helpers ---------------------------------------------------------------------------------
 
-/// The PEM blocks of `text`, each with its BEGIN and END lines.
-fn pem_blocks(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let end_marker = "-----END ";
-        let end = rest[start..].find(end_marker).expect("END line") + start;
-        let line_end = rest[end..]
-            .find('\n')
-            .map(|i| end + i + 1)
-            .unwrap_or(rest.len());
-        out.push(rest[start..line_end].to_owned());
-        rest = &rest[line_end..];
-    }
-    out
-}
-
-fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_else(|e| panic!("bad PEM ({e:?}):\n{pem}"))
-}
-
-fn parse(der: &[u8]) -> X509Certificate<'_> {
-    let (rest, cert) = X509Certificate::from_der(der).expect("certificate parses");
-    assert!(rest.is_empty(), "trailing data after certificate");
-    cert
-}
-
 fn rfc3339(v: &serde_json::Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().expect("time string"), &Rfc3339).expect("RFC 3339 time")
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
-}
-
-fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => Some(
-                a.key_identifier
-                    .as_ref()
-                    .map(|k| k.0.to_vec())
-                    .unwrap_or_default(),
-            ),
-            _ => None,
-        })
 }
 
 /// SAN entries as "DNS:x" / "IP:a.b.c.d" strings, in certificate order.
@@ -98,32 +45,6 @@ fn sans(cert: &X509Certificate<'_>) -> Vec<String> {
             other => format!("OTHER:{other}"),
         })
         .collect()
-}
-
-fn webpki_verify(
-    leaf: &CertificateDer<'_>,
-    root: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    usage: webpki::KeyUsage,
-) -> Result<(), webpki::Error> {
-    let ee = webpki::EndEntityCert::try_from(leaf)?;
-    let anchor = webpki::anchor_from_trusted_cert(root)?;
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &[anchor],
-        intermediates,
-        UnixTime::now(),
-        usage,
-        None,
-        None,
-    )
-    .map(|_| ())
-}
-
-fn webpki_name(leaf: &CertificateDer<'_>, name: &str) -> Result<(), webpki::Error> {
-    let ee = webpki::EndEntityCert::try_from(leaf)?;
-    let server_name = ServerName::try_from(name).expect("valid server name");
-    ee.verify_is_valid_for_subject_name(&server_name)
 }
 
 /// Writes the default CA's certificate to `root.pem` and returns its DER.
