@@ -596,3 +596,146 @@ fn list_filters_and_pages() {
     let cert = daemon.json(&["untag", "page1.internal", "env"]);
     assert!(cert["tags"].get("env").is_none());
 }
+
+/// The systemd contract, through a real notification socket: READY only once the API socket
+/// accepts, watchdog pings at half of WATCHDOG_USEC, STOPPING on SIGTERM; and the master key
+/// taken from `$CREDENTIALS_DIRECTORY` (LoadCredential=).
+#[test]
+fn speaks_sd_notify_and_reads_systemd_credentials() {
+    let daemon = Daemon::start();
+    let notify_path = daemon.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let credentials = daemon.path("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let key = Command::new(BIN)
+        .args(["master-key", "generate", "--out"])
+        .arg(credentials.join("master-key"))
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+
+    let state = daemon.path("state2");
+    let socket = state.join("api.sock");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--state-dir"])
+        .arg(&state)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env_remove("WATCHDOG_PID")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut receive = |messages: &mut Vec<String>| {
+        let n = notify.recv(&mut buf).expect("a notification within 60 s");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        messages.push(text.clone());
+        text
+    };
+    let first = receive(&mut messages);
+    assert!(
+        first.contains("READY=1"),
+        "first notification should be READY: {first:?}"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "READY before the socket accepts"
+    );
+    // Watchdog pings at 200 ms: a few arrive within a second or two.
+    let mut pings = 0;
+    while pings < 3 {
+        if receive(&mut messages).contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(
+        !state.join("master-key").exists(),
+        "with a credential, no key is created in the state dir"
+    );
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    while !receive(&mut messages).contains("STOPPING=1") {}
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("credentials/master-key") && log.contains("master key loaded"),
+        "{log}"
+    );
+}
+
+#[test]
+fn pkcs12_export_opens_with_openssl() {
+    let daemon = Daemon::start();
+    let cert = daemon.json(&["request", "p12.internal", "--key-algorithm", "rsa-2048"]);
+    let pass = daemon.write("pass.txt", "correct horse\n");
+    for (format, legacy) in [("pkcs12", false), ("pkcs12-legacy", true)] {
+        let out = daemon.path(&format!("{format}.p12"));
+        daemon.ok(&[
+            "export",
+            &id(&cert),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(mode(&out), 0o600);
+        let mut args = vec![
+            "pkcs12",
+            "-in",
+            out.to_str().unwrap(),
+            "-passin",
+            "pass:correct horse",
+            "-nodes",
+            "-info",
+        ];
+        if legacy {
+            args.push("-legacy");
+        }
+        let (ok, text) = common::openssl_try(daemon.dir.path(), &args);
+        assert!(ok, "{format}: {text}");
+        assert!(
+            text.contains("BEGIN PRIVATE KEY") && text.matches("BEGIN CERTIFICATE").count() == 2,
+            "{format}: {text}"
+        );
+        let (ok, _) = common::openssl_try(
+            daemon.dir.path(),
+            &[
+                "pkcs12",
+                "-in",
+                out.to_str().unwrap(),
+                "-passin",
+                "pass:wrong",
+                "-nokeys",
+            ],
+        );
+        assert!(!ok, "{format}: a wrong passphrase must not open it");
+    }
+    let short = daemon.write("short.txt", "abc\n");
+    let stderr = daemon.fails(
+        &[
+            "export",
+            &id(&cert),
+            "--passphrase-file",
+            short.to_str().unwrap(),
+        ],
+        65,
+    );
+    assert!(stderr.contains("4 to 1024"), "{stderr}");
+}

@@ -624,3 +624,23 @@ where
 fn parse_serial(text: &str) -> Result<Serial, StoreError> {
     Serial::parse(text).ok_or_else(|| StoreError::Invalid(format!("serial {text:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(Db::open(&path, Synchronous::Full).unwrap());
+        // Reopening applies nothing twice.
+        let (_, conn) = Db::open(&path, Synchronous::Full).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let err = Db::open(&path, Synchronous::Full).err().unwrap().to_string();
+        assert!(err.contains("schema version 99") && err.contains("newer"), "{err}");
+    }
+}
