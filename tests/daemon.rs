@@ -619,7 +619,7 @@ fn speaks_sd_notify_and_reads_systemd_credentials() {
 
     let state = daemon.path("state2");
     let socket = state.join("api.sock");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--state-dir"])
         .arg(&state)
         .env("NOTIFY_SOCKET", &notify_path)
