@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{KeyAlgorithm, check_name};
+use crate::schedule::{Schedule, Window};
 use crate::span::Span;
 
 /// Where the shipped unit and packages expect the config file.
@@ -36,7 +37,65 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    renewal: RawRenewal,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    metrics: RawMetrics,
     ca: Option<Vec<RawCa>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMetrics {
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRenewal {
+    renew_before: Option<Span>,
+    concurrency: Option<usize>,
+    window: Option<String>,
+    window_duration: Option<Span>,
+    time_zone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawEvents {
+    daily_check: Option<String>,
+    time_zone: Option<String>,
+    days_before_expiry: Option<u32>,
+    retention: Option<Span>,
+    journal: Option<bool>,
+    #[serde(default)]
+    webhook: Vec<RawWebhook>,
+    #[serde(default)]
+    command: Vec<RawCommand>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawWebhook {
+    name: String,
+    url: String,
+    secret_file: PathBuf,
+    #[serde(default)]
+    detail_types: Vec<String>,
+    timeout: Option<Span>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCommand {
+    name: String,
+    argv: Vec<String>,
+    #[serde(default)]
+    detail_types: Vec<String>,
+    timeout: Option<Span>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +194,79 @@ pub struct Config {
     pub defaults: Defaults,
     /// CAs created at start when missing (existing ones are never changed by config).
     pub cas: Vec<crate::model::CaSpec>,
+    pub renewal: RenewalConfig,
+    pub events: EventsConfig,
+    /// An extra TCP listener serving only `/metrics` (the API socket serves it too).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
+
+/// `[renewal]`: when and how many certificates renew.
+#[derive(Clone, Debug)]
+pub struct RenewalConfig {
+    pub renew_before: Span,
+    /// Renewals running at once.
+    pub concurrency: usize,
+    /// Renewals (and later deploys) wait for this window unless expiry is near.
+    pub window: Option<Window>,
+}
+
+/// `[events]`: expiry events and where events go.
+#[derive(Clone, Debug)]
+pub struct EventsConfig {
+    pub daily_check: Schedule,
+    /// The initial account-wide threshold; `certkeeper config set days-before-expiry` overrides it.
+    pub days_before_expiry: u32,
+    /// Events older than this are pruned once every sink has them.
+    pub retention: Span,
+    pub journal: bool,
+    pub webhooks: Vec<WebhookSink>,
+    pub commands: Vec<CommandSink>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookSink {
+    pub name: String,
+    pub url: String,
+    /// The HMAC-SHA256 key is read from this file when the sink starts.
+    pub secret_file: PathBuf,
+    /// Only these detail types; empty means all.
+    pub detail_types: Vec<String>,
+    pub timeout: Span,
+    /// Extra CA certificates (PEM) to trust for this URL, besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandSink {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub detail_types: Vec<String>,
+    pub timeout: Span,
+}
+
+impl EventsConfig {
+    /// Every sink's name, as used for its delivery cursor.
+    pub fn sink_names(&self) -> Vec<String> {
+        let journal = self.journal.then(|| "journal".to_owned());
+        journal
+            .into_iter()
+            .chain(self.webhooks.iter().map(|w| w.name.clone()))
+            .chain(self.commands.iter().map(|c| c.name.clone()))
+            .collect()
+    }
+}
+
+/// The detail types a sink filter may name.
+pub const DETAIL_TYPES: &[&str] = &[
+    "Certificate Available",
+    "Certificate Approaching Expiration",
+    "Certificate Expired",
+    "Certificate Renewal Action Required",
+    "Certificate Revoked",
+    "Certificate Validation Pending",
+    "Certificate Deployed",
+    "Certificate Deployment Failed",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Defaults {
@@ -352,9 +483,156 @@ impl Config {
             max_request_body,
             defaults,
             cas,
+            renewal: renewal_config(raw.renewal, &invalid)?,
+            events: events_config(raw.events, &invalid)?,
+            metrics_listen: raw.metrics.listen,
             state_dir,
         })
     }
+}
+
+type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig, ConfigError> {
+    let concurrency = raw.concurrency.unwrap_or(4);
+    if !(1..=256).contains(&concurrency) {
+        return Err(invalid(
+            "renewal.concurrency",
+            format!("{concurrency} is outside 1..=256"),
+        ));
+    }
+    let window = match (raw.window, raw.window_duration) {
+        (None, None) => None,
+        (Some(expr), Some(duration)) => {
+            let schedule = Schedule::parse(&expr, raw.time_zone.as_deref())
+                .map_err(|e| invalid("renewal.window", e.to_string()))?;
+            if duration.as_secs() < 60 {
+                return Err(invalid(
+                    "renewal.window-duration",
+                    "must be at least 1m".into(),
+                ));
+            }
+            Some(Window {
+                schedule,
+                duration: duration.std(),
+            })
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                "renewal.window-duration",
+                "required with renewal.window".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "renewal.window",
+                "required with renewal.window-duration".into(),
+            ));
+        }
+    };
+    Ok(RenewalConfig {
+        renew_before: raw.renew_before.unwrap_or(Span::from_days(60)),
+        concurrency,
+        window,
+    })
+}
+
+/// Sink names are unique (they key the delivery cursors) and filters name real detail types.
+fn check_sink(
+    invalid: Invalid<'_>,
+    key: &str,
+    name: &str,
+    detail_types: &[String],
+    seen: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    check_name("sink", name).map_err(|e| invalid(&format!("{key}.name"), e.to_string()))?;
+    if seen.iter().any(|n| n == name) || name == "journal" {
+        return Err(invalid(
+            &format!("{key}.name"),
+            format!("sink name {name:?} is used twice"),
+        ));
+    }
+    seen.push(name.to_owned());
+    for t in detail_types {
+        if !DETAIL_TYPES.contains(&t.as_str()) {
+            return Err(invalid(
+                &format!("{key}.detail-types"),
+                format!(
+                    "unknown detail type {t:?} (expected one of: {})",
+                    DETAIL_TYPES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, ConfigError> {
+    let expr = raw.daily_check.as_deref().unwrap_or("0 9 * * *");
+    let daily_check = Schedule::parse(expr, raw.time_zone.as_deref())
+        .map_err(|e| invalid("events.daily-check", e.to_string()))?;
+    let days_before_expiry = raw.days_before_expiry.unwrap_or(45);
+    if !(1..=365).contains(&days_before_expiry) {
+        return Err(invalid(
+            "events.days-before-expiry",
+            format!("{days_before_expiry} is outside 1..=365"),
+        ));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut webhooks = Vec::new();
+    for (i, w) in raw.webhook.into_iter().enumerate() {
+        check_sink(
+            invalid,
+            &format!("events.webhook[{i}]"),
+            &w.name,
+            &w.detail_types,
+            &mut seen,
+        )?;
+        if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+            return Err(invalid(
+                &format!("events.webhook[{i}].url"),
+                format!("{:?} is not an http(s) URL", w.url),
+            ));
+        }
+        webhooks.push(WebhookSink {
+            name: w.name,
+            url: w.url,
+            secret_file: w.secret_file,
+            detail_types: w.detail_types,
+            timeout: w.timeout.unwrap_or(Span::from_secs(10)),
+            ca_file: w.ca_file,
+        });
+    }
+    let mut commands = Vec::new();
+    for (i, c) in raw.command.into_iter().enumerate() {
+        check_sink(
+            invalid,
+            &format!("events.command[{i}]"),
+            &c.name,
+            &c.detail_types,
+            &mut seen,
+        )?;
+        if c.argv.is_empty() {
+            return Err(invalid(
+                &format!("events.command[{i}].argv"),
+                "must name a program".into(),
+            ));
+        }
+        commands.push(CommandSink {
+            name: c.name,
+            argv: c.argv,
+            detail_types: c.detail_types,
+            timeout: c.timeout.unwrap_or(Span::from_secs(30)),
+        });
+    }
+    Ok(EventsConfig {
+        daily_check,
+        days_before_expiry,
+        retention: raw.retention.unwrap_or(Span::from_days(90)),
+        journal: raw.journal.unwrap_or(true),
+        webhooks,
+        commands,
+    })
 }
 
 impl RawCa {

@@ -16,10 +16,11 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, AppState, Limits};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, MasterKeySource};
-use crate::inventory::{Inventory, InventoryError};
+use crate::inventory::{Inventory, InventoryError, Settings};
 use crate::logging::Logging;
 use crate::store::{Keyring, SealError, Store, StoreError};
 use crate::systemd;
+use crate::{lifecycle, sinks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -41,6 +42,8 @@ pub enum DaemonError {
     AlreadyRunning(PathBuf),
     #[error("another process is serving the API socket {0}")]
     SocketInUse(PathBuf),
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::SinkError),
 }
 
 impl DaemonError {
@@ -48,7 +51,9 @@ impl DaemonError {
     /// including a master key that does not open the stored keys.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::MasterKey(_) => crate::cli::exit::CONFIG,
+            DaemonError::Config(_) | DaemonError::MasterKey(_) | DaemonError::Sink(_) => {
+                crate::cli::exit::CONFIG
+            }
             DaemonError::Store(StoreError::Seal(_)) => crate::cli::exit::CONFIG,
             DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => {
                 crate::cli::exit::CONFIG
@@ -96,14 +101,18 @@ pub async fn serve(
     let usage = store.check_keys().await?;
     info!(store = %config.store_path.display(), sealed_records = usage.values().sum::<u64>(), "store open, keys verified");
 
-    let inventory = Inventory::new(store, config.defaults.clone());
+    let inventory = Arc::new(Inventory::new(store, Settings::from_config(&config)));
+    // Picks up the account settings stored through the API.
+    inventory.apply(Settings::from_config(&config)).await?;
     for name in inventory.start(&config.cas).await? {
         info!(ca = %name, "created CA");
     }
     let listener = bind_socket(&config.socket, config.socket_mode)?;
     info!(socket = %config.socket.display(), "API listening");
 
-    let state = Arc::new(AppState { inventory });
+    let state = Arc::new(AppState {
+        inventory: inventory.clone(),
+    });
     let limits = Limits {
         max_body: config.max_request_body,
         timeout: config.request_timeout.std(),
@@ -118,6 +127,37 @@ pub async fn serve(
                 .await
         })
     };
+    let sinks = sinks::build(&config.events)?;
+    let plan = lifecycle::Plan {
+        daily_check: config.events.daily_check.clone(),
+        concurrency: config.renewal.concurrency,
+        retention: config.events.retention,
+        sinks: config.events.sink_names(),
+    };
+    sinks::spawn(
+        sinks,
+        inventory.store().clone(),
+        inventory.metrics().clone(),
+        shutdown.clone(),
+    );
+    let lifecycle = tokio::spawn(lifecycle::run(inventory.clone(), plan, shutdown.clone()));
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: "cannot bind metrics.listen",
+                path: addr.to_string().into(),
+                source,
+            })?;
+        info!(%addr, "metrics listening");
+        let app = api::metrics_router(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
     systemd::ready();
     if let Some(interval) = systemd::spawn_watchdog(shutdown.clone()) {
         info!(
@@ -134,12 +174,20 @@ pub async fn serve(
     );
     systemd::stopping();
     shutdown.cancel();
-    match tokio::time::timeout(config.shutdown_timeout.std(), server).await {
+    // In-flight API requests and renewals get the same deadline; each is one store
+    // transaction, so whatever is cut off leaves nothing half-written (a renewal's lease makes
+    // the next start retry it).
+    let drained = tokio::time::timeout(config.shutdown_timeout.std(), async {
+        let served = server.await;
+        let _ = lifecycle.await;
+        served
+    });
+    match drained.await {
         Ok(Ok(Ok(()))) => info!("stopped"),
         Ok(Ok(Err(err))) => error!(error = %err, "API server failed"),
         Ok(Err(err)) => error!(error = %err, "API server task failed"),
         Err(_) => warn!(
-            "shutdown deadline passed; abandoning in-flight requests (nothing half-written is kept)"
+            "shutdown deadline passed; abandoning in-flight work (nothing half-written is kept)"
         ),
     }
     let _ = std::fs::remove_file(&config.socket);
@@ -197,7 +245,9 @@ async fn reload(config: &mut Config, env: &Environment, state: &AppState, loggin
                 }
             }
             logging.set_level(&new.log_level);
-            state.inventory.set_defaults(new.defaults.clone());
+            if let Err(err) = state.inventory.apply(Settings::from_config(&new)).await {
+                error!(error = %err, "applying the reloaded renewal settings failed");
+            }
             match state.inventory.start(&new.cas).await {
                 Ok(created) => created
                     .iter()

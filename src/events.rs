@@ -9,6 +9,9 @@ use time::OffsetDateTime;
 use crate::model::{Certificate, Event, Origin, rfc3339};
 
 pub const AVAILABLE: &str = "Certificate Available";
+pub const APPROACHING_EXPIRATION: &str = "Certificate Approaching Expiration";
+pub const EXPIRED: &str = "Certificate Expired";
+pub const ACTION_REQUIRED: &str = "Certificate Renewal Action Required";
 pub const REVOKED: &str = "Certificate Revoked";
 
 /// Why a certificate became available (ACM's `Action`).

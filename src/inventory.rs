@@ -11,22 +11,27 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::Notify;
+
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::api::types::{
-    CaDetails, CertificatePem, CreateCa, ExportRequest, ImportCertificate, InstallCa,
+    CaDetails, CertificatePem, CreateCa, Explanation, ExportRequest, ImportCertificate, InstallCa,
     RequestCertificate, SignRequest, Signed, TagsRequest, file_bytes,
 };
 use crate::ca::{self, Authority, CaError, Issued, LeafRequest};
-use crate::config::Defaults;
+use crate::config::{Config, Defaults};
 use crate::events::{self, Action};
 use crate::export::{self, ExportError, Exported};
 use crate::import::{self, ImportError};
+use crate::metrics::Metrics;
 use crate::model::{
     CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
-    RevocationReason, Status, check_name, check_tag, parse_domains,
+    RevocationReason, Status, check_name, check_tag, parse_domains, rfc3339,
 };
+use crate::policy::{self, Lifetime};
+use crate::schedule::{Schedule, Window};
 use crate::span::Span;
 use crate::store::{
     InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store, StoreError,
@@ -80,31 +85,185 @@ pub struct Inventory {
     store: Store,
     authorities: RwLock<HashMap<String, Arc<Authority>>>,
     /// Reloadable with SIGHUP.
-    defaults: RwLock<Defaults>,
+    settings: RwLock<Settings>,
+    /// Wakes the lifecycle task when deadlines may have moved.
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
+/// The configuration the inventory works with, replaced on reload.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub defaults: Defaults,
+    pub renew_before: Span,
+    pub window: Option<Window>,
+    /// The account-wide expiry-event threshold: the stored setting when one was made through
+    /// the API, else the config's `events.days-before-expiry`.
+    pub days_before_expiry: u32,
+    pub daily_check: Schedule,
+    /// The configured event sinks, by name.
+    pub sinks: Vec<String>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            defaults: config.defaults.clone(),
+            renew_before: config.renewal.renew_before,
+            window: config.renewal.window.clone(),
+            days_before_expiry: config.events.days_before_expiry,
+            daily_check: config.events.daily_check.clone(),
+            sinks: config.events.sink_names(),
+        }
+    }
+}
+
+/// The account setting key for the expiry-event threshold.
+const DAYS_BEFORE_EXPIRY: &str = "days-before-expiry";
+
 impl Inventory {
-    pub fn new(store: Store, defaults: Defaults) -> Inventory {
+    pub fn new(store: Store, settings: Settings) -> Inventory {
         Inventory {
             store,
             authorities: RwLock::new(HashMap::new()),
-            defaults: RwLock::new(defaults),
+            settings: RwLock::new(settings),
+            wake: Arc::new(Notify::new()),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The notifier the lifecycle task waits on.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    fn changed(&self) {
+        self.wake.notify_one();
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    pub fn set_defaults(&self, defaults: Defaults) {
-        *self.defaults.write().unwrap_or_else(|p| p.into_inner()) = defaults;
+    /// Applies a reloaded configuration. When the renewal policy changed, every scheduled
+    /// renewal is planned again under it. The account's stored days-before-expiry (set through
+    /// the API) keeps winning over the file.
+    pub async fn apply(&self, mut settings: Settings) -> Result<()> {
+        if let Some(days) = self.stored_days_before_expiry().await? {
+            settings.days_before_expiry = days;
+        }
+        let replan = {
+            let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+            let replan = current.renew_before != settings.renew_before
+                || current
+                    .window
+                    .as_ref()
+                    .map(|w| (w.schedule.as_str().to_owned(), w.duration))
+                    != settings
+                        .window
+                        .as_ref()
+                        .map(|w| (w.schedule.as_str().to_owned(), w.duration));
+            *current = settings;
+            replan
+        };
+        if replan {
+            let n = self.replan().await?;
+            tracing::info!(
+                certificates = n,
+                "renewal policy changed: renewals planned again"
+            );
+        }
+        self.changed();
+        Ok(())
     }
 
-    fn defaults(&self) -> Defaults {
-        self.defaults
+    fn settings(&self) -> Settings {
+        self.settings
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn defaults(&self) -> Defaults {
+        self.settings().defaults
+    }
+
+    /// Events waiting for each configured sink.
+    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        let mut depths = Vec::new();
+        for sink in self.settings().sinks {
+            let depth = self.store.outbox_depth(&sink).await?;
+            depths.push((sink, depth));
+        }
+        Ok(depths)
+    }
+
+    /// The account-wide expiry-event threshold in days.
+    pub fn days_before_expiry(&self) -> u32 {
+        self.settings().days_before_expiry
+    }
+
+    async fn stored_days_before_expiry(&self) -> Result<Option<u32>> {
+        let Some(text) = self.store.setting(DAYS_BEFORE_EXPIRY).await? else {
+            return Ok(None);
+        };
+        Ok(text.parse().ok())
+    }
+
+    /// `certkeeper config set days-before-expiry N` (ACM's account configuration).
+    pub async fn set_days_before_expiry(&self, days: u32) -> Result<()> {
+        if !(1..=365).contains(&days) {
+            return Err(InventoryError::Invalid(format!(
+                "days-before-expiry {days} is outside 1..=365"
+            )));
+        }
+        self.store
+            .set_setting(DAYS_BEFORE_EXPIRY, &days.to_string())
+            .await?;
+        self.settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .days_before_expiry = days;
+        Ok(())
+    }
+
+    /// When a certificate we renew should next renew, under the current policy.
+    fn plan(
+        &self,
+        id: &CertificateId,
+        lifetime: Lifetime,
+        renew_before: Option<Span>,
+        now: OffsetDateTime,
+    ) -> OffsetDateTime {
+        let settings = self.settings();
+        let renew_before = renew_before.unwrap_or(settings.renew_before).time();
+        policy::renewal(
+            id.as_str(),
+            lifetime,
+            renew_before,
+            settings.window.as_ref(),
+            now,
+        )
+        .at
+    }
+
+    /// Plans every scheduled, healthy renewal again (after a policy change). Failing ones keep
+    /// their backoff; ones being renewed keep their lease.
+    async fn replan(&self) -> Result<usize> {
+        let now = OffsetDateTime::now_utc();
+        let planned = self.store.replannable().await?;
+        let items: Vec<_> = planned
+            .into_iter()
+            .map(|(id, lifetime, renew_before)| {
+                let at = self.plan(&id, lifetime, renew_before, now);
+                (id, Some(at))
+            })
+            .collect();
+        Ok(self.store.set_next_action(items).await?)
     }
 
     /// Creates the configured CAs that do not exist yet (in order, so parents come first), then
@@ -132,6 +291,9 @@ impl Inventory {
             let Some(cert_pem) = &stored.cert_pem else {
                 continue;
             };
+            if stored.info.state == CaState::Disabled {
+                continue;
+            }
             let key = self.store.open_ca_key(&stored)?;
             let info = &stored.info;
             let authority = Authority::load(
@@ -150,9 +312,11 @@ impl Inventory {
 
     fn authority(&self, name: &str) -> Result<Arc<Authority>> {
         let map = self.authorities.read().unwrap_or_else(|p| p.into_inner());
-        map.get(name)
-            .cloned()
-            .ok_or_else(|| InventoryError::NotFound(format!("active CA {name:?}")))
+        map.get(name).cloned().ok_or_else(|| {
+            InventoryError::NotFound(format!(
+                "active CA {name:?} (it may be disabled or waiting for `ca install`)"
+            ))
+        })
     }
 
     // --- certificates ----------------------------------------------------------------------
@@ -190,9 +354,19 @@ impl Inventory {
             validity,
             client_auth: req.client_auth,
             tags: req.tags,
+            renew_before: req.renew_before,
+            days_before_expiry: req.days_before_expiry,
         };
-        let new = issuance.record(issued, Some(key), now);
-        Ok(self.store.insert_certificate(new).await?)
+        let mut new = issuance.record(issued, Some(key), now);
+        let lifetime = Lifetime {
+            not_before: new.version.not_before,
+            not_after: new.version.not_after,
+        };
+        new.next_action_at = Some(self.plan(&new.id, lifetime, new.renew_before, now));
+        let cert = self.store.insert_certificate(new).await?;
+        self.metrics.issued(cert.origin);
+        self.changed();
+        Ok(cert)
     }
 
     /// Issues a certificate for a caller's CSR. The key stays with the caller; the certificate
@@ -221,9 +395,13 @@ impl Inventory {
             validity,
             client_auth: req.client_auth,
             tags: req.tags,
+            renew_before: None,
+            days_before_expiry: req.days_before_expiry,
         };
         let new = issuance.record(issued, None, now);
         let certificate = self.store.insert_certificate(new).await?;
+        self.metrics.issued(certificate.origin);
+        self.changed();
         Ok(Signed {
             certificate,
             certificate_pem: cert_pem,
@@ -286,6 +464,9 @@ impl Inventory {
                     validity: None,
                     client_auth: false,
                     tags: req.tags,
+                    renew_before: None,
+                    days_before_expiry: req.days_before_expiry,
+                    next_action_at: None,
                     version,
                     event: None,
                 };
@@ -294,7 +475,10 @@ impl Inventory {
                     Action::Import,
                     now,
                 ));
-                Ok(self.store.insert_certificate(new).await?)
+                let cert = self.store.insert_certificate(new).await?;
+                self.metrics.issued(cert.origin);
+                self.changed();
+                Ok(cert)
             }
         }
     }
@@ -331,8 +515,11 @@ impl Inventory {
             status,
             event: Some(event),
             names: Some((domains, key_algorithm)),
+            next_action_at: None,
         };
-        Ok(self.store.add_version(&cert.id, change).await?)
+        let cert = self.store.add_version(&cert.id, change).await?;
+        self.changed();
+        Ok(cert)
     }
 
     /// Issues a new version of a private certificate: new key, same names, same lifetime.
@@ -391,14 +578,21 @@ impl Inventory {
             chain_pem: issued.chain_pem,
             key: Some(key),
         };
+        let lifetime = Lifetime {
+            not_before: version.not_before,
+            not_after: version.not_after,
+        };
         let change = VersionChange {
             version: cert.current_version + 1,
             new: version,
             status: Status::Issued,
             event: Some(event),
             names: None,
+            next_action_at: Some(self.plan(&cert.id, lifetime, cert.renew_before, now)),
         };
-        Ok(self.store.add_version(&cert.id, change).await?)
+        let cert = self.store.add_version(&cert.id, change).await?;
+        self.changed();
+        Ok(cert)
     }
 
     /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL
@@ -508,6 +702,111 @@ impl Inventory {
             )
         })
         .await??)
+    }
+
+    /// What happens next to a certificate, when, and which rule decided it.
+    pub async fn explain(&self, id_or_name: &str) -> Result<Explanation> {
+        let cert = self.find(id_or_name).await?;
+        let now = OffsetDateTime::now_utc();
+        let settings = self.settings();
+        let lifetime = Lifetime {
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+        };
+        let mut reasons = vec![format!(
+            "lifetime {} (not before {}, not after {})",
+            Span::from_secs((lifetime.length().whole_seconds()).max(0) as u64),
+            rfc3339(cert.not_before),
+            rfc3339(cert.not_after)
+        )];
+        let managed = cert.next_renewal_at.is_some();
+        let failing = cert.renewal.as_ref().filter(|r| r.failures > 0);
+        let (next_action, rule) = match (managed, failing) {
+            (false, _) => {
+                reasons.push(match cert.origin {
+                    Origin::Imported => {
+                        "imported: certkeeper watches it but never renews it".to_owned()
+                    }
+                    _ if cert.status == Status::Revoked => "revoked: never renewed".to_owned(),
+                    _ => "certkeeper does not hold its key (signed from a CSR): not renewed"
+                        .to_owned(),
+                });
+                ("none", "not managed".to_owned())
+            }
+            (true, Some(renewal)) => {
+                reasons.push(format!(
+                    "{} consecutive renewal failure(s), the last at {}: {}",
+                    renewal.failures,
+                    renewal.failed_at.map(rfc3339).unwrap_or_default(),
+                    renewal.reason.clone().unwrap_or_default()
+                ));
+                reasons.push(
+                    "retries back off exponentially from 1m to 4h, never past expiry".to_owned(),
+                );
+                ("retry", policy::Rule::Backoff.to_string())
+            }
+            (true, None) => {
+                let configured = cert.renew_before.unwrap_or(settings.renew_before);
+                let planned = policy::renewal(
+                    cert.id.as_str(),
+                    lifetime,
+                    configured.time(),
+                    settings.window.as_ref(),
+                    now,
+                );
+                reasons.push(format!(
+                    "renew-before {configured} ({}); effective {} before expiry",
+                    if cert.renew_before.is_some() {
+                        "set on this certificate"
+                    } else {
+                        "renewal.renew-before"
+                    },
+                    Span::from_secs(planned.renew_before.whole_seconds().max(0) as u64)
+                ));
+                if let Some(window) = &settings.window {
+                    reasons.push(format!(
+                        "maintenance window {} for {}; ignored once less than a tenth of the lifetime remains",
+                        window.schedule.as_str(),
+                        Span::from_secs(window.duration.as_secs())
+                    ));
+                }
+                ("renew", planned.rule.to_string())
+            }
+        };
+        let days = cert
+            .days_before_expiry
+            .unwrap_or(settings.days_before_expiry);
+        let threshold = policy::expiry_threshold(days, managed, lifetime);
+        let events_from = cert.not_after - threshold;
+        reasons.push(format!(
+            "expiry events: days-before-expiry {days}{}; daily from {}",
+            if managed {
+                " capped at a quarter of the lifetime (renewal would be overdue)"
+            } else {
+                ""
+            },
+            rfc3339(events_from)
+        ));
+        let next_expiry_event_at = if cert.status == Status::Issued && now < cert.not_after {
+            settings
+                .daily_check
+                .next_after(events_from.max(now) - time::Duration::SECOND)
+                .filter(|at| *at < cert.not_after)
+        } else {
+            None
+        };
+        Ok(Explanation {
+            id: cert.id.to_string(),
+            name: cert.name.clone(),
+            status: cert.status.to_string(),
+            next_action: next_action.to_owned(),
+            next_action_at: cert.next_renewal_at,
+            rule,
+            reasons,
+            expiry_threshold: Span::from_secs(threshold.whole_seconds().max(0) as u64),
+            expiry_events_from: events_from,
+            next_expiry_event_at,
+        })
     }
 
     // --- certificate authorities -----------------------------------------------------------
@@ -632,6 +931,15 @@ impl Inventory {
         Ok(())
     }
 
+    /// Stops (or resumes) all issuance by a CA: requests, signing and renewals through it fail
+    /// while it is disabled. Its key stays sealed in the store.
+    pub async fn set_ca_enabled(&self, name: &str, enabled: bool) -> Result<CaDetails> {
+        self.store.set_ca_disabled(name, !enabled).await?;
+        self.load_authorities().await?;
+        self.changed();
+        self.ca(name).await
+    }
+
     /// Completes an external CA with the certificate its root signed.
     pub async fn install_ca(&self, name: &str, req: InstallCa) -> Result<CaDetails> {
         let stored = self
@@ -716,6 +1024,8 @@ struct PrivateIssuance {
     validity: Span,
     client_auth: bool,
     tags: BTreeMap<String, String>,
+    renew_before: Option<Span>,
+    days_before_expiry: Option<u32>,
 }
 
 impl PrivateIssuance {
@@ -739,6 +1049,9 @@ impl PrivateIssuance {
             validity: Some(self.validity),
             client_auth: self.client_auth,
             tags: self.tags,
+            renew_before: self.renew_before,
+            days_before_expiry: self.days_before_expiry,
+            next_action_at: None,
             version: NewVersion {
                 serial: issued.serial,
                 issuer_ca: Some(self.ca),

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
         None => match runtime.block_on(cli::run(cli)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(failure) => {
-                eprintln!("certkeeper: {}", failure.message);
+                // An empty message means the verb already printed what the user needs
+                // (`check` reports on stdout, as monitoring plugins do).
+                if !failure.message.is_empty() {
+                    eprintln!("certkeeper: {}", failure.message);
+                }
                 ExitCode::from(failure.code)
             }
         },

@@ -449,9 +449,47 @@ pub struct Certificate {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub revocation_reason: Option<RevocationReason>,
+    /// Per-certificate `renew-before`; `None` uses the configured default.
+    #[serde(default)]
+    pub renew_before: Option<crate::span::Span>,
+    /// Per-certificate expiry-event threshold in days; `None` uses the account setting.
+    #[serde(default)]
+    pub days_before_expiry: Option<u32>,
+    /// ACM's renewal summary; `None` until the first renewal attempt.
+    #[serde(default)]
+    pub renewal: Option<Renewal>,
+    /// When the scheduler next acts on this certificate (renewal or retry); `None` when it
+    /// will not (imported, revoked, a key certkeeper does not hold).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub next_renewal_at: Option<OffsetDateTime>,
     /// Filled by `describe`; empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionInfo>,
+}
+
+/// The state of the latest renewal (ACM's `RenewalSummary`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    pub status: RenewalStatus,
+    /// Why the last attempt failed (the CA's or our error), when it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Consecutive failures; reset by a success.
+    pub failures: u32,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub failed_at: Option<OffsetDateTime>,
+    /// Days to expiry when the last "Renewal Action Required" event was raised.
+    #[serde(default)]
+    pub action_required_days: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RenewalStatus {
+    PendingAutoRenewal,
+    PendingValidation,
+    Success,
+    Failed,
 }
 
 impl Certificate {
@@ -505,11 +543,24 @@ pub struct CaInfo {
 #[serde(rename_all = "kebab-case")]
 pub enum CaState {
     Active,
+    /// Issues nothing until `ca enable`.
+    Disabled,
     /// An external subordinate waiting for `ca install`.
     PendingCertificate,
 }
 
-spelled!(CaState, "CA state", { Active => "active", PendingCertificate => "pending-certificate" });
+spelled!(RenewalStatus, "renewal status", {
+    PendingAutoRenewal => "pending-auto-renewal",
+    PendingValidation => "pending-validation",
+    Success => "success",
+    Failed => "failed",
+});
+
+spelled!(CaState, "CA state", {
+    Active => "active",
+    Disabled => "disabled",
+    PendingCertificate => "pending-certificate",
+});
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -26,7 +26,7 @@ use types::*;
 
 /// What every handler can reach.
 pub struct AppState {
-    pub inventory: Inventory,
+    pub inventory: Arc<Inventory>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -53,11 +53,16 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/cas", get(ca_list).post(ca_create))
         .route("/cas/{name}", get(ca_describe))
         .route("/cas/{name}/install", post(ca_install))
+        .route("/cas/{name}/enable", post(ca_enable))
+        .route("/cas/{name}/disable", post(ca_disable))
         .route("/cas/{name}/crl", get(ca_crl))
+        .route("/certificates/{id}/explain", get(explain))
+        .route("/account", get(account).put(set_account))
         .route("/events", get(events))
         .route("/master-key/rotate", post(rotate));
     Router::new()
         .nest("/v1", v1)
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(limits, deadline))
         .layer(DefaultBodyLimit::max(limits.max_body))
@@ -171,6 +176,36 @@ async fn deadline(State(limits): State<Limits>, req: Request, next: Next) -> Res
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A router that serves only `/metrics`, for `metrics.listen` (TCP, no API).
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
+    let inventory = &state.inventory;
+    let store = inventory.store();
+    let snapshot = crate::metrics::Snapshot {
+        certificates: store.metrics_rows().await.map_err(InventoryError::from)?,
+        events_total: store.last_event_seq().await.map_err(InventoryError::from)?,
+        outbox: inventory.outbox_depths().await?,
+    };
+    let text = crate::metrics::render(
+        inventory.metrics(),
+        &snapshot,
+        time::OffsetDateTime::now_utc(),
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
 
 // --- certificates ---------------------------------------------------------------------------
 
@@ -368,6 +403,26 @@ async fn tags(
     Ok(Json(state.inventory.tags(&id, req).await?))
 }
 
+async fn explain(State(state): Shared, Path(id): Path<String>) -> ApiResult<Explanation> {
+    Ok(Json(state.inventory.explain(&id).await?))
+}
+
+async fn account(State(state): Shared) -> ApiResult<Account> {
+    Ok(Json(Account {
+        days_before_expiry: state.inventory.days_before_expiry(),
+    }))
+}
+
+async fn set_account(State(state): Shared, Body(req): Body<Account>) -> ApiResult<Account> {
+    state
+        .inventory
+        .set_days_before_expiry(req.days_before_expiry)
+        .await?;
+    Ok(Json(Account {
+        days_before_expiry: state.inventory.days_before_expiry(),
+    }))
+}
+
 // --- certificate authorities ----------------------------------------------------------------
 
 async fn ca_list(State(state): Shared) -> ApiResult<CaList> {
@@ -396,6 +451,14 @@ async fn ca_install(
     Body(req): Body<InstallCa>,
 ) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.install_ca(&name, req).await?))
+}
+
+async fn ca_enable(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
+    Ok(Json(state.inventory.set_ca_enabled(&name, true).await?))
+}
+
+async fn ca_disable(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
+    Ok(Json(state.inventory.set_ca_enabled(&name, false).await?))
 }
 
 #[derive(serde::Deserialize)]

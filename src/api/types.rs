@@ -32,6 +32,13 @@ pub struct RequestCertificate {
     pub client_auth: bool,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Renew this long before expiry (clamped for short lifetimes); the configured default
+    /// when absent.
+    #[serde(default)]
+    pub renew_before: Option<Span>,
+    /// Expiry events start this many days before expiry; the account setting when absent.
+    #[serde(default)]
+    pub days_before_expiry: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -48,6 +55,8 @@ pub struct SignRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub days_before_expiry: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -68,6 +77,8 @@ pub struct ImportCertificate {
     pub name: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub days_before_expiry: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -225,4 +236,35 @@ pub fn file_field(bytes: &[u8]) -> String {
         Ok(text) if text.contains("-----BEGIN ") => text.to_owned(),
         _ => base64::engine::general_purpose::STANDARD.encode(bytes),
     }
+}
+
+/// ACM's account configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// Expiry events start this many days before expiry (1-365).
+    pub days_before_expiry: u32,
+}
+
+/// `certkeeper explain`: what happens next to a certificate, when, and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Explanation {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    /// `renew`, `retry`, or `none`.
+    pub next_action: String,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub next_action_at: Option<time::OffsetDateTime>,
+    /// The rule that decided `next_action_at` (renew-before, lifetime clamp, window, ...).
+    pub rule: String,
+    /// One line per fact that went into the decision.
+    pub reasons: Vec<String>,
+    /// Expiry events start this long before expiry.
+    pub expiry_threshold: Span,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expiry_events_from: time::OffsetDateTime,
+    /// The next daily check that would send an "Approaching Expiration" event.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub next_expiry_event_at: Option<time::OffsetDateTime>,
 }

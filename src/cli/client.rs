@@ -58,6 +58,16 @@ impl Client {
         decode(&bytes)
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bytes = self.call(Method::PUT, path, Some(body)).await?;
+        decode(&bytes)
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let bytes = self.call(Method::DELETE, path, None).await?;
         decode(&bytes)

@@ -1,5 +1,6 @@
 //! The command line: `certkeeper serve` runs the daemon; every other verb is an API client.
 
+mod check;
 mod client;
 mod output;
 
@@ -140,6 +141,21 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Explain what happens next to a certificate, when, and which rule decided it.
+    Explain { certificate: String },
+    /// Monitoring check (Nagios/Icinga plugin convention): exit 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN, with one status line and perfdata.
+    Check {
+        /// WARNING when a certificate expires within this span, or a renewal is failing.
+        #[arg(long, value_parser = parse_value::<Span>, default_value = "30d")]
+        warning: Span,
+        /// CRITICAL when a certificate expires within this span, or has expired.
+        #[arg(long, value_parser = parse_value::<Span>, default_value = "7d")]
+        critical: Span,
+        /// Check only this certificate (id or name).
+        #[arg(long)]
+        certificate: Option<String>,
+    },
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -171,6 +187,13 @@ struct RequestArgs {
     /// KEY=VALUE, repeatable.
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
+    /// Renew this long before expiry, e.g. 30d [default: renewal.renew-before; always clamped
+    /// to a third of the lifetime, a half below 10 days].
+    #[arg(long, value_parser = parse_value::<Span>)]
+    renew_before: Option<Span>,
+    /// Expiry events start this many days before expiry (1-365) [default: the account setting].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
+    days_before_expiry: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +245,9 @@ struct ImportArgs {
     name: Option<String>,
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
+    /// Expiry events start this many days before expiry (1-365) [default: the account setting].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
+    days_before_expiry: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +265,9 @@ struct SignArgs {
     name: Option<String>,
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
+    /// Expiry events start this many days before expiry (1-365) [default: the account setting].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
+    days_before_expiry: Option<u32>,
     /// Write the certificate chain here instead of standard output.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -274,6 +303,10 @@ enum CaCommand {
         #[arg(long = "permit-dns", value_name = "NAME")]
         permitted_dns: Vec<String>,
     },
+    /// Stop a CA from issuing (requests, signing, renewals) until `ca enable`.
+    Disable { name: String },
+    /// Let a disabled CA issue again.
+    Enable { name: String },
     /// Install the certificate an outside root signed for an --external CA.
     Install {
         name: String,
@@ -296,6 +329,14 @@ enum CaCommand {
 enum ConfigCommand {
     /// Check a config file: exit 0 if valid, 78 with the file, line and key if not.
     Check,
+    /// Show the account settings held by the daemon.
+    Get,
+    /// Change an account setting: days-before-expiry N (1-365).
+    Set {
+        #[arg(value_parser = ["days-before-expiry"])]
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,6 +431,20 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve { .. } => unreachable_serve(),
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref(), format),
+        Command::Check {
+            warning,
+            critical,
+            certificate,
+        } => {
+            let socket = socket_path(cli.socket, cli.config.as_deref())?;
+            check::run(
+                &Client::new(&socket),
+                warning,
+                critical,
+                certificate.as_deref(),
+            )
+            .await
+        }
         Command::MasterKey(MasterKeyCommand::Generate { out }) => {
             master_key_generate(out.as_deref())
         }
@@ -447,6 +502,8 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 validity: args.validity,
                 client_auth: args.client_auth,
                 tags: args.tags.into_iter().collect(),
+                renew_before: args.renew_before,
+                days_before_expiry: args.days_before_expiry,
             };
             let cert: Certificate = client.post("/v1/certificates", &body).await?;
             show_certificate(&cert, format)
@@ -524,6 +581,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 certificate_id: args.certificate_id,
                 name: args.name,
                 tags: args.tags.into_iter().collect(),
+                days_before_expiry: args.days_before_expiry,
             };
             let cert: Certificate = client.post("/v1/certificates/import", &body).await?;
             show_certificate(&cert, format)
@@ -536,6 +594,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 client_auth: args.client_auth,
                 name: args.name,
                 tags: args.tags.into_iter().collect(),
+                days_before_expiry: args.days_before_expiry,
             };
             let signed: Signed = client.post("/v1/sign", &body).await?;
             if format == Format::Json {
@@ -621,8 +680,54 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             }
             Ok(())
         }
-        Command::Serve { .. }
-        | Command::Config(_)
+        Command::Explain { certificate } => {
+            let explanation: Explanation = client
+                .get(&format!(
+                    "/v1/certificates/{}/explain",
+                    encode(&certificate)
+                ))
+                .await?;
+            match format {
+                Format::Json => Ok(output::json(&explanation)?),
+                Format::Table => Ok(output::explanation(&explanation)?),
+            }
+        }
+        Command::Config(ConfigCommand::Get) => {
+            let account: Account = client.get("/v1/account").await?;
+            match format {
+                Format::Json => Ok(output::json(&account)?),
+                Format::Table => {
+                    println!("days-before-expiry = {}", account.days_before_expiry);
+                    Ok(())
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Set { key: _, value }) => {
+            let days: u32 = value.parse().map_err(|_| {
+                Failure::new(
+                    exit::USAGE,
+                    format!("days-before-expiry: {value:?} is not a number of days"),
+                )
+            })?;
+            let account: Account = client
+                .put(
+                    "/v1/account",
+                    &Account {
+                        days_before_expiry: days,
+                    },
+                )
+                .await?;
+            match format {
+                Format::Json => Ok(output::json(&account)?),
+                Format::Table => {
+                    println!("days-before-expiry = {}", account.days_before_expiry);
+                    Ok(())
+                }
+            }
+        }
+        Command::Check { .. }
+        | Command::Serve { .. }
+        | Command::Config(ConfigCommand::Check)
         | Command::MasterKey(MasterKeyCommand::Generate { .. }) => unreachable_serve(),
     }
 }
@@ -730,6 +835,16 @@ async fn ca(client: &Client, command: CaCommand, format: Format) -> Result<(), F
             }
             show(&details)
         }
+        CaCommand::Disable { name } => show(
+            &client
+                .post(&format!("/v1/cas/{}/disable", encode(&name)), &())
+                .await?,
+        ),
+        CaCommand::Enable { name } => show(
+            &client
+                .post(&format!("/v1/cas/{}/enable", encode(&name)), &())
+                .await?,
+        ),
         CaCommand::Install {
             name,
             certificate,

@@ -233,3 +233,37 @@ pub fn ca(details: &CaDetails) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+pub fn explanation(e: &crate::api::types::Explanation) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} ({}), {}", e.id, e.name, e.status)?;
+    match e.next_action_at {
+        Some(at) => writeln!(
+            out,
+            "next action: {} at {} (rule: {})",
+            e.next_action,
+            date(at),
+            e.rule
+        )?,
+        None => writeln!(out, "next action: {} ({})", e.next_action, e.rule)?,
+    }
+    match e.next_expiry_event_at {
+        Some(at) => writeln!(
+            out,
+            "next expiry event: {} (threshold {}, from {})",
+            date(at),
+            e.expiry_threshold,
+            date(e.expiry_events_from)
+        )?,
+        None => writeln!(
+            out,
+            "next expiry event: none (threshold {}, from {})",
+            e.expiry_threshold,
+            date(e.expiry_events_from)
+        )?,
+    }
+    for reason in &e.reasons {
+        writeln!(out, "  - {reason}")?;
+    }
+    Ok(())
+}

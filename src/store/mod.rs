@@ -28,7 +28,7 @@ use crate::model::{
 };
 pub use seal::{Keyring, SealError, Sealed};
 pub use sqlite::ListFilter;
-use writer::Job;
+use writer::{Answer, Job};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,6 +67,10 @@ pub struct NewCertificate {
     pub validity: Option<crate::span::Span>,
     pub client_auth: bool,
     pub tags: BTreeMap<String, String>,
+    pub renew_before: Option<crate::span::Span>,
+    pub days_before_expiry: Option<u32>,
+    /// The scheduler's first deadline for it (see `certificates.next_action_at`).
+    pub next_action_at: Option<OffsetDateTime>,
     pub version: NewVersion,
     pub event: Option<Event>,
 }
@@ -93,6 +97,10 @@ impl NewCertificate {
             updated_at: now,
             revoked_at: None,
             revocation_reason: None,
+            renew_before: self.renew_before,
+            days_before_expiry: self.days_before_expiry,
+            renewal: None,
+            next_renewal_at: self.next_action_at,
             versions: vec![crate::model::VersionInfo {
                 version: 1,
                 serial: self.version.serial.clone(),
@@ -127,6 +135,53 @@ pub struct VersionChange {
     pub event: Option<Event>,
     /// New domains and key algorithm, when they change (a re-import may).
     pub names: Option<(Vec<crate::model::Domain>, KeyAlgorithm)>,
+    /// The scheduler's next deadline for the new version (its renewal), if any. Adding a
+    /// version also records the renewal as a success and clears failure state.
+    pub next_action_at: Option<OffsetDateTime>,
+}
+
+/// A failed renewal attempt, recorded with its retry time and, when one is due, its
+/// "Renewal Action Required" event.
+pub struct RenewalFailure {
+    pub id: CertificateId,
+    pub reason: String,
+    pub failed_at: OffsetDateTime,
+    pub next_action_at: Option<OffsetDateTime>,
+    /// The milestone to record when `event` is raised.
+    pub action_required_days: Option<i64>,
+    pub event: Option<Event>,
+}
+
+/// One certificate's metrics labels and values.
+#[derive(Clone, Debug)]
+pub struct MetricsRow {
+    pub id: CertificateId,
+    pub name: String,
+    pub origin: Origin,
+    pub common_name: String,
+    pub issuer: String,
+    pub status: Status,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub next_action_at: Option<OffsetDateTime>,
+    pub renewal_failures: u32,
+}
+
+/// What the daily expiry check needs to know about one issued certificate.
+#[derive(Clone, Debug)]
+pub struct ExpiryCandidate {
+    pub id: CertificateId,
+    pub name: String,
+    pub origin: Origin,
+    pub common_name: String,
+    pub serial: Serial,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub days_before_expiry: Option<u32>,
+    /// UTC day number of the last "Approaching Expiration" event.
+    pub expiry_event_day: Option<i64>,
+    /// Renewed by the scheduler (it has a next action): the event then means "overdue".
+    pub managed: bool,
 }
 
 /// A version as read back for `get` and `export`.
@@ -187,6 +242,8 @@ pub struct Store {
     db: sqlite::Db,
     writer: mpsc::Sender<Job>,
     keyring: Arc<Keyring>,
+    /// Notified after every commit (new events may be waiting for delivery).
+    committed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -201,11 +258,13 @@ impl Store {
         let (db, conn) = tokio::task::spawn_blocking(move || sqlite::Db::open(&path, synchronous))
             .await
             .map_err(|e| StoreError::Invalid(format!("open task failed: {e}")))??;
-        let writer = writer::spawn(conn)?;
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let writer = writer::spawn(conn, committed.clone())?;
         Ok(Store {
             db,
             writer,
             keyring: Arc::new(keyring),
+            committed,
         })
     }
 
@@ -237,14 +296,16 @@ impl Store {
         // Build the answer from what we wrote instead of reading it back: issuance is the hot
         // path, and the only thing the writer may change is the name.
         let mut cert = new.certificate(OffsetDateTime::now_utc());
-        let name = self
+        let answer = self
             .write(|reply| Job::InsertCertificate {
                 new: Box::new(new),
                 key: sealed,
                 reply,
             })
             .await?;
-        cert.name = name.unwrap_or(cert.name);
+        if let Answer::Name(name) = answer {
+            cert.name = name;
+        }
         Ok(cert)
     }
 
@@ -427,6 +488,17 @@ impl Store {
         self.db.ca(name.to_owned()).await
     }
 
+    pub async fn set_ca_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(|reply| Job::SetCaDisabled {
+            name,
+            disabled,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
     pub fn open_ca_key(&self, ca: &StoredCa) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         Ok(self.keyring.open(&ca_record(&ca.info.name), &ca.key)?)
     }
@@ -481,12 +553,171 @@ impl Store {
         self.db.integrity_check().await
     }
 
-    /// Queues one write and waits until it is committed. Answers the name an inserted
-    /// certificate got; `None` for other writes.
-    async fn write(
+    // --- lifecycle -----------------------------------------------------------------------------
+
+    /// Claims up to `limit` certificates whose renewal (or retry) is due, leasing them until
+    /// `lease_until`.
+    pub async fn claim_due(
         &self,
-        job: impl FnOnce(writer::Reply) -> Job,
-    ) -> Result<Option<String>, StoreError> {
+        now: OffsetDateTime,
+        limit: usize,
+        lease_until: OffsetDateTime,
+    ) -> Result<Vec<CertificateId>, StoreError> {
+        match self
+            .write(|reply| Job::ClaimDue {
+                now,
+                limit,
+                lease_until,
+                reply,
+            })
+            .await?
+        {
+            Answer::Ids(ids) => Ok(ids),
+            other => Err(StoreError::Invalid(format!("claim answered {other:?}"))),
+        }
+    }
+
+    pub async fn renewal_failed(&self, failure: RenewalFailure) -> Result<(), StoreError> {
+        self.write(|reply| Job::RenewalFailed {
+            failure: Box::new(failure),
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Marks certificates expired with their events; returns how many changed.
+    pub async fn mark_expired(
+        &self,
+        items: Vec<(CertificateId, Event)>,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        count(
+            self.write(|reply| Job::MarkExpired { items, now, reply })
+                .await?,
+        )
+    }
+
+    /// Records expiry events, one per certificate and UTC day; returns how many were new.
+    pub async fn expiry_events(
+        &self,
+        items: Vec<(CertificateId, i64, Event)>,
+    ) -> Result<usize, StoreError> {
+        count(
+            self.write(|reply| Job::ExpiryEvents { items, reply })
+                .await?,
+        )
+    }
+
+    pub async fn set_next_action(
+        &self,
+        items: Vec<(CertificateId, Option<OffsetDateTime>)>,
+    ) -> Result<usize, StoreError> {
+        count(
+            self.write(|reply| Job::SetNextAction { items, reply })
+                .await?,
+        )
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(|reply| Job::SetSetting { key, value, reply })
+            .await
+            .map(drop)
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.db.setting(key.to_owned()).await
+    }
+
+    /// The earliest moment the scheduler has work: a due action or an expiry.
+    pub async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.db.next_deadline().await
+    }
+
+    /// Issued certificates whose not-after has passed.
+    pub async fn expired_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        self.db.expired_due(now, limit).await
+    }
+
+    /// Issued, unexpired certificates expiring within `horizon`, for the daily check.
+    pub async fn expiry_candidates(
+        &self,
+        now: OffsetDateTime,
+        horizon: time::Duration,
+    ) -> Result<Vec<ExpiryCandidate>, StoreError> {
+        self.db.expiry_candidates(now, horizon).await
+    }
+
+    /// Certificates with a healthy scheduled renewal (not failing, not being renewed), for
+    /// planning again after a policy change.
+    pub async fn replannable(
+        &self,
+    ) -> Result<
+        Vec<(
+            CertificateId,
+            crate::policy::Lifetime,
+            Option<crate::span::Span>,
+        )>,
+        StoreError,
+    > {
+        self.db.replannable().await
+    }
+
+    /// Every certificate's metrics labels and values.
+    pub async fn metrics_rows(&self) -> Result<Vec<MetricsRow>, StoreError> {
+        self.db.metrics_rows().await
+    }
+
+    /// Notified after every commit; event sinks wait on it instead of polling.
+    pub fn committed(&self) -> Arc<tokio::sync::Notify> {
+        self.committed.clone()
+    }
+
+    pub async fn sink_cursor(&self, sink: &str) -> Result<Option<i64>, StoreError> {
+        self.db.sink_cursor(sink.to_owned()).await
+    }
+
+    pub async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        let sink = sink.to_owned();
+        self.write(|reply| Job::SetSinkCursor { sink, seq, reply })
+            .await
+            .map(drop)
+    }
+
+    /// The newest event's cursor (0 when there are none).
+    pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.db.last_event_seq().await
+    }
+
+    /// Deletes events older than `before` that every sink has (`seq <= max_seq`).
+    pub async fn prune_events(
+        &self,
+        before: OffsetDateTime,
+        max_seq: i64,
+    ) -> Result<usize, StoreError> {
+        count(
+            self.write(|reply| Job::PruneEvents {
+                before,
+                max_seq,
+                reply,
+            })
+            .await?,
+        )
+    }
+
+    /// Events waiting for delivery to `sink` (after its cursor).
+    pub async fn outbox_depth(&self, sink: &str) -> Result<i64, StoreError> {
+        let cursor = self.sink_cursor(sink).await?.unwrap_or(0);
+        self.db.events_count_after(cursor).await
+    }
+
+    /// Queues one write and waits until it is committed.
+    async fn write(&self, job: impl FnOnce(writer::Reply) -> Job) -> Result<Answer, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(job(tx))
@@ -518,4 +749,13 @@ fn version_record(id: &CertificateId, version: u32) -> String {
 
 fn ca_record(name: &str) -> String {
     format!("ca/{name}")
+}
+
+fn count(answer: Answer) -> Result<usize, StoreError> {
+    match answer {
+        Answer::Count(n) => Ok(n),
+        other => Err(StoreError::Invalid(format!(
+            "expected a count, got {other:?}"
+        ))),
+    }
 }

@@ -17,15 +17,18 @@ use time::OffsetDateTime;
 use super::{Sealed, SealedRecord, StoreError, StoredCa, StoredVersion};
 use crate::config::Synchronous;
 use crate::model::{
-    CaInfo, CaKind, CaState, Certificate, CertificateId, Event, Origin, RevocationReason, Serial,
-    Status, VersionInfo, from_unix, unix,
+    CaInfo, CaKind, CaState, Certificate, CertificateId, Event, Origin, Renewal, RevocationReason,
+    Serial, Status, VersionInfo, from_unix, unix,
 };
 use crate::span::Span;
 
 /// The schema, in order. A database records how many it has applied in `PRAGMA user_version`;
 /// opening applies the rest, each in its own transaction. Never edit an applied migration: add
 /// a new one.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_inventory.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_inventory.sql"),
+    include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+];
 
 /// Read connections kept open; more concurrent reads wait for one.
 const READERS: usize = 4;
@@ -344,6 +347,206 @@ impl Db {
         .await
     }
 
+    pub(super) async fn setting(&self, key: String) -> Result<Option<String>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT value FROM settings WHERE key = ?")?
+                .query_row([&key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.read(|conn| {
+            let action: Option<i64> = conn.query_row(
+                "SELECT MIN(next_action_at) FROM certificates WHERE next_action_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            let expiry: Option<i64> = conn.query_row(
+                "SELECT MIN(not_after) FROM certificates WHERE status = 'issued'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(action.into_iter().chain(expiry).min().map(from_unix))
+        })
+        .await
+    }
+
+    pub(super) async fn expired_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT * FROM certificates WHERE status = 'issued' AND not_after <= ? \
+                 ORDER BY not_after LIMIT ?",
+            )?;
+            // Read the stored status: the point is to find `issued` rows to mark expired.
+            let rows = stmt.query_map(params![unix(now), limit], |row| {
+                Ok(certificate_from_row(row, OffsetDateTime::UNIX_EPOCH))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn expiry_candidates(
+        &self,
+        now: OffsetDateTime,
+        horizon: time::Duration,
+    ) -> Result<Vec<super::ExpiryCandidate>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, origin, domains, serial, not_before, not_after, days_before_expiry, \
+                 expiry_event_day, next_action_at IS NOT NULL FROM certificates \
+                 WHERE status = 'issued' AND not_after > ? AND not_after <= ?",
+            )?;
+            let rows = stmt.query_map(params![unix(now), unix(now + horizon)], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
+                    row.get::<_, Option<i64>>(8)?,
+                    row.get::<_, bool>(9)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, origin, domains, serial, nb, na, days, day, managed) = row?;
+                out.push(super::ExpiryCandidate {
+                    id: CertificateId::parse(&id)
+                        .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
+                    name,
+                    origin: parse_text(&origin, "origin")?,
+                    common_name: first_domain(&domains),
+                    serial: parse_serial(&serial)?,
+                    not_before: from_unix(nb),
+                    not_after: from_unix(na),
+                    days_before_expiry: days.map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
+                    expiry_event_day: day,
+                    managed,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn replannable(
+        &self,
+    ) -> Result<Vec<(CertificateId, crate::policy::Lifetime, Option<Span>)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, not_before, not_after, renew_before FROM certificates \
+                 WHERE next_action_at IS NOT NULL AND renewal_failures = 0 \
+                 AND (renewal_status IS NULL OR renewal_status <> 'pending-auto-renewal')",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, nb, na, rb) = row?;
+                let id = CertificateId::parse(&id)
+                    .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?;
+                let lifetime = crate::policy::Lifetime {
+                    not_before: from_unix(nb),
+                    not_after: from_unix(na),
+                };
+                out.push((id, lifetime, rb.map(|s| Span::from_secs(s.max(0) as u64))));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn sink_cursor(&self, sink: String) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq FROM sink_cursors WHERE sink = ?")?
+                .query_row([&sink], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    pub(super) async fn events_count_after(&self, seq: i64) -> Result<i64, StoreError> {
+        self.read(move |conn| {
+            Ok(
+                conn.query_row("SELECT COUNT(*) FROM events WHERE seq > ?", [seq], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    pub(super) async fn metrics_rows(&self) -> Result<Vec<super::MetricsRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, origin, domains, issuer, status, not_before, not_after, next_action_at, \
+                 renewal_failures FROM certificates ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, Option<i64>>(8)?,
+                    row.get::<_, i64>(9)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, origin, domains, issuer, status, nb, na, next, failures) = row?;
+                out.push(super::MetricsRow {
+                    id: CertificateId::parse(&id)
+                        .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
+                    name,
+                    origin: parse_text(&origin, "origin")?,
+                    common_name: first_domain(&domains),
+                    issuer,
+                    status: parse_text(&status, "status")?,
+                    not_before: from_unix(nb),
+                    not_after: from_unix(na),
+                    next_action_at: next.map(from_unix),
+                    renewal_failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub(super) async fn integrity_check(&self) -> Result<String, StoreError> {
         self.read(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
             .await
@@ -567,8 +770,33 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
         revocation_reason: reason
             .map(|r| parse_text(&r, "revocation_reason"))
             .transpose()?,
+        renew_before: row
+            .get::<_, Option<i64>>("renew_before")?
+            .map(|s| Span::from_secs(s.max(0) as u64)),
+        days_before_expiry: row
+            .get::<_, Option<i64>>("days_before_expiry")?
+            .map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
+        renewal: renewal_from_row(row)?,
+        next_renewal_at: row.get::<_, Option<i64>>("next_action_at")?.map(from_unix),
         versions: Vec::new(),
     })
+}
+
+fn renewal_from_row(row: &Row<'_>) -> Result<Option<Renewal>, StoreError> {
+    let Some(status) = row.get::<_, Option<String>>("renewal_status")? else {
+        return Ok(None);
+    };
+    Ok(Some(Renewal {
+        status: parse_text(&status, "renewal_status")?,
+        reason: row.get("renewal_reason")?,
+        failures: row
+            .get::<_, i64>("renewal_failures")?
+            .clamp(0, i64::from(u32::MAX)) as u32,
+        failed_at: row
+            .get::<_, Option<i64>>("renewal_failed_at")?
+            .map(from_unix),
+        action_required_days: row.get("action_required_days")?,
+    }))
 }
 
 fn ca_from_row(row: &Row<'_>) -> Result<StoredCa, StoreError> {
@@ -583,7 +811,13 @@ fn ca_from_row(row: &Row<'_>) -> Result<StoredCa, StoreError> {
     let serial: Option<String> = row.get("serial")?;
     let info = CaInfo {
         name: row.get("name")?,
-        state: parse_text::<CaState>(&row.get::<_, String>("state")?, "state")?,
+        state: match (
+            parse_text::<CaState>(&row.get::<_, String>("state")?, "state")?,
+            row.get("disabled")?,
+        ) {
+            (CaState::Active, true) => CaState::Disabled,
+            (state, _) => state,
+        },
         kind,
         parent,
         common_name: row.get("common_name")?,
@@ -621,6 +855,14 @@ where
         .map_err(|e: crate::model::UnknownValue| StoreError::Invalid(format!("{column}: {e}")))
 }
 
+/// The first domain of a stored `domains` JSON array, without building the whole list.
+fn first_domain(json: &str) -> String {
+    serde_json::from_str::<Vec<String>>(json)
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .unwrap_or_default()
+}
+
 fn parse_serial(text: &str) -> Result<Serial, StoreError> {
     Serial::parse(text).ok_or_else(|| StoreError::Invalid(format!("serial {text:?}")))
 }
@@ -636,11 +878,19 @@ mod tests {
         drop(Db::open(&path, Synchronous::Full).unwrap());
         // Reopening applies nothing twice.
         let (_, conn) = Db::open(&path, Synchronous::Full).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         conn.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(conn);
-        let err = Db::open(&path, Synchronous::Full).err().unwrap().to_string();
-        assert!(err.contains("schema version 99") && err.contains("newer"), "{err}");
+        let err = Db::open(&path, Synchronous::Full)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("schema version 99") && err.contains("newer"),
+            "{err}"
+        );
     }
 }

@@ -13,12 +13,14 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use std::sync::Arc;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    InstalledCa, NewCa, NewCertificate, NewVersion, Revocation, Sealed, SealedRecord, StoreError,
-    VersionChange,
+    InstalledCa, NewCa, NewCertificate, NewVersion, RenewalFailure, Revocation, Sealed,
+    SealedRecord, StoreError, VersionChange,
 };
 use crate::model::{CaState, CertificateId, Event, RevocationReason, unix};
 
@@ -26,8 +28,19 @@ use crate::model::{CaState, CertificateId, Event, RevocationReason, unix};
 /// enough that one transaction never holds the write lock for long.
 const MAX_BATCH: usize = 256;
 
-/// What a job answers: for an inserted certificate, the name it got; otherwise nothing.
-pub(super) type Reply = oneshot::Sender<Result<Option<String>, StoreError>>;
+/// What a committed job answers.
+#[derive(Debug)]
+pub(super) enum Answer {
+    Done,
+    /// The name an inserted certificate got.
+    Name(String),
+    /// The certificates a claim took.
+    Ids(Vec<CertificateId>),
+    /// How many rows a bulk job changed.
+    Count(usize),
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 pub(super) enum Job {
     InsertCertificate {
@@ -80,6 +93,49 @@ pub(super) enum Job {
         rows: Vec<(SealedRecord, Sealed)>,
         reply: Reply,
     },
+    ClaimDue {
+        now: OffsetDateTime,
+        limit: usize,
+        lease_until: OffsetDateTime,
+        reply: Reply,
+    },
+    RenewalFailed {
+        failure: Box<RenewalFailure>,
+        reply: Reply,
+    },
+    MarkExpired {
+        items: Vec<(CertificateId, Event)>,
+        now: OffsetDateTime,
+        reply: Reply,
+    },
+    ExpiryEvents {
+        items: Vec<(CertificateId, i64, Event)>,
+        reply: Reply,
+    },
+    SetNextAction {
+        items: Vec<(CertificateId, Option<OffsetDateTime>)>,
+        reply: Reply,
+    },
+    SetSetting {
+        key: String,
+        value: String,
+        reply: Reply,
+    },
+    SetCaDisabled {
+        name: String,
+        disabled: bool,
+        reply: Reply,
+    },
+    SetSinkCursor {
+        sink: String,
+        seq: i64,
+        reply: Reply,
+    },
+    PruneEvents {
+        before: OffsetDateTime,
+        max_seq: i64,
+        reply: Reply,
+    },
 }
 
 impl Job {
@@ -93,13 +149,26 @@ impl Job {
             | Job::InsertCa { reply, .. }
             | Job::InstallCa { reply, .. }
             | Job::SaveCrl { reply, .. }
-            | Job::Rewrap { reply, .. } => reply,
+            | Job::Rewrap { reply, .. }
+            | Job::ClaimDue { reply, .. }
+            | Job::RenewalFailed { reply, .. }
+            | Job::MarkExpired { reply, .. }
+            | Job::ExpiryEvents { reply, .. }
+            | Job::SetNextAction { reply, .. }
+            | Job::SetSetting { reply, .. }
+            | Job::SetCaDisabled { reply, .. }
+            | Job::SetSinkCursor { reply, .. }
+            | Job::PruneEvents { reply, .. } => reply,
         }
     }
 }
 
 /// Starts the writer thread on `conn`. It ends when every sender (every `Store` clone) is gone.
-pub(super) fn spawn(mut conn: Connection) -> Result<mpsc::Sender<Job>, StoreError> {
+/// `committed` is notified after every commit, so event sinks wake up for new events.
+pub(super) fn spawn(
+    mut conn: Connection,
+    committed: Arc<Notify>,
+) -> Result<mpsc::Sender<Job>, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     std::thread::Builder::new()
         .name("certkeeper-store".into())
@@ -114,6 +183,7 @@ pub(super) fn spawn(mut conn: Connection) -> Result<mpsc::Sender<Job>, StoreErro
                     }
                 }
                 commit_batch(&mut conn, &mut batch);
+                committed.notify_waiters();
             }
         })
         .map_err(|e| StoreError::Invalid(format!("cannot start the store writer: {e}")))?;
@@ -123,8 +193,7 @@ pub(super) fn spawn(mut conn: Connection) -> Result<mpsc::Sender<Job>, StoreErro
 /// Runs `batch` in one transaction and answers every job. Empties `batch`.
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
     let single = batch.len() == 1;
-    let mut answers: Vec<(Reply, Result<Option<String>, StoreError>)> =
-        Vec::with_capacity(batch.len());
+    let mut answers: Vec<(Reply, Result<Answer, StoreError>)> = Vec::with_capacity(batch.len());
     let outcome = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
@@ -173,11 +242,11 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
     }
 }
 
-fn apply(conn: &Connection, job: Job) -> (Reply, Result<Option<String>, StoreError>) {
-    let none = |r: Result<(), StoreError>| r.map(|()| None);
+fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
+    let none = |r: Result<(), StoreError>| r.map(|()| Answer::Done);
     match job {
         Job::InsertCertificate { new, key, reply } => {
-            (reply, insert_certificate(conn, *new, key).map(Some))
+            (reply, insert_certificate(conn, *new, key).map(Answer::Name))
         }
         Job::AddVersion {
             id,
@@ -217,6 +286,40 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Option<String>, StoreErr
             reply,
         } => (reply, none(save_crl(conn, &ca, number, &der, next_update))),
         Job::Rewrap { rows, reply } => (reply, none(rewrap(conn, rows))),
+        Job::ClaimDue {
+            now,
+            limit,
+            lease_until,
+            reply,
+        } => (
+            reply,
+            claim_due(conn, now, limit, lease_until).map(Answer::Ids),
+        ),
+        Job::RenewalFailed { failure, reply } => (reply, none(renewal_failed(conn, &failure))),
+        Job::MarkExpired { items, now, reply } => {
+            (reply, mark_expired(conn, &items, now).map(Answer::Count))
+        }
+        Job::ExpiryEvents { items, reply } => {
+            (reply, expiry_events(conn, &items).map(Answer::Count))
+        }
+        Job::SetNextAction { items, reply } => {
+            (reply, set_next_action(conn, &items).map(Answer::Count))
+        }
+        Job::SetSetting { key, value, reply } => (reply, none(set_setting(conn, &key, &value))),
+        Job::SetCaDisabled {
+            name,
+            disabled,
+            reply,
+        } => (reply, none(set_ca_disabled(conn, &name, disabled))),
+        Job::SetSinkCursor { sink, seq, reply } => (reply, none(set_sink_cursor(conn, &sink, seq))),
+        Job::PruneEvents {
+            before,
+            max_seq,
+            reply,
+        } => (
+            reply,
+            prune_events(conn, before, max_seq).map(Answer::Count),
+        ),
     }
 }
 
@@ -232,8 +335,9 @@ fn insert_certificate(
     let version = &new.version;
     let mut insert = conn.prepare_cached(
         "INSERT INTO certificates (id, name, origin, status, issuer, domains, key_algorithm, validity, \
-         client_auth, current_version, serial, not_before, not_after, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+         client_auth, current_version, serial, not_before, not_after, created_at, updated_at, \
+         renew_before, days_before_expiry, next_action_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut row = |name: &str| {
         insert.execute(params![
@@ -251,6 +355,9 @@ fn insert_certificate(
             unix(version.not_after),
             now,
             now,
+            new.renew_before.map(|v| v.as_secs() as i64),
+            new.days_before_expiry,
+            new.next_action_at.map(unix),
         ])
     };
     // The unique index decides whether a name is free, in the same statement that takes it.
@@ -323,13 +430,17 @@ fn add_version(
         status,
         event,
         names,
+        next_action_at,
     } = change;
     // Optimistic concurrency: the caller computed `version` from what it read; if another
     // renewal got there first, this matches no row and the caller hears `Conflict`.
     let updated = conn
         .prepare_cached(
             "UPDATE certificates SET current_version = ?, serial = ?, not_before = ?, not_after = ?, \
-             status = ?, updated_at = ? WHERE id = ? AND current_version = ?",
+             status = ?, updated_at = ?, next_action_at = ?, renewal_status = 'success', \
+             renewal_reason = NULL, renewal_failures = 0, renewal_failed_at = NULL, \
+             action_required_days = NULL, expiry_event_day = NULL \
+             WHERE id = ? AND current_version = ?",
         )?
         .execute(params![
             version,
@@ -338,6 +449,7 @@ fn add_version(
             unix(new.not_after),
             status.as_str(),
             unix(OffsetDateTime::now_utc()),
+            next_action_at.map(unix),
             id.as_str(),
             version - 1,
         ])?;
@@ -368,7 +480,8 @@ fn revoke(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     let updated = conn.execute(
-        "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?, updated_at = ? \
+        "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?, updated_at = ?, \
+         next_action_at = NULL \
          WHERE id = ? AND status <> 'revoked'",
         params![unix(now), reason.as_str(), unix(now), id.as_str()],
     )?;
@@ -547,5 +660,145 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
         event.resources.first(),
         body,
     ])?;
+    Ok(())
+}
+
+/// Takes up to `limit` certificates whose next action is due and leases them: their deadline
+/// moves to `lease_until`, so they are not claimed twice, and a crash mid-renewal retries them
+/// when the lease runs out.
+fn claim_due(
+    conn: &Connection,
+    now: OffsetDateTime,
+    limit: usize,
+    lease_until: OffsetDateTime,
+) -> Result<Vec<CertificateId>, StoreError> {
+    let mut due = conn.prepare_cached(
+        "SELECT id FROM certificates WHERE next_action_at <= ? ORDER BY next_action_at LIMIT ?",
+    )?;
+    let ids: Vec<String> = due
+        .query_map(params![unix(now), limit as i64], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut lease = conn.prepare_cached(
+        "UPDATE certificates SET next_action_at = ?, renewal_status = 'pending-auto-renewal' WHERE id = ?",
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        lease.execute(params![unix(lease_until), id])?;
+        out.push(
+            CertificateId::parse(&id).ok_or_else(|| StoreError::Invalid(format!("id {id:?}")))?,
+        );
+    }
+    Ok(out)
+}
+
+fn renewal_failed(conn: &Connection, failure: &RenewalFailure) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE certificates SET renewal_status = 'failed', renewal_reason = ?, \
+         renewal_failures = renewal_failures + 1, renewal_failed_at = ?, next_action_at = ?, \
+         action_required_days = COALESCE(?, action_required_days) WHERE id = ?",
+    )?
+    .execute(params![
+        failure.reason,
+        unix(failure.failed_at),
+        failure.next_action_at.map(unix),
+        failure.action_required_days,
+        failure.id.as_str(),
+    ])?;
+    if let Some(event) = &failure.event {
+        insert_event(conn, event)?;
+    }
+    Ok(())
+}
+
+/// Marks certificates expired, each with its event; a certificate renewed or already marked in
+/// the meantime is left alone (and its event dropped).
+fn mark_expired(
+    conn: &Connection,
+    items: &[(CertificateId, Event)],
+    now: OffsetDateTime,
+) -> Result<usize, StoreError> {
+    let mut update = conn.prepare_cached(
+        "UPDATE certificates SET status = 'expired', updated_at = ? \
+         WHERE id = ? AND status = 'issued' AND not_after <= ?",
+    )?;
+    let mut changed = 0;
+    for (id, event) in items {
+        if update.execute(params![unix(now), id.as_str(), unix(now)])? == 1 {
+            insert_event(conn, event)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Records "Approaching Expiration" events, at most one per certificate and UTC day.
+fn expiry_events(
+    conn: &Connection,
+    items: &[(CertificateId, i64, Event)],
+) -> Result<usize, StoreError> {
+    let mut update = conn.prepare_cached(
+        "UPDATE certificates SET expiry_event_day = ?1 \
+         WHERE id = ?2 AND (expiry_event_day IS NULL OR expiry_event_day < ?1)",
+    )?;
+    let mut changed = 0;
+    for (id, day, event) in items {
+        if update.execute(params![day, id.as_str()])? == 1 {
+            insert_event(conn, event)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+fn set_next_action(
+    conn: &Connection,
+    items: &[(CertificateId, Option<OffsetDateTime>)],
+) -> Result<usize, StoreError> {
+    let mut update =
+        conn.prepare_cached("UPDATE certificates SET next_action_at = ? WHERE id = ?")?;
+    let mut changed = 0;
+    for (id, at) in items {
+        changed += update.execute(params![at.map(unix), id.as_str()])?;
+    }
+    Ok(changed)
+}
+
+fn set_ca_disabled(conn: &Connection, name: &str, disabled: bool) -> Result<(), StoreError> {
+    let changed = conn.execute(
+        "UPDATE cas SET disabled = ? WHERE name = ?",
+        params![disabled, name],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!("CA {name:?}")));
+    }
+    Ok(())
+}
+
+/// Cursors only move forward: a slow, stale acknowledgement cannot rewind a sink.
+fn set_sink_cursor(conn: &Connection, sink: &str, seq: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sink_cursors (sink, seq) VALUES (?1, ?2) \
+         ON CONFLICT DO UPDATE SET seq = MAX(seq, excluded.seq)",
+    )?
+    .execute(params![sink, seq])?;
+    Ok(())
+}
+
+fn prune_events(
+    conn: &Connection,
+    before: OffsetDateTime,
+    max_seq: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM events WHERE time < ? AND seq <= ?",
+        params![unix(before), max_seq],
+    )?)
+}
+
+fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
     Ok(())
 }

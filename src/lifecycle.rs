@@ -1,0 +1,309 @@
+//! Lifecycle automation: the one timer task that renews certificates, marks them expired and
+//! runs the daily expiry check (DESIGN.md §4, §5).
+//!
+//! The shape is mini-redis's expiry task. The loop asks the store for the earliest deadline
+//! (a renewal or retry due, an issued certificate's expiry) and the daily check's next
+//! occurrence, sleeps until the earliest of them, and is woken early by a [`Notify`] whenever
+//! the inventory changes. When nothing is due it does nothing: no polling.
+//!
+//! Deadlines live in the store (`certificates.next_action_at`), written together with each
+//! change, so a restart loses nothing. A renewal is claimed by moving its deadline forward by
+//! a lease: at most `renewal.concurrency` run at once, none runs twice, and one interrupted by
+//! a crash is retried when its lease runs out.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::events;
+use crate::inventory::Inventory;
+use crate::model::{CertificateId, Event, rfc3339};
+use crate::policy;
+use crate::schedule::Schedule;
+use crate::store::{ExpiryCandidate, RenewalFailure};
+
+/// How long a claimed renewal may take before it is considered abandoned and retried.
+const LEASE: Duration = Duration::minutes(15);
+/// Expiries handled per pass; a backlog is worked through pass by pass.
+const EXPIRY_BATCH: u32 = 500;
+/// The longest the loop sleeps without re-reading deadlines: a guard against clock jumps
+/// (suspend, NTP steps), which `sleep_until` on the monotonic clock does not see.
+const MAX_SLEEP: StdDuration = StdDuration::from_secs(3600);
+
+/// What the lifecycle task needs from the configuration.
+pub struct Plan {
+    pub daily_check: Schedule,
+    /// Renewals running at once.
+    pub concurrency: usize,
+    /// Events older than this are pruned (after every sink has them) with the daily check.
+    pub retention: crate::span::Span,
+    pub sinks: Vec<String>,
+}
+
+/// Runs until `shutdown`, then waits for the renewals in flight (the caller bounds the wait).
+pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationToken) {
+    let Plan {
+        daily_check,
+        concurrency,
+        retention,
+        sinks,
+    } = plan;
+    let wake = inventory.wake();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let renewals = TaskTracker::new();
+    // Catch up on a daily check missed while the daemon was down; the per-day marker in the
+    // store keeps it from repeating one already sent today.
+    daily(&inventory, OffsetDateTime::now_utc()).await;
+    let mut next_daily = daily_check.next_after(OffsetDateTime::now_utc());
+
+    loop {
+        let now = OffsetDateTime::now_utc();
+        expire_due(&inventory, now).await;
+        if next_daily.is_some_and(|at| at <= now) {
+            daily(&inventory, now).await;
+            crate::sinks::prune(inventory.store(), &sinks, retention).await;
+            next_daily = daily_check.next_after(now);
+        }
+        start_due_renewals(&inventory, &permits, &renewals, &wake, now).await;
+
+        let deadline = match inventory.store().next_deadline().await {
+            Ok(deadline) => deadline,
+            Err(err) => {
+                warn!(error = %err, "reading the next deadline failed; retrying in a minute");
+                Some(now + Duration::minutes(1))
+            }
+        };
+        let next = deadline.into_iter().chain(next_daily).min();
+        let sleep = next.map_or(MAX_SLEEP, |at| {
+            to_std(at - OffsetDateTime::now_utc()).min(MAX_SLEEP)
+        });
+        tokio::select! {
+            // The earliest deadline arrived (or the guard interval passed): go round again.
+            () = tokio::time::sleep(sleep) => {}
+            // The inventory changed (issuance, renewal, revocation, config): deadlines may have
+            // moved earlier.
+            () = wake.notified() => {}
+            // The daemon is stopping: stop claiming work and let running renewals finish.
+            () = shutdown.cancelled() => break,
+        }
+    }
+    renewals.close();
+    renewals.wait().await;
+}
+
+fn to_std(d: Duration) -> StdDuration {
+    StdDuration::try_from(d).unwrap_or(StdDuration::ZERO)
+}
+
+/// Claims due renewals while permits are free and runs each on its own task.
+async fn start_due_renewals(
+    inventory: &Arc<Inventory>,
+    permits: &Arc<Semaphore>,
+    renewals: &TaskTracker,
+    wake: &Arc<Notify>,
+    now: OffsetDateTime,
+) {
+    let free = permits.available_permits();
+    if free == 0 {
+        return;
+    }
+    let claimed = match inventory.store().claim_due(now, free, now + LEASE).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            warn!(error = %err, "claiming due renewals failed");
+            return;
+        }
+    };
+    for id in claimed {
+        // A permit is free for each claimed id (we claimed no more than were free, and only
+        // this loop takes permits); `acquire_owned` fails only if the semaphore is closed.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (inventory, wake) = (inventory.clone(), wake.clone());
+        renewals.spawn(async move {
+            renew_one(&inventory, &id).await;
+            drop(permit);
+            // A permit is free again and the deadlines changed: let the loop look.
+            wake.notify_one();
+        });
+    }
+}
+
+/// Renews one certificate; on failure records the error, schedules a retry with backoff and
+/// raises "Renewal Action Required" at the first failure and at each 45/30/15/7/3/1-day mark.
+async fn renew_one(inventory: &Inventory, id: &CertificateId) {
+    let span = tracing::info_span!("renewal", cert = %id);
+    let _guard = span.enter();
+    let outcome = inventory.renew(id.as_str()).await;
+    inventory.metrics().renewal(outcome.is_ok());
+    let now = OffsetDateTime::now_utc();
+    let err = match outcome {
+        Ok(cert) => {
+            info!(serial = %cert.serial, not_after = %rfc3339(cert.not_after), version = cert.current_version, "renewed");
+            return;
+        }
+        Err(err) => err,
+    };
+    let cert = match inventory.find(id.as_str()).await {
+        Ok(cert) => cert,
+        // Deleted while it renewed: nothing left to record.
+        Err(_) => return,
+    };
+    let previous = cert.renewal.as_ref().filter(|r| r.failures > 0);
+    let failures = previous.map_or(0, |r| r.failures) + 1;
+    let days_left = policy::days_to_expiry(now, cert.not_after);
+    // A first failure (no earlier ones) always raises the event.
+    let milestone =
+        policy::action_required(days_left, previous.and_then(|r| r.action_required_days));
+    let reason = err.to_string();
+    warn!(failures, days_left, error = %reason, "renewal failed");
+    let event = milestone.map(|_| {
+        let detail = json!({
+            "CommonName": cert.common_name(),
+            "Serial": cert.serial,
+            "DaysToExpiry": days_left,
+            "RenewalStatusReason": reason,
+            "Failures": failures,
+        });
+        Event::new(events::ACTION_REQUIRED, &cert.id, now, detail)
+    });
+    let failure = RenewalFailure {
+        id: cert.id.clone(),
+        next_action_at: Some(policy::retry(
+            cert.id.as_str(),
+            failures,
+            now,
+            cert.not_after,
+        )),
+        reason,
+        failed_at: now,
+        action_required_days: milestone,
+        event,
+    };
+    if let Err(err) = inventory.store().renewal_failed(failure).await {
+        warn!(error = %err, "recording the renewal failure failed; the lease will retry it");
+    }
+}
+
+/// Marks issued certificates past their not-after as expired, each with its event.
+async fn expire_due(inventory: &Inventory, now: OffsetDateTime) {
+    loop {
+        let due = match inventory.store().expired_due(now, EXPIRY_BATCH).await {
+            Ok(due) if !due.is_empty() => due,
+            Ok(_) => return,
+            Err(err) => {
+                warn!(error = %err, "reading expired certificates failed");
+                return;
+            }
+        };
+        let full = due.len() as u32 == EXPIRY_BATCH;
+        let items = due
+            .iter()
+            .map(|cert| {
+                let detail = json!({
+                    "CommonName": cert.common_name(),
+                    "Serial": cert.serial,
+                    "CertificateExpirationDate": rfc3339(cert.not_after),
+                    "Origin": cert.origin,
+                });
+                (
+                    cert.id.clone(),
+                    Event::new(events::EXPIRED, &cert.id, now, detail),
+                )
+            })
+            .collect();
+        match inventory.store().mark_expired(items, now).await {
+            Ok(n) if n > 0 => info!(count = n, "certificates expired"),
+            Ok(_) => {}
+            Err(err) => {
+                warn!(error = %err, "marking certificates expired failed");
+                return;
+            }
+        }
+        if !full {
+            return;
+        }
+    }
+}
+
+/// The daily check: "Approaching Expiration" for every issued certificate inside its
+/// threshold, at most once per certificate and UTC day.
+pub async fn daily(inventory: &Inventory, now: OffsetDateTime) -> usize {
+    let started = std::time::Instant::now();
+    let days = inventory.days_before_expiry();
+    // No certificate's threshold exceeds the account threshold or the largest per-certificate
+    // override (365 days), so nothing further out needs reading.
+    let horizon = Duration::days(365);
+    let candidates = match inventory.store().expiry_candidates(now, horizon).await {
+        Ok(c) => c,
+        Err(err) => {
+            warn!(error = %err, "daily expiry check failed to read certificates");
+            return 0;
+        }
+    };
+    let today = now.unix_timestamp().div_euclid(86_400);
+    let items: Vec<_> = candidates
+        .iter()
+        .filter_map(|c| approaching(c, days, today, now).map(|event| (c.id.clone(), today, event)))
+        .collect();
+    let due = items.len();
+    let sent = match inventory.store().expiry_events(items).await {
+        Ok(n) => n,
+        Err(err) => {
+            warn!(error = %err, "daily expiry check failed to record events");
+            return 0;
+        }
+    };
+    info!(
+        checked = candidates.len(),
+        due,
+        sent,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "daily expiry check"
+    );
+    sent
+}
+
+fn approaching(
+    c: &ExpiryCandidate,
+    account_days: u32,
+    today: i64,
+    now: OffsetDateTime,
+) -> Option<Event> {
+    if c.expiry_event_day.is_some_and(|day| day >= today) {
+        return None;
+    }
+    let lifetime = policy::Lifetime {
+        not_before: c.not_before,
+        not_after: c.not_after,
+    };
+    let threshold = policy::expiry_threshold(
+        c.days_before_expiry.unwrap_or(account_days),
+        c.managed,
+        lifetime,
+    );
+    if !policy::approaching_expiration_due(now, c.not_after, threshold, None) {
+        return None;
+    }
+    let detail = json!({
+        "CommonName": c.common_name,
+        "Serial": c.serial,
+        "DaysToExpiry": policy::days_to_expiry(now, c.not_after),
+        "CertificateExpirationDate": rfc3339(c.not_after),
+        "Origin": c.origin,
+        "Name": c.name,
+    });
+    Some(Event::new(
+        events::APPROACHING_EXPIRATION,
+        &c.id,
+        now,
+        detail,
+    ))
+}

@@ -1,0 +1,481 @@
+//! The timing rules (DESIGN.md §4), as pure functions: no I/O, no clock, `now` passed in.
+//!
+//! Everything the scheduler, the expiry-event check and `certkeeper explain` decide about time
+//! is computed here, so that one table of tests pins the behaviour down:
+//!
+//! - **Renewal**: `renew-before` (default 60 days) clamped to a third of the lifetime (half
+//!   below 10 days), minus a small deterministic jitter, then held for a maintenance window
+//!   unless less than a tenth of the lifetime would remain.
+//! - **Failure backoff**: exponential from one minute to four hours, never past expiry.
+//! - **Expiry events**: `days-before-expiry` (default 45); for certificates we renew, the event
+//!   means "renewal is overdue", so the threshold is `min(days, lifetime / 4)`.
+//! - **Renewal Action Required**: at the first failure, then as 45/30/15/7/3/1 days remain.
+
+use std::fmt;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::schedule::Window;
+
+/// ACM's rule: renew 60 days before expiry (clamped for short lifetimes).
+pub const DEFAULT_RENEW_BEFORE: Duration = Duration::days(60);
+/// ACM's default: expiry events start 45 days before expiry.
+pub const DEFAULT_DAYS_BEFORE_EXPIRY: u32 = 45;
+/// Failure backoff bounds.
+pub const BACKOFF_MIN: Duration = Duration::minutes(1);
+pub const BACKOFF_MAX: Duration = Duration::hours(4);
+/// Days before expiry at which a failing renewal raises `Renewal Action Required` again.
+pub const ACTION_REQUIRED_DAYS: [i64; 6] = [45, 30, 15, 7, 3, 1];
+
+/// Which rule decided a renewal time; `explain` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// `renew-before` as configured (the lifetime is long enough).
+    RenewBefore,
+    /// `renew-before` clamped to a third (or half) of the lifetime.
+    LifetimeClamp,
+    /// Held until the maintenance window opens.
+    Window,
+    /// The window was ignored: less than a tenth of the lifetime would remain.
+    Urgent,
+    /// Retrying after a failure.
+    Backoff,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rule::RenewBefore => "renew-before",
+            Rule::LifetimeClamp => "lifetime clamp",
+            Rule::Window => "maintenance window",
+            Rule::Urgent => "expiry near: maintenance window overridden",
+            Rule::Backoff => "retry backoff after a failure",
+        })
+    }
+}
+
+/// What the renewal rules need to know about one certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetime {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Lifetime {
+    pub fn length(&self) -> Duration {
+        (self.not_after - self.not_before).max(Duration::ZERO)
+    }
+}
+
+/// A planned renewal: when, and which rule decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub at: OffsetDateTime,
+    pub rule: Rule,
+    /// How long before expiry the renewal is due, after clamping (before jitter and windows).
+    pub renew_before: Duration,
+}
+
+/// `min(renew_before, lifetime / 3)`, or `lifetime / 2` below ten days, with the rule that won.
+pub fn effective_renew_before(renew_before: Duration, lifetime: Duration) -> (Duration, Rule) {
+    let clamp = if lifetime < Duration::days(10) {
+        lifetime / 2
+    } else {
+        lifetime / 3
+    };
+    if renew_before <= clamp {
+        (renew_before, Rule::RenewBefore)
+    } else {
+        (clamp, Rule::LifetimeClamp)
+    }
+}
+
+/// How much earlier than its nominal time a certificate renews, so that certificates issued
+/// together spread out. Deterministic (a hash of the id, so it survives restarts), and at most
+/// 5% of the renewal window, capped at 12 hours.
+pub fn jitter(id: &str, renew_before: Duration) -> Duration {
+    let bound: Duration = (renew_before / 20_i32).min(Duration::hours(12));
+    let bound_secs = bound.whole_seconds();
+    if bound_secs <= 0 {
+        return Duration::ZERO;
+    }
+    Duration::seconds((fnv1a(id.as_bytes()) % bound_secs as u64) as i64)
+}
+
+/// FNV-1a: a stable, dependency-free hash; only its spread matters here, not its strength.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// When a healthy certificate should renew.
+pub fn renewal(
+    id: &str,
+    lifetime: Lifetime,
+    renew_before: Duration,
+    window: Option<&Window>,
+    now: OffsetDateTime,
+) -> Planned {
+    let (effective, rule) = effective_renew_before(renew_before, lifetime.length());
+    let nominal = lifetime.not_after - effective - jitter(id, effective);
+    let planned = Planned {
+        at: nominal,
+        rule,
+        renew_before: effective,
+    };
+    hold_for_window(planned, lifetime, window, now)
+}
+
+/// Moves `planned` into the next maintenance window, unless doing so would leave less than a
+/// tenth of the lifetime: then the renewal happens when that point is reached, window or not.
+fn hold_for_window(
+    planned: Planned,
+    lifetime: Lifetime,
+    window: Option<&Window>,
+    now: OffsetDateTime,
+) -> Planned {
+    let Some(window) = window else { return planned };
+    let urgent_from = lifetime.not_after - lifetime.length() / 10;
+    let earliest = planned.at.max(now);
+    if earliest >= urgent_from {
+        return Planned {
+            at: earliest,
+            rule: Rule::Urgent,
+            ..planned
+        };
+    }
+    match window.next_open(earliest) {
+        Some(open) if open == earliest => planned,
+        Some(open) if open < urgent_from => Planned {
+            at: open,
+            rule: Rule::Window,
+            ..planned
+        },
+        _ => Planned {
+            at: urgent_from,
+            rule: Rule::Urgent,
+            ..planned
+        },
+    }
+}
+
+/// When to retry after the `failures`-th consecutive failure (1 = the first): exponential from
+/// one minute, capped at four hours, spread by a deterministic ±10%, and never after expiry.
+pub fn retry(
+    id: &str,
+    failures: u32,
+    failed_at: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> OffsetDateTime {
+    let exponent = failures.saturating_sub(1).min(20);
+    let base = (BACKOFF_MIN * 2_i32.pow(exponent)).min(BACKOFF_MAX);
+    // ±10%, from the id and the attempt number, so many certificates failing together (a CA
+    // outage) do not retry in lockstep.
+    let spread = base.whole_seconds() / 10;
+    let offset = if spread > 0 {
+        let h = fnv1a(format!("{id}/{failures}").as_bytes());
+        (h % (2 * spread as u64 + 1)) as i64 - spread
+    } else {
+        0
+    };
+    let at = failed_at + base + Duration::seconds(offset);
+    // Never past expiry while there is time left: halve the remaining time instead, so the last
+    // attempts converge on expiry (at least ten seconds apart). After expiry the certificate is
+    // still needed, so retries go on at the normal pace.
+    if at > not_after && failed_at < not_after {
+        failed_at + ((not_after - failed_at) / 2_i32).max(Duration::seconds(10))
+    } else {
+        at
+    }
+}
+
+/// The expiry-event threshold: `days` for certificates we only watch (imported), and
+/// `min(days, lifetime / 4)` for ones we renew, where the event means "renewal is overdue".
+pub fn expiry_threshold(days_before_expiry: u32, managed: bool, lifetime: Lifetime) -> Duration {
+    let days = Duration::days(i64::from(days_before_expiry));
+    if managed {
+        days.min(lifetime.length() / 4)
+    } else {
+        days
+    }
+}
+
+/// Whole days from `now` to `not_after`, rounded down (ACM's `DaysToExpiry`); negative after.
+pub fn days_to_expiry(now: OffsetDateTime, not_after: OffsetDateTime) -> i64 {
+    (not_after - now).whole_seconds().div_euclid(86_400)
+}
+
+/// Whether an `Approaching Expiration` event is due today: inside the threshold, not yet
+/// expired, and not already sent on this UTC day.
+pub fn approaching_expiration_due(
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+    threshold: Duration,
+    last_sent: Option<OffsetDateTime>,
+) -> bool {
+    let inside = not_after - now <= threshold && now < not_after;
+    inside && last_sent.is_none_or(|sent| sent.date() < now.date())
+}
+
+/// Whether a failing renewal should raise `Renewal Action Required` now, given the milestone
+/// (days left) it last raised one for. Returns the milestone to record.
+///
+/// The first failure always raises one (milestone = the days left then); later failures raise
+/// one when the days left have crossed a milestone of 45/30/15/7/3/1 below the last one raised.
+/// Milestones skipped while the daemon was down are not replayed: only the one just crossed.
+pub fn action_required(days_left: i64, last_milestone: Option<i64>) -> Option<i64> {
+    let Some(last) = last_milestone else {
+        return Some(days_left);
+    };
+    // The smallest milestone not yet passed, i.e. the one most recently crossed.
+    let current = ACTION_REQUIRED_DAYS
+        .iter()
+        .rev()
+        .copied()
+        .find(|m| days_left <= *m)?;
+    (current < last).then_some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-22 12:00 UTC);
+
+    fn lifetime(days: i64) -> Lifetime {
+        Lifetime {
+            not_before: NOW,
+            not_after: NOW + Duration::days(days),
+        }
+    }
+
+    /// DESIGN.md §4's table: how long before expiry each lifetime renews.
+    #[test]
+    fn renewal_window_table() {
+        let cases = [
+            (395, 60.0, Rule::RenewBefore),
+            (198, 60.0, Rule::RenewBefore),
+            (100, 100.0 / 3.0, Rule::LifetimeClamp),
+            (90, 30.0, Rule::LifetimeClamp),
+            (45, 15.0, Rule::LifetimeClamp),
+            (6, 3.0, Rule::LifetimeClamp),
+        ];
+        for (days, expected_days, rule) in cases {
+            let (effective, got) =
+                effective_renew_before(DEFAULT_RENEW_BEFORE, lifetime(days).length());
+            let got_days = effective.as_seconds_f64() / 86_400.0;
+            assert!(
+                (got_days - expected_days).abs() < 1e-6,
+                "{days}-day lifetime: {got_days} days"
+            );
+            assert_eq!(got, rule, "{days}-day lifetime");
+        }
+        // The boundary: 10 days is "long" (a third), just under is "short" (a half).
+        let (at_ten, _) = effective_renew_before(DEFAULT_RENEW_BEFORE, Duration::days(10));
+        assert_eq!(at_ten, Duration::days(10) / 3);
+        let (under, _) =
+            effective_renew_before(DEFAULT_RENEW_BEFORE, Duration::days(10) - Duration::SECOND);
+        assert_eq!(under, (Duration::days(10) - Duration::SECOND) / 2);
+        // A per-certificate renew-before shorter than the clamp wins.
+        assert_eq!(
+            effective_renew_before(Duration::days(7), Duration::days(90)),
+            (Duration::days(7), Rule::RenewBefore)
+        );
+    }
+
+    #[test]
+    fn renewal_time_includes_bounded_deterministic_jitter() {
+        let lt = lifetime(90);
+        let a = renewal("ck-a", lt, DEFAULT_RENEW_BEFORE, None, NOW);
+        assert_eq!(
+            a,
+            renewal("ck-a", lt, DEFAULT_RENEW_BEFORE, None, NOW),
+            "deterministic"
+        );
+        let nominal = lt.not_after - Duration::days(30);
+        assert!(a.at <= nominal && a.at > nominal - Duration::hours(12) - Duration::SECOND);
+        // Certificates issued together spread out.
+        let times: std::collections::BTreeSet<_> = (0..100)
+            .map(|i| renewal(&format!("ck-{i}"), lt, DEFAULT_RENEW_BEFORE, None, NOW).at)
+            .collect();
+        assert!(
+            times.len() > 90,
+            "only {} distinct renewal times",
+            times.len()
+        );
+        // Six-day certificates: jitter stays within 5% of the 3-day window.
+        let short = lifetime(6);
+        for i in 0..100 {
+            let p = renewal(&format!("ck-{i}"), short, DEFAULT_RENEW_BEFORE, None, NOW);
+            let before_expiry = short.not_after - p.at;
+            assert!(
+                before_expiry >= Duration::days(3)
+                    && before_expiry <= Duration::days(3) + Duration::days(3) / 20
+            );
+        }
+    }
+
+    fn window(expr: &str, hours: u64) -> Window {
+        Window {
+            schedule: crate::schedule::Schedule::parse(expr, None).unwrap(),
+            duration: std::time::Duration::from_secs(hours * 3600),
+        }
+    }
+
+    #[test]
+    fn maintenance_windows_hold_renewals_unless_expiry_is_near() {
+        // 90-day certificate renewing 30 days before expiry; window Sundays 02:00-04:00 UTC.
+        let lt = lifetime(90);
+        let sunday = window("0 2 * * 0", 2);
+        let p = renewal("ck-w", lt, DEFAULT_RENEW_BEFORE, Some(&sunday), NOW);
+        assert_eq!(p.rule, Rule::Window);
+        assert_eq!(p.at.weekday(), time::Weekday::Sunday);
+        assert_eq!((p.at.hour(), p.at.minute()), (2, 0));
+        let nominal = renewal("ck-w", lt, DEFAULT_RENEW_BEFORE, None, NOW).at;
+        assert!(p.at >= nominal && p.at - nominal <= Duration::days(7));
+
+        // Already inside a window at the nominal time: unchanged.
+        let always = window("0 * * * *", 1);
+        assert_eq!(
+            renewal("ck-w", lt, DEFAULT_RENEW_BEFORE, Some(&always), NOW).rule,
+            Rule::LifetimeClamp
+        );
+
+        // A window that opens only once a year cannot hold a renewal past the last tenth.
+        let yearly = window("0 0 1 1 *", 1);
+        let p = renewal("ck-w", lt, DEFAULT_RENEW_BEFORE, Some(&yearly), NOW);
+        assert_eq!(p.rule, Rule::Urgent);
+        assert_eq!(p.at, lt.not_after - Duration::days(9));
+
+        // Already inside the last tenth: renew now.
+        let late = NOW + Duration::days(85);
+        let p = renewal("ck-w", lt, DEFAULT_RENEW_BEFORE, Some(&sunday), late);
+        assert_eq!((p.at, p.rule), (late, Rule::Urgent));
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap_and_never_passes_expiry() {
+        let far = NOW + Duration::days(30);
+        let delays: Vec<Duration> = (1..=12).map(|n| retry("ck-b", n, NOW, far) - NOW).collect();
+        assert!(
+            delays[0] >= Duration::seconds(54) && delays[0] <= Duration::seconds(66),
+            "{:?}",
+            delays[0]
+        );
+        assert!(delays[1] >= Duration::seconds(108) && delays[1] <= Duration::seconds(132));
+        for d in &delays {
+            assert!(*d <= BACKOFF_MAX + BACKOFF_MAX / 10, "{d:?}");
+        }
+        assert!(
+            delays[11] >= BACKOFF_MAX - BACKOFF_MAX / 10,
+            "capped near four hours"
+        );
+        // Close to expiry: the retry lands just before it, never after.
+        let soon = NOW + Duration::minutes(30);
+        let at = retry("ck-b", 10, NOW, soon);
+        assert!(at < soon && at > NOW, "{at}");
+        // Already expired: keep trying on the normal schedule.
+        let past = NOW - Duration::days(1);
+        assert!(retry("ck-b", 1, NOW, past) > NOW);
+        // Deterministic but spread across certificates.
+        assert_eq!(retry("ck-b", 3, NOW, far), retry("ck-b", 3, NOW, far));
+        let spread: std::collections::BTreeSet<_> = (0..50)
+            .map(|i| retry(&format!("ck-{i}"), 3, NOW, far))
+            .collect();
+        assert!(spread.len() > 10);
+    }
+
+    #[test]
+    fn expiry_threshold_table() {
+        // (lifetime days, managed, expected threshold days)
+        let cases = [
+            (395, true, 45.0),
+            (198, true, 45.0),
+            (100, true, 25.0),
+            (90, true, 22.5),
+            (45, true, 11.25),
+            (6, true, 1.5),
+            (90, false, 45.0),
+            (6, false, 45.0),
+        ];
+        for (days, managed, expected) in cases {
+            let t = expiry_threshold(DEFAULT_DAYS_BEFORE_EXPIRY, managed, lifetime(days));
+            let got = t.as_seconds_f64() / 86_400.0;
+            assert!(
+                (got - expected).abs() < 1e-9,
+                "{days} days managed={managed}: {got}"
+            );
+        }
+        assert_eq!(
+            expiry_threshold(10, true, lifetime(395)),
+            Duration::days(10)
+        );
+    }
+
+    #[test]
+    fn approaching_expiration_fires_once_per_day_inside_the_threshold() {
+        let not_after = NOW + Duration::days(10);
+        let threshold = Duration::days(45);
+        assert!(approaching_expiration_due(NOW, not_after, threshold, None));
+        assert!(!approaching_expiration_due(
+            NOW,
+            not_after,
+            threshold,
+            Some(NOW - Duration::hours(3))
+        ));
+        assert!(approaching_expiration_due(
+            NOW,
+            not_after,
+            threshold,
+            Some(NOW - Duration::days(1))
+        ));
+        assert!(
+            !approaching_expiration_due(NOW, not_after, Duration::days(9), None),
+            "outside the threshold"
+        );
+        assert!(
+            approaching_expiration_due(NOW, not_after, Duration::days(10), None),
+            "exactly at it"
+        );
+        assert!(
+            !approaching_expiration_due(not_after, not_after, threshold, None),
+            "expired"
+        );
+    }
+
+    #[test]
+    fn days_to_expiry_rounds_down() {
+        assert_eq!(days_to_expiry(NOW, NOW + Duration::days(10)), 10);
+        assert_eq!(
+            days_to_expiry(NOW, NOW + Duration::days(10) - Duration::SECOND),
+            9
+        );
+        assert_eq!(days_to_expiry(NOW, NOW - Duration::SECOND), -1);
+    }
+
+    #[test]
+    fn action_required_milestones() {
+        assert_eq!(action_required(50, None), Some(50), "first failure always");
+        assert_eq!(action_required(49, Some(50)), None);
+        assert_eq!(action_required(45, Some(50)), Some(45));
+        assert_eq!(action_required(44, Some(45)), None);
+        assert_eq!(action_required(29, Some(45)), Some(30));
+        assert_eq!(
+            action_required(2, Some(30)),
+            Some(3),
+            "skipped milestones are not replayed"
+        );
+        assert_eq!(action_required(2, Some(3)), None);
+        assert_eq!(action_required(1, Some(3)), Some(1));
+        assert_eq!(action_required(0, Some(1)), None);
+        assert_eq!(
+            action_required(-2, Some(1)),
+            None,
+            "after expiry: no more milestones"
+        );
+        assert_eq!(action_required(10, None), Some(10));
+    }
+}

@@ -1,0 +1,359 @@
+//! Event delivery: every event in the outbox reaches every configured sink, at least once.
+//!
+//! Each sink has its own task and its own cursor in the store (`sink_cursors`): it reads the
+//! events after its cursor, delivers them in order, and moves the cursor only after a sink
+//! acknowledged (a 2xx from a webhook, exit 0 from a command). While a sink fails, it retries
+//! the same event with exponential backoff, so events wait instead of being lost; after a
+//! restart it resumes from its cursor. A crash between delivery and cursor update delivers that
+//! event again: receivers deduplicate by the event id (the `Idempotency-Key` header).
+//!
+//! A sink configured for the first time starts at the end of the outbox: it receives what
+//! happens from then on, not the history.
+//!
+//! Sinks: the journal (structured fields), webhooks (JSON POST signed with HMAC-SHA256), and
+//! commands (argv, event JSON on stdin).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{CommandSink, WebhookSink};
+use crate::metrics::Metrics;
+use crate::model::Event;
+use crate::store::Store;
+
+/// Events read per round trip to the store.
+const BATCH: u32 = 100;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The signature header: `sha256=<hex HMAC-SHA256 of the body>`, as GitHub and others do.
+pub const SIGNATURE_HEADER: &str = "X-Certkeeper-Signature";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("webhook {sink}: cannot read the secret file {path}: {source}")]
+    Secret {
+        sink: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("webhook {sink}: ca-file {path}: {reason}")]
+    CaFile {
+        sink: String,
+        path: String,
+        reason: String,
+    },
+    #[error("webhook {sink}: {0}", sink = .1)]
+    Client(reqwest::Error, String),
+}
+
+struct Webhook {
+    config: WebhookSink,
+    client: reqwest::Client,
+    key: hmac::Key,
+}
+
+/// One way of delivering events.
+enum Target {
+    Journal,
+    Webhook(Box<Webhook>),
+    Command(CommandSink),
+}
+
+pub struct Sink {
+    name: String,
+    detail_types: Vec<String>,
+    target: Target,
+}
+
+impl Sink {
+    fn wants(&self, event: &Event) -> bool {
+        self.detail_types.is_empty() || self.detail_types.contains(&event.detail_type)
+    }
+}
+
+/// Builds the sinks named in the config; a secret or CA file that cannot be read is an error
+/// at start, not a surprise at the first event.
+pub fn build(config: &crate::config::EventsConfig) -> Result<Vec<Sink>, SinkError> {
+    let mut sinks = Vec::new();
+    if config.journal {
+        sinks.push(Sink {
+            name: "journal".into(),
+            detail_types: vec![],
+            target: Target::Journal,
+        });
+    }
+    for hook in &config.webhooks {
+        sinks.push(Sink {
+            name: hook.name.clone(),
+            detail_types: hook.detail_types.clone(),
+            target: webhook(hook)?,
+        });
+    }
+    for command in &config.commands {
+        sinks.push(Sink {
+            name: command.name.clone(),
+            detail_types: command.detail_types.clone(),
+            target: Target::Command(command.clone()),
+        });
+    }
+    Ok(sinks)
+}
+
+fn webhook(config: &WebhookSink) -> Result<Target, SinkError> {
+    let secret = std::fs::read(&config.secret_file).map_err(|source| SinkError::Secret {
+        sink: config.name.clone(),
+        path: config.secret_file.display().to_string(),
+        source,
+    })?;
+    // A trailing newline from `echo secret > file` is not part of the secret.
+    let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout.std())
+        .user_agent(concat!("certkeeper/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &config.ca_file {
+        let ca_error = |reason: String| SinkError::CaFile {
+            sink: config.name.clone(),
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| SinkError::Client(e, config.name.clone()))?;
+    Ok(Target::Webhook(Box::new(Webhook {
+        config: config.clone(),
+        client,
+        key,
+    })))
+}
+
+/// The signature of `body` under `key`, as sent in [`SIGNATURE_HEADER`].
+pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
+    let tag = hmac::sign(key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Runs every sink until `shutdown`.
+pub fn spawn(sinks: Vec<Sink>, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    for sink in sinks {
+        let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move { run(sink, store, metrics, shutdown).await });
+    }
+}
+
+async fn run(sink: Sink, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let committed = store.committed();
+    let mut cursor = match start_cursor(&sink, &store).await {
+        Some(cursor) => cursor,
+        None => return,
+    };
+    info!(sink = %sink.name, cursor, "event sink started");
+    loop {
+        // Register interest before reading, so an event committed between the read and the
+        // wait still wakes us.
+        let notified = committed.notified();
+        let events = match store.events_after(cursor, BATCH).await {
+            Ok(events) => events,
+            Err(err) => {
+                warn!(sink = %sink.name, error = %err, "reading the outbox failed");
+                if sleep_or_stop(BACKOFF_MAX, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if events.is_empty() {
+            tokio::select! {
+                // New commits: there may be events for us.
+                () = notified => continue,
+                () = shutdown.cancelled() => return,
+            }
+        }
+        for (seq, event) in events {
+            if sink.wants(&event) && !deliver_with_retry(&sink, &event, &metrics, &shutdown).await {
+                return; // stopping; the cursor stays before this event
+            }
+            cursor = seq;
+            if let Err(err) = store.set_sink_cursor(&sink.name, seq).await {
+                warn!(sink = %sink.name, error = %err, "saving the delivery cursor failed (the event may be delivered again)");
+            }
+        }
+    }
+}
+
+/// Where a sink starts: its saved cursor, or the end of the outbox for a new sink.
+async fn start_cursor(sink: &Sink, store: &Store) -> Option<i64> {
+    match store.sink_cursor(&sink.name).await {
+        Ok(Some(cursor)) => Some(cursor),
+        Ok(None) => {
+            let end = store.last_event_seq().await.ok()?;
+            store.set_sink_cursor(&sink.name, end).await.ok()?;
+            Some(end)
+        }
+        Err(err) => {
+            warn!(sink = %sink.name, error = %err, "cannot read the delivery cursor; sink not started");
+            None
+        }
+    }
+}
+
+/// Delivers one event, retrying with backoff until it succeeds. Returns false when the daemon
+/// is stopping.
+async fn deliver_with_retry(
+    sink: &Sink,
+    event: &Event,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = BACKOFF_MIN;
+    let mut attempt = 1u32;
+    loop {
+        let result = tokio::select! {
+            result = deliver(sink, event) => result,
+            () = shutdown.cancelled() => return false,
+        };
+        match result {
+            Ok(()) => {
+                metrics.event_delivered(&sink.name, true);
+                return true;
+            }
+            Err(reason) => {
+                metrics.event_delivered(&sink.name, false);
+                warn!(sink = %sink.name, event = %event.id, attempt, retry_in_s = backoff.as_secs(), error = %reason, "event delivery failed");
+            }
+        }
+        if sleep_or_stop(backoff, shutdown).await {
+            return false;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        attempt += 1;
+    }
+}
+
+/// Sleeps; returns true if the daemon started stopping meanwhile.
+async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+async fn deliver(sink: &Sink, event: &Event) -> Result<(), String> {
+    match &sink.target {
+        Target::Journal => {
+            info!(
+                event_id = %event.id,
+                detail_type = %event.detail_type,
+                certificate = %event.resources.join(","),
+                detail = %event.detail,
+                "{}", event.detail_type
+            );
+            Ok(())
+        }
+        Target::Webhook(hook) => {
+            let Webhook {
+                config,
+                client,
+                key,
+            } = hook.as_ref();
+            let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+            let response = client
+                .post(&config.url)
+                .header("content-type", "application/json")
+                .header(SIGNATURE_HEADER, signature(key, &body))
+                .header("Idempotency-Key", &event.id)
+                .header("X-Certkeeper-Event-Id", &event.id)
+                .header("X-Certkeeper-Event-Type", &event.detail_type)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| format!("{}: {e}", config.url))?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{}: HTTP {status}", config.url))
+            }
+        }
+        Target::Command(command) => run_command(command, event).await,
+    }
+}
+
+async fn run_command(command: &CommandSink, event: &Event) -> Result<(), String> {
+    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(&command.argv[0])
+        .args(&command.argv[1..])
+        .env("CERTKEEPER_EVENT_ID", &event.id)
+        .env("CERTKEEPER_EVENT_TYPE", &event.detail_type)
+        .env("CERTKEEPER_CERTIFICATE_ID", event.resources.join(","))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", command.argv[0]))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that ignores its input may close stdin early; that is its business.
+        let _ = stdin.write_all(&body).await;
+    }
+    let output = tokio::time::timeout(command.timeout.std(), child.wait_with_output())
+        .await
+        .map_err(|_| format!("{}: no exit within {}", command.argv[0], command.timeout))?
+        .map_err(|e| format!("{}: {e}", command.argv[0]))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(format!(
+        "{} exited with {}: {}",
+        command.argv[0],
+        output.status,
+        stderr.trim()
+    ))
+}
+
+/// Prunes events past retention that every sink has acknowledged.
+pub async fn prune(store: &Store, sink_names: &[String], retention: crate::span::Span) {
+    let mut max_seq = match store.last_event_seq().await {
+        Ok(seq) => seq,
+        Err(_) => return,
+    };
+    for name in sink_names {
+        match store.sink_cursor(name).await {
+            Ok(Some(cursor)) => max_seq = max_seq.min(cursor),
+            _ => return,
+        }
+    }
+    let before = time::OffsetDateTime::now_utc() - retention.time();
+    match store.prune_events(before, max_seq).await {
+        Ok(0) => {}
+        Ok(n) => info!(pruned = n, "old events pruned"),
+        Err(err) => warn!(error = %err, "pruning events failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_hmac() {
+        // RFC 4231 test case 2.
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"Jefe");
+        assert_eq!(
+            signature(&key, b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
