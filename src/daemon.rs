@@ -93,71 +93,15 @@ pub async fn serve(
         log = logging.target,
         "starting certkeeper {}", env!("CARGO_PKG_VERSION")
     );
-
     create_private_dir(&config.state_dir)?;
     let _lock = lock_state_dir(&config.state_dir)?;
-    let keyring = load_keyring(&config)?;
-    let store = Store::open(&config.store_path, config.synchronous, keyring).await?;
-    let usage = store.check_keys().await?;
-    info!(store = %config.store_path.display(), sealed_records = usage.values().sum::<u64>(), "store open, keys verified");
-
-    let inventory = Arc::new(Inventory::new(store, Settings::from_config(&config)));
-    // Picks up the account settings stored through the API.
-    inventory.apply(Settings::from_config(&config)).await?;
-    for name in inventory.start(&config.cas).await? {
-        info!(ca = %name, "created CA");
-    }
-    let listener = bind_socket(&config.socket, config.socket_mode)?;
-    info!(socket = %config.socket.display(), "API listening");
-
-    let state = Arc::new(AppState {
-        inventory: inventory.clone(),
-    });
-    let limits = Limits {
-        max_body: config.max_request_body,
-        timeout: config.request_timeout.std(),
-    };
+    let inventory = open_inventory(&config).await?;
     let shutdown = CancellationToken::new();
-    let server = {
-        let app = api::router(state.clone(), limits);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
-    };
-    let sinks = sinks::build(&config.events)?;
-    let plan = lifecycle::Plan {
-        daily_check: config.events.daily_check.clone(),
-        concurrency: config.renewal.concurrency,
-        retention: config.events.retention,
-        sinks: config.events.sink_names(),
-    };
-    sinks::spawn(
-        sinks,
-        inventory.store().clone(),
-        inventory.metrics().clone(),
-        shutdown.clone(),
-    );
-    let lifecycle = tokio::spawn(lifecycle::run(inventory.clone(), plan, shutdown.clone()));
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Io {
-                what: "cannot bind metrics.listen",
-                path: addr.to_string().into(),
-                source,
-            })?;
-        info!(%addr, "metrics listening");
-        let app = api::metrics_router(state.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
-    }
+    // Background work first: event sinks settle their cursors before any request can commit
+    // an event, and the lifecycle task owns the deadlines.
+    let lifecycle = start_background(&config, &inventory, &shutdown).await?;
+    let state = Arc::new(AppState { inventory });
+    let server = serve_api(&config, &state, &shutdown).await?;
     systemd::ready();
     if let Some(interval) = systemd::spawn_watchdog(shutdown.clone()) {
         info!(
@@ -170,7 +114,7 @@ pub async fn serve(
 
     info!(
         deadline_s = config.shutdown_timeout.as_secs(),
-        "stopping: finishing in-flight requests"
+        "stopping: finishing in-flight work"
     );
     systemd::stopping();
     shutdown.cancel();
@@ -192,6 +136,88 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Master key, store (verified against the key), settings, configured CAs.
+async fn open_inventory(config: &Config) -> Result<Arc<Inventory>, DaemonError> {
+    let keyring = load_keyring(config)?;
+    let store = Store::open(&config.store_path, config.synchronous, keyring).await?;
+    let usage = store.check_keys().await?;
+    info!(store = %config.store_path.display(), sealed_records = usage.values().sum::<u64>(), "store open, keys verified");
+    let inventory = Arc::new(Inventory::new(store, Settings::from_config(config)));
+    // Picks up the account settings stored through the API.
+    inventory.apply(Settings::from_config(config)).await?;
+    for name in inventory.start(&config.cas).await? {
+        info!(ca = %name, "created CA");
+    }
+    Ok(inventory)
+}
+
+/// Event sinks and the lifecycle task; returns the lifecycle task to wait for at shutdown.
+async fn start_background(
+    config: &Config,
+    inventory: &Arc<Inventory>,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let sinks = sinks::build(&config.events)?;
+    sinks::start(
+        sinks,
+        inventory.store().clone(),
+        inventory.metrics().clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let plan = lifecycle::Plan {
+        daily_check: config.events.daily_check.clone(),
+        concurrency: config.renewal.concurrency,
+        retention: config.events.retention,
+        sinks: config.events.sink_names(),
+    };
+    Ok(tokio::spawn(lifecycle::run(
+        inventory.clone(),
+        plan,
+        shutdown.clone(),
+    )))
+}
+
+type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Binds the API socket (and `metrics.listen`) and serves until `shutdown`.
+async fn serve_api(
+    config: &Config,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+) -> Result<ServerTask, DaemonError> {
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: "cannot bind metrics.listen",
+                path: addr.to_string().into(),
+                source,
+            })?;
+        info!(%addr, "metrics listening");
+        let app = api::metrics_router(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    let listener = bind_socket(&config.socket, config.socket_mode)?;
+    info!(socket = %config.socket.display(), "API listening");
+    let limits = Limits {
+        max_body: config.max_request_body,
+        timeout: config.request_timeout.std(),
+    };
+    let app = api::router(state.clone(), limits);
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    }))
 }
 
 /// Handles signals until one asks us to stop. SIGHUP reloads the config; a config that does

@@ -83,12 +83,21 @@ type Result<T, E = InventoryError> = std::result::Result<T, E>;
 
 pub struct Inventory {
     store: Store,
-    authorities: RwLock<HashMap<String, Arc<Authority>>>,
+    authorities: RwLock<HashMap<String, Slot>>,
     /// Reloadable with SIGHUP.
     settings: RwLock<Settings>,
     /// Wakes the lifecycle task when deadlines may have moved.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+}
+
+/// A CA as the inventory holds it in memory.
+enum Slot {
+    /// Ready to sign: key decrypted, certificate parsed.
+    Active(Arc<Authority>),
+    Disabled,
+    /// An external CA waiting for `ca install`.
+    Pending,
 }
 
 /// The configuration the inventory works with, replaced on reload.
@@ -231,6 +240,20 @@ impl Inventory {
         Ok(())
     }
 
+    /// How a certificate is looked after, for its expiry-event threshold.
+    pub fn care(
+        &self,
+        renewed: bool,
+        renew_before: Option<Span>,
+        lifetime: Lifetime,
+    ) -> policy::Care {
+        if !renewed {
+            return policy::Care::Watched;
+        }
+        let configured = renew_before.unwrap_or(self.settings().renew_before).time();
+        policy::Care::Renewed(policy::effective_renew_before(configured, lifetime.length()).0)
+    }
+
     /// When a certificate we renew should next renew, under the current policy.
     fn plan(
         &self,
@@ -288,12 +311,18 @@ impl Inventory {
     async fn load_authorities(&self) -> Result<()> {
         let mut loaded = HashMap::new();
         for stored in self.store.cas().await? {
-            let Some(cert_pem) = &stored.cert_pem else {
-                continue;
+            let cert_pem = match (&stored.cert_pem, stored.info.state) {
+                (Some(pem), CaState::Active) => pem,
+                // A disabled CA's key is not even decrypted.
+                (_, CaState::Disabled) => {
+                    loaded.insert(stored.info.name.clone(), Slot::Disabled);
+                    continue;
+                }
+                _ => {
+                    loaded.insert(stored.info.name.clone(), Slot::Pending);
+                    continue;
+                }
             };
-            if stored.info.state == CaState::Disabled {
-                continue;
-            }
             let key = self.store.open_ca_key(&stored)?;
             let info = &stored.info;
             let authority = Authority::load(
@@ -304,7 +333,7 @@ impl Inventory {
                 info.permitted_dns.clone(),
                 info.path_length,
             )?;
-            loaded.insert(info.name.clone(), Arc::new(authority));
+            loaded.insert(info.name.clone(), Slot::Active(Arc::new(authority)));
         }
         *self.authorities.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         Ok(())
@@ -312,11 +341,16 @@ impl Inventory {
 
     fn authority(&self, name: &str) -> Result<Arc<Authority>> {
         let map = self.authorities.read().unwrap_or_else(|p| p.into_inner());
-        map.get(name).cloned().ok_or_else(|| {
-            InventoryError::NotFound(format!(
-                "active CA {name:?} (it may be disabled or waiting for `ca install`)"
-            ))
-        })
+        match map.get(name) {
+            Some(Slot::Active(authority)) => Ok(authority.clone()),
+            Some(Slot::Disabled) => Err(InventoryError::Conflict(format!(
+                "CA {name:?} is disabled (`certkeeper ca enable {name}` lets it issue again)"
+            ))),
+            Some(Slot::Pending) => Err(InventoryError::Conflict(format!(
+                "CA {name:?} is waiting for its certificate (`certkeeper ca install {name}`)"
+            ))),
+            None => Err(InventoryError::NotFound(format!("CA {name:?}"))),
+        }
     }
 
     // --- certificates ----------------------------------------------------------------------
@@ -776,12 +810,16 @@ impl Inventory {
         let days = cert
             .days_before_expiry
             .unwrap_or(settings.days_before_expiry);
-        let threshold = policy::expiry_threshold(days, managed, lifetime);
+        let threshold = policy::expiry_threshold(
+            days,
+            self.care(managed, cert.renew_before, lifetime),
+            lifetime,
+        );
         let events_from = cert.not_after - threshold;
         reasons.push(format!(
             "expiry events: days-before-expiry {days}{}; daily from {}",
             if managed {
-                " capped at a quarter of the lifetime (renewal would be overdue)"
+                " capped at a quarter of the lifetime and at the renewal time (renewal would be overdue)"
             } else {
                 ""
             },

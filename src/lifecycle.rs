@@ -251,7 +251,9 @@ pub async fn daily(inventory: &Inventory, now: OffsetDateTime) -> usize {
     let today = now.unix_timestamp().div_euclid(86_400);
     let items: Vec<_> = candidates
         .iter()
-        .filter_map(|c| approaching(c, days, today, now).map(|event| (c.id.clone(), today, event)))
+        .filter_map(|c| {
+            approaching(inventory, c, days, today, now).map(|event| (c.id.clone(), today, event))
+        })
         .collect();
     let due = items.len();
     let sent = match inventory.store().expiry_events(items).await {
@@ -272,6 +274,7 @@ pub async fn daily(inventory: &Inventory, now: OffsetDateTime) -> usize {
 }
 
 fn approaching(
+    inventory: &Inventory,
     c: &ExpiryCandidate,
     account_days: u32,
     today: i64,
@@ -284,11 +287,9 @@ fn approaching(
         not_before: c.not_before,
         not_after: c.not_after,
     };
-    let threshold = policy::expiry_threshold(
-        c.days_before_expiry.unwrap_or(account_days),
-        c.managed,
-        lifetime,
-    );
+    let care = inventory.care(c.managed, c.renew_before, lifetime);
+    let threshold =
+        policy::expiry_threshold(c.days_before_expiry.unwrap_or(account_days), care, lifetime);
     if !policy::approaching_expiration_due(now, c.not_after, threshold, None) {
         return None;
     }

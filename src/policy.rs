@@ -190,14 +190,23 @@ pub fn retry(
     }
 }
 
-/// The expiry-event threshold: `days` for certificates we only watch (imported), and
-/// `min(days, lifetime / 4)` for ones we renew, where the event means "renewal is overdue".
-pub fn expiry_threshold(days_before_expiry: u32, managed: bool, lifetime: Lifetime) -> Duration {
+/// How a certificate is looked after, for its expiry-event threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Care {
+    /// Watched only (imported, or a key certkeeper does not hold).
+    Watched,
+    /// Renewed by certkeeper, this long before expiry (the effective, clamped renew-before).
+    Renewed(Duration),
+}
+
+/// The expiry-event threshold: `days` for certificates we only watch; for ones we renew the
+/// event means "renewal is overdue", so `min(days, lifetime / 4)`, and never earlier than the
+/// renewal itself is due (a per-certificate renew-before can be shorter than a quarter).
+pub fn expiry_threshold(days_before_expiry: u32, care: Care, lifetime: Lifetime) -> Duration {
     let days = Duration::days(i64::from(days_before_expiry));
-    if managed {
-        days.min(lifetime.length() / 4)
-    } else {
-        days
+    match care {
+        Care::Watched => days,
+        Care::Renewed(renew_before) => days.min(lifetime.length() / 4).min(renew_before),
     }
 }
 
@@ -402,7 +411,13 @@ mod tests {
             (6, false, 45.0),
         ];
         for (days, managed, expected) in cases {
-            let t = expiry_threshold(DEFAULT_DAYS_BEFORE_EXPIRY, managed, lifetime(days));
+            let lt = lifetime(days);
+            let care = if managed {
+                Care::Renewed(effective_renew_before(DEFAULT_RENEW_BEFORE, lt.length()).0)
+            } else {
+                Care::Watched
+            };
+            let t = expiry_threshold(DEFAULT_DAYS_BEFORE_EXPIRY, care, lt);
             let got = t.as_seconds_f64() / 86_400.0;
             assert!(
                 (got - expected).abs() < 1e-9,
@@ -410,8 +425,13 @@ mod tests {
             );
         }
         assert_eq!(
-            expiry_threshold(10, true, lifetime(395)),
+            expiry_threshold(10, Care::Renewed(Duration::days(60)), lifetime(395)),
             Duration::days(10)
+        );
+        // A renew-before shorter than a quarter of the lifetime: events only once overdue.
+        assert_eq!(
+            expiry_threshold(45, Care::Renewed(Duration::days(7)), lifetime(90)),
+            Duration::days(7)
         );
     }
 

@@ -144,21 +144,33 @@ pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Runs every sink until `shutdown`.
-pub fn spawn(sinks: Vec<Sink>, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Starts every sink; each runs until `shutdown`.
+///
+/// Each sink's cursor is settled before this returns (a new sink's at the current end of the
+/// outbox), so every event committed afterwards reaches it: call it before accepting requests.
+pub async fn start(
+    sinks: Vec<Sink>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), crate::store::StoreError> {
     for sink in sinks {
+        let cursor = start_cursor(&sink, &store).await?;
+        info!(sink = %sink.name, cursor, "event sink started");
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
-        tokio::spawn(async move { run(sink, store, metrics, shutdown).await });
+        tokio::spawn(async move { run(sink, cursor, store, metrics, shutdown).await });
     }
+    Ok(())
 }
 
-async fn run(sink: Sink, store: Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn run(
+    sink: Sink,
+    mut cursor: i64,
+    store: Store,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let committed = store.committed();
-    let mut cursor = match start_cursor(&sink, &store).await {
-        Some(cursor) => cursor,
-        None => return,
-    };
-    info!(sink = %sink.name, cursor, "event sink started");
     loop {
         // Register interest before reading, so an event committed between the read and the
         // wait still wakes us.
@@ -193,19 +205,13 @@ async fn run(sink: Sink, store: Store, metrics: Arc<Metrics>, shutdown: Cancella
 }
 
 /// Where a sink starts: its saved cursor, or the end of the outbox for a new sink.
-async fn start_cursor(sink: &Sink, store: &Store) -> Option<i64> {
-    match store.sink_cursor(&sink.name).await {
-        Ok(Some(cursor)) => Some(cursor),
-        Ok(None) => {
-            let end = store.last_event_seq().await.ok()?;
-            store.set_sink_cursor(&sink.name, end).await.ok()?;
-            Some(end)
-        }
-        Err(err) => {
-            warn!(sink = %sink.name, error = %err, "cannot read the delivery cursor; sink not started");
-            None
-        }
+async fn start_cursor(sink: &Sink, store: &Store) -> Result<i64, crate::store::StoreError> {
+    if let Some(cursor) = store.sink_cursor(&sink.name).await? {
+        return Ok(cursor);
     }
+    let end = store.last_event_seq().await?;
+    store.set_sink_cursor(&sink.name, end).await?;
+    Ok(end)
 }
 
 /// Delivers one event, retrying with backoff until it succeeds. Returns false when the daemon

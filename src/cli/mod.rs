@@ -141,6 +141,8 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Print the Prometheus metrics (what /metrics serves).
+    Metrics,
     /// Explain what happens next to a certificate, when, and which rule decided it.
     Explain { certificate: String },
     /// Monitoring check (Nagios/Icinga plugin convention): exit 0 OK, 1 WARNING, 2 CRITICAL,
@@ -679,6 +681,10 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 println!("  key {kid}: {n} record(s)");
             }
             Ok(())
+        }
+        Command::Metrics => {
+            let text = client.get_bytes("/metrics").await?;
+            write_output(None, &text, 0o644)
         }
         Command::Explain { certificate } => {
             let explanation: Explanation = client

@@ -178,6 +178,7 @@ pub struct ExpiryCandidate {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub days_before_expiry: Option<u32>,
+    pub renew_before: Option<crate::span::Span>,
     /// UTC day number of the last "Approaching Expiration" event.
     pub expiry_event_day: Option<i64>,
     /// Renewed by the scheduler (it has a next action): the event then means "overdue".

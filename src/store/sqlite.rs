@@ -405,7 +405,7 @@ impl Db {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, name, origin, domains, serial, not_before, not_after, days_before_expiry, \
-                 expiry_event_day, next_action_at IS NOT NULL FROM certificates \
+                 expiry_event_day, next_action_at IS NOT NULL, renew_before FROM certificates \
                  WHERE status = 'issued' AND not_after > ? AND not_after <= ?",
             )?;
             let rows = stmt.query_map(params![unix(now), unix(now + horizon)], |row| {
@@ -420,11 +420,12 @@ impl Db {
                     row.get::<_, Option<i64>>(7)?,
                     row.get::<_, Option<i64>>(8)?,
                     row.get::<_, bool>(9)?,
+                    row.get::<_, Option<i64>>(10)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, name, origin, domains, serial, nb, na, days, day, managed) = row?;
+                let (id, name, origin, domains, serial, nb, na, days, day, managed, renew_before) = row?;
                 out.push(super::ExpiryCandidate {
                     id: CertificateId::parse(&id)
                         .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
@@ -436,6 +437,7 @@ impl Db {
                     not_after: from_unix(na),
                     days_before_expiry: days.map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
                     expiry_event_day: day,
+                    renew_before: renew_before.map(|s| Span::from_secs(s.max(0) as u64)),
                     managed,
                 });
             }

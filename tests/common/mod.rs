@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

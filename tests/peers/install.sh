@@ -7,6 +7,7 @@ set -euo pipefail
 declare -A needed=(
   [openssl]=openssl
   [kill]=procps
+  [promtool]=prometheus
 )
 
 missing=()

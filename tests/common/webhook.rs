@@ -1,0 +1,143 @@
+//! A real HTTP receiver for webhook tests: it listens on a loopback port, verifies each
+//! request's `X-Certkeeper-Signature` (HMAC-SHA256 of the body) with its own implementation
+//! (aws-lc's HMAC, not certkeeper's code), records what arrived, and can be switched to
+//! answer 503 to play a receiver that is down.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One delivery as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: String,
+    pub detail_type: String,
+    pub idempotency_key: String,
+    pub signature_ok: bool,
+    pub body: serde_json::Value,
+}
+
+pub struct Receiver {
+    pub url: String,
+    down: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<Delivery>>>,
+    /// Requests answered 503 while down.
+    pub refused: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    pub fn start(secret: &[u8]) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+        let down = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(0));
+        let (d, a, r) = (down.clone(), accepted.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (key, d, a, r) = (key.clone(), d.clone(), a.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &key, &d, &a, &r);
+                });
+            }
+        });
+        Receiver {
+            url,
+            down,
+            accepted,
+            refused,
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.accepted.lock().expect("lock").clone()
+    }
+
+    /// Waits until `count` distinct event ids have arrived; panics after `timeout`.
+    pub fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Delivery> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.deliveries();
+            let mut ids: Vec<&str> = got.iter().map(|d| d.id.as_str()).collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() >= count {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {count} events arrived: {got:#?}",
+                ids.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn serve(
+    stream: std::net::TcpStream,
+    key: &aws_lc_rs::hmac::Key,
+    down: &AtomicBool,
+    accepted: &Mutex<Vec<Delivery>>,
+    refused: &Mutex<u32>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let line = line.trim_end().to_owned();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let length: usize = header("content-length").parse().unwrap_or(0);
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let status = if down.load(Ordering::SeqCst) {
+            *refused.lock().expect("lock") += 1;
+            "503 Service Unavailable"
+        } else {
+            let expected = aws_lc_rs::hmac::sign(key, &body);
+            let hex: String = expected
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            accepted.lock().expect("lock").push(Delivery {
+                id: json["id"].as_str().unwrap_or_default().to_owned(),
+                detail_type: json["detail-type"].as_str().unwrap_or_default().to_owned(),
+                idempotency_key: header("idempotency-key"),
+                signature_ok: header("x-certkeeper-signature") == format!("sha256={hex}"),
+                body: json,
+            });
+            "200 OK"
+        };
+        write!(writer, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n")?;
+        writer.flush()?;
+    }
+}
