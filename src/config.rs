@@ -736,6 +736,58 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_settings_are_checked() {
+        let config =
+            parse("[renewal]\nwindow = \"0 2 * * 0\"\nwindow-duration = \"4h\"\n").unwrap();
+        assert!(config.renewal.window.is_some());
+        assert_eq!(config.events.days_before_expiry, 45);
+        assert_eq!(config.events.sink_names(), vec!["journal"]);
+        let cases = [
+            (
+                "[renewal]\nwindow = \"0 2 * *\"\nwindow-duration = \"4h\"\n",
+                "renewal.window",
+            ),
+            (
+                "[renewal]\nwindow = \"0 2 * * 0\"\n",
+                "renewal.window-duration",
+            ),
+            ("[renewal]\nconcurrency = 0\n", "renewal.concurrency"),
+            ("[events]\ndaily-check = \"9am\"\n", "events.daily-check"),
+            (
+                "[events]\ndays-before-expiry = 400\n",
+                "events.days-before-expiry",
+            ),
+            (
+                "[events]\ntime-zone = \"Mars/Olympus\"\n",
+                "events.daily-check",
+            ),
+            (
+                "[[events.webhook]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret-file = \"/s\"\n",
+                "events.webhook[0].url",
+            ),
+            (
+                "[[events.command]]\nname = \"a\"\nargv = [\"x\"]\n[[events.command]]\nname = \"a\"\nargv = [\"y\"]\n",
+                "events.command[1].name",
+            ),
+            (
+                "[[events.command]]\nname = \"a\"\nargv = [\"x\"]\ndetail-types = [\"Certificate Exploded\"]\n",
+                "events.command[0].detail-types",
+            ),
+            (
+                "[[events.command]]\nname = \"a\"\nargv = []\n",
+                "events.command[0].argv",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"))
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let err = parse("[daemon]\nsocket-mode = \"rw\"\n")
             .unwrap_err()

@@ -45,7 +45,8 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 the daemon refused the operation (not found, conflict); 2 usage error; \
 65 input rejected as invalid; 66 a named file cannot be read; 69 daemon unreachable; \
-70 internal error; 74 output cannot be written; 78 configuration error.";
+70 internal error; 74 output cannot be written; 78 configuration error. `check` uses the \
+monitoring-plugin codes instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.";
 
 #[derive(Debug, Parser)]
 #[command(name = "certkeeper", version, about = "Certificate lifecycle daemon and its client", after_help = EXIT_CODES)]
