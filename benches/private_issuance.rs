@@ -12,21 +12,21 @@
 //! time goes. Needs `cfssl` (Debian golang-cfssl) and `openssl`.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use time::OffsetDateTime;
 
 use certkeeper::ca::{self, Authority, LeafRequest};
 use certkeeper::model::{CaSpec, KeyAlgorithm};
 use certkeeper::span::Span;
 
-const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
+mod support;
+
+use support::{Server, Target, connect, csrs, quantile_ms, wait_for};
 
 struct Args {
     requests: usize,
@@ -67,83 +67,10 @@ fn args() -> Args {
     args
 }
 
-struct Server {
-    name: &'static str,
-    child: Child,
-    target: Target,
-}
-
-#[derive(Clone)]
-enum Target {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn cpu_ms(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
-    }
-
-    fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
-    }
-}
-
-fn wait_for(what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn start_certkeeper(dir: &Path, synchronous: &str) -> Server {
-    let state = dir.join("certkeeper");
     let config = dir.join("certkeeper.toml");
     std::fs::write(&config, format!("[store]\nsynchronous = {synchronous:?}\n")).expect("config");
-    let child = Command::new(BIN)
-        .args(["serve", "--state-dir"])
-        .arg(&state)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start certkeeper");
-    let socket = state.join("api.sock");
-    wait_for("certkeeper", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    });
-    Server {
-        name: "certkeeper",
-        child,
-        target: Target::Unix(socket),
-    }
+    support::start_certkeeper(&dir.join("certkeeper"), &config, None, "warn")
 }
 
 fn start_cfssl(dir: &Path) -> Server {
@@ -206,35 +133,13 @@ fn start_cfssl(dir: &Path) -> Server {
         .spawn()
         .expect("start cfssl serve (apt-get install golang-cfssl)");
     let addr = format!("127.0.0.1:{port}");
-    wait_for("cfssl", || std::net::TcpStream::connect(&addr).is_ok());
+    wait_for("cfssl to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
     Server {
         name: "cfssl",
         child,
         target: Target::Tcp(addr),
-    }
-}
-
-async fn connect(target: &Target) -> SendRequest<Full<Bytes>> {
-    macro_rules! handshake {
-        ($stream:expr) => {{
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
-                .await
-                .expect("handshake");
-            tokio::spawn(conn);
-            sender
-        }};
-    }
-    match target {
-        Target::Unix(path) => handshake!(
-            tokio::net::UnixStream::connect(path)
-                .await
-                .expect("connect")
-        ),
-        Target::Tcp(addr) => {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            handshake!(stream)
-        }
     }
 }
 
@@ -320,32 +225,13 @@ async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurre
     }
     let wall = started.elapsed();
     latencies.sort();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
-            * 1000.0
-    };
     let done = latencies.len() as f64;
     Run {
         rate: done / wall.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: quantile_ms(&latencies, 0.50),
+        p99_ms: quantile_ms(&latencies, 0.99),
         cpu_ms_per_req: (server.cpu_ms() - cpu_before) / done,
     }
-}
-
-fn csrs(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let params = rcgen::CertificateParams::new(vec![format!("svc{i}.bench.internal")])
-                .expect("params");
-            params
-                .serialize_request(&key)
-                .expect("csr")
-                .pem()
-                .expect("pem")
-        })
-        .collect()
 }
 
 /// Mean time of `f` over `n` runs, in microseconds.
