@@ -257,24 +257,22 @@ async fn scrape(target: &Target) -> (f64, f64) {
     )
 }
 
-/// Waits until the journal sink has logged every event, so idle CPU is measured idle.
+/// Waits until every sink has every event (`/v1/health` reports the outbox per sink), so idle
+/// CPU is measured idle.
 fn wait_outbox_drained(runtime: &tokio::runtime::Runtime, target: &Target) {
-    wait_for("the outbox to drain", Duration::from_secs(600), || {
-        let events = runtime.block_on(async {
+    wait_for("the outbox to drain", Duration::from_secs(1800), || {
+        runtime.block_on(async {
             let mut sender = connect(target).await;
-            let body = call(&mut sender, "GET", "/v1/events?after=0&limit=1", vec![]).await;
-            let first: serde_json::Value = serde_json::from_slice(&body).expect("events");
-            first["events"].as_array().map(|a| a.len()).unwrap_or(0)
-        });
-        // Depth comes from /metrics, which is expensive at scale: read the journal cursor
-        // through the per-sink depth only once events exist.
-        events == 0 || {
-            let text = runtime.block_on(async {
-                let mut sender = connect(target).await;
-                call(&mut sender, "GET", "/metrics", vec![]).await
-            });
-            String::from_utf8_lossy(&text).contains("certkeeper_outbox_depth{sink=\"journal\"} 0\n")
-        }
+            let body = call(&mut sender, "GET", "/v1/health", vec![]).await;
+            let health: serde_json::Value = serde_json::from_slice(&body).expect("health");
+            let waiting: i64 = health["outbox"]
+                .as_object()
+                .map_or(0, |o| o.values().filter_map(|v| v.as_i64()).sum());
+            if waiting > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            waiting == 0
+        })
     });
 }
 

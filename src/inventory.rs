@@ -28,7 +28,7 @@ use crate::import::{self, ImportError};
 use crate::metrics::Metrics;
 use crate::model::{
     CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
-    RevocationReason, Status, check_name, check_tag, parse_domains, rfc3339,
+    RevocationReason, Status, WindowSpec, check_name, check_tag, parse_domains, rfc3339,
 };
 use crate::policy::{self, Lifetime};
 use crate::schedule::{Schedule, Window};
@@ -115,6 +115,19 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Everything that decides a healthy certificate's renewal time, as text.
+    fn renewal_fingerprint(&self) -> String {
+        let window = self.window.as_ref().map_or_else(String::new, |w| {
+            format!(
+                "{} ({}) for {}s",
+                w.schedule.as_str(),
+                w.schedule.time_zone(),
+                w.duration.as_secs()
+            )
+        });
+        format!("renew-before {}; window {window}", self.renew_before)
+    }
+
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             defaults: config.defaults.clone(),
@@ -129,6 +142,8 @@ impl Settings {
 
 /// The account setting key for the expiry-event threshold.
 const DAYS_BEFORE_EXPIRY: &str = "days-before-expiry";
+/// The setting recording which renewal policy the stored deadlines were planned under.
+const RENEWAL_POLICY: &str = "renewal-policy";
 
 impl Inventory {
     pub fn new(store: Store, settings: Settings) -> Inventory {
@@ -165,26 +180,17 @@ impl Inventory {
         if let Some(days) = self.stored_days_before_expiry().await? {
             settings.days_before_expiry = days;
         }
-        let replan = {
-            let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
-            let replan = current.renew_before != settings.renew_before
-                || current
-                    .window
-                    .as_ref()
-                    .map(|w| (w.schedule.as_str().to_owned(), w.duration))
-                    != settings
-                        .window
-                        .as_ref()
-                        .map(|w| (w.schedule.as_str().to_owned(), w.duration));
-            *current = settings;
-            replan
-        };
-        if replan {
+        // The policy the stored deadlines were planned under is recorded with them, so a change
+        // made between two runs (edit the file, restart) is noticed as well as one on SIGHUP.
+        let fingerprint = settings.renewal_fingerprint();
+        let planned_under = self.store.setting(RENEWAL_POLICY).await?;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        if planned_under.as_deref() != Some(fingerprint.as_str()) {
             let n = self.replan().await?;
-            tracing::info!(
-                certificates = n,
-                "renewal policy changed: renewals planned again"
-            );
+            self.store.set_setting(RENEWAL_POLICY, &fingerprint).await?;
+            if planned_under.is_some() {
+                tracing::info!(certificates = n, policy = %fingerprint, "renewal policy changed: renewals planned again");
+            }
         }
         self.changed();
         Ok(())
@@ -260,15 +266,19 @@ impl Inventory {
         id: &CertificateId,
         lifetime: Lifetime,
         renew_before: Option<Span>,
+        window: Option<&WindowSpec>,
         now: OffsetDateTime,
     ) -> OffsetDateTime {
         let settings = self.settings();
         let renew_before = renew_before.unwrap_or(settings.renew_before).time();
+        // A stored window always parsed when it was set; if a later version of the cron rules
+        // refused it, fall back to the global window rather than never renewing.
+        let own = window.and_then(|w| w.window().ok());
         policy::renewal(
             id.as_str(),
             lifetime,
             renew_before,
-            settings.window.as_ref(),
+            own.as_ref().or(settings.window.as_ref()),
             now,
         )
         .at
@@ -281,9 +291,9 @@ impl Inventory {
         let planned = self.store.replannable().await?;
         let items: Vec<_> = planned
             .into_iter()
-            .map(|(id, lifetime, renew_before)| {
-                let at = self.plan(&id, lifetime, renew_before, now);
-                (id, Some(at))
+            .map(|r| {
+                let at = self.plan(&r.id, r.lifetime, r.renew_before, r.window.as_ref(), now);
+                (r.id, Some(at))
             })
             .collect();
         Ok(self.store.set_next_action(items).await?)
@@ -359,6 +369,8 @@ impl Inventory {
         let defaults = self.defaults();
         let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
         check_tags(&req.tags)?;
+        let maintenance_window =
+            window_spec(req.window, req.window_duration, req.window_time_zone)?;
         let name = resolve_name(req.name, &domains)?;
         let ca_name = req.ca.unwrap_or(defaults.ca);
         let authority = self.authority(&ca_name)?;
@@ -390,13 +402,20 @@ impl Inventory {
             tags: req.tags,
             renew_before: req.renew_before,
             days_before_expiry: req.days_before_expiry,
+            maintenance_window,
         };
         let mut new = issuance.record(issued, Some(key), now);
         let lifetime = Lifetime {
             not_before: new.version.not_before,
             not_after: new.version.not_after,
         };
-        new.next_action_at = Some(self.plan(&new.id, lifetime, new.renew_before, now));
+        new.next_action_at = Some(self.plan(
+            &new.id,
+            lifetime,
+            new.renew_before,
+            new.maintenance_window.as_ref(),
+            now,
+        ));
         let cert = self.store.insert_certificate(new).await?;
         self.metrics.issued(cert.origin);
         self.changed();
@@ -431,6 +450,7 @@ impl Inventory {
             tags: req.tags,
             renew_before: None,
             days_before_expiry: req.days_before_expiry,
+            maintenance_window: None,
         };
         let new = issuance.record(issued, None, now);
         let certificate = self.store.insert_certificate(new).await?;
@@ -500,6 +520,7 @@ impl Inventory {
                     tags: req.tags,
                     renew_before: None,
                     days_before_expiry: req.days_before_expiry,
+                    maintenance_window: None,
                     next_action_at: None,
                     version,
                     event: None,
@@ -622,7 +643,13 @@ impl Inventory {
             status: Status::Issued,
             event: Some(event),
             names: None,
-            next_action_at: Some(self.plan(&cert.id, lifetime, cert.renew_before, now)),
+            next_action_at: Some(self.plan(
+                &cert.id,
+                lifetime,
+                cert.renew_before,
+                cert.maintenance_window.as_ref(),
+                now,
+            )),
         };
         let cert = self.store.add_version(&cert.id, change).await?;
         self.changed();
@@ -781,13 +808,13 @@ impl Inventory {
             }
             (true, None) => {
                 let configured = cert.renew_before.unwrap_or(settings.renew_before);
-                let planned = policy::renewal(
-                    cert.id.as_str(),
-                    lifetime,
-                    configured.time(),
-                    settings.window.as_ref(),
-                    now,
-                );
+                let own = cert
+                    .maintenance_window
+                    .as_ref()
+                    .and_then(|w| w.window().ok());
+                let window = own.as_ref().or(settings.window.as_ref());
+                let planned =
+                    policy::renewal(cert.id.as_str(), lifetime, configured.time(), window, now);
                 reasons.push(format!(
                     "renew-before {configured} ({}); effective {} before expiry",
                     if cert.renew_before.is_some() {
@@ -797,11 +824,13 @@ impl Inventory {
                     },
                     Span::from_secs(planned.renew_before.whole_seconds().max(0) as u64)
                 ));
-                if let Some(window) = &settings.window {
+                if let Some(window) = window {
                     reasons.push(format!(
-                        "maintenance window {} for {}; ignored once less than a tenth of the lifetime remains",
+                        "maintenance window {} ({}) for {} ({}); ignored once less than a tenth of the lifetime remains",
                         window.schedule.as_str(),
-                        Span::from_secs(window.duration.as_secs())
+                        window.schedule.time_zone(),
+                        Span::from_secs(window.duration.as_secs()),
+                        if own.is_some() { "set on this certificate" } else { "renewal.window" },
                     ));
                 }
                 ("renew", planned.rule.to_string())
@@ -1064,6 +1093,7 @@ struct PrivateIssuance {
     tags: BTreeMap<String, String>,
     renew_before: Option<Span>,
     days_before_expiry: Option<u32>,
+    maintenance_window: Option<WindowSpec>,
 }
 
 impl PrivateIssuance {
@@ -1089,6 +1119,7 @@ impl PrivateIssuance {
             tags: self.tags,
             renew_before: self.renew_before,
             days_before_expiry: self.days_before_expiry,
+            maintenance_window: self.maintenance_window,
             next_action_at: None,
             version: NewVersion {
                 serial: issued.serial,
@@ -1108,6 +1139,35 @@ impl PrivateIssuance {
         ));
         new
     }
+}
+
+/// A per-certificate maintenance window from request fields: both or neither, and a cron
+/// expression and zone that parse.
+fn window_spec(
+    schedule: Option<String>,
+    duration: Option<Span>,
+    time_zone: Option<String>,
+) -> Result<Option<WindowSpec>> {
+    let spec = match (schedule, duration) {
+        (None, None) if time_zone.is_none() => return Ok(None),
+        (Some(schedule), Some(duration)) => WindowSpec {
+            schedule,
+            duration,
+            time_zone,
+        },
+        _ => {
+            return Err(InventoryError::Invalid(
+                "a maintenance window needs both window and window_duration".into(),
+            ));
+        }
+    };
+    if spec.duration.as_secs() < 60 {
+        return Err(InventoryError::Invalid(
+            "window_duration must be at least 1m".into(),
+        ));
+    }
+    spec.window().map_err(InventoryError::invalid)?;
+    Ok(Some(spec))
 }
 
 /// A certificate's name: the one given (checked), else its first domain. The flag says it was

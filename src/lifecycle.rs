@@ -19,7 +19,7 @@ use time::{Duration, OffsetDateTime};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::events;
 use crate::inventory::Inventory;
@@ -128,7 +128,8 @@ async fn start_due_renewals(
         };
         let (inventory, wake) = (inventory.clone(), wake.clone());
         renewals.spawn(async move {
-            renew_one(&inventory, &id).await;
+            let span = tracing::info_span!("renewal", cert = %id);
+            renew_one(&inventory, &id).instrument(span).await;
             drop(permit);
             // A permit is free again and the deadlines changed: let the loop look.
             wake.notify_one();
@@ -139,8 +140,6 @@ async fn start_due_renewals(
 /// Renews one certificate; on failure records the error, schedules a retry with backoff and
 /// raises "Renewal Action Required" at the first failure and at each 45/30/15/7/3/1-day mark.
 async fn renew_one(inventory: &Inventory, id: &CertificateId) {
-    let span = tracing::info_span!("renewal", cert = %id);
-    let _guard = span.enter();
     let outcome = inventory.renew(id.as_str()).await;
     inventory.metrics().renewal(outcome.is_ok());
     let now = OffsetDateTime::now_utc();
@@ -235,7 +234,7 @@ async fn expire_due(inventory: &Inventory, now: OffsetDateTime) {
 
 /// The daily check: "Approaching Expiration" for every issued certificate inside its
 /// threshold, at most once per certificate and UTC day.
-pub async fn daily(inventory: &Inventory, now: OffsetDateTime) -> usize {
+async fn daily(inventory: &Inventory, now: OffsetDateTime) -> usize {
     let started = std::time::Instant::now();
     let days = inventory.days_before_expiry();
     // No certificate's threshold exceeds the account threshold or the largest per-certificate

@@ -455,6 +455,9 @@ pub struct Certificate {
     /// Per-certificate expiry-event threshold in days; `None` uses the account setting.
     #[serde(default)]
     pub days_before_expiry: Option<u32>,
+    /// Per-certificate maintenance window; `None` uses `renewal.window`.
+    #[serde(default)]
+    pub maintenance_window: Option<WindowSpec>,
     /// ACM's renewal summary; `None` until the first renewal attempt.
     #[serde(default)]
     pub renewal: Option<Renewal>,
@@ -465,6 +468,25 @@ pub struct Certificate {
     /// Filled by `describe`; empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionInfo>,
+}
+
+/// A maintenance window as stored and shown: when it opens (cron), for how long, in which zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    pub schedule: String,
+    pub duration: crate::span::Span,
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+impl WindowSpec {
+    pub fn window(&self) -> Result<crate::schedule::Window, crate::schedule::ScheduleError> {
+        let schedule = crate::schedule::Schedule::parse(&self.schedule, self.time_zone.as_deref())?;
+        Ok(crate::schedule::Window {
+            schedule,
+            duration: self.duration.std(),
+        })
+    }
 }
 
 /// The state of the latest renewal (ACM's `RenewalSummary`).

@@ -1,11 +1,12 @@
 //! Event delivery: every event in the outbox reaches every configured sink, at least once.
 //!
 //! Each sink has its own task and its own cursor in the store (`sink_cursors`): it reads the
-//! events after its cursor, delivers them in order, and moves the cursor only after a sink
-//! acknowledged (a 2xx from a webhook, exit 0 from a command). While a sink fails, it retries
-//! the same event with exponential backoff, so events wait instead of being lost; after a
-//! restart it resumes from its cursor. A crash between delivery and cursor update delivers that
-//! event again: receivers deduplicate by the event id (the `Idempotency-Key` header).
+//! events after its cursor, delivers them in order, and moves the cursor only past events a
+//! sink acknowledged (a 2xx from a webhook, exit 0 from a command), saving it once per batch
+//! of up to 100. While a sink fails, it retries the same event with exponential backoff, so
+//! events wait instead of being lost; after a restart it resumes from its cursor. A crash
+//! before the cursor is saved delivers the rest of that batch again: receivers deduplicate by
+//! the event id (the `Idempotency-Key` header).
 //!
 //! A sink configured for the first time starts at the end of the outbox: it receives what
 //! happens from then on, not the history.
@@ -179,7 +180,7 @@ async fn run(
             Ok(events) => events,
             Err(err) => {
                 warn!(sink = %sink.name, error = %err, "reading the outbox failed");
-                if sleep_or_stop(BACKOFF_MAX, &shutdown).await {
+                if sleep_or_stop(BACKOFF_MIN * 5, &shutdown).await {
                     return;
                 }
                 continue;
@@ -192,14 +193,24 @@ async fn run(
                 () = shutdown.cancelled() => return,
             }
         }
+        let before = cursor;
+        let mut stopping = false;
         for (seq, event) in events {
             if sink.wants(&event) && !deliver_with_retry(&sink, &event, &metrics, &shutdown).await {
-                return; // stopping; the cursor stays before this event
+                stopping = true; // the cursor stays before this event
+                break;
             }
             cursor = seq;
-            if let Err(err) = store.set_sink_cursor(&sink.name, seq).await {
-                warn!(sink = %sink.name, error = %err, "saving the delivery cursor failed (the event may be delivered again)");
-            }
+        }
+        // One cursor write per batch, not per event: a crash re-delivers at most the rest of a
+        // batch (same ids), and a backlog drains at delivery speed, not at fsync speed.
+        if cursor != before
+            && let Err(err) = store.set_sink_cursor(&sink.name, cursor).await
+        {
+            warn!(sink = %sink.name, error = %err, "saving the delivery cursor failed (events may be delivered again)");
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -517,3 +517,257 @@ fn account_days_before_expiry_is_set_through_the_api() {
             .any(|r| r.as_str().unwrap().contains("days-before-expiry 10"))
     );
 }
+
+#[test]
+fn a_renewal_policy_changed_between_runs_replans_stored_deadlines() {
+    let mut daemon = Daemon::start_with(Some("[renewal]\nrenew-before = \"60d\"\n"));
+    let cert = daemon.json(&["request", "replan.internal", "--validity", "395d"]);
+    let not_after = time_of(&cert["not_after"]);
+    let before_expiry =
+        |c: &serde_json::Value| (not_after - time_of(&c["next_renewal_at"])) as f64 / 86_400.0;
+    let first = before_expiry(&cert);
+    assert!(
+        (60.0..60.6).contains(&first),
+        "renews 60 days (plus jitter) before expiry: {first}"
+    );
+
+    daemon.stop();
+    std::fs::write(
+        daemon.config.as_ref().unwrap(),
+        "[renewal]\nrenew-before = \"30d\"\n",
+    )
+    .unwrap();
+    daemon.spawn();
+    let replanned = daemon.json(&["describe", &id(&cert)]);
+    let second = before_expiry(&replanned);
+    assert!(
+        (30.0..30.6).contains(&second),
+        "planned again under the new policy: {second}"
+    );
+    assert!(
+        daemon.log_text().contains("renewal policy changed"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// Webhooks verify the receiver's TLS certificate: against the system's roots plus
+/// `ca-file` when given. Without it, a private CA's receiver is refused and events wait.
+#[test]
+fn webhook_tls_is_verified_with_an_optional_custom_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    let ssl = |args: &[&str]| common::openssl(dir, args);
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-subj",
+        "/CN=hooks test CA",
+        "-days",
+        "2",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    ssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "hook.key",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-out",
+        "hook.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "hook.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "hook.pem",
+    ]);
+    let receiver = Receiver::start_tls(
+        b"tls secret",
+        &std::fs::read(dir.join("hook.pem")).unwrap(),
+        &std::fs::read(dir.join("hook.key")).unwrap(),
+    );
+    std::fs::write(dir.join("secret"), "tls secret").unwrap();
+    let config = |ca: bool| {
+        let mut text = format!(
+            "[[events.webhook]]\nname = \"tls\"\nurl = {:?}\nsecret-file = {:?}\n",
+            receiver.url,
+            dir.join("secret").display().to_string()
+        );
+        if ca {
+            text.push_str(&format!(
+                "ca-file = {:?}\n",
+                dir.join("ca.pem").display().to_string()
+            ));
+        }
+        text
+    };
+
+    // Without the custom CA: the handshake fails, nothing is delivered, the error is logged.
+    let untrusting = Daemon::start_with(Some(&config(false)));
+    untrusting.json(&["request", "untrusted.internal"]);
+    wait_until(Duration::from_secs(30), "a logged TLS failure", || {
+        untrusting
+            .log_text()
+            .contains("event delivery failed")
+            .then_some(())
+    });
+    assert!(
+        receiver.deliveries().is_empty(),
+        "an unverified receiver must get nothing"
+    );
+
+    // With it: delivered over verified TLS.
+    let trusting = Daemon::start_with(Some(&config(true)));
+    let cert = id(&trusting.json(&["request", "trusted.internal"]));
+    let got = receiver.wait_for(1, Duration::from_secs(30));
+    assert!(
+        got.iter()
+            .any(|d| d.signature_ok && d.body["resources"][0] == cert.as_str()),
+        "{got:#?}"
+    );
+}
+
+/// Events are pruned after the retention period, but never before every sink has them.
+#[test]
+fn retention_never_prunes_undelivered_events() {
+    let receiver = Receiver::start(b"s");
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::write(staging.path().join("secret"), "s").unwrap();
+    let config = format!(
+        "[events]\ndaily-check = \"*/1 * * * * *\"\nretention = \"1s\"\n[[events.webhook]]\nname = \"slow\"\nurl = {:?}\nsecret-file = {:?}\n",
+        receiver.url,
+        staging.path().join("secret").display().to_string()
+    );
+    receiver.set_down(true);
+    let daemon = Daemon::start_with(Some(&config));
+    let cert = id(&daemon.json(&["request", "kept.internal"]));
+    // Several daily checks (each prunes) run while the receiver refuses the event.
+    wait_until(Duration::from_secs(30), "refused deliveries", || {
+        (*receiver.refused.lock().unwrap() >= 3).then_some(())
+    });
+    assert_eq!(
+        events_for(&daemon, &cert, "Certificate Available").len(),
+        1,
+        "kept while undelivered"
+    );
+    receiver.set_down(false);
+    receiver.wait_for(1, Duration::from_secs(60));
+    wait_until(
+        Duration::from_secs(30),
+        "the delivered event to be pruned",
+        || {
+            events_for(&daemon, &cert, "Certificate Available")
+                .is_empty()
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn metrics_are_served_on_the_optional_tcp_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let daemon = Daemon::start_with(Some(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")));
+    daemon.json(&["request", "scraped.internal"]);
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("certkeeper_certificate_status{") && text.contains("scraped.internal"),
+        "{text}"
+    );
+    // Only metrics on that port: the API stays on the socket.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /v1/certificates HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+}
+
+#[test]
+fn a_certificate_window_holds_its_renewal() {
+    let daemon = Daemon::start();
+    let cert = daemon.json(&[
+        "request",
+        "windowed.internal",
+        "--validity",
+        "90d",
+        "--window",
+        "0 3 * * 2",
+        "--window-duration",
+        "2h",
+        "--window-time-zone",
+        "Europe/Berlin",
+    ]);
+    let at = time::OffsetDateTime::parse(
+        cert["next_renewal_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let local = at.to_offset(time::UtcOffset::from_hms(1, 0, 0).unwrap());
+    assert_eq!(local.weekday(), time::Weekday::Tuesday, "{at}");
+    assert_eq!(
+        (local.hour(), local.minute()),
+        (3, 0),
+        "03:00 Berlin (winter time in February) {at}"
+    );
+    let explained = daemon.json(&["explain", &id(&cert)]);
+    assert_eq!(explained["rule"], "maintenance window", "{explained}");
+    let stderr = daemon.fails(
+        &[
+            "request",
+            "bad.internal",
+            "--window",
+            "0 3 * *",
+            "--window-duration",
+            "2h",
+        ],
+        65,
+    );
+    assert!(stderr.contains("0 3 * *"), "{stderr}");
+}

@@ -4,6 +4,11 @@
 -- Per-certificate policy overrides; NULL means "use the configured default".
 ALTER TABLE certificates ADD COLUMN renew_before INTEGER;            -- seconds
 ALTER TABLE certificates ADD COLUMN days_before_expiry INTEGER;
+-- Per-certificate maintenance window (cron text, length in seconds, IANA zone or NULL = UTC);
+-- NULL uses the configured renewal.window.
+ALTER TABLE certificates ADD COLUMN maintenance_window TEXT;
+ALTER TABLE certificates ADD COLUMN maintenance_window_seconds INTEGER;
+ALTER TABLE certificates ADD COLUMN maintenance_window_tz TEXT;
 
 -- ACM's renewal summary: NULL until the first renewal attempt, then
 -- 'pending-auto-renewal' | 'pending-validation' | 'success' | 'failed', with a reason.

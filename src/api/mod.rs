@@ -217,11 +217,13 @@ async fn health(State(state): Shared) -> ApiResult<Health> {
         .count_certificates()
         .await
         .map_err(InventoryError::from)?;
+    let outbox = inventory.outbox_depths().await?.into_iter().collect();
     Ok(Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         certificates,
         cas,
+        outbox,
     }))
 }
 

@@ -39,6 +39,13 @@ pub struct RequestCertificate {
     /// Expiry events start this many days before expiry; the account setting when absent.
     #[serde(default)]
     pub days_before_expiry: Option<u32>,
+    /// This certificate's maintenance window (cron); `renewal.window` when absent.
+    #[serde(default)]
+    pub window: Option<String>,
+    #[serde(default)]
+    pub window_duration: Option<Span>,
+    #[serde(default)]
+    pub window_time_zone: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -197,6 +204,8 @@ pub struct Health {
     pub version: String,
     pub certificates: u64,
     pub cas: u64,
+    /// Events waiting for delivery, per sink.
+    pub outbox: BTreeMap<String, i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

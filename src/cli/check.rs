@@ -205,6 +205,7 @@ mod tests {
             revocation_reason: None,
             renew_before: None,
             days_before_expiry: None,
+            maintenance_window: None,
             renewal: failing.then(|| Renewal {
                 status: RenewalStatus::Failed,
                 reason: Some("CA offline".into()),

@@ -197,6 +197,16 @@ struct RequestArgs {
     /// Expiry events start this many days before expiry (1-365) [default: the account setting].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
     days_before_expiry: Option<u32>,
+    /// This certificate's maintenance window, a cron expression (e.g. "0 2 * * 0") [default:
+    /// renewal.window]. Renewals wait for it unless expiry is near.
+    #[arg(long, requires = "window_duration")]
+    window: Option<String>,
+    /// How long the window stays open, e.g. 4h.
+    #[arg(long, value_parser = parse_value::<Span>, requires = "window")]
+    window_duration: Option<Span>,
+    /// The window's time zone (IANA name) [default: UTC].
+    #[arg(long, requires = "window")]
+    window_time_zone: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -507,6 +517,9 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 tags: args.tags.into_iter().collect(),
                 renew_before: args.renew_before,
                 days_before_expiry: args.days_before_expiry,
+                window: args.window,
+                window_duration: args.window_duration,
+                window_time_zone: args.window_time_zone,
             };
             let cert: Certificate = client.post("/v1/certificates", &body).await?;
             show_certificate(&cert, format)

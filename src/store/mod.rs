@@ -69,6 +69,7 @@ pub struct NewCertificate {
     pub tags: BTreeMap<String, String>,
     pub renew_before: Option<crate::span::Span>,
     pub days_before_expiry: Option<u32>,
+    pub maintenance_window: Option<crate::model::WindowSpec>,
     /// The scheduler's first deadline for it (see `certificates.next_action_at`).
     pub next_action_at: Option<OffsetDateTime>,
     pub version: NewVersion,
@@ -99,6 +100,7 @@ impl NewCertificate {
             revocation_reason: None,
             renew_before: self.renew_before,
             days_before_expiry: self.days_before_expiry,
+            maintenance_window: self.maintenance_window.clone(),
             renewal: None,
             next_renewal_at: self.next_action_at,
             versions: vec![crate::model::VersionInfo {
@@ -150,6 +152,14 @@ pub struct RenewalFailure {
     /// The milestone to record when `event` is raised.
     pub action_required_days: Option<i64>,
     pub event: Option<Event>,
+}
+
+/// A scheduled renewal to plan again: the certificate and its own policy overrides.
+pub struct Replannable {
+    pub id: CertificateId,
+    pub lifetime: crate::policy::Lifetime,
+    pub renew_before: Option<crate::span::Span>,
+    pub window: Option<crate::model::WindowSpec>,
 }
 
 /// One certificate's metrics labels and values.
@@ -656,16 +666,7 @@ impl Store {
 
     /// Certificates with a healthy scheduled renewal (not failing, not being renewed), for
     /// planning again after a policy change.
-    pub async fn replannable(
-        &self,
-    ) -> Result<
-        Vec<(
-            CertificateId,
-            crate::policy::Lifetime,
-            Option<crate::span::Span>,
-        )>,
-        StoreError,
-    > {
+    pub async fn replannable(&self) -> Result<Vec<Replannable>, StoreError> {
         self.db.replannable().await
     }
 

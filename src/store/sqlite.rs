@@ -446,12 +446,11 @@ impl Db {
         .await
     }
 
-    pub(super) async fn replannable(
-        &self,
-    ) -> Result<Vec<(CertificateId, crate::policy::Lifetime, Option<Span>)>, StoreError> {
+    pub(super) async fn replannable(&self) -> Result<Vec<super::Replannable>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, not_before, not_after, renew_before FROM certificates \
+                "SELECT id, not_before, not_after, renew_before, maintenance_window, \
+                 maintenance_window_seconds, maintenance_window_tz FROM certificates \
                  WHERE next_action_at IS NOT NULL AND renewal_failures = 0 \
                  AND (renewal_status IS NULL OR renewal_status <> 'pending-auto-renewal')",
             )?;
@@ -461,18 +460,23 @@ impl Db {
                     row.get::<_, i64>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, Option<i64>>(3)?,
+                    window_from_row(row)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, nb, na, rb) = row?;
+                let (id, nb, na, rb, window) = row?;
                 let id = CertificateId::parse(&id)
                     .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?;
-                let lifetime = crate::policy::Lifetime {
-                    not_before: from_unix(nb),
-                    not_after: from_unix(na),
-                };
-                out.push((id, lifetime, rb.map(|s| Span::from_secs(s.max(0) as u64))));
+                out.push(super::Replannable {
+                    id,
+                    lifetime: crate::policy::Lifetime {
+                        not_before: from_unix(nb),
+                        not_after: from_unix(na),
+                    },
+                    renew_before: rb.map(|s| Span::from_secs(s.max(0) as u64)),
+                    window,
+                });
             }
             Ok(out)
         })
@@ -778,10 +782,25 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
         days_before_expiry: row
             .get::<_, Option<i64>>("days_before_expiry")?
             .map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
+        maintenance_window: window_from_row(row)?,
         renewal: renewal_from_row(row)?,
         next_renewal_at: row.get::<_, Option<i64>>("next_action_at")?.map(from_unix),
         versions: Vec::new(),
     })
+}
+
+fn window_from_row(row: &Row<'_>) -> rusqlite::Result<Option<crate::model::WindowSpec>> {
+    let Some(schedule) = row.get::<_, Option<String>>("maintenance_window")? else {
+        return Ok(None);
+    };
+    let seconds = row
+        .get::<_, Option<i64>>("maintenance_window_seconds")?
+        .unwrap_or(0);
+    Ok(Some(crate::model::WindowSpec {
+        schedule,
+        duration: Span::from_secs(seconds.max(0) as u64),
+        time_zone: row.get("maintenance_window_tz")?,
+    }))
 }
 
 fn renewal_from_row(row: &Row<'_>) -> Result<Option<Renewal>, StoreError> {

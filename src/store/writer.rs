@@ -336,8 +336,9 @@ fn insert_certificate(
     let mut insert = conn.prepare_cached(
         "INSERT INTO certificates (id, name, origin, status, issuer, domains, key_algorithm, validity, \
          client_auth, current_version, serial, not_before, not_after, created_at, updated_at, \
-         renew_before, days_before_expiry, next_action_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+         renew_before, days_before_expiry, next_action_at, maintenance_window, \
+         maintenance_window_seconds, maintenance_window_tz) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut row = |name: &str| {
         insert.execute(params![
@@ -358,6 +359,13 @@ fn insert_certificate(
             new.renew_before.map(|v| v.as_secs() as i64),
             new.days_before_expiry,
             new.next_action_at.map(unix),
+            new.maintenance_window.as_ref().map(|w| w.schedule.as_str()),
+            new.maintenance_window
+                .as_ref()
+                .map(|w| w.duration.as_secs() as i64),
+            new.maintenance_window
+                .as_ref()
+                .and_then(|w| w.time_zone.as_deref()),
         ])
     };
     // The unique index decides whether a name is free, in the same statement that takes it.
@@ -694,7 +702,8 @@ fn claim_due(
 fn renewal_failed(conn: &Connection, failure: &RenewalFailure) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE certificates SET renewal_status = 'failed', renewal_reason = ?, \
-         renewal_failures = renewal_failures + 1, renewal_failed_at = ?, next_action_at = ?, \
+         renewal_failures = renewal_failures + 1, renewal_failed_at = ?, \
+         next_action_at = CASE WHEN status = 'revoked' THEN NULL ELSE ? END, \
          action_required_days = COALESCE(?, action_required_days) WHERE id = ?",
     )?
     .execute(params![

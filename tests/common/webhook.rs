@@ -29,8 +29,28 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(secret: &[u8]) -> Receiver {
+        Receiver::start_with(secret, None)
+    }
+
+    /// An HTTPS receiver presenting `cert_chain_pem` with `key_pem` (rustls).
+    pub fn start_tls(secret: &[u8], cert_chain_pem: &[u8], key_pem: &[u8]) -> Receiver {
+        use rustls_pki_types::pem::PemObject;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate chain");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem).expect("private key");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("TLS config");
+        Receiver::start_with(secret, Some(Arc::new(config)))
+    }
+
+    fn start_with(secret: &[u8], tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/hook", listener.local_addr().expect("addr"));
         let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
         let down = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -38,9 +58,18 @@ impl Receiver {
         let (d, a, r) = (down.clone(), accepted.clone(), refused.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (key, d, a, r) = (key.clone(), d.clone(), a.clone(), r.clone());
+                let (key, d, a, r, tls) =
+                    (key.clone(), d.clone(), a.clone(), r.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &key, &d, &a, &r);
+                    let _ = match tls {
+                        Some(config) => match rustls::ServerConnection::new(config) {
+                            Ok(conn) => {
+                                serve(rustls::StreamOwned::new(conn, stream), &key, &d, &a, &r)
+                            }
+                            Err(_) => Ok(()),
+                        },
+                        None => serve(stream, &key, &d, &a, &r),
+                    };
                 });
             }
         });
@@ -82,14 +111,13 @@ impl Receiver {
 }
 
 fn serve(
-    stream: std::net::TcpStream,
+    stream: impl Read + Write,
     key: &aws_lc_rs::hmac::Key,
     down: &AtomicBool,
     accepted: &Mutex<Vec<Delivery>>,
     refused: &Mutex<u32>,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
@@ -137,6 +165,7 @@ fn serve(
             });
             "200 OK"
         };
+        let writer = reader.get_mut();
         write!(writer, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n")?;
         writer.flush()?;
     }
