@@ -50,6 +50,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawMetrics {
     listen: Option<std::net::SocketAddr>,
+    per_certificate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +199,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// An extra TCP listener serving only `/metrics` (the API socket serves it too).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// One series per certificate and family; off for very large inventories.
+    pub metrics_per_certificate: bool,
 }
 
 /// `[renewal]`: when and how many certificates renew.
@@ -486,6 +489,7 @@ impl Config {
             renewal: renewal_config(raw.renewal, &invalid)?,
             events: events_config(raw.events, &invalid)?,
             metrics_listen: raw.metrics.listen,
+            metrics_per_certificate: raw.metrics.per_certificate.unwrap_or(true),
             state_dir,
         })
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use time::OffsetDateTime;
 
 use crate::model::Status;
-use crate::store::MetricsRow;
+use crate::store::{MetricsRow, MetricsSummary};
 
 /// Counters since the daemon started.
 #[derive(Default)]
@@ -54,7 +54,9 @@ impl Metrics {
 
 /// Everything read from the store for one scrape.
 pub struct Snapshot {
-    pub certificates: Vec<MetricsRow>,
+    /// One entry per certificate; `None` with `metrics.per-certificate = false`.
+    pub certificates: Option<Vec<MetricsRow>>,
+    pub summary: MetricsSummary,
     pub events_total: i64,
     /// (sink, events waiting).
     pub outbox: Vec<(String, i64)>,
@@ -62,7 +64,8 @@ pub struct Snapshot {
 
 /// Renders the whole exposition.
 pub fn render(metrics: &Metrics, snapshot: &Snapshot, now: OffsetDateTime) -> String {
-    let mut out = String::with_capacity(512 + snapshot.certificates.len() * 900);
+    let per_cert_bytes = snapshot.certificates.as_ref().map_or(0, |c| c.len() * 900);
+    let mut out = String::with_capacity(1024 + per_cert_bytes);
     family(
         &mut out,
         "certkeeper_build_info",
@@ -145,7 +148,46 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot, now: OffsetDateTime) -> St
         );
     }
 
-    let certs = &snapshot.certificates;
+    family(
+        &mut out,
+        "certkeeper_certificates",
+        "gauge",
+        "Certificates by status and origin",
+    );
+    for (status, origin, n) in &snapshot.summary.counts {
+        let _ = writeln!(
+            out,
+            "certkeeper_certificates{{status=\"{status}\",origin=\"{origin}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "certkeeper_earliest_expiry_timestamp_seconds",
+        "gauge",
+        "The earliest end of validity among issued certificates, by origin (Unix time)",
+    );
+    for (origin, at) in &snapshot.summary.earliest_expiry {
+        let _ = writeln!(
+            out,
+            "certkeeper_earliest_expiry_timestamp_seconds{{origin=\"{origin}\"}} {}",
+            at.unix_timestamp()
+        );
+    }
+    family(
+        &mut out,
+        "certkeeper_renewals_failing",
+        "gauge",
+        "Certificates whose last renewal attempt failed",
+    );
+    let _ = writeln!(
+        out,
+        "certkeeper_renewals_failing {}",
+        snapshot.summary.renewals_failing
+    );
+
+    let Some(certs) = &snapshot.certificates else {
+        return out;
+    };
     per_cert(
         &mut out,
         certs,

@@ -699,6 +699,35 @@ fn retention_never_prunes_undelivered_events() {
 }
 
 #[test]
+fn aggregate_metrics_without_per_certificate_series() {
+    let daemon = Daemon::start_with(Some("[metrics]\nper-certificate = false\n"));
+    daemon.json(&["request", "one.internal"]);
+    daemon.json(&["request", "two.internal", "--validity", "3d"]);
+    let text = daemon.ok(&["metrics"]);
+    promtool_check_metrics(&text);
+    assert!(
+        !text.contains("certkeeper_certificate_status{"),
+        "no per-certificate series:\n{text}"
+    );
+    assert!(
+        text.contains("certkeeper_certificates{status=\"issued\",origin=\"private\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("certkeeper_renewals_failing 0"), "{text}");
+    let earliest = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("certkeeper_earliest_expiry_timestamp_seconds{origin=\"private\"} ")
+        })
+        .unwrap();
+    let left = earliest.parse::<i64>().unwrap() - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (3 * 86_400 - 120..=3 * 86_400).contains(&left),
+        "the 3-day certificate is the earliest: {left} s left"
+    );
+}
+
+#[test]
 fn metrics_are_served_on_the_optional_tcp_listener() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

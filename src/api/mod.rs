@@ -186,12 +186,7 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 
 async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let inventory = &state.inventory;
-    let store = inventory.store();
-    let snapshot = crate::metrics::Snapshot {
-        certificates: store.metrics_rows().await.map_err(InventoryError::from)?,
-        events_total: store.last_event_seq().await.map_err(InventoryError::from)?,
-        outbox: inventory.outbox_depths().await?,
-    };
+    let snapshot = inventory.metrics_snapshot().await?;
     let text = crate::metrics::render(
         inventory.metrics(),
         &snapshot,

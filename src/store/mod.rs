@@ -162,6 +162,16 @@ pub struct Replannable {
     pub window: Option<crate::model::WindowSpec>,
 }
 
+/// Inventory-wide figures for `/metrics`, cheap at any size.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSummary {
+    /// (status as users see it, origin, count).
+    pub counts: Vec<(Status, Origin, i64)>,
+    /// (origin, earliest not-after of an issued, unexpired certificate).
+    pub earliest_expiry: Vec<(Origin, OffsetDateTime)>,
+    pub renewals_failing: i64,
+}
+
 /// One certificate's metrics labels and values.
 #[derive(Clone, Debug)]
 pub struct MetricsRow {
@@ -668,6 +678,11 @@ impl Store {
     /// planning again after a policy change.
     pub async fn replannable(&self) -> Result<Vec<Replannable>, StoreError> {
         self.db.replannable().await
+    }
+
+    /// Counts by status and origin, earliest expiry per origin, failing renewals.
+    pub async fn metrics_summary(&self, now: OffsetDateTime) -> Result<MetricsSummary, StoreError> {
+        self.db.metrics_summary(now).await
     }
 
     /// Every certificate's metrics labels and values.

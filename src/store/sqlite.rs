@@ -511,6 +511,37 @@ impl Db {
         .await
     }
 
+    pub(super) async fn metrics_summary(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<super::MetricsSummary, StoreError> {
+        self.read(move |conn| {
+            let mut summary = super::MetricsSummary::default();
+            let mut counts = conn.prepare_cached(
+                "SELECT CASE WHEN status = 'issued' AND not_after < ?1 THEN 'expired' ELSE status END, \
+                 origin, COUNT(*) FROM certificates GROUP BY 1, 2 ORDER BY 1, 2",
+            )?;
+            let rows = counts.query_map([unix(now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+            for row in rows {
+                let (status, origin, n) = row?;
+                summary.counts.push((parse_text(&status, "status")?, parse_text(&origin, "origin")?, n));
+            }
+            let mut earliest = conn.prepare_cached(
+                "SELECT origin, MIN(not_after) FROM certificates WHERE status = 'issued' AND not_after >= ? \
+                 GROUP BY origin ORDER BY origin",
+            )?;
+            let rows = earliest.query_map([unix(now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (origin, at) = row?;
+                summary.earliest_expiry.push((parse_text(&origin, "origin")?, from_unix(at)));
+            }
+            summary.renewals_failing =
+                conn.query_row("SELECT COUNT(*) FROM certificates WHERE renewal_failures > 0", [], |r| r.get(0))?;
+            Ok(summary)
+        })
+        .await
+    }
+
     pub(super) async fn metrics_rows(&self) -> Result<Vec<super::MetricsRow>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(

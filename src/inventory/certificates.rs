@@ -1,0 +1,525 @@
+//! Certificate operations: request, sign, import and re-import, renew, revoke, delete, tags,
+//! reads and export.
+
+use super::*;
+
+impl Inventory {
+    pub async fn request(&self, req: RequestCertificate) -> Result<Certificate> {
+        let defaults = self.defaults();
+        let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
+        check_tags(&req.tags)?;
+        let maintenance_window =
+            window_spec(req.window, req.window_duration, req.window_time_zone)?;
+        let name = resolve_name(req.name, &domains)?;
+        let ca_name = req.ca.unwrap_or(defaults.ca);
+        let authority = self.authority(&ca_name)?;
+        let algorithm = req.key_algorithm.unwrap_or(defaults.key_algorithm);
+        let validity = req.validity.unwrap_or(defaults.validity);
+        let now = OffsetDateTime::now_utc();
+
+        let (issued, key) = {
+            let domains = domains.clone();
+            blocking(move || -> Result<_> {
+                let key = crate::keys::generate(algorithm).map_err(CaError::from)?;
+                let request = LeafRequest {
+                    domains: &domains,
+                    validity,
+                    client_auth: req.client_auth,
+                };
+                let issued = authority.issue(&request, &key, now)?;
+                Ok((issued, Zeroizing::new(key.serialize_der())))
+            })
+            .await??
+        };
+        let issuance = PrivateIssuance {
+            name,
+            ca: ca_name,
+            domains,
+            key_algorithm: algorithm,
+            validity,
+            client_auth: req.client_auth,
+            tags: req.tags,
+            renew_before: req.renew_before,
+            days_before_expiry: req.days_before_expiry,
+            maintenance_window,
+        };
+        let mut new = issuance.record(issued, Some(key), now);
+        let lifetime = Lifetime {
+            not_before: new.version.not_before,
+            not_after: new.version.not_after,
+        };
+        new.next_action_at = Some(self.plan(
+            &new.id,
+            lifetime,
+            new.renew_before,
+            new.maintenance_window.as_ref(),
+            now,
+        ));
+        let cert = self.store.insert_certificate(new).await?;
+        self.metrics.issued(cert.origin);
+        self.changed();
+        Ok(cert)
+    }
+
+    /// Issues a certificate for a caller's CSR. The key stays with the caller; the certificate
+    /// is recorded like any other (without a key, so it cannot be exported or renewed by us).
+    pub async fn sign(&self, req: SignRequest) -> Result<Signed> {
+        let defaults = self.defaults();
+        check_tags(&req.tags)?;
+        let csr = ca::parse_csr(&file_bytes(&req.csr))?;
+        let name = resolve_name(req.name, &csr.domains)?;
+        let ca_name = req.ca.unwrap_or(defaults.ca);
+        let authority = self.authority(&ca_name)?;
+        let validity = req.validity.unwrap_or(defaults.validity);
+        let now = OffsetDateTime::now_utc();
+        let request = LeafRequest {
+            domains: &csr.domains,
+            validity,
+            client_auth: req.client_auth,
+        };
+        let issued = authority.issue(&request, &csr.public_key, now)?;
+        let (cert_pem, chain_pem) = (issued.cert_pem.clone(), issued.chain_pem.clone());
+        let issuance = PrivateIssuance {
+            name,
+            ca: ca_name,
+            domains: csr.domains,
+            key_algorithm: csr.key_algorithm,
+            validity,
+            client_auth: req.client_auth,
+            tags: req.tags,
+            renew_before: None,
+            days_before_expiry: req.days_before_expiry,
+            maintenance_window: None,
+        };
+        let new = issuance.record(issued, None, now);
+        let certificate = self.store.insert_certificate(new).await?;
+        self.metrics.issued(certificate.origin);
+        self.changed();
+        Ok(Signed {
+            certificate,
+            certificate_pem: cert_pem,
+            chain_pem,
+        })
+    }
+
+    pub async fn import(&self, req: ImportCertificate) -> Result<Certificate> {
+        check_tags(&req.tags)?;
+        let now = OffsetDateTime::now_utc();
+        let cert_bytes = file_bytes(&req.certificate);
+        let key_bytes = Zeroizing::new(file_bytes(&req.private_key));
+        let chain_bytes = req.chain.as_deref().map(file_bytes);
+        let passphrase = req.passphrase.map(Zeroizing::new);
+        let input = import::Input {
+            certificate: &cert_bytes,
+            private_key: &key_bytes,
+            chain: chain_bytes.as_deref(),
+            passphrase: passphrase.as_deref().map(String::as_str),
+            allow_expired: req.allow_expired,
+        };
+        // Decrypting a passphrase-protected key runs a deliberately slow KDF.
+        let checked = blocking_scoped(|| import::check(&input, now))?;
+        let version = NewVersion {
+            serial: checked.info.serial.clone(),
+            issuer_ca: None,
+            not_before: checked.info.not_before,
+            not_after: checked.info.not_after,
+            cert_pem: checked.cert_pem,
+            chain_pem: checked.chain_pem,
+            key: Some(checked.key),
+        };
+        match req.certificate_id {
+            Some(target) => {
+                self.reimport(
+                    &target,
+                    version,
+                    checked.domains,
+                    checked.key_algorithm,
+                    now,
+                )
+                .await
+            }
+            None => {
+                let (name, name_is_default) = resolve_name(req.name, &checked.domains)?;
+                let status = if checked.info.not_after < now {
+                    Status::Expired
+                } else {
+                    Status::Issued
+                };
+                let mut new = NewCertificate {
+                    id: CertificateId::generate(),
+                    name,
+                    name_is_default,
+                    origin: Origin::Imported,
+                    status,
+                    issuer: checked.info.issuer.clone(),
+                    domains: checked.domains,
+                    key_algorithm: checked.key_algorithm,
+                    validity: None,
+                    client_auth: false,
+                    tags: req.tags,
+                    renew_before: None,
+                    days_before_expiry: req.days_before_expiry,
+                    maintenance_window: None,
+                    next_action_at: None,
+                    version,
+                    event: None,
+                };
+                new.event = Some(events::available(
+                    &new.certificate(now),
+                    Action::Import,
+                    now,
+                ));
+                let cert = self.store.insert_certificate(new).await?;
+                self.metrics.issued(cert.origin);
+                self.changed();
+                Ok(cert)
+            }
+        }
+    }
+
+    async fn reimport(
+        &self,
+        target: &str,
+        version: NewVersion,
+        domains: Vec<Domain>,
+        key_algorithm: KeyAlgorithm,
+        now: OffsetDateTime,
+    ) -> Result<Certificate> {
+        let cert = self.find(target).await?;
+        if cert.origin != Origin::Imported {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is {}; only imported certificates can be re-imported",
+                cert.id, cert.origin
+            )));
+        }
+        let mut after = cert.clone();
+        after.current_version += 1;
+        after.serial = version.serial.clone();
+        after.not_after = version.not_after;
+        after.domains = domains.clone();
+        let event = events::available(&after, Action::Reimport, now);
+        let status = if version.not_after < now {
+            Status::Expired
+        } else {
+            Status::Issued
+        };
+        let change = VersionChange {
+            version: cert.current_version + 1,
+            new: version,
+            status,
+            event: Some(event),
+            names: Some((domains, key_algorithm)),
+            next_action_at: None,
+        };
+        let cert = self.store.add_version(&cert.id, change).await?;
+        self.changed();
+        Ok(cert)
+    }
+
+    /// Issues a new version of a private certificate: new key, same names, same lifetime.
+    pub async fn renew(&self, id_or_name: &str) -> Result<Certificate> {
+        let cert = self.find(id_or_name).await?;
+        if cert.origin != Origin::Private {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is {}; only private certificates are renewed by certkeeper (re-import imported ones)",
+                cert.id, cert.origin
+            )));
+        }
+        if cert.status == Status::Revoked {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is revoked",
+                cert.id
+            )));
+        }
+        if !cert.versions.first().is_some_and(|v| v.key_held) {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} was signed from a CSR; certkeeper does not hold its key: sign a new CSR instead",
+                cert.id
+            )));
+        }
+        let authority = self.authority(&cert.issuer)?;
+        let validity = cert.validity.unwrap_or(self.defaults().validity);
+        let now = OffsetDateTime::now_utc();
+        let (issued, key) = {
+            let domains = cert.domains.clone();
+            let (algorithm, client_auth) = (cert.key_algorithm, cert.client_auth);
+            blocking(move || -> Result<_> {
+                let key = crate::keys::generate(algorithm).map_err(CaError::from)?;
+                let issued = authority.issue(
+                    &LeafRequest {
+                        domains: &domains,
+                        validity,
+                        client_auth,
+                    },
+                    &key,
+                    now,
+                )?;
+                Ok((issued, Zeroizing::new(key.serialize_der())))
+            })
+            .await??
+        };
+        let mut after = cert.clone();
+        after.current_version += 1;
+        after.serial = issued.serial.clone();
+        after.not_after = issued.not_after;
+        let event = events::available(&after, Action::Renewal, now);
+        let version = NewVersion {
+            serial: issued.serial,
+            issuer_ca: Some(cert.issuer.clone()),
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            cert_pem: issued.cert_pem,
+            chain_pem: issued.chain_pem,
+            key: Some(key),
+        };
+        let lifetime = Lifetime {
+            not_before: version.not_before,
+            not_after: version.not_after,
+        };
+        let change = VersionChange {
+            version: cert.current_version + 1,
+            new: version,
+            status: Status::Issued,
+            event: Some(event),
+            names: None,
+            next_action_at: Some(self.plan(
+                &cert.id,
+                lifetime,
+                cert.renew_before,
+                cert.maintenance_window.as_ref(),
+                now,
+            )),
+        };
+        let cert = self.store.add_version(&cert.id, change).await?;
+        self.changed();
+        Ok(cert)
+    }
+
+    /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL
+    /// (a renewal does not make the earlier keys trustworthy), and the CRL is re-signed.
+    pub async fn revoke(
+        &self,
+        id_or_name: &str,
+        reason: Option<RevocationReason>,
+    ) -> Result<Certificate> {
+        let cert = self.find(id_or_name).await?;
+        if cert.status == Status::Revoked {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is already revoked",
+                cert.id
+            )));
+        }
+        if cert.origin == Origin::Imported {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is imported; revoke it with the CA that issued it",
+                cert.id
+            )));
+        }
+        let reason = reason.unwrap_or(RevocationReason::Unspecified);
+        let revocations: Vec<Revocation> = cert
+            .versions
+            .iter()
+            .filter_map(|v| {
+                v.issuer_ca.clone().map(|ca| Revocation {
+                    ca,
+                    serial: v.serial.clone(),
+                })
+            })
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        let event = events::revoked(&cert, reason.as_str(), now);
+        self.store
+            .revoke(&cert.id, reason, revocations.clone(), Some(event), now)
+            .await?;
+        let mut cas: Vec<&str> = revocations.iter().map(|r| r.ca.as_str()).collect();
+        cas.dedup();
+        for ca in cas {
+            self.refresh_crl(ca, now).await?;
+        }
+        self.find(cert.id.as_str()).await
+    }
+
+    pub async fn delete(&self, id_or_name: &str) -> Result<Certificate> {
+        let cert = self.find(id_or_name).await?;
+        self.store.delete(&cert.id).await?;
+        Ok(cert)
+    }
+
+    pub async fn tags(&self, id_or_name: &str, req: TagsRequest) -> Result<Certificate> {
+        check_tags(&req.set)?;
+        let cert = self.find(id_or_name).await?;
+        self.store.set_tags(&cert.id, req.set, req.remove).await?;
+        self.find(cert.id.as_str()).await
+    }
+
+    pub async fn find(&self, id_or_name: &str) -> Result<Certificate> {
+        self.store
+            .find_certificate(id_or_name)
+            .await?
+            .ok_or_else(|| InventoryError::NotFound(format!("certificate {id_or_name:?}")))
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Certificate>> {
+        Ok(self.store.list(filter, OffsetDateTime::now_utc()).await?)
+    }
+
+    pub async fn pem(&self, id_or_name: &str, version: Option<u32>) -> Result<CertificatePem> {
+        let cert = self.find(id_or_name).await?;
+        let number = version.unwrap_or(cert.current_version);
+        let stored =
+            self.store.version(&cert.id, number).await?.ok_or_else(|| {
+                InventoryError::NotFound(format!("version {number} of {}", cert.id))
+            })?;
+        Ok(CertificatePem {
+            id: cert.id.to_string(),
+            version: number,
+            certificate: stored.cert_pem,
+            chain: stored.chain_pem,
+        })
+    }
+
+    pub async fn export(&self, id_or_name: &str, req: ExportRequest) -> Result<Exported> {
+        export::check_passphrase(&req.passphrase)?;
+        let cert = self.find(id_or_name).await?;
+        let number = req.version.unwrap_or(cert.current_version);
+        let stored =
+            self.store.version(&cert.id, number).await?.ok_or_else(|| {
+                InventoryError::NotFound(format!("version {number} of {}", cert.id))
+            })?;
+        let key = self
+            .store
+            .open_version_key(&cert.id, &stored)?
+            .ok_or(ExportError::NoKey)?;
+        let passphrase = Zeroizing::new(req.passphrase);
+        let format = req.format;
+        Ok(blocking(move || {
+            export::export(
+                format,
+                &stored.cert_pem,
+                &stored.chain_pem,
+                &key,
+                &passphrase,
+            )
+        })
+        .await??)
+    }
+}
+
+/// What `request` and `sign` share once the CA has signed: the record to store, with its
+/// ISSUANCE event.
+struct PrivateIssuance {
+    /// The name and whether it was defaulted (see [`resolve_name`]).
+    name: (String, bool),
+    ca: String,
+    domains: Vec<Domain>,
+    key_algorithm: KeyAlgorithm,
+    validity: Span,
+    client_auth: bool,
+    tags: BTreeMap<String, String>,
+    renew_before: Option<Span>,
+    days_before_expiry: Option<u32>,
+    maintenance_window: Option<WindowSpec>,
+}
+
+impl PrivateIssuance {
+    /// `key` is the private key when we generated it, `None` for a caller's CSR.
+    fn record(
+        self,
+        issued: Issued,
+        key: Option<Zeroizing<Vec<u8>>>,
+        now: OffsetDateTime,
+    ) -> NewCertificate {
+        let (name, name_is_default) = self.name;
+        let mut new = NewCertificate {
+            id: CertificateId::generate(),
+            name,
+            name_is_default,
+            origin: Origin::Private,
+            status: Status::Issued,
+            issuer: self.ca.clone(),
+            domains: self.domains,
+            key_algorithm: self.key_algorithm,
+            validity: Some(self.validity),
+            client_auth: self.client_auth,
+            tags: self.tags,
+            renew_before: self.renew_before,
+            days_before_expiry: self.days_before_expiry,
+            maintenance_window: self.maintenance_window,
+            next_action_at: None,
+            version: NewVersion {
+                serial: issued.serial,
+                issuer_ca: Some(self.ca),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                cert_pem: issued.cert_pem,
+                chain_pem: issued.chain_pem,
+                key,
+            },
+            event: None,
+        };
+        new.event = Some(events::available(
+            &new.certificate(now),
+            Action::Issuance,
+            now,
+        ));
+        new
+    }
+}
+
+/// A per-certificate maintenance window from request fields: both or neither, and a cron
+/// expression and zone that parse.
+fn window_spec(
+    schedule: Option<String>,
+    duration: Option<Span>,
+    time_zone: Option<String>,
+) -> Result<Option<WindowSpec>> {
+    let spec = match (schedule, duration) {
+        (None, None) if time_zone.is_none() => return Ok(None),
+        (Some(schedule), Some(duration)) => WindowSpec {
+            schedule,
+            duration,
+            time_zone,
+        },
+        _ => {
+            return Err(InventoryError::Invalid(
+                "a maintenance window needs both window and window_duration".into(),
+            ));
+        }
+    };
+    if spec.duration.as_secs() < 60 {
+        return Err(InventoryError::Invalid(
+            "window_duration must be at least 1m".into(),
+        ));
+    }
+    spec.window().map_err(InventoryError::invalid)?;
+    Ok(Some(spec))
+}
+
+/// A certificate's name: the one given (checked), else its first domain. The flag says it was
+/// defaulted, which lets the store make it unique instead of refusing it.
+fn resolve_name(name: Option<String>, domains: &[Domain]) -> Result<(String, bool)> {
+    match name {
+        Some(name) => {
+            check_name("certificate", &name).map_err(InventoryError::invalid)?;
+            Ok((name, false))
+        }
+        None => {
+            let first = domains
+                .first()
+                .ok_or_else(|| InventoryError::Invalid("no domains".into()))?;
+            Ok((first.to_string(), true))
+        }
+    }
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
+    if tags.len() > 50 {
+        return Err(InventoryError::Invalid(
+            "at most 50 tags per certificate".into(),
+        ));
+    }
+    for (key, value) in tags {
+        check_tag(key, value).map_err(InventoryError::invalid)?;
+    }
+    Ok(())
+}

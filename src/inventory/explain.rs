@@ -1,0 +1,116 @@
+//! `certkeeper explain`: what happens next to a certificate, when, and which rule decided it.
+
+use super::*;
+
+impl Inventory {
+    /// What happens next to a certificate, when, and which rule decided it.
+    pub async fn explain(&self, id_or_name: &str) -> Result<Explanation> {
+        let cert = self.find(id_or_name).await?;
+        let now = OffsetDateTime::now_utc();
+        let settings = self.settings();
+        let lifetime = Lifetime {
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+        };
+        let mut reasons = vec![format!(
+            "lifetime {} (not before {}, not after {})",
+            Span::from_secs((lifetime.length().whole_seconds()).max(0) as u64),
+            rfc3339(cert.not_before),
+            rfc3339(cert.not_after)
+        )];
+        let managed = cert.next_renewal_at.is_some();
+        let failing = cert.renewal.as_ref().filter(|r| r.failures > 0);
+        let (next_action, rule) = match (managed, failing) {
+            (false, _) => {
+                reasons.push(match cert.origin {
+                    Origin::Imported => {
+                        "imported: certkeeper watches it but never renews it".to_owned()
+                    }
+                    _ if cert.status == Status::Revoked => "revoked: never renewed".to_owned(),
+                    _ => "certkeeper does not hold its key (signed from a CSR): not renewed"
+                        .to_owned(),
+                });
+                ("none", "not managed".to_owned())
+            }
+            (true, Some(renewal)) => {
+                reasons.push(format!(
+                    "{} consecutive renewal failure(s), the last at {}: {}",
+                    renewal.failures,
+                    renewal.failed_at.map(rfc3339).unwrap_or_default(),
+                    renewal.reason.clone().unwrap_or_default()
+                ));
+                reasons.push(
+                    "retries back off exponentially from 1m to 4h, never past expiry".to_owned(),
+                );
+                ("retry", policy::Rule::Backoff.to_string())
+            }
+            (true, None) => {
+                let configured = cert.renew_before.unwrap_or(settings.renew_before);
+                let own = cert
+                    .maintenance_window
+                    .as_ref()
+                    .and_then(|w| w.window().ok());
+                let window = own.as_ref().or(settings.window.as_ref());
+                let planned =
+                    policy::renewal(cert.id.as_str(), lifetime, configured.time(), window, now);
+                reasons.push(format!(
+                    "renew-before {configured} ({}); effective {} before expiry",
+                    if cert.renew_before.is_some() {
+                        "set on this certificate"
+                    } else {
+                        "renewal.renew-before"
+                    },
+                    Span::from_secs(planned.renew_before.whole_seconds().max(0) as u64)
+                ));
+                if let Some(window) = window {
+                    reasons.push(format!(
+                        "maintenance window {} ({}) for {} ({}); ignored once less than a tenth of the lifetime remains",
+                        window.schedule.as_str(),
+                        window.schedule.time_zone(),
+                        Span::from_secs(window.duration.as_secs()),
+                        if own.is_some() { "set on this certificate" } else { "renewal.window" },
+                    ));
+                }
+                ("renew", planned.rule.to_string())
+            }
+        };
+        let days = cert
+            .days_before_expiry
+            .unwrap_or(settings.days_before_expiry);
+        let threshold = policy::expiry_threshold(
+            days,
+            self.care(managed, cert.renew_before, lifetime),
+            lifetime,
+        );
+        let events_from = cert.not_after - threshold;
+        reasons.push(format!(
+            "expiry events: days-before-expiry {days}{}; daily from {}",
+            if managed {
+                " capped at a quarter of the lifetime and at the renewal time (renewal would be overdue)"
+            } else {
+                ""
+            },
+            rfc3339(events_from)
+        ));
+        let next_expiry_event_at = if cert.status == Status::Issued && now < cert.not_after {
+            settings
+                .daily_check
+                .next_after(events_from.max(now) - time::Duration::SECOND)
+                .filter(|at| *at < cert.not_after)
+        } else {
+            None
+        };
+        Ok(Explanation {
+            id: cert.id.to_string(),
+            name: cert.name.clone(),
+            status: cert.status.to_string(),
+            next_action: next_action.to_owned(),
+            next_action_at: cert.next_renewal_at,
+            rule,
+            reasons,
+            expiry_threshold: Span::from_secs(threshold.whole_seconds().max(0) as u64),
+            expiry_events_from: events_from,
+            next_expiry_event_at,
+        })
+    }
+}

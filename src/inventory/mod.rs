@@ -1,0 +1,334 @@
+//! The inventory: every operation on certificates and CAs, between the API and the store.
+//!
+//! Each operation checks its input, does the cryptography (key generation and signing run on
+//! the blocking pool when they can take long), and hands one complete change to the store,
+//! which commits it together with its event. Nothing is stored until everything succeeded, so a
+//! failed request leaves no trace.
+//!
+//! Signing CAs are kept decrypted in memory (`authorities`): decrypting a CA key for every
+//! issuance would double the cost of `sign`. They are loaded at start and when a CA is created.
+
+mod cas;
+mod certificates;
+mod explain;
+
+use cas::Slot;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Notify;
+
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::api::types::{
+    CaDetails, CertificatePem, CreateCa, Explanation, ExportRequest, ImportCertificate, InstallCa,
+    RequestCertificate, SignRequest, Signed, TagsRequest, file_bytes,
+};
+use crate::ca::{self, Authority, CaError, Issued, LeafRequest};
+use crate::config::{Config, Defaults};
+use crate::events::{self, Action};
+use crate::export::{self, ExportError, Exported};
+use crate::import::{self, ImportError};
+use crate::metrics::Metrics;
+use crate::model::{
+    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
+    RevocationReason, Status, WindowSpec, check_name, check_tag, parse_domains, rfc3339,
+};
+use crate::policy::{self, Lifetime};
+use crate::schedule::{Schedule, Window};
+use crate::span::Span;
+use crate::store::{
+    InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store, StoreError,
+    VersionChange,
+};
+
+/// How long a CRL is valid; it is re-signed when less than half of this remains.
+const CRL_VALIDITY: Span = Span::from_days(7);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for InventoryError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NameTaken(_) | StoreError::Conflict(_) => {
+                InventoryError::Conflict(err.to_string())
+            }
+            StoreError::NotFound(what) => InventoryError::NotFound(what),
+            other => InventoryError::Store(other),
+        }
+    }
+}
+
+impl InventoryError {
+    fn invalid(err: impl std::fmt::Display) -> Self {
+        InventoryError::Invalid(err.to_string())
+    }
+}
+
+type Result<T, E = InventoryError> = std::result::Result<T, E>;
+
+pub struct Inventory {
+    store: Store,
+    authorities: RwLock<HashMap<String, Slot>>,
+    /// Reloadable with SIGHUP.
+    settings: RwLock<Settings>,
+    /// Wakes the lifecycle task when deadlines may have moved.
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+/// The configuration the inventory works with, replaced on reload.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub defaults: Defaults,
+    pub renew_before: Span,
+    pub window: Option<Window>,
+    /// The account-wide expiry-event threshold: the stored setting when one was made through
+    /// the API, else the config's `events.days-before-expiry`.
+    pub days_before_expiry: u32,
+    pub daily_check: Schedule,
+    /// The configured event sinks, by name.
+    pub sinks: Vec<String>,
+    pub metrics_per_certificate: bool,
+}
+
+impl Settings {
+    /// Everything that decides a healthy certificate's renewal time, as text.
+    fn renewal_fingerprint(&self) -> String {
+        let window = self.window.as_ref().map_or_else(String::new, |w| {
+            format!(
+                "{} ({}) for {}s",
+                w.schedule.as_str(),
+                w.schedule.time_zone(),
+                w.duration.as_secs()
+            )
+        });
+        format!("renew-before {}; window {window}", self.renew_before)
+    }
+
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            defaults: config.defaults.clone(),
+            renew_before: config.renewal.renew_before,
+            window: config.renewal.window.clone(),
+            days_before_expiry: config.events.days_before_expiry,
+            daily_check: config.events.daily_check.clone(),
+            sinks: config.events.sink_names(),
+            metrics_per_certificate: config.metrics_per_certificate,
+        }
+    }
+}
+
+/// The account setting key for the expiry-event threshold.
+const DAYS_BEFORE_EXPIRY: &str = "days-before-expiry";
+/// The setting recording which renewal policy the stored deadlines were planned under.
+const RENEWAL_POLICY: &str = "renewal-policy";
+
+impl Inventory {
+    pub fn new(store: Store, settings: Settings) -> Inventory {
+        Inventory {
+            store,
+            authorities: RwLock::new(HashMap::new()),
+            settings: RwLock::new(settings),
+            wake: Arc::new(Notify::new()),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The notifier the lifecycle task waits on.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies a reloaded configuration. When the renewal policy changed, every scheduled
+    /// renewal is planned again under it. The account's stored days-before-expiry (set through
+    /// the API) keeps winning over the file.
+    pub async fn apply(&self, mut settings: Settings) -> Result<()> {
+        if let Some(days) = self.stored_days_before_expiry().await? {
+            settings.days_before_expiry = days;
+        }
+        // The policy the stored deadlines were planned under is recorded with them, so a change
+        // made between two runs (edit the file, restart) is noticed as well as one on SIGHUP.
+        let fingerprint = settings.renewal_fingerprint();
+        let planned_under = self.store.setting(RENEWAL_POLICY).await?;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        if planned_under.as_deref() != Some(fingerprint.as_str()) {
+            let n = self.replan().await?;
+            self.store.set_setting(RENEWAL_POLICY, &fingerprint).await?;
+            if planned_under.is_some() {
+                tracing::info!(certificates = n, policy = %fingerprint, "renewal policy changed: renewals planned again");
+            }
+        }
+        self.changed();
+        Ok(())
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn defaults(&self) -> Defaults {
+        self.settings().defaults
+    }
+
+    /// What `/metrics` shows, read from the store.
+    pub async fn metrics_snapshot(&self) -> Result<crate::metrics::Snapshot> {
+        let now = OffsetDateTime::now_utc();
+        let certificates = if self.settings().metrics_per_certificate {
+            Some(self.store.metrics_rows().await?)
+        } else {
+            None
+        };
+        Ok(crate::metrics::Snapshot {
+            certificates,
+            summary: self.store.metrics_summary(now).await?,
+            events_total: self.store.last_event_seq().await?,
+            outbox: self.outbox_depths().await?,
+        })
+    }
+
+    /// Events waiting for each configured sink.
+    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        let mut depths = Vec::new();
+        for sink in self.settings().sinks {
+            let depth = self.store.outbox_depth(&sink).await?;
+            depths.push((sink, depth));
+        }
+        Ok(depths)
+    }
+
+    /// The account-wide expiry-event threshold in days.
+    pub fn days_before_expiry(&self) -> u32 {
+        self.settings().days_before_expiry
+    }
+
+    async fn stored_days_before_expiry(&self) -> Result<Option<u32>> {
+        let Some(text) = self.store.setting(DAYS_BEFORE_EXPIRY).await? else {
+            return Ok(None);
+        };
+        Ok(text.parse().ok())
+    }
+
+    /// `certkeeper config set days-before-expiry N` (ACM's account configuration).
+    pub async fn set_days_before_expiry(&self, days: u32) -> Result<()> {
+        if !(1..=365).contains(&days) {
+            return Err(InventoryError::Invalid(format!(
+                "days-before-expiry {days} is outside 1..=365"
+            )));
+        }
+        self.store
+            .set_setting(DAYS_BEFORE_EXPIRY, &days.to_string())
+            .await?;
+        self.settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .days_before_expiry = days;
+        Ok(())
+    }
+
+    /// How a certificate is looked after, for its expiry-event threshold.
+    pub fn care(
+        &self,
+        renewed: bool,
+        renew_before: Option<Span>,
+        lifetime: Lifetime,
+    ) -> policy::Care {
+        if !renewed {
+            return policy::Care::Watched;
+        }
+        let configured = renew_before.unwrap_or(self.settings().renew_before).time();
+        policy::Care::Renewed(policy::effective_renew_before(configured, lifetime.length()).0)
+    }
+
+    /// When a certificate we renew should next renew, under the current policy.
+    fn plan(
+        &self,
+        id: &CertificateId,
+        lifetime: Lifetime,
+        renew_before: Option<Span>,
+        window: Option<&WindowSpec>,
+        now: OffsetDateTime,
+    ) -> OffsetDateTime {
+        let settings = self.settings();
+        let renew_before = renew_before.unwrap_or(settings.renew_before).time();
+        // A stored window always parsed when it was set; if a later version of the cron rules
+        // refused it, fall back to the global window rather than never renewing.
+        let own = window.and_then(|w| w.window().ok());
+        policy::renewal(
+            id.as_str(),
+            lifetime,
+            renew_before,
+            own.as_ref().or(settings.window.as_ref()),
+            now,
+        )
+        .at
+    }
+
+    /// Plans every scheduled, healthy renewal again (after a policy change). Failing ones keep
+    /// their backoff; ones being renewed keep their lease.
+    async fn replan(&self) -> Result<usize> {
+        let now = OffsetDateTime::now_utc();
+        let planned = self.store.replannable().await?;
+        let items: Vec<_> = planned
+            .into_iter()
+            .map(|r| {
+                let at = self.plan(&r.id, r.lifetime, r.renew_before, r.window.as_ref(), now);
+                (r.id, Some(at))
+            })
+            .collect();
+        Ok(self.store.set_next_action(items).await?)
+    }
+
+    pub async fn rotate_master_key(&self) -> Result<(u64, BTreeMap<String, u64>)> {
+        let rewrapped = self.store.rotate_master_key().await?;
+        Ok((rewrapped, self.store.key_usage().await?))
+    }
+}
+
+/// Runs CPU-heavy work (key generation, KDFs) on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InventoryError::Internal(format!("worker failed: {e}")))
+}
+
+/// Like [`blocking`] for work that borrows from the caller: runs it in place, telling the
+/// runtime this worker thread may block for a while.
+fn blocking_scoped<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
