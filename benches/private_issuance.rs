@@ -16,8 +16,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use time::OffsetDateTime;
 
 use certkeeper::ca::{self, Authority, LeafRequest};
@@ -26,7 +24,7 @@ use certkeeper::span::Span;
 
 mod support;
 
-use support::{Server, Target, connect, csrs, quantile_ms, wait_for};
+use support::{Server, Target, call, connect, csrs, quantile_ms, wait_for};
 
 struct Args {
     requests: usize,
@@ -193,26 +191,8 @@ async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurre
                 for k in 0..per_task {
                     let i = t * per_task + k;
                     let (path, bytes) = body(name, op, &csrs[i % csrs.len()], i);
-                    let request = hyper::Request::post(path)
-                        .header("host", "bench")
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(bytes)))
-                        .expect("request");
                     let sent = Instant::now();
-                    sender.ready().await.expect("connection ready");
-                    let response = sender.send_request(request).await.expect("response");
-                    let status = response.status();
-                    let body = response
-                        .into_body()
-                        .collect()
-                        .await
-                        .expect("body")
-                        .to_bytes();
-                    assert!(
-                        status.is_success(),
-                        "{name}: HTTP {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    );
+                    call(&mut sender, "POST", &path, bytes).await;
                     latencies.push(sent.elapsed());
                 }
                 latencies
