@@ -45,7 +45,7 @@ pub fn available(cert: &Certificate, action: Action, now: OffsetDateTime) -> Eve
         "Version": cert.current_version,
         "CertificateCreatedDate": rfc3339(cert.created_at),
         "CertificateExpirationDate": rfc3339(cert.not_after),
-        "DaysToExpiry": days_between(now, cert.not_after),
+        "DaysToExpiry": crate::policy::days_to_expiry(now, cert.not_after),
     });
     Event::new(AVAILABLE, &cert.id, now, detail)
 }
@@ -68,9 +68,4 @@ fn certificate_type(origin: Origin) -> &'static str {
         Origin::Private => "PRIVATE",
         Origin::Imported => "IMPORTED",
     }
-}
-
-/// Whole days from `now` to `then`, rounded down; negative once `then` has passed.
-pub fn days_between(now: OffsetDateTime, then: OffsetDateTime) -> i64 {
-    (then - now).whole_seconds().div_euclid(86_400)
 }

@@ -569,11 +569,6 @@ impl Store {
         self.db.key_usage().await
     }
 
-    /// SQLite's own consistency check; "ok" when the file is sound.
-    pub async fn integrity_check(&self) -> Result<String, StoreError> {
-        self.db.integrity_check().await
-    }
-
     // --- lifecycle -----------------------------------------------------------------------------
 
     /// Claims up to `limit` certificates whose renewal (or retry) is due, leasing them until

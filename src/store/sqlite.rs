@@ -583,11 +583,6 @@ impl Db {
         })
         .await
     }
-
-    pub(super) async fn integrity_check(&self) -> Result<String, StoreError> {
-        self.read(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
-            .await
-    }
 }
 
 fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
