@@ -44,8 +44,8 @@ pub fn available(cert: &Certificate, action: Action, now: OffsetDateTime) -> Eve
         "Serial": cert.serial,
         "Version": cert.current_version,
         "CertificateCreatedDate": rfc3339(cert.created_at),
-        "CertificateExpirationDate": rfc3339(cert.not_after),
-        "DaysToExpiry": crate::policy::days_to_expiry(now, cert.not_after),
+        "CertificateExpirationDate": cert.not_after.map(rfc3339),
+        "DaysToExpiry": cert.not_after.map(|t| crate::policy::days_to_expiry(now, t)),
     });
     Event::new(AVAILABLE, &cert.id, now, detail)
 }

@@ -145,7 +145,7 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     let now = OffsetDateTime::now_utc();
     let err = match outcome {
         Ok(cert) => {
-            info!(serial = %cert.serial, not_after = %rfc3339(cert.not_after), version = cert.current_version, "renewed");
+            info!(serial = ?cert.serial, not_after = ?cert.not_after.map(rfc3339), version = cert.current_version, "renewed");
             return;
         }
         Err(err) => err,
@@ -157,7 +157,10 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     };
     let previous = cert.renewal.as_ref().filter(|r| r.failures > 0);
     let failures = previous.map_or(0, |r| r.failures) + 1;
-    let days_left = policy::days_to_expiry(now, cert.not_after);
+    // A certificate without a version yet (its first issuance failed) has no expiry pressing:
+    // back off normally, and raise the event once, at the first failure.
+    let not_after = cert.not_after.unwrap_or(now + time::Duration::days(3650));
+    let days_left = policy::days_to_expiry(now, not_after);
     // A first failure (no earlier ones) always raises the event.
     let milestone =
         policy::action_required(days_left, previous.and_then(|r| r.action_required_days));
@@ -175,12 +178,7 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     });
     let failure = RenewalFailure {
         id: cert.id.clone(),
-        next_action_at: Some(policy::retry(
-            cert.id.as_str(),
-            failures,
-            now,
-            cert.not_after,
-        )),
+        next_action_at: Some(policy::retry(cert.id.as_str(), failures, now, not_after)),
         reason,
         failed_at: now,
         action_required_days: milestone,
@@ -209,7 +207,7 @@ async fn expire_due(inventory: &Inventory, now: OffsetDateTime) {
                 let detail = json!({
                     "CommonName": cert.common_name(),
                     "Serial": cert.serial,
-                    "CertificateExpirationDate": rfc3339(cert.not_after),
+                    "CertificateExpirationDate": cert.not_after.map(rfc3339),
                     "Origin": cert.origin,
                 });
                 (

@@ -431,11 +431,13 @@ pub struct Certificate {
     pub issuer: String,
     pub domains: Vec<Domain>,
     pub key_algorithm: KeyAlgorithm,
-    pub serial: Serial,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
+    /// The current version's serial and validity; `None` until the first version is issued
+    /// (a public certificate waiting for validation).
+    pub serial: Option<Serial>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub not_after: Option<OffsetDateTime>,
     pub current_version: u32,
     /// The lifetime requested for versions we issue; `None` for imported certificates.
     pub validity: Option<crate::span::Span>,
@@ -515,6 +517,14 @@ pub enum RenewalStatus {
 }
 
 impl Certificate {
+    /// The current version's validity; `None` before the first version.
+    pub fn lifetime(&self) -> Option<crate::policy::Lifetime> {
+        Some(crate::policy::Lifetime {
+            not_before: self.not_before?,
+            not_after: self.not_after?,
+        })
+    }
+
     pub fn common_name(&self) -> String {
         self.domains
             .first()

@@ -39,10 +39,10 @@ CREATE TABLE certificates (
     key_algorithm     TEXT NOT NULL,
     validity          INTEGER,                   -- requested lifetime, seconds (issued by us)
     client_auth       INTEGER NOT NULL DEFAULT 0,
-    current_version   INTEGER NOT NULL,
-    serial            TEXT NOT NULL,             -- of the current version, for display and filters
-    not_before        INTEGER NOT NULL,
-    not_after         INTEGER NOT NULL,
+    current_version   INTEGER NOT NULL,          -- 0 until the first version exists (public, pending)
+    serial            TEXT,                      -- of the current version; NULL before the first
+    not_before        INTEGER,
+    not_after         INTEGER,
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL,
     revoked_at        INTEGER,

@@ -269,10 +269,10 @@ pub struct Explanation {
     pub rule: String,
     /// One line per fact that went into the decision.
     pub reasons: Vec<String>,
-    /// Expiry events start this long before expiry.
-    pub expiry_threshold: Span,
-    #[serde(with = "time::serde::rfc3339")]
-    pub expiry_events_from: time::OffsetDateTime,
+    /// Expiry events start this long before expiry (`None` before the first version).
+    pub expiry_threshold: Option<Span>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub expiry_events_from: Option<time::OffsetDateTime>,
     /// The next daily check that would send an "Approaching Expiration" event.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub next_expiry_event_at: Option<time::OffsetDateTime>,

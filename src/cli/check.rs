@@ -70,12 +70,14 @@ fn evaluate(
     critical: Span,
     now: OffsetDateTime,
 ) -> (u8, String) {
-    // Only certificates in use count: revoked, failed and pending ones are not served.
+    // Only certificates in use count: revoked, failed and pending ones are not served (and
+    // only issued versions have a not-after).
     let live: Vec<&Certificate> = certs
         .iter()
-        .filter(|c| matches!(c.status, Status::Issued | Status::Expired))
+        .filter(|c| matches!(c.status, Status::Issued | Status::Expired) && c.not_after.is_some())
         .collect();
-    let left = |c: &Certificate| c.not_after - now;
+    let not_after = |c: &Certificate| c.not_after.unwrap_or(now);
+    let left = |c: &Certificate| not_after(c) - now;
     let expired: Vec<_> = live.iter().filter(|c| left(c).is_negative()).collect();
     let crit: Vec<_> = live
         .iter()
@@ -93,7 +95,7 @@ fn evaluate(
                 .is_some_and(|r| r.status == RenewalStatus::Failed)
         })
         .collect();
-    let nearest = live.iter().min_by_key(|c| c.not_after);
+    let nearest = live.iter().min_by_key(|c| not_after(c));
 
     let code = if !expired.is_empty() || !crit.is_empty() {
         CRITICAL
@@ -108,7 +110,7 @@ fn evaluate(
         CRITICAL => "CRITICAL",
         _ => "UNKNOWN",
     };
-    let days = |c: &Certificate| crate::policy::days_to_expiry(now, c.not_after);
+    let days = |c: &Certificate| crate::policy::days_to_expiry(now, not_after(c));
     let mut parts = Vec::new();
     if let Some(c) = expired.first() {
         parts.push(format!(
@@ -192,9 +194,9 @@ mod tests {
             issuer: "default".into(),
             domains: vec![],
             key_algorithm: KeyAlgorithm::EcP256,
-            serial: Serial::from_bytes(&[1]),
-            not_before: NOW - time::Duration::days(10),
-            not_after: NOW + time::Duration::days(days_left),
+            serial: Some(Serial::from_bytes(&[1])),
+            not_before: Some(NOW - time::Duration::days(10)),
+            not_after: Some(NOW + time::Duration::days(days_left)),
             current_version: 1,
             validity: None,
             client_auth: false,

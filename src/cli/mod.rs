@@ -618,7 +618,13 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             }
             eprintln!(
                 "issued {} ({}), serial {}",
-                signed.certificate.id, signed.certificate.name, signed.certificate.serial
+                signed.certificate.id,
+                signed.certificate.name,
+                signed
+                    .certificate
+                    .serial
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string)
             );
             let text = format!("{}{}", signed.certificate_pem, signed.chain_pem);
             write_output(args.out.as_deref(), text.as_bytes(), 0o644)

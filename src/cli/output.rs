@@ -54,6 +54,11 @@ pub fn date(t: OffsetDateTime) -> String {
     crate::model::rfc3339(t)
 }
 
+/// A time that may not exist yet (before a certificate's first version): "-".
+pub fn maybe_date(t: Option<OffsetDateTime>) -> String {
+    t.map_or_else(|| "-".to_owned(), date)
+}
+
 pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = list
         .certificates
@@ -64,7 +69,7 @@ pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
                 c.name.clone(),
                 c.status.to_string(),
                 c.origin.to_string(),
-                date(c.not_after),
+                maybe_date(c.not_after),
                 c.domains
                     .iter()
                     .map(ToString::to_string)
@@ -100,9 +105,14 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
             .join(", "),
     )?;
     field("key algorithm", c.key_algorithm.to_string())?;
-    field("serial", c.serial.to_string())?;
-    field("not before", date(c.not_before))?;
-    field("not after", date(c.not_after))?;
+    field(
+        "serial",
+        c.serial
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string),
+    )?;
+    field("not before", maybe_date(c.not_before))?;
+    field("not after", maybe_date(c.not_after))?;
     if let Some(validity) = c.validity {
         field("validity", validity.to_string())?;
     }
@@ -252,14 +262,16 @@ pub fn explanation(e: &crate::api::types::Explanation) -> std::io::Result<()> {
             out,
             "next expiry event: {} (threshold {}, from {})",
             date(at),
-            e.expiry_threshold,
-            date(e.expiry_events_from)
+            e.expiry_threshold
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            maybe_date(e.expiry_events_from)
         )?,
         None => writeln!(
             out,
             "next expiry event: none (threshold {}, from {})",
-            e.expiry_threshold,
-            date(e.expiry_events_from)
+            e.expiry_threshold
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            maybe_date(e.expiry_events_from)
         )?,
     }
     for reason in &e.reasons {

@@ -194,8 +194,9 @@ impl Inventory {
         }
         let mut after = cert.clone();
         after.current_version += 1;
-        after.serial = version.serial.clone();
-        after.not_after = version.not_after;
+        after.serial = Some(version.serial.clone());
+        after.not_before = Some(version.not_before);
+        after.not_after = Some(version.not_after);
         after.domains = domains.clone();
         let event = events::available(&after, Action::Reimport, now);
         let status = if version.not_after < now {
@@ -260,8 +261,9 @@ impl Inventory {
         };
         let mut after = cert.clone();
         after.current_version += 1;
-        after.serial = issued.serial.clone();
-        after.not_after = issued.not_after;
+        after.serial = Some(issued.serial.clone());
+        after.not_before = Some(issued.not_before);
+        after.not_after = Some(issued.not_after);
         let event = events::available(&after, Action::Renewal, now);
         let version = NewVersion {
             serial: issued.serial,

@@ -8,15 +8,25 @@ impl Inventory {
         let cert = self.find(id_or_name).await?;
         let now = OffsetDateTime::now_utc();
         let settings = self.settings();
-        let lifetime = Lifetime {
-            not_before: cert.not_before,
-            not_after: cert.not_after,
+        let Some(lifetime) = cert.lifetime() else {
+            return Ok(Explanation {
+                id: cert.id.to_string(),
+                name: cert.name.clone(),
+                status: cert.status.to_string(),
+                next_action: "issue".to_owned(),
+                next_action_at: cert.next_renewal_at,
+                rule: "first issuance".to_owned(),
+                reasons: vec!["no version yet: the first issuance is in progress".to_owned()],
+                expiry_threshold: None,
+                expiry_events_from: None,
+                next_expiry_event_at: None,
+            });
         };
         let mut reasons = vec![format!(
             "lifetime {} (not before {}, not after {})",
             Span::from_secs((lifetime.length().whole_seconds()).max(0) as u64),
-            rfc3339(cert.not_before),
-            rfc3339(cert.not_after)
+            rfc3339(lifetime.not_before),
+            rfc3339(lifetime.not_after)
         )];
         let managed = cert.next_renewal_at.is_some();
         let failing = cert.renewal.as_ref().filter(|r| r.failures > 0);
@@ -82,7 +92,7 @@ impl Inventory {
             self.care(managed, cert.renew_before, lifetime),
             lifetime,
         );
-        let events_from = cert.not_after - threshold;
+        let events_from = lifetime.not_after - threshold;
         reasons.push(format!(
             "expiry events: days-before-expiry {days}{}; daily from {}",
             if managed {
@@ -92,11 +102,11 @@ impl Inventory {
             },
             rfc3339(events_from)
         ));
-        let next_expiry_event_at = if cert.status == Status::Issued && now < cert.not_after {
+        let next_expiry_event_at = if cert.status == Status::Issued && now < lifetime.not_after {
             settings
                 .daily_check
                 .next_after(events_from.max(now) - time::Duration::SECOND)
-                .filter(|at| *at < cert.not_after)
+                .filter(|at| *at < lifetime.not_after)
         } else {
             None
         };
@@ -108,8 +118,8 @@ impl Inventory {
             next_action_at: cert.next_renewal_at,
             rule,
             reasons,
-            expiry_threshold: Span::from_secs(threshold.whole_seconds().max(0) as u64),
-            expiry_events_from: events_from,
+            expiry_threshold: Some(Span::from_secs(threshold.whole_seconds().max(0) as u64)),
+            expiry_events_from: Some(events_from),
             next_expiry_event_at,
         })
     }

@@ -759,8 +759,12 @@ fn versions(conn: &Connection, id: &CertificateId) -> Result<Vec<VersionInfo>, S
 
 /// `issued` certificates past their not-after are shown as `expired` even before the lifecycle
 /// task records it, so no reader ever sees an expired certificate called issued.
-fn effective_status(stored: Status, not_after: OffsetDateTime, now: OffsetDateTime) -> Status {
-    if stored == Status::Issued && not_after < now {
+fn effective_status(
+    stored: Status,
+    not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Status {
+    if stored == Status::Issued && not_after.is_some_and(|t| t < now) {
         Status::Expired
     } else {
         stored
@@ -772,7 +776,7 @@ fn effective_status(stored: Status, not_after: OffsetDateTime, now: OffsetDateTi
 fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificate, StoreError> {
     let id: String = row.get("id")?;
     let domains: String = row.get("domains")?;
-    let not_after = from_unix(row.get("not_after")?);
+    let not_after = row.get::<_, Option<i64>>("not_after")?.map(from_unix);
     let validity: Option<i64> = row.get("validity")?;
     let reason: Option<String> = row.get("revocation_reason")?;
     Ok(Certificate {
@@ -789,8 +793,12 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
         domains: serde_json::from_str(&domains)
             .map_err(|e| StoreError::Invalid(format!("domains of {id}: {e}")))?,
         key_algorithm: parse_text(&row.get::<_, String>("key_algorithm")?, "key_algorithm")?,
-        serial: parse_serial(&row.get::<_, String>("serial")?)?,
-        not_before: from_unix(row.get("not_before")?),
+        serial: row
+            .get::<_, Option<String>>("serial")?
+            .as_deref()
+            .map(parse_serial)
+            .transpose()?,
+        not_before: row.get::<_, Option<i64>>("not_before")?.map(from_unix),
         not_after,
         current_version: row.get("current_version")?,
         validity: validity.map(|s| Span::from_secs(s.max(0) as u64)),
