@@ -44,6 +44,55 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     ca: Option<Vec<RawCa>>,
+    #[serde(default)]
+    acme: Vec<RawAcme>,
+    #[serde(default)]
+    validation: RawValidation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAcme {
+    name: String,
+    directory: String,
+    #[serde(default)]
+    contact: Vec<String>,
+    eab_kid: Option<String>,
+    eab_hmac_file: Option<PathBuf>,
+    profile: Option<String>,
+    trusted_roots: Option<PathBuf>,
+    max_orders_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawValidation {
+    timeout: Option<Span>,
+    dns: Option<RawDnsValidation>,
+    http: Option<RawHttpValidation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDnsValidation {
+    zone: String,
+    publisher: String,
+    listen: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    nameservers: Vec<std::net::SocketAddr>,
+    server: Option<std::net::SocketAddr>,
+    key_name: Option<String>,
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    command: Vec<String>,
+    ttl: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHttpValidation {
+    listen: Option<std::net::SocketAddr>,
+    webroot: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +250,68 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// One series per certificate and family; off for very large inventories.
     pub metrics_per_certificate: bool,
+    /// ACME issuers, by name.
+    pub acme: Vec<AcmeIssuer>,
+    pub validation: ValidationConfig,
+}
+
+/// `[[acme]]`: an ACME CA to issue public certificates from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeIssuer {
+    pub name: String,
+    pub directory: String,
+    pub contact: Vec<String>,
+    /// External account binding (ZeroSSL, Google, ...): key id and the file with the
+    /// base64url HMAC key.
+    pub eab: Option<(String, PathBuf)>,
+    /// An ACME profile (e.g. "tlsserver", "shortlived"), checked against the directory.
+    pub profile: Option<String>,
+    /// Extra roots to trust for the directory's TLS (private ACME CAs, test CAs).
+    pub trusted_roots: Option<PathBuf>,
+    pub max_orders_in_flight: usize,
+}
+
+/// `[validation]`: how domain control is proven for ACME orders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationConfig {
+    /// A certificate waiting for its validation records longer than this is
+    /// `validation-timed-out`.
+    pub timeout: Span,
+    pub dns: Option<DnsValidation>,
+    pub http: Option<HttpValidation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsValidation {
+    /// The zone `_acme-challenge` CNAMEs point into, without the trailing dot.
+    pub zone: String,
+    pub publisher: Publisher,
+    /// Resolvers for checking that the CNAMEs exist; empty means the system's.
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// TTL of the TXT records we publish.
+    pub ttl: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Publisher {
+    /// certkeeper answers for the zone itself on `listen` (UDP and TCP).
+    Embedded { listen: std::net::SocketAddr },
+    /// RFC 2136 dynamic updates with TSIG (HMAC-SHA256) to an existing server.
+    Rfc2136 {
+        server: std::net::SocketAddr,
+        key_name: String,
+        key_file: PathBuf,
+    },
+    /// A command run as `argv... add|remove NAME VALUE`.
+    Command { argv: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpValidation {
+    /// certkeeper answers `/.well-known/acme-challenge/` on this address.
+    Listen(std::net::SocketAddr),
+    /// Challenge files are written under this directory's `.well-known/acme-challenge/`.
+    Webroot(PathBuf),
 }
 
 /// `[renewal]`: when and how many certificates renew.
@@ -468,6 +579,7 @@ impl Config {
             }
         }
 
+        let acme = acme_issuers(raw.acme, &cas, &invalid)?;
         Ok(Config {
             source: source.map(Path::to_owned),
             store_path: raw
@@ -490,6 +602,8 @@ impl Config {
             events: events_config(raw.events, &invalid)?,
             metrics_listen: raw.metrics.listen,
             metrics_per_certificate: raw.metrics.per_certificate.unwrap_or(true),
+            acme,
+            validation: validation_config(raw.validation, &invalid)?,
             state_dir,
         })
     }
@@ -538,6 +652,151 @@ fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig
         renew_before: raw.renew_before.unwrap_or(Span::from_days(60)),
         concurrency,
         window,
+    })
+}
+
+fn acme_issuers(
+    raw: Vec<RawAcme>,
+    cas: &[crate::model::CaSpec],
+    invalid: Invalid<'_>,
+) -> Result<Vec<AcmeIssuer>, ConfigError> {
+    let mut issuers: Vec<AcmeIssuer> = Vec::new();
+    for (i, a) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("acme[{i}].{field}");
+        check_name("issuer", &a.name).map_err(|e| invalid(&key("name"), e.to_string()))?;
+        if issuers.iter().any(|x| x.name == a.name) || cas.iter().any(|c| c.name == a.name) {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} is already the name of another issuer or CA", a.name),
+            ));
+        }
+        if !a.directory.starts_with("https://") {
+            return Err(invalid(
+                &key("directory"),
+                format!("{:?} is not an https:// URL", a.directory),
+            ));
+        }
+        for contact in &a.contact {
+            if !contact.starts_with("mailto:") {
+                return Err(invalid(
+                    &key("contact"),
+                    format!("{contact:?} must start with mailto:"),
+                ));
+            }
+        }
+        let eab = match (a.eab_kid, a.eab_hmac_file) {
+            (None, None) => None,
+            (Some(kid), Some(file)) => Some((kid, file)),
+            _ => {
+                return Err(invalid(
+                    &key("eab-kid"),
+                    "eab-kid and eab-hmac-file go together".into(),
+                ));
+            }
+        };
+        let max = a.max_orders_in_flight.unwrap_or(10);
+        if !(1..=1000).contains(&max) {
+            return Err(invalid(
+                &key("max-orders-in-flight"),
+                format!("{max} is outside 1..=1000"),
+            ));
+        }
+        issuers.push(AcmeIssuer {
+            name: a.name,
+            directory: a.directory,
+            contact: a.contact,
+            eab,
+            profile: a.profile,
+            trusted_roots: a.trusted_roots,
+            max_orders_in_flight: max,
+        });
+    }
+    Ok(issuers)
+}
+
+fn validation_config(
+    raw: RawValidation,
+    invalid: Invalid<'_>,
+) -> Result<ValidationConfig, ConfigError> {
+    let dns = match raw.dns {
+        None => None,
+        Some(d) => {
+            let zone = d.zone.trim_end_matches('.').to_ascii_lowercase();
+            format!("x.{zone}")
+                .parse::<crate::model::Domain>()
+                .map_err(|e| invalid("validation.dns.zone", e.to_string()))?;
+            let publisher = match d.publisher.as_str() {
+                "embedded" => Publisher::Embedded {
+                    listen: d.listen.ok_or_else(|| {
+                        invalid(
+                            "validation.dns.listen",
+                            "required with publisher = \"embedded\"".into(),
+                        )
+                    })?,
+                },
+                "rfc2136" => Publisher::Rfc2136 {
+                    server: d.server.ok_or_else(|| {
+                        invalid(
+                            "validation.dns.server",
+                            "required with publisher = \"rfc2136\"".into(),
+                        )
+                    })?,
+                    key_name: d.key_name.ok_or_else(|| {
+                        invalid(
+                            "validation.dns.key-name",
+                            "required with publisher = \"rfc2136\"".into(),
+                        )
+                    })?,
+                    key_file: d.key_file.ok_or_else(|| {
+                        invalid(
+                            "validation.dns.key-file",
+                            "required with publisher = \"rfc2136\"".into(),
+                        )
+                    })?,
+                },
+                "command" if !d.command.is_empty() => Publisher::Command { argv: d.command },
+                "command" => {
+                    return Err(invalid(
+                        "validation.dns.command",
+                        "required with publisher = \"command\"".into(),
+                    ));
+                }
+                other => {
+                    return Err(invalid(
+                        "validation.dns.publisher",
+                        format!("{other:?}: expected \"embedded\", \"rfc2136\" or \"command\""),
+                    ));
+                }
+            };
+            Some(DnsValidation {
+                zone,
+                publisher,
+                nameservers: d.nameservers,
+                ttl: d.ttl.unwrap_or(60),
+            })
+        }
+    };
+    let http = match raw.http {
+        None => None,
+        Some(RawHttpValidation {
+            listen: Some(addr),
+            webroot: None,
+        }) => Some(HttpValidation::Listen(addr)),
+        Some(RawHttpValidation {
+            listen: None,
+            webroot: Some(dir),
+        }) => Some(HttpValidation::Webroot(dir)),
+        Some(_) => {
+            return Err(invalid(
+                "validation.http",
+                "set exactly one of listen and webroot".into(),
+            ));
+        }
+    };
+    Ok(ValidationConfig {
+        timeout: raw.timeout.unwrap_or(Span::from_secs(72 * 3600)),
+        dns,
+        http,
     })
 }
 

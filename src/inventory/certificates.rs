@@ -43,11 +43,11 @@ impl Inventory {
             days_before_expiry: req.days_before_expiry,
             maintenance_window,
         };
-        let mut new = issuance.record(issued, Some(key), now);
         let lifetime = Lifetime {
-            not_before: new.version.not_before,
-            not_after: new.version.not_after,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
         };
+        let mut new = issuance.record(issued, Some(key), now);
         new.next_action_at = Some(self.plan(
             &new.id,
             lifetime,
@@ -161,7 +161,8 @@ impl Inventory {
                     days_before_expiry: req.days_before_expiry,
                     maintenance_window: None,
                     next_action_at: None,
-                    version,
+                    validation: None,
+                    version: Some(version),
                     event: None,
                 };
                 new.event = Some(events::available(
@@ -448,7 +449,8 @@ impl PrivateIssuance {
             days_before_expiry: self.days_before_expiry,
             maintenance_window: self.maintenance_window,
             next_action_at: None,
-            version: NewVersion {
+            validation: None,
+            version: Some(NewVersion {
                 serial: issued.serial,
                 issuer_ca: Some(self.ca),
                 not_before: issued.not_before,
@@ -456,7 +458,7 @@ impl PrivateIssuance {
                 cert_pem: issued.cert_pem,
                 chain_pem: issued.chain_pem,
                 key,
-            },
+            }),
             event: None,
         };
         new.event = Some(events::available(

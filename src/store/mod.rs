@@ -53,7 +53,8 @@ pub enum StoreError {
     Closed,
 }
 
-/// A certificate to create, with its first version.
+/// A certificate to create, with its first version (or none yet: a public certificate waiting
+/// for validation).
 pub struct NewCertificate {
     pub id: CertificateId,
     /// The name to use; when `name_is_default` and it is taken, a unique suffix is added.
@@ -72,7 +73,9 @@ pub struct NewCertificate {
     pub maintenance_window: Option<crate::model::WindowSpec>,
     /// The scheduler's first deadline for it (see `certificates.next_action_at`).
     pub next_action_at: Option<OffsetDateTime>,
-    pub version: NewVersion,
+    /// How a public certificate proves control ("dns", "http"), and until when it may wait.
+    pub validation: Option<(String, OffsetDateTime)>,
+    pub version: Option<NewVersion>,
     pub event: Option<Event>,
 }
 
@@ -87,10 +90,10 @@ impl NewCertificate {
             issuer: self.issuer.clone(),
             domains: self.domains.clone(),
             key_algorithm: self.key_algorithm,
-            serial: Some(self.version.serial.clone()),
-            not_before: Some(self.version.not_before),
-            not_after: Some(self.version.not_after),
-            current_version: 1,
+            serial: self.version.as_ref().map(|v| v.serial.clone()),
+            not_before: self.version.as_ref().map(|v| v.not_before),
+            not_after: self.version.as_ref().map(|v| v.not_after),
+            current_version: u32::from(self.version.is_some()),
             validity: self.validity,
             client_auth: self.client_auth,
             tags: self.tags.clone(),
@@ -103,15 +106,19 @@ impl NewCertificate {
             maintenance_window: self.maintenance_window.clone(),
             renewal: None,
             next_renewal_at: self.next_action_at,
-            versions: vec![crate::model::VersionInfo {
-                version: 1,
-                serial: self.version.serial.clone(),
-                not_before: self.version.not_before,
-                not_after: self.version.not_after,
-                issuer_ca: self.version.issuer_ca.clone(),
-                key_held: self.version.key.is_some(),
-                created_at: now,
-            }],
+            versions: self
+                .version
+                .iter()
+                .map(|v| crate::model::VersionInfo {
+                    version: 1,
+                    serial: v.serial.clone(),
+                    not_before: v.not_before,
+                    not_after: v.not_after,
+                    issuer_ca: v.issuer_ca.clone(),
+                    key_held: v.key.is_some(),
+                    created_at: now,
+                })
+                .collect(),
         }
     }
 }
@@ -313,7 +320,8 @@ impl Store {
         &self,
         mut new: NewCertificate,
     ) -> Result<Certificate, StoreError> {
-        let sealed = self.seal_version_key(&new.id, 1, new.version.key.take())?;
+        let key = new.version.as_mut().and_then(|v| v.key.take());
+        let sealed = self.seal_version_key(&new.id, 1, key)?;
         // Build the answer from what we wrote instead of reading it back: issuance is the hot
         // path, and the only thing the writer may change is the name.
         let mut cert = new.certificate(OffsetDateTime::now_utc());
@@ -685,6 +693,111 @@ impl Store {
         self.db.metrics_rows().await
     }
 
+    // --- ACME ----------------------------------------------------------------------------------
+
+    /// The stored account of an ACME issuer: (directory, account URL, credentials JSON).
+    pub async fn acme_account(
+        &self,
+        issuer: &str,
+    ) -> Result<Option<(String, String, Zeroizing<Vec<u8>>)>, StoreError> {
+        let Some((directory, url, sealed)) = self.db.acme_account(issuer.to_owned()).await? else {
+            return Ok(None);
+        };
+        let credentials = self.keyring.open(&acme_account_record(issuer), &sealed)?;
+        Ok(Some((directory, url, credentials)))
+    }
+
+    /// Stores (or replaces) an ACME account; the credentials hold its private key and are sealed.
+    pub async fn save_acme_account(
+        &self,
+        issuer: &str,
+        directory: &str,
+        account_url: &str,
+        credentials: &[u8],
+    ) -> Result<(), StoreError> {
+        let credentials = self
+            .keyring
+            .seal(&acme_account_record(issuer), credentials)?;
+        let (issuer, directory, account_url) = (
+            issuer.to_owned(),
+            directory.to_owned(),
+            account_url.to_owned(),
+        );
+        self.write(|reply| Job::SaveAcmeAccount {
+            issuer,
+            directory,
+            account_url,
+            credentials,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The order in flight for a certificate: (issuer, order URL, the new key as PKCS#8).
+    pub async fn acme_order(
+        &self,
+        id: &CertificateId,
+    ) -> Result<Option<(String, String, Zeroizing<Vec<u8>>)>, StoreError> {
+        let Some((issuer, url, sealed)) = self.db.acme_order(id.clone()).await? else {
+            return Ok(None);
+        };
+        let key = self.keyring.open(&acme_order_record(id), &sealed)?;
+        Ok(Some((issuer, url, key)))
+    }
+
+    /// Records an order and its new key before any challenge is answered.
+    pub async fn save_acme_order(
+        &self,
+        id: &CertificateId,
+        issuer: &str,
+        order_url: &str,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = self.keyring.seal(&acme_order_record(id), key)?;
+        let (id, issuer, order_url) = (id.clone(), issuer.to_owned(), order_url.to_owned());
+        self.write(|reply| Job::SaveAcmeOrder {
+            id,
+            issuer,
+            order_url,
+            key,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn delete_acme_order(&self, id: &CertificateId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(|reply| Job::DeleteAcmeOrder { id, reply })
+            .await
+            .map(drop)
+    }
+
+    /// Moves a certificate from `from` to `status`; returns whether it changed.
+    pub async fn set_status(
+        &self,
+        id: &CertificateId,
+        from: Status,
+        status: Status,
+        next_action_at: Option<OffsetDateTime>,
+        event: Option<Event>,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        let n = count(
+            self.write(|reply| Job::SetStatus {
+                id,
+                status,
+                from,
+                next_action_at,
+                event,
+                reply,
+            })
+            .await?,
+        )?;
+        Ok(n == 1)
+    }
+
     /// Notified after every commit; event sinks wait on it instead of polling.
     pub fn committed(&self) -> Arc<tokio::sync::Notify> {
         self.committed.clone()
@@ -744,6 +857,8 @@ impl Store {
 pub(crate) enum SealedRecord {
     Version(CertificateId, u32),
     Ca(String),
+    AcmeAccount(String),
+    AcmeOrder(CertificateId),
 }
 
 impl SealedRecord {
@@ -751,8 +866,18 @@ impl SealedRecord {
         match self {
             SealedRecord::Version(id, v) => version_record(id, *v),
             SealedRecord::Ca(name) => ca_record(name),
+            SealedRecord::AcmeAccount(issuer) => acme_account_record(issuer),
+            SealedRecord::AcmeOrder(id) => acme_order_record(id),
         }
     }
+}
+
+fn acme_account_record(issuer: &str) -> String {
+    format!("acme-account/{issuer}")
+}
+
+fn acme_order_record(id: &CertificateId) -> String {
+    format!("acme-order/{id}")
 }
 
 fn version_record(id: &CertificateId, version: u32) -> String {

@@ -28,6 +28,7 @@ use crate::span::Span;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_inventory.sql"),
     include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+    include_str!("../../migrations/sqlite/0003_acme.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -292,7 +293,9 @@ impl Db {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT key_kid, COUNT(*) FROM versions WHERE key_kid IS NOT NULL GROUP BY key_kid \
-                 UNION ALL SELECT key_kid, COUNT(*) FROM cas GROUP BY key_kid",
+                 UNION ALL SELECT key_kid, COUNT(*) FROM cas GROUP BY key_kid \
+                 UNION ALL SELECT key_kid, COUNT(*) FROM acme_accounts GROUP BY key_kid \
+                 UNION ALL SELECT key_kid, COUNT(*) FROM acme_orders GROUP BY key_kid",
             )?;
             let rows = stmt.query_map([], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
@@ -318,6 +321,8 @@ impl Db {
             let op = if equal { "=" } else { "<>" };
             let sql = format!(
                 "SELECT 'ca', name, 0, key_kid, key_blob FROM cas WHERE key_kid {op} ?1 \
+                 UNION ALL SELECT 'account', issuer, 0, key_kid, key_blob FROM acme_accounts WHERE key_kid {op} ?1 \
+                 UNION ALL SELECT 'order', certificate_id, 0, key_kid, key_blob FROM acme_orders WHERE key_kid {op} ?1 \
                  UNION ALL SELECT 'version', certificate_id, version, key_kid, key_blob FROM versions \
                  WHERE key_kid IS NOT NULL AND key_kid {op} ?1 LIMIT ?2"
             );
@@ -333,12 +338,14 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (kind, id, version, sealed) = row?;
-                let record = if kind == "ca" {
-                    SealedRecord::Ca(id)
-                } else {
-                    let id = CertificateId::parse(&id)
-                        .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?;
-                    SealedRecord::Version(id, version)
+                let cert_id = |id: &str| {
+                    CertificateId::parse(id).ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))
+                };
+                let record = match kind.as_str() {
+                    "ca" => SealedRecord::Ca(id),
+                    "account" => SealedRecord::AcmeAccount(id),
+                    "order" => SealedRecord::AcmeOrder(cert_id(&id)?),
+                    _ => SealedRecord::Version(cert_id(&id)?, version),
                 };
                 out.push((record, sealed));
             }
@@ -479,6 +486,32 @@ impl Db {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn acme_account(
+        &self,
+        issuer: String,
+    ) -> Result<Option<(String, String, Sealed)>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT directory, account_url, key_kid, key_blob FROM acme_accounts WHERE issuer = ?")?
+                .query_row([&issuer], |r| Ok((r.get(0)?, r.get(1)?, Sealed { kid: r.get(2)?, blob: r.get(3)? })))
+                .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn acme_order(
+        &self,
+        id: CertificateId,
+    ) -> Result<Option<(String, String, Sealed)>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT issuer, order_url, key_kid, key_blob FROM acme_orders WHERE certificate_id = ?")?
+                .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, Sealed { kid: r.get(2)?, blob: r.get(3)? })))
+                .optional()?)
         })
         .await
     }

@@ -22,7 +22,7 @@ use super::{
     InstalledCa, NewCa, NewCertificate, NewVersion, RenewalFailure, Revocation, Sealed,
     SealedRecord, StoreError, VersionChange,
 };
-use crate::model::{CaState, CertificateId, Event, RevocationReason, unix};
+use crate::model::{CaState, CertificateId, Event, RevocationReason, Status, unix};
 
 /// The most jobs committed together. Large enough to amortise an fsync under load, small
 /// enough that one transaction never holds the write lock for long.
@@ -136,6 +136,33 @@ pub(super) enum Job {
         max_seq: i64,
         reply: Reply,
     },
+    SaveAcmeAccount {
+        issuer: String,
+        directory: String,
+        account_url: String,
+        credentials: Sealed,
+        reply: Reply,
+    },
+    SaveAcmeOrder {
+        id: CertificateId,
+        issuer: String,
+        order_url: String,
+        key: Sealed,
+        reply: Reply,
+    },
+    DeleteAcmeOrder {
+        id: CertificateId,
+        reply: Reply,
+    },
+    SetStatus {
+        id: CertificateId,
+        status: Status,
+        /// Only when the certificate is still in this status (no race with an issuance).
+        from: Status,
+        next_action_at: Option<OffsetDateTime>,
+        event: Option<Event>,
+        reply: Reply,
+    },
 }
 
 impl Job {
@@ -158,7 +185,11 @@ impl Job {
             | Job::SetSetting { reply, .. }
             | Job::SetCaDisabled { reply, .. }
             | Job::SetSinkCursor { reply, .. }
-            | Job::PruneEvents { reply, .. } => reply,
+            | Job::PruneEvents { reply, .. }
+            | Job::SaveAcmeAccount { reply, .. }
+            | Job::SaveAcmeOrder { reply, .. }
+            | Job::DeleteAcmeOrder { reply, .. }
+            | Job::SetStatus { reply, .. } => reply,
         }
     }
 }
@@ -320,10 +351,56 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             reply,
             prune_events(conn, before, max_seq).map(Answer::Count),
         ),
+        Job::SaveAcmeAccount {
+            issuer,
+            directory,
+            account_url,
+            credentials,
+            reply,
+        } => (
+            reply,
+            none(save_acme_account(
+                conn,
+                &issuer,
+                &directory,
+                &account_url,
+                credentials,
+            )),
+        ),
+        Job::SaveAcmeOrder {
+            id,
+            issuer,
+            order_url,
+            key,
+            reply,
+        } => (
+            reply,
+            none(save_acme_order(conn, &id, &issuer, &order_url, key)),
+        ),
+        Job::DeleteAcmeOrder { id, reply } => (
+            reply,
+            conn.execute(
+                "DELETE FROM acme_orders WHERE certificate_id = ?",
+                [id.as_str()],
+            )
+            .map(|_| Answer::Done)
+            .map_err(StoreError::from),
+        ),
+        Job::SetStatus {
+            id,
+            status,
+            from,
+            next_action_at,
+            event,
+            reply,
+        } => (
+            reply,
+            set_status(conn, &id, status, from, next_action_at, event.as_ref()).map(Answer::Count),
+        ),
     }
 }
 
-/// Inserts a certificate with its first version; returns the name it got.
+/// Inserts a certificate with its first version, if it has one; returns the name it got.
 fn insert_certificate(
     conn: &Connection,
     new: NewCertificate,
@@ -332,13 +409,13 @@ fn insert_certificate(
     let now = unix(OffsetDateTime::now_utc());
     let domains =
         serde_json::to_string(&new.domains).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let version = &new.version;
+    let version = new.version.as_ref();
     let mut insert = conn.prepare_cached(
         "INSERT INTO certificates (id, name, origin, status, issuer, domains, key_algorithm, validity, \
          client_auth, current_version, serial, not_before, not_after, created_at, updated_at, \
          renew_before, days_before_expiry, next_action_at, maintenance_window, \
-         maintenance_window_seconds, maintenance_window_tz) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         maintenance_window_seconds, maintenance_window_tz, validation_method, validation_deadline) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?;
     let mut row = |name: &str| {
         insert.execute(params![
@@ -351,9 +428,10 @@ fn insert_certificate(
             new.key_algorithm.as_str(),
             new.validity.map(|v| v.as_secs() as i64),
             new.client_auth,
-            version.serial.as_str(),
-            unix(version.not_before),
-            unix(version.not_after),
+            u32::from(version.is_some()),
+            version.map(|v| v.serial.as_str().to_owned()),
+            version.map(|v| unix(v.not_before)),
+            version.map(|v| unix(v.not_after)),
             now,
             now,
             new.renew_before.map(|v| v.as_secs() as i64),
@@ -366,6 +444,8 @@ fn insert_certificate(
             new.maintenance_window
                 .as_ref()
                 .and_then(|w| w.time_zone.as_deref()),
+            new.validation.as_ref().map(|(method, _)| method.as_str()),
+            new.validation.as_ref().map(|(_, deadline)| unix(*deadline)),
         ])
     };
     // The unique index decides whether a name is free, in the same statement that takes it.
@@ -382,7 +462,9 @@ fn insert_certificate(
         Err(err) if is_unique_violation(&err) => return Err(StoreError::NameTaken(new.name)),
         Err(err) => return Err(err.into()),
     };
-    insert_version(conn, &new.id, 1, version, key)?;
+    if let Some(version) = version {
+        insert_version(conn, &new.id, 1, version, key)?;
+    }
     let mut tag =
         conn.prepare_cached("INSERT INTO tags (certificate_id, key, value) VALUES (?, ?, ?)")?;
     for (k, v) in &new.tags {
@@ -473,6 +555,11 @@ fn add_version(
         )?;
     }
     insert_version(conn, id, version, &new, key)?;
+    // An ACME order that produced this version is done.
+    conn.execute(
+        "DELETE FROM acme_orders WHERE certificate_id = ?",
+        [id.as_str()],
+    )?;
     if let Some(event) = &event {
         insert_event(conn, event)?;
     }
@@ -651,6 +738,14 @@ fn rewrap(conn: &Connection, rows: Vec<(SealedRecord, Sealed)>) -> Result<(), St
                 "UPDATE versions SET key_kid = ?, key_blob = ? WHERE certificate_id = ? AND version = ?",
                 params![sealed.kid, sealed.blob, id.as_str(), version],
             )?,
+            SealedRecord::AcmeAccount(issuer) => conn.execute(
+                "UPDATE acme_accounts SET key_kid = ?, key_blob = ? WHERE issuer = ?",
+                params![sealed.kid, sealed.blob, issuer],
+            )?,
+            SealedRecord::AcmeOrder(id) => conn.execute(
+                "UPDATE acme_orders SET key_kid = ?, key_blob = ? WHERE certificate_id = ?",
+                params![sealed.kid, sealed.blob, id.as_str()],
+            )?,
         };
     }
     Ok(())
@@ -802,6 +897,67 @@ fn prune_events(
         "DELETE FROM events WHERE time < ? AND seq <= ?",
         params![unix(before), max_seq],
     )?)
+}
+
+fn save_acme_account(
+    conn: &Connection,
+    issuer: &str,
+    directory: &str,
+    account_url: &str,
+    credentials: Sealed,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO acme_accounts (issuer, directory, account_url, key_kid, key_blob, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (issuer) DO UPDATE SET directory = ?2, \
+         account_url = ?3, key_kid = ?4, key_blob = ?5",
+        params![
+            issuer,
+            directory,
+            account_url,
+            credentials.kid,
+            credentials.blob,
+            unix(OffsetDateTime::now_utc())
+        ],
+    )?;
+    Ok(())
+}
+
+fn save_acme_order(
+    conn: &Connection,
+    id: &CertificateId,
+    issuer: &str,
+    order_url: &str,
+    key: Sealed,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO acme_orders (certificate_id, issuer, order_url, key_kid, key_blob, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (certificate_id) DO UPDATE SET issuer = ?2, \
+         order_url = ?3, key_kid = ?4, key_blob = ?5, created_at = ?6",
+        params![id.as_str(), issuer, order_url, key.kid, key.blob, unix(OffsetDateTime::now_utc())],
+    )?;
+    Ok(())
+}
+
+/// Moves a certificate from `from` to `status` (e.g. pending-validation to
+/// validation-timed-out), with its event; a certificate no longer in `from` is left alone.
+fn set_status(
+    conn: &Connection,
+    id: &CertificateId,
+    status: Status,
+    from: Status,
+    next_action_at: Option<OffsetDateTime>,
+    event: Option<&Event>,
+) -> Result<usize, StoreError> {
+    let changed = conn.execute(
+        "UPDATE certificates SET status = ?, next_action_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+        params![status.as_str(), next_action_at.map(unix), unix(OffsetDateTime::now_utc()), id.as_str(), from.as_str()],
+    )?;
+    if changed == 1
+        && let Some(event) = event
+    {
+        insert_event(conn, event)?;
+    }
+    Ok(changed)
 }
 
 fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {

@@ -1,0 +1,29 @@
+-- certkeeper schema version 3: ACME issuance.
+
+-- One account per configured ACME issuer. The credentials hold the account's private key, so
+-- they are sealed like every other key (record id "acme-account/<issuer>").
+CREATE TABLE acme_accounts (
+    issuer      TEXT PRIMARY KEY,
+    directory   TEXT NOT NULL,
+    account_url TEXT NOT NULL,
+    key_kid     TEXT NOT NULL,
+    key_blob    BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+-- The order in flight for a certificate. Written before any challenge is answered, with the
+-- certificate's new private key (sealed, record id "acme-order/<certificate id>"), so that a
+-- restart resumes the same order instead of starting another.
+CREATE TABLE acme_orders (
+    certificate_id TEXT PRIMARY KEY REFERENCES certificates(id) ON DELETE CASCADE,
+    issuer         TEXT NOT NULL,
+    order_url      TEXT NOT NULL,
+    key_kid        TEXT NOT NULL,
+    key_blob       BLOB NOT NULL,
+    created_at     INTEGER NOT NULL
+);
+
+-- How a public certificate proves control of its domains ('dns' or 'http'), and when a
+-- certificate waiting for validation gives up (validation-timed-out).
+ALTER TABLE certificates ADD COLUMN validation_method TEXT;
+ALTER TABLE certificates ADD COLUMN validation_deadline INTEGER;
