@@ -14,8 +14,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::acme::Acme;
+use crate::acme::http::Tokens;
 use crate::api::{self, AppState, Limits};
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, MasterKeySource};
+use crate::config::{
+    Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, HttpValidation, MasterKeySource,
+};
 use crate::inventory::{Inventory, InventoryError, Settings};
 use crate::logging::Logging;
 use crate::store::{Keyring, SealError, Store, StoreError};
@@ -95,8 +99,12 @@ pub async fn serve(
     );
     create_private_dir(&config.state_dir)?;
     let _lock = lock_state_dir(&config.state_dir)?;
-    let inventory = open_inventory(&config).await?;
+    let (tokens, http01) = http01(&config).await?;
+    let inventory = open_inventory(&config, tokens).await?;
     let shutdown = CancellationToken::new();
+    if let (Some(listener), Some(tokens)) = (http01, inventory.http_tokens()) {
+        crate::acme::http::serve(listener, tokens, shutdown.clone());
+    }
     // Background work first: event sinks settle their cursors before any request can commit
     // an event, and the lifecycle task owns the deadlines.
     let lifecycle = start_background(&config, &inventory, &shutdown).await?;
@@ -138,13 +146,46 @@ pub async fn serve(
     Ok(())
 }
 
-/// Master key, store (verified against the key), settings, configured CAs.
-async fn open_inventory(config: &Config) -> Result<Arc<Inventory>, DaemonError> {
+/// HTTP-01: the tokens' home and, for `validation.http.listen`, the bound listener (bound
+/// before READY, so a taken port is a start-up error, not a failed order later).
+async fn http01(
+    config: &Config,
+) -> Result<(Option<Tokens>, Option<tokio::net::TcpListener>), DaemonError> {
+    match &config.validation.http {
+        None => Ok((None, None)),
+        Some(HttpValidation::Webroot(dir)) => Ok((Some(Tokens::Webroot(dir.clone())), None)),
+        Some(HttpValidation::Listen(addr)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Io {
+                    what: "cannot bind validation.http.listen",
+                    path: addr.to_string().into(),
+                    source,
+                })?;
+            info!(%addr, "HTTP-01 responder listening");
+            Ok((Some(Tokens::memory()), Some(listener)))
+        }
+    }
+}
+
+/// Master key, store (verified against the key), ACME issuers, settings, configured CAs.
+async fn open_inventory(
+    config: &Config,
+    tokens: Option<Tokens>,
+) -> Result<Arc<Inventory>, DaemonError> {
     let keyring = load_keyring(config)?;
     let store = Store::open(&config.store_path, config.synchronous, keyring).await?;
     let usage = store.check_keys().await?;
     info!(store = %config.store_path.display(), sealed_records = usage.values().sum::<u64>(), "store open, keys verified");
-    let inventory = Arc::new(Inventory::new(store, Settings::from_config(config)));
+    let acme = (!config.acme.is_empty()).then(|| {
+        Arc::new(Acme::new(
+            store.clone(),
+            &config.acme,
+            config.validation.clone(),
+            tokens,
+        ))
+    });
+    let inventory = Arc::new(Inventory::new(store, Settings::from_config(config), acme));
     // Picks up the account settings stored through the API.
     inventory.apply(Settings::from_config(config)).await?;
     for name in inventory.start(&config.cas).await? {

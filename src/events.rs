@@ -13,6 +13,7 @@ pub const APPROACHING_EXPIRATION: &str = "Certificate Approaching Expiration";
 pub const EXPIRED: &str = "Certificate Expired";
 pub const ACTION_REQUIRED: &str = "Certificate Renewal Action Required";
 pub const REVOKED: &str = "Certificate Revoked";
+pub const VALIDATION_PENDING: &str = "Certificate Validation Pending";
 
 /// Why a certificate became available (ACM's `Action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //!
 //! One binary: `certkeeper serve` runs the daemon; every other verb is a client of its API.
 
+pub mod acme; // public certificates from ACME CAs: accounts, orders, HTTP-01/DNS-01
 pub mod api; // HTTP/JSON API under /v1 on the Unix socket; types shared with the CLI
 pub mod ca; // private CAs: roots, subordinates, leaf issuance, CSR signing, CRLs
 pub mod cli; // verbs, socket client, output formatting

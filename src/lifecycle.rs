@@ -23,7 +23,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::events;
 use crate::inventory::Inventory;
-use crate::model::{CertificateId, Event, rfc3339};
+use crate::model::{Certificate, CertificateId, Event, Status, rfc3339};
 use crate::policy;
 use crate::schedule::Schedule;
 use crate::store::{ExpiryCandidate, RenewalFailure};
@@ -155,6 +155,12 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
         // Deleted while it renewed: nothing left to record.
         Err(_) => return,
     };
+    if cert.status == Status::PendingValidation
+        && cert.validation_deadline.is_some_and(|d| d <= now)
+    {
+        time_out(inventory, &cert, &err.to_string(), now).await;
+        return;
+    }
     let previous = cert.renewal.as_ref().filter(|r| r.failures > 0);
     let failures = previous.map_or(0, |r| r.failures) + 1;
     // A certificate without a version yet (its first issuance failed) has no expiry pressing:
@@ -186,6 +192,31 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     };
     if let Err(err) = inventory.store().renewal_failed(failure).await {
         warn!(error = %err, "recording the renewal failure failed; the lease will retry it");
+    }
+}
+
+/// A certificate that waited for validation past its deadline stops being retried.
+async fn time_out(inventory: &Inventory, cert: &Certificate, reason: &str, now: OffsetDateTime) {
+    let detail = json!({
+        "CommonName": cert.common_name(),
+        "RenewalStatusReason": format!("validation timed out: {reason}"),
+        "ValidationMethod": cert.validation_method,
+    });
+    let event = Event::new(events::ACTION_REQUIRED, &cert.id, now, detail);
+    match inventory
+        .store()
+        .set_status(
+            &cert.id,
+            Status::PendingValidation,
+            Status::ValidationTimedOut,
+            None,
+            Some(event),
+        )
+        .await
+    {
+        Ok(true) => warn!(cert = %cert.id, error = %reason, "validation timed out"),
+        Ok(false) => {}
+        Err(err) => warn!(cert = %cert.id, error = %err, "recording the validation timeout failed"),
     }
 }
 

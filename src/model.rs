@@ -460,6 +460,16 @@ pub struct Certificate {
     /// Per-certificate maintenance window; `None` uses `renewal.window`.
     #[serde(default)]
     pub maintenance_window: Option<WindowSpec>,
+    /// Public certificates: how domain control is proven (`dns` or `http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_method: Option<String>,
+    /// While `pending-validation`: when it becomes `validation-timed-out`.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub validation_deadline: Option<OffsetDateTime>,
     /// ACM's renewal summary; `None` until the first renewal attempt.
     #[serde(default)]
     pub renewal: Option<Renewal>,

@@ -118,6 +118,12 @@ impl From<InventoryError> for ApiError {
             | InventoryError::Export(crate::export::ExportError::Passphrase) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", message)
             }
+            InventoryError::Acme(
+                crate::acme::AcmeError::UnknownIssuer(_)
+                | crate::acme::AcmeError::MethodNotConfigured(_)
+                | crate::acme::AcmeError::Setup { .. },
+            ) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", message),
+            InventoryError::Acme(_) => ApiError::new(StatusCode::BAD_GATEWAY, "ca-error", message),
             InventoryError::Export(crate::export::ExportError::NoKey) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }

@@ -39,6 +39,13 @@ pub struct RequestCertificate {
     /// Expiry events start this many days before expiry; the account setting when absent.
     #[serde(default)]
     pub days_before_expiry: Option<u32>,
+    /// An ACME issuer from the config: the certificate is public, issued by that CA after
+    /// validation. Absent: a private certificate from `ca` (or the default CA).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Public certificates: `dns` (CNAME delegation) or `http` (HTTP-01).
+    #[serde(default)]
+    pub validation: Option<String>,
     /// This certificate's maintenance window (cron); `renewal.window` when absent.
     #[serde(default)]
     pub window: Option<String>,

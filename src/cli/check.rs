@@ -208,6 +208,8 @@ mod tests {
             renew_before: None,
             days_before_expiry: None,
             maintenance_window: None,
+            validation_method: None,
+            validation_deadline: None,
             renewal: failing.then(|| Renewal {
                 status: RenewalStatus::Failed,
                 reason: Some("CA offline".into()),

@@ -176,8 +176,14 @@ struct RequestArgs {
     #[arg(long)]
     name: Option<String>,
     /// Issuing CA [default: [defaults] ca].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "issuer")]
     ca: Option<String>,
+    /// An ACME issuer ([[acme]] name): a public certificate, issued after validation.
+    #[arg(long, requires = "validation")]
+    issuer: Option<String>,
+    /// How a public certificate proves domain control: dns (CNAME delegation) or http (HTTP-01).
+    #[arg(long, value_parser = ["dns", "http"], requires = "issuer")]
+    validation: Option<String>,
     /// ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519 [default: [defaults] key-algorithm].
     #[arg(long, value_parser = parse_value::<KeyAlgorithm>)]
     key_algorithm: Option<KeyAlgorithm>,
@@ -517,6 +523,8 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                 tags: args.tags.into_iter().collect(),
                 renew_before: args.renew_before,
                 days_before_expiry: args.days_before_expiry,
+                issuer: args.issuer,
+                validation: args.validation,
                 window: args.window,
                 window_duration: args.window_duration,
                 window_time_zone: args.window_time_zone,

@@ -5,6 +5,9 @@ use super::*;
 
 impl Inventory {
     pub async fn request(&self, req: RequestCertificate) -> Result<Certificate> {
+        if req.issuer.is_some() {
+            return self.request_public(req).await;
+        }
         let defaults = self.defaults();
         let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
         check_tags(&req.tags)?;
@@ -221,11 +224,15 @@ impl Inventory {
     /// Issues a new version of a private certificate: new key, same names, same lifetime.
     pub async fn renew(&self, id_or_name: &str) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
-        if cert.origin != Origin::Private {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} is {}; only private certificates are renewed by certkeeper (re-import imported ones)",
-                cert.id, cert.origin
-            )));
+        match cert.origin {
+            Origin::Private => {}
+            Origin::Public => return self.issue_public(cert).await,
+            Origin::Imported => {
+                return Err(InventoryError::Conflict(format!(
+                    "certificate {} is imported; certkeeper does not renew it (re-import a new one)",
+                    cert.id
+                )));
+            }
         }
         if cert.status == Status::Revoked {
             return Err(InventoryError::Conflict(format!(
@@ -296,6 +303,118 @@ impl Inventory {
         let cert = self.store.add_version(&cert.id, change).await?;
         self.changed();
         Ok(cert)
+    }
+
+    /// Accepts a public certificate: it waits in `pending-validation` (with an event listing
+    /// the records to create) and the lifecycle task orders it from the ACME CA.
+    async fn request_public(&self, req: RequestCertificate) -> Result<Certificate> {
+        let acme = self.acme()?.clone();
+        let issuer = req.issuer.clone().unwrap_or_default();
+        let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
+        check_tags(&req.tags)?;
+        if req.ca.is_some() || req.validity.is_some() || req.client_auth {
+            return Err(InventoryError::Invalid(
+                "ca, validity and client_auth are for private certificates; an ACME CA decides these (see its profile)".into(),
+            ));
+        }
+        let maintenance_window =
+            window_spec(req.window, req.window_duration, req.window_time_zone)?;
+        let (name, name_is_default) = resolve_name(req.name, &domains)?;
+        let algorithm = req.key_algorithm.unwrap_or(self.defaults().key_algorithm);
+        let method = req.validation.unwrap_or_else(|| "dns".to_owned());
+        acme.check_request(&issuer, &method, algorithm, &domains)?;
+        let now = OffsetDateTime::now_utc();
+        let deadline = now + acme.validation().timeout.time();
+        let mut new = NewCertificate {
+            id: CertificateId::generate(),
+            name,
+            name_is_default,
+            origin: Origin::Public,
+            status: Status::PendingValidation,
+            issuer,
+            domains,
+            key_algorithm: algorithm,
+            validity: None,
+            client_auth: false,
+            tags: req.tags,
+            renew_before: req.renew_before,
+            days_before_expiry: req.days_before_expiry,
+            maintenance_window,
+            // Due now: the lifecycle task checks validation and orders at once.
+            next_action_at: Some(now),
+            validation: Some((method.clone(), deadline)),
+            version: None,
+            event: None,
+        };
+        let records = acme.records(&method, &new.domains);
+        let detail = serde_json::json!({
+            "CommonName": new.domains.first().map(ToString::to_string),
+            "ValidationMethod": method,
+            "Records": records,
+            "Deadline": rfc3339(deadline),
+        });
+        new.event = Some(Event::new(events::VALIDATION_PENDING, &new.id, now, detail));
+        let cert = self.store.insert_certificate(new).await?;
+        self.changed();
+        Ok(cert)
+    }
+
+    /// First issuance or renewal of a public certificate through its ACME issuer: new key,
+    /// same names, same validation.
+    async fn issue_public(&self, cert: Certificate) -> Result<Certificate> {
+        if cert.status == Status::Revoked {
+            return Err(InventoryError::Conflict(format!(
+                "certificate {} is revoked",
+                cert.id
+            )));
+        }
+        let method = cert
+            .validation_method
+            .clone()
+            .unwrap_or_else(|| "dns".to_owned());
+        let issued = self.acme()?.issue(&cert, &method).await?;
+        let now = OffsetDateTime::now_utc();
+        let lifetime = Lifetime {
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+        };
+        let mut after = cert.clone();
+        after.current_version += 1;
+        after.serial = Some(issued.serial.clone());
+        after.not_before = Some(issued.not_before);
+        after.not_after = Some(issued.not_after);
+        let action = if cert.current_version == 0 {
+            Action::Issuance
+        } else {
+            Action::Renewal
+        };
+        let event = events::available(&after, action, now);
+        let change = VersionChange {
+            version: cert.current_version + 1,
+            new: NewVersion {
+                serial: issued.serial,
+                issuer_ca: None,
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                cert_pem: issued.cert_pem,
+                chain_pem: issued.chain_pem,
+                key: Some(issued.key),
+            },
+            status: Status::Issued,
+            event: Some(event),
+            names: None,
+            next_action_at: Some(self.plan(
+                &cert.id,
+                lifetime,
+                cert.renew_before,
+                cert.maintenance_window.as_ref(),
+                now,
+            )),
+        };
+        let updated = self.store.add_version(&cert.id, change).await?;
+        self.metrics.issued(Origin::Public);
+        self.changed();
+        Ok(updated)
     }
 
     /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::acme::{Acme, AcmeError};
 use crate::api::types::{
     CaDetails, CertificatePem, CreateCa, Explanation, ExportRequest, ImportCertificate, InstallCa,
     RequestCertificate, SignRequest, Signed, TagsRequest, file_bytes,
@@ -33,7 +34,7 @@ use crate::export::{self, ExportError, Exported};
 use crate::import::{self, ImportError};
 use crate::metrics::Metrics;
 use crate::model::{
-    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
+    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, Event, KeyAlgorithm, Origin,
     RevocationReason, Status, WindowSpec, check_name, check_tag, parse_domains, rfc3339,
 };
 use crate::policy::{self, Lifetime};
@@ -61,6 +62,8 @@ pub enum InventoryError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
     #[error(transparent)]
     Store(StoreError),
     #[error("internal error: {0}")]
@@ -95,6 +98,8 @@ pub struct Inventory {
     /// Wakes the lifecycle task when deadlines may have moved.
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// ACME issuers, when any are configured.
+    acme: Option<Arc<Acme>>,
 }
 
 /// The configuration the inventory works with, replaced on reload.
@@ -145,14 +150,26 @@ const DAYS_BEFORE_EXPIRY: &str = "days-before-expiry";
 const RENEWAL_POLICY: &str = "renewal-policy";
 
 impl Inventory {
-    pub fn new(store: Store, settings: Settings) -> Inventory {
+    pub fn new(store: Store, settings: Settings, acme: Option<Arc<Acme>>) -> Inventory {
         Inventory {
             store,
             authorities: RwLock::new(HashMap::new()),
             settings: RwLock::new(settings),
             wake: Arc::new(Notify::new()),
             metrics: Arc::new(Metrics::default()),
+            acme,
         }
+    }
+
+    /// The HTTP-01 tokens the daemon's responder serves, when ACME uses a listener.
+    pub fn http_tokens(&self) -> Option<crate::acme::http::Tokens> {
+        self.acme.as_ref().and_then(|a| a.http_tokens())
+    }
+
+    fn acme(&self) -> Result<&Arc<Acme>> {
+        self.acme
+            .as_ref()
+            .ok_or_else(|| InventoryError::Invalid("no [[acme]] issuer is configured".into()))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

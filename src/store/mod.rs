@@ -104,6 +104,8 @@ impl NewCertificate {
             renew_before: self.renew_before,
             days_before_expiry: self.days_before_expiry,
             maintenance_window: self.maintenance_window.clone(),
+            validation_method: self.validation.as_ref().map(|(m, _)| m.clone()),
+            validation_deadline: self.validation.as_ref().map(|(_, d)| *d),
             renewal: None,
             next_renewal_at: self.next_action_at,
             versions: self

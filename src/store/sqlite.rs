@@ -850,6 +850,10 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
             .get::<_, Option<i64>>("days_before_expiry")?
             .map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
         maintenance_window: window_from_row(row)?,
+        validation_method: row.get("validation_method")?,
+        validation_deadline: row
+            .get::<_, Option<i64>>("validation_deadline")?
+            .map(from_unix),
         renewal: renewal_from_row(row)?,
         next_renewal_at: row.get::<_, Option<i64>>("next_action_at")?.map(from_unix),
         versions: Vec::new(),

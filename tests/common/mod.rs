@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod pki;
 pub mod webhook;
 

@@ -8,12 +8,25 @@ declare -A needed=(
   [openssl]=openssl
   [kill]=procps
   [promtool]=prometheus
+  # ACME and DNS peers (tests/common/peers.rs)
+  [pebble]=pebble
+  [pebble-challtestsrv]=pebble
+  [knotd]=knot
+  [kdig]=knot-dnsutils
+  [nsupdate]=bind9-dnsutils
+  [dig]=bind9-dnsutils
+  [unbound]=unbound
+  [lego]=lego
+  [curl]=curl
 )
 
 missing=()
 for cmd in "${!needed[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${needed[$cmd]}")
+  # knotd and unbound live in /usr/sbin, which is not on every user's PATH.
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${needed[$cmd]}")
 done
+# One package can provide several commands: ask for each once.
+[ ${#missing[@]} -eq 0 ] || mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "tests/peers/install.sh: installing ${missing[*]}" >&2

@@ -1,0 +1,98 @@
+//! HTTP-01: the challenge responses, served by certkeeper's own listener or written into a
+//! web server's document root.
+//!
+//! The listener answers only `GET /.well-known/acme-challenge/<token>` (404 for anything
+//! else): it is meant to be reachable from the internet on port 80, so it serves nothing more.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+/// Where HTTP-01 key authorizations go while an order is being validated.
+#[derive(Clone)]
+pub enum Tokens {
+    /// Served from memory by [`serve`].
+    Memory(Arc<RwLock<HashMap<String, String>>>),
+    /// Written as `<webroot>/.well-known/acme-challenge/<token>`.
+    Webroot(PathBuf),
+}
+
+impl Tokens {
+    pub fn memory() -> Tokens {
+        Tokens::Memory(Arc::new(RwLock::new(HashMap::new())))
+    }
+
+    pub fn insert(&self, token: &str, key_authorization: &str) {
+        match self {
+            Tokens::Memory(map) => {
+                map.write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(token.to_owned(), key_authorization.to_owned());
+            }
+            Tokens::Webroot(root) => {
+                let dir = root.join(".well-known/acme-challenge");
+                let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                    crate::fsutil::write_atomic(
+                        &dir.join(token),
+                        key_authorization.as_bytes(),
+                        0o644,
+                    )
+                });
+                if let Err(err) = written {
+                    // The CA will fail the challenge and the order reports it; say why here.
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot write the HTTP-01 challenge file");
+                }
+            }
+        }
+    }
+
+    pub fn remove(&self, token: &str) {
+        match self {
+            Tokens::Memory(map) => {
+                map.write().unwrap_or_else(|p| p.into_inner()).remove(token);
+            }
+            Tokens::Webroot(root) => {
+                let _ = std::fs::remove_file(root.join(".well-known/acme-challenge").join(token));
+            }
+        }
+    }
+
+    fn get(&self, token: &str) -> Option<String> {
+        match self {
+            Tokens::Memory(map) => map
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(token)
+                .cloned(),
+            Tokens::Webroot(_) => None,
+        }
+    }
+}
+
+/// Serves the in-memory tokens on `listener` until `shutdown`.
+pub fn serve(listener: tokio::net::TcpListener, tokens: Tokens, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/.well-known/acme-challenge/{token}", get(challenge))
+        .with_state(tokens);
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+}
+
+async fn challenge(State(tokens): State<Tokens>, Path(token): Path<String>) -> Response {
+    match tokens.get(&token) {
+        Some(value) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}

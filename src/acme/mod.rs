@@ -1,0 +1,594 @@
+//! Public certificates from ACME CAs (RFC 8555), through instant-acme.
+//!
+//! One [`Acme`] holds every configured issuer. Issuing (first issuance or renewal, the same
+//! path) runs as a lifecycle task and goes:
+//!
+//! 1. the issuer's account: loaded from the store (sealed, it holds the account key), or
+//!    created on first use (with EAB when configured) and stored before anything else;
+//! 2. the order: resumed from the store when one is in flight for this certificate (a restart
+//!    mid-order continues it instead of starting another), else created, and its URL stored
+//!    together with the new private key **before any challenge is answered**;
+//! 3. each pending authorization: the challenge of the certificate's validation method is
+//!    solved (HTTP-01 token served, or DNS-01 TXT published) and marked ready;
+//! 4. polling until the order is ready (fast at first, honouring the CA's Retry-After), then
+//!    finalizing with our own CSR and downloading the chain;
+//! 5. cleanup of everything published, whatever happened.
+//!
+//! Errors carry the CA's problem document, which ends up in the certificate's renewal reason
+//! and the "Renewal Action Required" event. Retrying is the lifecycle's job (backoff).
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, Semaphore};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::config::{AcmeIssuer, ValidationConfig};
+use crate::keys;
+use crate::model::{Certificate, Domain, KeyAlgorithm, Serial};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("no ACME issuer named {0:?} is configured")]
+    UnknownIssuer(String),
+    #[error("ACME issuer {issuer}: {message}")]
+    Setup { issuer: String, message: String },
+    #[error("ACME issuer {issuer}: {source}")]
+    Protocol {
+        issuer: String,
+        source: instant_acme::Error,
+    },
+    #[error("ACME issuer {issuer}: validation of {identifier} failed: {detail}")]
+    Validation {
+        issuer: String,
+        identifier: String,
+        detail: String,
+    },
+    #[error("ACME issuer {issuer}: the order became {status:?}: {detail}")]
+    Order {
+        issuer: String,
+        status: String,
+        detail: String,
+    },
+    #[error("validation method {0:?} is not configured (see [validation] in the config)")]
+    MethodNotConfigured(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("key: {0}")]
+    Key(String),
+}
+
+/// A DNS record the user creates once so that certkeeper can validate by itself from then on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ValidationRecord {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub rtype: String,
+    #[serde(rename = "Value")]
+    pub value: String,
+}
+
+/// `_acme-challenge.<name>. CNAME <label>.<zone>.` for each DNS name. The label is derived
+/// from the name alone (SHA-256, base32, 16 characters), so it never changes: the record is
+/// created once and serves every renewal, and `*.example.com` and `example.com` share it.
+pub fn delegations(domains: &[Domain], zone: &str) -> Vec<ValidationRecord> {
+    let mut records: Vec<ValidationRecord> = Vec::new();
+    for domain in domains {
+        let Domain::Dns(name) = domain else { continue };
+        let base = name.strip_prefix("*.").unwrap_or(name);
+        let record = ValidationRecord {
+            name: format!("_acme-challenge.{base}."),
+            rtype: "CNAME".to_owned(),
+            value: format!("{}.{zone}.", label(base)),
+        };
+        if !records.contains(&record) {
+            records.push(record);
+        }
+    }
+    records
+}
+
+/// The stable delegation label of a base name.
+pub fn label(base: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, base.as_bytes());
+    // 16 base32 characters = 80 bits: collisions within one zone are not a concern.
+    let bits = digest.as_ref()[..10]
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+    (0..16)
+        .map(|i| ALPHABET[((bits >> (75 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
+/// A certificate the CA issued, ready to become a version.
+pub struct Issued {
+    pub cert_pem: String,
+    pub chain_pem: String,
+    pub serial: Serial,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// The certificate's new private key, PKCS#8.
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+/// How challenges of one kind are answered.
+#[derive(Clone)]
+pub enum Solver {
+    Http(http::Tokens),
+}
+
+struct IssuerRuntime {
+    config: AcmeIssuer,
+    /// Loaded or created on first use.
+    account: Mutex<Option<Account>>,
+    /// Orders in flight for this issuer.
+    orders: Semaphore,
+}
+
+pub struct Acme {
+    store: Store,
+    issuers: HashMap<String, Arc<IssuerRuntime>>,
+    http: Option<Solver>,
+    validation: ValidationConfig,
+}
+
+/// Polling an order: quick at first (CAs usually validate within a second or two), then
+/// backing off, for up to two minutes. A Retry-After from the CA overrides the delay.
+const POLL: RetryPolicy = RetryPolicy::new()
+    .initial_delay(Duration::from_millis(250))
+    .backoff(1.5)
+    .timeout(Duration::from_secs(120));
+
+impl Acme {
+    pub fn new(
+        store: Store,
+        issuers: &[AcmeIssuer],
+        validation: ValidationConfig,
+        http: Option<http::Tokens>,
+    ) -> Acme {
+        let issuers = issuers
+            .iter()
+            .map(|config| {
+                let runtime = IssuerRuntime {
+                    orders: Semaphore::new(config.max_orders_in_flight),
+                    config: config.clone(),
+                    account: Mutex::new(None),
+                };
+                (config.name.clone(), Arc::new(runtime))
+            })
+            .collect();
+        Acme {
+            store,
+            issuers,
+            http: http.map(Solver::Http),
+            validation,
+        }
+    }
+
+    pub fn http_tokens(&self) -> Option<http::Tokens> {
+        match &self.http {
+            Some(Solver::Http(tokens)) => Some(tokens.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn has_issuer(&self, name: &str) -> bool {
+        self.issuers.contains_key(name)
+    }
+
+    pub fn validation(&self) -> &ValidationConfig {
+        &self.validation
+    }
+
+    /// What the user must create for `method` before the CA can validate: for `dns`, one
+    /// CNAME per name (a wildcard and its base share it), the same for every renewal.
+    pub fn records(&self, method: &str, domains: &[Domain]) -> Vec<ValidationRecord> {
+        match (method, &self.validation.dns) {
+            ("dns", Some(dns)) => delegations(domains, &dns.zone),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Checks a request before it is accepted: the issuer exists, the method is configured,
+    /// the key type is one ACME CAs issue for.
+    pub fn check_request(
+        &self,
+        issuer: &str,
+        method: &str,
+        algorithm: KeyAlgorithm,
+        domains: &[Domain],
+    ) -> Result<(), AcmeError> {
+        if !self.has_issuer(issuer) {
+            return Err(AcmeError::UnknownIssuer(issuer.to_owned()));
+        }
+        match method {
+            "http" if self.http.is_some() => {}
+            "dns" if self.validation.dns.is_some() => {}
+            other => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
+        }
+        if method == "http" && domains.iter().any(Domain::is_wildcard) {
+            return Err(AcmeError::Setup {
+                issuer: issuer.to_owned(),
+                message: "wildcard names can only be validated with --validation dns".into(),
+            });
+        }
+        if algorithm == KeyAlgorithm::Ed25519 {
+            return Err(AcmeError::Setup {
+                issuer: issuer.to_owned(),
+                message: "ACME CAs do not issue for Ed25519 keys; use ec-p256, ec-p384 or rsa-*"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Issues (or renews) `cert` through its ACME issuer with its validation method.
+    pub async fn issue(&self, cert: &Certificate, method: &str) -> Result<Issued, AcmeError> {
+        let runtime = self
+            .issuers
+            .get(&cert.issuer)
+            .ok_or_else(|| AcmeError::UnknownIssuer(cert.issuer.clone()))?;
+        // At most max-orders-in-flight per issuer; the semaphore lives as long as the issuer.
+        let _permit = runtime
+            .orders
+            .acquire()
+            .await
+            .map_err(|_| setup(&runtime.config, "shutting down"))?;
+        let solver = match method {
+            "http" => self
+                .http
+                .clone()
+                .ok_or_else(|| AcmeError::MethodNotConfigured(method.to_owned()))?,
+            other => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
+        };
+        let account = self.account(runtime).await?;
+        let mut published = Vec::new();
+        let result = self
+            .run_order(runtime, &account, cert, &solver, &mut published)
+            .await;
+        for token in published {
+            solver.withdraw(&token).await;
+        }
+        if let Err(err) = &result {
+            warn!(cert = %cert.id, error = %err, "ACME order failed");
+            // A failed order is not resumed: the next attempt starts a fresh one.
+            let _ = self.store.delete_acme_order(&cert.id).await;
+        }
+        result
+    }
+
+    async fn run_order(
+        &self,
+        runtime: &IssuerRuntime,
+        account: &Account,
+        cert: &Certificate,
+        solver: &Solver,
+        published: &mut Vec<String>,
+    ) -> Result<Issued, AcmeError> {
+        let issuer = &runtime.config;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.name.clone(),
+            source,
+        };
+        let (mut order, key) = self.resume_or_create(runtime, account, cert).await?;
+
+        if order.state().status == OrderStatus::Pending {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(protocol)?;
+                match authz.status {
+                    AuthorizationStatus::Pending => {}
+                    AuthorizationStatus::Valid => continue,
+                    other => {
+                        return Err(AcmeError::Validation {
+                            issuer: issuer.name.clone(),
+                            identifier: authz.identifier().to_string(),
+                            detail: format!("authorization is {other:?}"),
+                        });
+                    }
+                }
+                let challenge_type = solver.challenge_type();
+                let mut challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
+                    AcmeError::Validation {
+                        issuer: issuer.name.clone(),
+                        identifier: "an authorization".into(),
+                        detail: format!("the CA offers no {challenge_type:?} challenge"),
+                    }
+                })?;
+                let token = solver
+                    .publish(&challenge.token, challenge.key_authorization().as_str())
+                    .await;
+                published.push(token);
+                challenge.set_ready().await.map_err(protocol)?;
+            }
+        }
+
+        let status = order.poll_ready(&POLL).await.map_err(protocol)?;
+        if status != OrderStatus::Ready && status != OrderStatus::Valid {
+            return Err(order_failure(issuer, &mut order, status).await);
+        }
+        if status == OrderStatus::Ready {
+            let csr = csr_der(&key, &cert.domains)?;
+            order.finalize_csr(&csr).await.map_err(protocol)?;
+        }
+        let chain = order.poll_certificate(&POLL).await.map_err(protocol)?;
+        let issued = split_chain(&chain, key)?;
+        info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.serial, "ACME certificate issued");
+        Ok(issued)
+    }
+
+    /// The order for `cert`: the one stored if it is still usable, else a new one, recorded
+    /// with its new key before anything else happens.
+    async fn resume_or_create(
+        &self,
+        runtime: &IssuerRuntime,
+        account: &Account,
+        cert: &Certificate,
+    ) -> Result<(instant_acme::Order, Zeroizing<Vec<u8>>), AcmeError> {
+        let issuer = &runtime.config;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.name.clone(),
+            source,
+        };
+        if let Some((stored_issuer, url, key)) = self.store.acme_order(&cert.id).await?
+            && stored_issuer == issuer.name
+        {
+            match account.order(url.clone()).await {
+                Ok(mut order) => {
+                    if order.state().status != OrderStatus::Invalid {
+                        info!(cert = %cert.id, order = %url, "resuming the ACME order in flight");
+                        return Ok((order, key));
+                    }
+                    info!(cert = %cert.id, order = %url, "stored ACME order is invalid; starting another");
+                }
+                Err(err) => {
+                    info!(cert = %cert.id, order = %url, error = %err, "stored ACME order unusable; starting another")
+                }
+            }
+        }
+        let identifiers: Vec<Identifier> = cert
+            .domains
+            .iter()
+            .map(|d| match d {
+                Domain::Dns(name) => Identifier::Dns(name.clone()),
+                Domain::Ip(ip) => Identifier::Ip(*ip),
+            })
+            .collect();
+        let mut new_order = NewOrder::new(&identifiers);
+        if let Some(profile) = &issuer.profile {
+            new_order = new_order.profile(profile);
+        }
+        let order = account.new_order(&new_order).await.map_err(protocol)?;
+        let algorithm = cert.key_algorithm;
+        let key = tokio::task::spawn_blocking(move || {
+            keys::generate(algorithm).map(|k| Zeroizing::new(k.serialize_der()))
+        })
+        .await
+        .map_err(|e| AcmeError::Key(e.to_string()))?
+        .map_err(|e| AcmeError::Key(e.to_string()))?;
+        self.store
+            .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
+            .await?;
+        Ok((order, key))
+    }
+
+    /// The issuer's account, loaded once per daemon run (and created on first use).
+    async fn account(&self, runtime: &IssuerRuntime) -> Result<Account, AcmeError> {
+        let mut slot = runtime.account.lock().await;
+        if let Some(account) = slot.as_ref() {
+            return Ok(account.clone());
+        }
+        let issuer = &runtime.config;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.name.clone(),
+            source,
+        };
+        let stored = self
+            .store
+            .acme_account(&issuer.name)
+            .await?
+            .filter(|(directory, _, _)| *directory == issuer.directory);
+        let account = match stored {
+            Some((_, _, credentials)) => {
+                let credentials: AccountCredentials = serde_json::from_slice(&credentials)
+                    .map_err(|e| setup(issuer, &format!("stored account: {e}")))?;
+                builder(issuer)?
+                    .from_credentials(credentials)
+                    .await
+                    .map_err(protocol)?
+            }
+            None => {
+                let contact: Vec<&str> = issuer.contact.iter().map(String::as_str).collect();
+                let new = NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let eab = match &issuer.eab {
+                    Some((kid, file)) => Some(eab_key(issuer, kid, file)?),
+                    None => None,
+                };
+                let (account, credentials) = builder(issuer)?
+                    .create(&new, issuer.directory.clone(), eab.as_ref())
+                    .await
+                    .map_err(|source| match &source {
+                        instant_acme::Error::Api(problem)
+                            if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:externalAccountRequired") =>
+                        {
+                            setup(issuer, "the CA requires external account binding: set eab-kid and eab-hmac-file")
+                        }
+                        _ => AcmeError::Protocol { issuer: issuer.name.clone(), source },
+                    })?;
+                let json = Zeroizing::new(
+                    serde_json::to_vec(&credentials).map_err(|e| setup(issuer, &e.to_string()))?,
+                );
+                self.store
+                    .save_acme_account(&issuer.name, &issuer.directory, account.id(), &json)
+                    .await?;
+                info!(issuer = %issuer.name, account = %account.id(), "ACME account created");
+                account
+            }
+        };
+        if let Some(profile) = &issuer.profile
+            && !account.profiles().any(|p| p.name == profile)
+        {
+            let offered: Vec<String> = account.profiles().map(|p| p.name.to_owned()).collect();
+            return Err(setup(
+                issuer,
+                &format!(
+                    "the directory does not offer profile {profile:?} (offered: {})",
+                    if offered.is_empty() {
+                        "none".into()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            ));
+        }
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+}
+
+impl Solver {
+    fn challenge_type(&self) -> ChallengeType {
+        match self {
+            Solver::Http(_) => ChallengeType::Http01,
+        }
+    }
+
+    /// Makes the challenge answerable; returns what to withdraw afterwards.
+    async fn publish(&self, token: &str, key_authorization: &str) -> String {
+        match self {
+            Solver::Http(tokens) => {
+                tokens.insert(token, key_authorization);
+                token.to_owned()
+            }
+        }
+    }
+
+    async fn withdraw(&self, published: &str) {
+        match self {
+            Solver::Http(tokens) => tokens.remove(published),
+        }
+    }
+}
+
+fn setup(issuer: &AcmeIssuer, message: &str) -> AcmeError {
+    AcmeError::Setup {
+        issuer: issuer.name.clone(),
+        message: message.to_owned(),
+    }
+}
+
+fn builder(issuer: &AcmeIssuer) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    let result = match &issuer.trusted_roots {
+        Some(path) => Account::builder_with_root(path),
+        None => Account::builder(),
+    };
+    result.map_err(|e| setup(issuer, &format!("HTTPS client: {e}")))
+}
+
+fn eab_key(
+    issuer: &AcmeIssuer,
+    kid: &str,
+    file: &std::path::Path,
+) -> Result<ExternalAccountKey, AcmeError> {
+    use base64::Engine;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(file)
+            .map_err(|e| setup(issuer, &format!("eab-hmac-file {}: {e}", file.display())))?,
+    );
+    let trimmed = text.trim();
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(trimmed))
+        .map_err(|_| {
+            setup(
+                issuer,
+                &format!("eab-hmac-file {}: not base64url", file.display()),
+            )
+        })?;
+    Ok(ExternalAccountKey::new(kid.to_owned(), &key))
+}
+
+/// Why an order ended badly: the order's own problem, or the first failed authorization's.
+async fn order_failure(
+    issuer: &AcmeIssuer,
+    order: &mut instant_acme::Order,
+    status: OrderStatus,
+) -> AcmeError {
+    if let Some(problem) = &order.state().error {
+        return AcmeError::Order {
+            issuer: issuer.name.clone(),
+            status: format!("{status:?}"),
+            detail: problem.to_string(),
+        };
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        if authz.status == AuthorizationStatus::Invalid {
+            let detail = authz
+                .challenges
+                .iter()
+                .find_map(|c| c.error.as_ref().map(ToString::to_string))
+                .unwrap_or_else(|| "authorization invalid".into());
+            return AcmeError::Validation {
+                issuer: issuer.name.clone(),
+                identifier: authz.identifier().to_string(),
+                detail,
+            };
+        }
+    }
+    AcmeError::Order {
+        issuer: issuer.name.clone(),
+        status: format!("{status:?}"),
+        detail: "no detail from the CA".into(),
+    }
+}
+
+/// A CSR for `domains` signed with `key`.
+fn csr_der(key: &[u8], domains: &[Domain]) -> Result<Vec<u8>, AcmeError> {
+    let pair = keys::load_pkcs8(key).map_err(|e| AcmeError::Key(e.to_string()))?;
+    let names: Vec<String> = domains.iter().map(ToString::to_string).collect();
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| AcmeError::Key(e.to_string()))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&pair)
+        .map_err(|e| AcmeError::Key(e.to_string()))?;
+    Ok(csr.der().to_vec())
+}
+
+/// Splits the CA's PEM chain into the leaf and its issuers, and reads the leaf.
+fn split_chain(chain: &str, key: Zeroizing<Vec<u8>>) -> Result<Issued, AcmeError> {
+    let ders = crate::pem::certificates(chain);
+    let Some((leaf, rest)) = ders.split_first() else {
+        return Err(AcmeError::Key("the CA returned no certificate".into()));
+    };
+    let info = crate::x509::inspect(leaf)
+        .map_err(|e| AcmeError::Key(format!("the CA's certificate {e}")))?;
+    Ok(Issued {
+        cert_pem: crate::pem::encode("CERTIFICATE", leaf),
+        chain_pem: rest
+            .iter()
+            .map(|d| crate::pem::encode("CERTIFICATE", d))
+            .collect(),
+        serial: info.serial,
+        not_before: info.not_before,
+        not_after: info.not_after,
+        key,
+    })
+}
