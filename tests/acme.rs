@@ -172,6 +172,15 @@ fn http01_issues_a_public_certificate_that_chains_to_the_ca() {
     let renewed = daemon.json(&["renew", &cert]);
     assert_eq!(renewed["current_version"], 2);
     assert_ne!(renewed["serial"], issued["serial"]);
+
+    // Revocation happens at the CA, for every version still valid.
+    let revoked = daemon.json(&["revoke", &cert, "--reason", "key-compromise"]);
+    assert_eq!(revoked["status"], "revoked");
+    for serial in [&issued["serial"], &renewed["serial"]] {
+        let hex = serial.as_str().unwrap().trim_start_matches('0');
+        let status = pebble.get(&format!("/cert-status-by-serial/{hex}"));
+        assert!(status.contains("Revoked"), "Pebble's view of {hex}: {status}");
+    }
 }
 
 #[test]

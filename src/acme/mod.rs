@@ -234,6 +234,29 @@ impl Acme {
         Ok(())
     }
 
+    /// Revokes a certificate at its ACME CA (RFC 8555 §7.6), signed with the account key.
+    pub async fn revoke(&self, issuer: &str, cert_pem: &str, reason: crate::model::RevocationReason) -> Result<(), AcmeError> {
+        use crate::model::RevocationReason as R;
+        use instant_acme::RevocationReason as Acme;
+        let runtime = self.issuers.get(issuer).ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
+        let account = self.account(runtime).await?;
+        let der = crate::pem::certificates(cert_pem).into_iter().next().ok_or_else(|| AcmeError::Key("no certificate to revoke".into()))?;
+        let der = rustls_pki_types::CertificateDer::from(der);
+        let reason = match reason {
+            R::Unspecified => Acme::Unspecified,
+            R::KeyCompromise => Acme::KeyCompromise,
+            R::CaCompromise => Acme::CaCompromise,
+            R::AffiliationChanged => Acme::AffiliationChanged,
+            R::Superseded => Acme::Superseded,
+            R::CessationOfOperation => Acme::CessationOfOperation,
+            R::PrivilegeWithdrawn => Acme::PrivilegeWithdrawn,
+        };
+        account
+            .revoke(&instant_acme::RevocationRequest { certificate: &der, reason: Some(reason) })
+            .await
+            .map_err(|source| AcmeError::Protocol { issuer: issuer.to_owned(), source })
+    }
+
     /// Issues (or renews) `cert` through its ACME issuer with its validation method.
     pub async fn issue(&self, cert: &Certificate, method: &str) -> Result<Issued, AcmeError> {
         let runtime = self

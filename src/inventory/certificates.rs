@@ -438,6 +438,18 @@ impl Inventory {
             )));
         }
         let reason = reason.unwrap_or(RevocationReason::Unspecified);
+        let now = OffsetDateTime::now_utc();
+        if cert.origin == Origin::Public {
+            // At the CA first: only a revocation the CA accepted is recorded. Every version
+            // still valid goes (a renewal does not make the earlier keys trustworthy).
+            let acme = self.acme()?;
+            for version in cert.versions.iter().filter(|v| v.not_after > now) {
+                let stored = self.store.version(&cert.id, version.version).await?;
+                if let Some(stored) = stored {
+                    acme.revoke(&cert.issuer, &stored.cert_pem, reason).await?;
+                }
+            }
+        }
         let revocations: Vec<Revocation> = cert
             .versions
             .iter()
@@ -448,7 +460,6 @@ impl Inventory {
                 })
             })
             .collect();
-        let now = OffsetDateTime::now_utc();
         let event = events::revoked(&cert, reason.as_str(), now);
         self.store
             .revoke(&cert.id, reason, revocations.clone(), Some(event), now)
