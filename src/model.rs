@@ -470,6 +470,9 @@ pub struct Certificate {
         skip_serializing_if = "Option::is_none"
     )]
     pub validation_deadline: Option<OffsetDateTime>,
+    /// DNS validation: the records to create once (filled by `describe`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_records: Vec<ValidationRecord>,
     /// ACM's renewal summary; `None` until the first renewal attempt.
     #[serde(default)]
     pub renewal: Option<Renewal>,
@@ -480,6 +483,17 @@ pub struct Certificate {
     /// Filled by `describe`; empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionInfo>,
+}
+
+/// A DNS record the user creates once so that certkeeper can validate by itself from then on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationRecord {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub rtype: String,
+    #[serde(rename = "Value")]
+    pub value: String,
 }
 
 /// A maintenance window as stored and shown: when it opens (cron), for how long, in which zone.

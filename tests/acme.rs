@@ -179,7 +179,10 @@ fn http01_issues_a_public_certificate_that_chains_to_the_ca() {
     for serial in [&issued["serial"], &renewed["serial"]] {
         let hex = serial.as_str().unwrap().trim_start_matches('0');
         let status = pebble.get(&format!("/cert-status-by-serial/{hex}"));
-        assert!(status.contains("Revoked"), "Pebble's view of {hex}: {status}");
+        assert!(
+            status.contains("Revoked"),
+            "Pebble's view of {hex}: {status}"
+        );
     }
 }
 

@@ -68,16 +68,7 @@ pub enum AcmeError {
     Key(String),
 }
 
-/// A DNS record the user creates once so that certkeeper can validate by itself from then on.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ValidationRecord {
-    #[serde(rename = "Name")]
-    pub name: String,
-    #[serde(rename = "Type")]
-    pub rtype: String,
-    #[serde(rename = "Value")]
-    pub value: String,
-}
+pub use crate::model::ValidationRecord;
 
 /// `_acme-challenge.<name>. CNAME <label>.<zone>.` for each DNS name. The label is derived
 /// from the name alone (SHA-256, base32, 16 characters), so it never changes: the record is
@@ -235,12 +226,23 @@ impl Acme {
     }
 
     /// Revokes a certificate at its ACME CA (RFC 8555 §7.6), signed with the account key.
-    pub async fn revoke(&self, issuer: &str, cert_pem: &str, reason: crate::model::RevocationReason) -> Result<(), AcmeError> {
+    pub async fn revoke(
+        &self,
+        issuer: &str,
+        cert_pem: &str,
+        reason: crate::model::RevocationReason,
+    ) -> Result<(), AcmeError> {
         use crate::model::RevocationReason as R;
         use instant_acme::RevocationReason as Acme;
-        let runtime = self.issuers.get(issuer).ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
+        let runtime = self
+            .issuers
+            .get(issuer)
+            .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
         let account = self.account(runtime).await?;
-        let der = crate::pem::certificates(cert_pem).into_iter().next().ok_or_else(|| AcmeError::Key("no certificate to revoke".into()))?;
+        let der = crate::pem::certificates(cert_pem)
+            .into_iter()
+            .next()
+            .ok_or_else(|| AcmeError::Key("no certificate to revoke".into()))?;
         let der = rustls_pki_types::CertificateDer::from(der);
         let reason = match reason {
             R::Unspecified => Acme::Unspecified,
@@ -252,9 +254,15 @@ impl Acme {
             R::PrivilegeWithdrawn => Acme::PrivilegeWithdrawn,
         };
         account
-            .revoke(&instant_acme::RevocationRequest { certificate: &der, reason: Some(reason) })
+            .revoke(&instant_acme::RevocationRequest {
+                certificate: &der,
+                reason: Some(reason),
+            })
             .await
-            .map_err(|source| AcmeError::Protocol { issuer: issuer.to_owned(), source })
+            .map_err(|source| AcmeError::Protocol {
+                issuer: issuer.to_owned(),
+                source,
+            })
     }
 
     /// Issues (or renews) `cert` through its ACME issuer with its validation method.

@@ -210,6 +210,7 @@ mod tests {
             maintenance_window: None,
             validation_method: None,
             validation_deadline: None,
+            validation_records: vec![],
             renewal: failing.then(|| Renewal {
                 status: RenewalStatus::Failed,
                 reason: Some("CA offline".into()),

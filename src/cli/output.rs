@@ -132,6 +132,21 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
         field("revoked", format!("{} ({reason})", date(at)))?;
     }
     field("created", date(c.created_at))?;
+    if let Some(method) = &c.validation_method {
+        field("validation", method.clone())?;
+    }
+    if let Some(deadline) = c
+        .validation_deadline
+        .filter(|_| c.status == crate::model::Status::PendingValidation)
+    {
+        field("validate by", date(deadline))?;
+    }
+    for record in &c.validation_records {
+        field(
+            "create record",
+            format!("{} {} {}", record.name, record.rtype, record.value),
+        )?;
+    }
     drop(out);
     if !c.versions.is_empty() {
         println!();

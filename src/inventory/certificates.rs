@@ -486,10 +486,15 @@ impl Inventory {
     }
 
     pub async fn find(&self, id_or_name: &str) -> Result<Certificate> {
-        self.store
+        let mut cert = self
+            .store
             .find_certificate(id_or_name)
             .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("certificate {id_or_name:?}")))
+            .ok_or_else(|| InventoryError::NotFound(format!("certificate {id_or_name:?}")))?;
+        if let (Some(method), Some(acme)) = (&cert.validation_method, &self.acme) {
+            cert.validation_records = acme.records(method, &cert.domains);
+        }
+        Ok(cert)
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Certificate>> {

@@ -106,6 +106,7 @@ impl NewCertificate {
             maintenance_window: self.maintenance_window.clone(),
             validation_method: self.validation.as_ref().map(|(m, _)| m.clone()),
             validation_deadline: self.validation.as_ref().map(|(_, d)| *d),
+            validation_records: Vec::new(),
             renewal: None,
             next_renewal_at: self.next_action_at,
             versions: self

@@ -854,6 +854,7 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
         validation_deadline: row
             .get::<_, Option<i64>>("validation_deadline")?
             .map(from_unix),
+        validation_records: Vec::new(),
         renewal: renewal_from_row(row)?,
         next_renewal_at: row.get::<_, Option<i64>>("next_action_at")?.map(from_unix),
         versions: Vec::new(),
