@@ -168,8 +168,13 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     let not_after = cert.not_after.unwrap_or(now + time::Duration::days(3650));
     let days_left = policy::days_to_expiry(now, not_after);
     // A first failure (no earlier ones) always raises the event.
-    let milestone =
-        policy::action_required(days_left, previous.and_then(|r| r.action_required_days));
+    // A first issuance still waiting for validation already announced what to do (the
+    // "Validation Pending" event); only its timeout raises Action Required.
+    let milestone = if cert.status == Status::PendingValidation {
+        None
+    } else {
+        policy::action_required(days_left, previous.and_then(|r| r.action_required_days))
+    };
     let reason = err.to_string();
     warn!(failures, days_left, error = %reason, "renewal failed");
     let event = milestone.map(|_| {
@@ -182,9 +187,14 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
         });
         Event::new(events::ACTION_REQUIRED, &cert.id, now, detail)
     });
+    let retry_at = if cert.status == Status::PendingValidation {
+        policy::validation_retry(failures, now)
+    } else {
+        policy::retry(cert.id.as_str(), failures, now, not_after)
+    };
     let failure = RenewalFailure {
         id: cert.id.clone(),
-        next_action_at: Some(policy::retry(cert.id.as_str(), failures, now, not_after)),
+        next_action_at: Some(retry_at),
         reason,
         failed_at: now,
         action_required_days: milestone,

@@ -190,6 +190,16 @@ pub fn retry(
     }
 }
 
+/// When a certificate waiting for validation (its first issuance) looks again after the
+/// `attempts`-th miss: 15 s, doubling, at most every 15 minutes. Someone is creating a DNS
+/// record; it should be noticed soon after it appears, without hammering the resolver or the
+/// CA for the 72 hours a validation may take.
+pub fn validation_retry(attempts: u32, failed_at: OffsetDateTime) -> OffsetDateTime {
+    let exponent = attempts.saturating_sub(1).min(20);
+    let delay = (Duration::seconds(15) * 2_i32.pow(exponent)).min(Duration::minutes(15));
+    failed_at + delay
+}
+
 /// How a certificate is looked after, for its expiry-event threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Care {
@@ -395,6 +405,12 @@ mod tests {
             .map(|i| retry(&format!("ck-{i}"), 3, NOW, far))
             .collect();
         assert!(spread.len() > 10);
+    }
+
+    #[test]
+    fn validation_retries_look_soon_then_settle() {
+        let delays: Vec<i64> = (1..=8).map(|n| (validation_retry(n, NOW) - NOW).whole_seconds()).collect();
+        assert_eq!(delays, [15, 30, 60, 120, 240, 480, 900, 900]);
     }
 
     #[test]
