@@ -409,7 +409,9 @@ mod tests {
 
     #[test]
     fn validation_retries_look_soon_then_settle() {
-        let delays: Vec<i64> = (1..=8).map(|n| (validation_retry(n, NOW) - NOW).whole_seconds()).collect();
+        let delays: Vec<i64> = (1..=8)
+            .map(|n| (validation_retry(n, NOW) - NOW).whole_seconds())
+            .collect();
         assert_eq!(delays, [15, 30, 60, 120, 240, 480, 900, 900]);
     }
 

@@ -17,6 +17,7 @@
 //! Errors carry the CA's problem document, which ends up in the certificate's renewal reason
 //! and the "Renewal Action Required" event. Retrying is the lifecycle's job (backoff).
 
+pub mod dns;
 pub mod http;
 
 use std::collections::HashMap;
