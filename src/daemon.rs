@@ -12,6 +12,8 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+
+use crate::acme::dns::DnsValidator;
 use tracing::{error, info, warn};
 
 use crate::acme::Acme;
@@ -42,6 +44,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("validation.dns: {0}")]
+    Dns(#[from] crate::acme::dns::DnsError),
     #[error("another certkeeper daemon is using the state directory {0}")]
     AlreadyRunning(PathBuf),
     #[error("another process is serving the API socket {0}")]
@@ -64,6 +68,8 @@ impl DaemonError {
             }
             DaemonError::AlreadyRunning(_) | DaemonError::SocketInUse(_) => 75, // EX_TEMPFAIL
             DaemonError::Io { .. } => 73,                                       // EX_CANTCREAT
+            DaemonError::Dns(crate::acme::dns::DnsError::Bind { .. }) => 73,
+            DaemonError::Dns(_) => crate::cli::exit::CONFIG,
             DaemonError::Store(_) | DaemonError::Inventory(_) => crate::cli::exit::SOFTWARE,
         }
     }
@@ -100,8 +106,8 @@ pub async fn serve(
     create_private_dir(&config.state_dir)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     let (tokens, http01) = http01(&config).await?;
-    let inventory = open_inventory(&config, tokens).await?;
     let shutdown = CancellationToken::new();
+    let inventory = open_inventory(&config, tokens, &shutdown).await?;
     if let (Some(listener), Some(tokens)) = (http01, inventory.http_tokens()) {
         crate::acme::http::serve(listener, tokens, shutdown.clone());
     }
@@ -172,17 +178,28 @@ async fn http01(
 async fn open_inventory(
     config: &Config,
     tokens: Option<Tokens>,
+    shutdown: &CancellationToken,
 ) -> Result<Arc<Inventory>, DaemonError> {
     let keyring = load_keyring(config)?;
     let store = Store::open(&config.store_path, config.synchronous, keyring).await?;
     let usage = store.check_keys().await?;
     info!(store = %config.store_path.display(), sealed_records = usage.values().sum::<u64>(), "store open, keys verified");
+    // The embedded DNS server (when configured) answers before READY, like the HTTP-01 one.
+    let dns = match (&config.validation.dns, config.acme.is_empty()) {
+        (Some(dns), false) => {
+            let validator = DnsValidator::start(dns, shutdown.clone()).await?;
+            info!(zone = %dns.zone, publisher = ?validator, "DNS-01 validation ready");
+            Some(Arc::new(validator))
+        }
+        _ => None,
+    };
     let acme = (!config.acme.is_empty()).then(|| {
         Arc::new(Acme::new(
             store.clone(),
             &config.acme,
             config.validation.clone(),
             tokens,
+            dns,
         ))
     });
     let inventory = Arc::new(Inventory::new(store, Settings::from_config(config), acme));

@@ -57,6 +57,17 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
     let wake = inventory.wake();
     let permits = Arc::new(Semaphore::new(concurrency));
     let renewals = TaskTracker::new();
+    // Renewals interrupted by a crash or a kill are taken up again at once (an ACME order in
+    // flight is resumed) rather than when their lease would have run out.
+    match inventory
+        .store()
+        .release_leases(OffsetDateTime::now_utc())
+        .await
+    {
+        Ok(0) => {}
+        Ok(released) => info!(released, "taking up renewals interrupted by the last stop"),
+        Err(err) => warn!(error = %err, "releasing stale renewal leases failed"),
+    }
     // Catch up on a daily check missed while the daemon was down; the per-day marker in the
     // store keeps it from repeating one already sent today.
     daily(&inventory, OffsetDateTime::now_utc()).await;

@@ -306,6 +306,11 @@ impl DnsValidator {
         })
     }
 
+    /// The validation zone, absolute and lower case (`acme.example.`).
+    pub fn zone(&self) -> String {
+        self.zone.to_string()
+    }
+
     /// For each record, asks the resolver for the CNAME at `record.name` (query type CNAME,
     /// not following it) and returns the records that are missing or point elsewhere, each
     /// with what was found. The lookups run concurrently (a few at a time); problems come back in the order of

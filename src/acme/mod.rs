@@ -63,6 +63,11 @@ pub enum AcmeError {
     },
     #[error("validation method {0:?} is not configured (see [validation] in the config)")]
     MethodNotConfigured(String),
+    /// Some `_acme-challenge` CNAMEs are not in place yet: the certificate stays pending.
+    #[error("waiting for DNS: {}", describe_problems(.0))]
+    Delegation(Vec<dns::DelegationProblem>),
+    #[error("DNS: {0}")]
+    Dns(#[from] dns::DnsError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("key: {0}")]
@@ -117,8 +122,32 @@ pub struct Issued {
 
 /// How challenges of one kind are answered.
 #[derive(Clone)]
-pub enum Solver {
+enum Solver {
     Http(http::Tokens),
+    Dns(Arc<dns::DnsValidator>),
+}
+
+/// What a solver made visible for one challenge, to withdraw afterwards.
+enum Published {
+    Token(String),
+    Txt { name: String, value: String },
+}
+
+fn describe_problems(problems: &[dns::DelegationProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| {
+            let found = match &p.found {
+                Some(target) => format!("it points to {target}"),
+                None => "it does not exist yet".to_owned(),
+            };
+            format!(
+                "create {} {} {} ({found})",
+                p.record.name, p.record.rtype, p.record.value
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 struct IssuerRuntime {
@@ -132,7 +161,8 @@ struct IssuerRuntime {
 pub struct Acme {
     store: Store,
     issuers: HashMap<String, Arc<IssuerRuntime>>,
-    http: Option<Solver>,
+    http: Option<http::Tokens>,
+    dns: Option<Arc<dns::DnsValidator>>,
     validation: ValidationConfig,
 }
 
@@ -149,6 +179,7 @@ impl Acme {
         issuers: &[AcmeIssuer],
         validation: ValidationConfig,
         http: Option<http::Tokens>,
+        dns: Option<Arc<dns::DnsValidator>>,
     ) -> Acme {
         let issuers = issuers
             .iter()
@@ -164,16 +195,14 @@ impl Acme {
         Acme {
             store,
             issuers,
-            http: http.map(Solver::Http),
+            http,
+            dns,
             validation,
         }
     }
 
     pub fn http_tokens(&self) -> Option<http::Tokens> {
-        match &self.http {
-            Some(Solver::Http(tokens)) => Some(tokens.clone()),
-            _ => None,
-        }
+        self.http.clone()
     }
 
     pub fn has_issuer(&self, name: &str) -> bool {
@@ -207,7 +236,7 @@ impl Acme {
         }
         match method {
             "http" if self.http.is_some() => {}
-            "dns" if self.validation.dns.is_some() => {}
+            "dns" if self.dns.is_some() => {}
             other => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
         }
         if method == "http" && domains.iter().any(Domain::is_wildcard) {
@@ -278,20 +307,26 @@ impl Acme {
             .acquire()
             .await
             .map_err(|_| setup(&runtime.config, "shutting down"))?;
-        let solver = match method {
-            "http" => self
-                .http
-                .clone()
-                .ok_or_else(|| AcmeError::MethodNotConfigured(method.to_owned()))?,
-            other => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
+        let solver = match (method, &self.http, &self.dns) {
+            ("http", Some(tokens), _) => Solver::Http(tokens.clone()),
+            ("dns", _, Some(validator)) => {
+                // No order before every delegation is in place: the CA would only fail it.
+                let records = self.records("dns", &cert.domains);
+                let problems = validator.check_delegations(&records).await?;
+                if !problems.is_empty() {
+                    return Err(AcmeError::Delegation(problems));
+                }
+                Solver::Dns(validator.clone())
+            }
+            (other, _, _) => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
         };
         let account = self.account(runtime).await?;
         let mut published = Vec::new();
         let result = self
             .run_order(runtime, &account, cert, &solver, &mut published)
             .await;
-        for token in published {
-            solver.withdraw(&token).await;
+        for item in published {
+            solver.withdraw(item).await;
         }
         if let Err(err) = &result {
             warn!(cert = %cert.id, error = %err, "ACME order failed");
@@ -307,7 +342,7 @@ impl Acme {
         account: &Account,
         cert: &Certificate,
         solver: &Solver,
-        published: &mut Vec<String>,
+        published: &mut Vec<Published>,
     ) -> Result<Issued, AcmeError> {
         let issuer = &runtime.config;
         let protocol = |source| AcmeError::Protocol {
@@ -331,6 +366,11 @@ impl Acme {
                         });
                     }
                 }
+                let base = match authz.identifier().identifier {
+                    Identifier::Dns(name) => name.clone(),
+                    Identifier::Ip(ip) => ip.to_string(),
+                    other => format!("{other:?}"),
+                };
                 let challenge_type = solver.challenge_type();
                 let mut challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
                     AcmeError::Validation {
@@ -339,10 +379,8 @@ impl Acme {
                         detail: format!("the CA offers no {challenge_type:?} challenge"),
                     }
                 })?;
-                let token = solver
-                    .publish(&challenge.token, challenge.key_authorization().as_str())
-                    .await;
-                published.push(token);
+                let item = solver.publish(&base, &challenge).await?;
+                published.push(item);
                 challenge.set_ready().await.map_err(protocol)?;
             }
         }
@@ -413,6 +451,7 @@ impl Acme {
         self.store
             .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
             .await?;
+        info!(cert = %cert.id, order = %order.url(), "ACME order created");
         Ok((order, key))
     }
 
@@ -498,22 +537,43 @@ impl Solver {
     fn challenge_type(&self) -> ChallengeType {
         match self {
             Solver::Http(_) => ChallengeType::Http01,
+            Solver::Dns(_) => ChallengeType::Dns01,
         }
     }
 
-    /// Makes the challenge answerable; returns what to withdraw afterwards.
-    async fn publish(&self, token: &str, key_authorization: &str) -> String {
+    /// Makes the challenge for `base` (the identifier, without `*.`) answerable; returns what
+    /// to withdraw afterwards.
+    async fn publish(
+        &self,
+        base: &str,
+        challenge: &instant_acme::ChallengeHandle<'_>,
+    ) -> Result<Published, AcmeError> {
+        let key_authorization = challenge.key_authorization();
         match self {
             Solver::Http(tokens) => {
-                tokens.insert(token, key_authorization);
-                token.to_owned()
+                tokens.insert(&challenge.token, key_authorization.as_str());
+                Ok(Published::Token(challenge.token.clone()))
+            }
+            Solver::Dns(validator) => {
+                let name = format!("{}.{}", label(base), validator.zone());
+                let value = key_authorization.dns_value();
+                validator.publish(&name, &value).await?;
+                Ok(Published::Txt { name, value })
             }
         }
     }
 
-    async fn withdraw(&self, published: &str) {
-        match self {
-            Solver::Http(tokens) => tokens.remove(published),
+    /// Withdraws what [`Solver::publish`] made visible; a failure is logged, not returned
+    /// (a stale TXT record is harmless, and the order's outcome matters more).
+    async fn withdraw(&self, published: Published) {
+        match (self, published) {
+            (Solver::Http(tokens), Published::Token(token)) => tokens.remove(&token),
+            (Solver::Dns(validator), Published::Txt { name, value }) => {
+                if let Err(err) = validator.withdraw(&name, &value).await {
+                    warn!(%name, error = %err, "could not withdraw a DNS-01 TXT record");
+                }
+            }
+            _ => {}
         }
     }
 }

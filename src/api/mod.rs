@@ -123,6 +123,9 @@ impl From<InventoryError> for ApiError {
                 | crate::acme::AcmeError::MethodNotConfigured(_)
                 | crate::acme::AcmeError::Setup { .. },
             ) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", message),
+            InventoryError::Acme(crate::acme::AcmeError::Delegation(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "validation-pending", message)
+            }
             InventoryError::Acme(_) => ApiError::new(StatusCode::BAD_GATEWAY, "ca-error", message),
             InventoryError::Export(crate::export::ExportError::NoKey) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)

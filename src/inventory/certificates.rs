@@ -354,7 +354,8 @@ impl Inventory {
             "Deadline": rfc3339(deadline),
         });
         new.event = Some(Event::new(events::VALIDATION_PENDING, &new.id, now, detail));
-        let cert = self.store.insert_certificate(new).await?;
+        let mut cert = self.store.insert_certificate(new).await?;
+        cert.validation_records = records;
         self.changed();
         Ok(cert)
     }

@@ -582,6 +582,18 @@ impl Store {
 
     // --- lifecycle -----------------------------------------------------------------------------
 
+    /// Makes the renewals a previous process leased and never finished due now (it crashed or
+    /// was killed mid-renewal); returns how many. Only for start-up.
+    pub async fn release_leases(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        match self
+            .write(|reply| Job::ReleaseLeases { now, reply })
+            .await?
+        {
+            Answer::Count(n) => Ok(n),
+            other => Err(StoreError::Invalid(format!("release answered {other:?}"))),
+        }
+    }
+
     /// Claims up to `limit` certificates whose renewal (or retry) is due, leasing them until
     /// `lease_until`.
     pub async fn claim_due(

@@ -103,6 +103,10 @@ pub(super) enum Job {
         failure: Box<RenewalFailure>,
         reply: Reply,
     },
+    ReleaseLeases {
+        now: OffsetDateTime,
+        reply: Reply,
+    },
     MarkExpired {
         items: Vec<(CertificateId, Event)>,
         now: OffsetDateTime,
@@ -179,6 +183,7 @@ impl Job {
             | Job::Rewrap { reply, .. }
             | Job::ClaimDue { reply, .. }
             | Job::RenewalFailed { reply, .. }
+            | Job::ReleaseLeases { reply, .. }
             | Job::MarkExpired { reply, .. }
             | Job::ExpiryEvents { reply, .. }
             | Job::SetNextAction { reply, .. }
@@ -327,6 +332,7 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             claim_due(conn, now, limit, lease_until).map(Answer::Ids),
         ),
         Job::RenewalFailed { failure, reply } => (reply, none(renewal_failed(conn, &failure))),
+        Job::ReleaseLeases { now, reply } => (reply, release_leases(conn, now).map(Answer::Count)),
         Job::MarkExpired { items, now, reply } => {
             (reply, mark_expired(conn, &items, now).map(Answer::Count))
         }
@@ -792,6 +798,18 @@ fn claim_due(
         );
     }
     Ok(out)
+}
+
+/// Makes every leased certificate due now: called at start, when no renewal can be running
+/// (the state directory is locked), so each lease belongs to a process that is gone.
+fn release_leases(conn: &Connection, now: OffsetDateTime) -> Result<usize, StoreError> {
+    let released = conn
+        .prepare_cached(
+            "UPDATE certificates SET next_action_at = ? \
+             WHERE renewal_status = 'pending-auto-renewal' AND next_action_at > ?",
+        )?
+        .execute(params![unix(now), unix(now)])?;
+    Ok(released)
 }
 
 fn renewal_failed(conn: &Connection, failure: &RenewalFailure) -> Result<(), StoreError> {
