@@ -151,6 +151,12 @@ async fn start_due_renewals(
 /// Renews one certificate; on failure records the error, schedules a retry with backoff and
 /// raises "Renewal Action Required" at the first failure and at each 45/30/15/7/3/1-day mark.
 async fn renew_one(inventory: &Inventory, id: &CertificateId) {
+    // Taken up only to look at the CA's renewal window again (ARI)?
+    match inventory.check_renewal_info(id).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(err) => warn!(error = %err, "checking renewal information failed; renewing"),
+    }
     let outcome = inventory.renew(id.as_str()).await;
     inventory.metrics().renewal(outcome.is_ok());
     let now = OffsetDateTime::now_utc();

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::peers::{
-    Knot, Pebble, PebbleOptions, Unbound, dns_lookup, free_port, loopback, random_eab,
+    AriProxy, Knot, Pebble, PebbleOptions, Unbound, dns_lookup, free_port, loopback, random_eab,
 };
 use common::{Daemon, id, openssl};
 
@@ -196,30 +196,25 @@ fn external_account_binding_is_required_by_the_ca_and_works_when_configured() {
     options.eab = Some((kid.clone(), key.clone()));
     let pebble = Pebble::start(options);
 
-    // Without EAB: a clear reason on the certificate, not a silent failure.
+    // Without EAB: the request is refused at once with what to configure, and nothing is
+    // stored.
     let without = Daemon::start_with(Some(&config(&pebble, "")));
-    let cert = id(&without.json(&[
-        "request",
-        "eab.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
-    let failed = wait_until(
-        Duration::from_secs(60),
-        "the failure to be recorded",
-        || {
-            let c = without.json(&["describe", &cert]);
-            (c["renewal"]["status"] == "failed").then_some(c)
-        },
+    let stderr = without.fails(
+        &[
+            "request",
+            "eab.customer.test",
+            "--issuer",
+            "pebble",
+            "--validation",
+            "http",
+        ],
+        65,
     );
-    let reason = failed["renewal"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("external account binding") && reason.contains("eab-kid"),
-        "{reason}"
+        stderr.contains("external account binding") && stderr.contains("eab-kid"),
+        "{stderr}"
     );
-    assert_eq!(failed["status"], "pending-validation");
+    assert_eq!(without.count(), 0);
     // The second daemon answers HTTP-01 on the same port.
     drop(without);
 
@@ -539,4 +534,232 @@ fn dns01_gives_up_after_the_validation_timeout() {
         daemon.log_text().matches("renewal failed").count(),
         attempts
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// ARI and profiles, through tests/peers/ari_proxy.py in front of Pebble.
+
+/// `config()` with the directory of `proxy` instead of Pebble's own.
+fn proxied_config(pebble: &Pebble, proxy: &AriProxy, extra: &str) -> String {
+    config(pebble, extra).replace(&pebble.directory_url, &proxy.directory_url)
+}
+
+fn new_orders(proxy: &AriProxy) -> Vec<serde_json::Value> {
+    proxy
+        .seen()
+        .into_iter()
+        .filter_map(|e| e.get("new-order").cloned())
+        .collect()
+}
+
+/// The ARI identifier of a PEM certificate, computed here from openssl's view of it:
+/// base64url(authority key identifier) "." base64url(DER serial).
+fn ari_id(daemon: &Daemon, pem: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let hex = |text: &str| -> Vec<u8> {
+        let digits: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+        (0..digits.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    daemon.write("ari.pem", pem);
+    let dir = daemon.dir.path();
+    let serial = openssl(dir, &["x509", "-in", "ari.pem", "-noout", "-serial"]);
+    let mut serial = hex(serial.trim().trim_start_matches("serial="));
+    if serial[0] & 0x80 != 0 {
+        serial.insert(0, 0); // DER INTEGER: positive
+    }
+    let aki = openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            "ari.pem",
+            "-noout",
+            "-ext",
+            "authorityKeyIdentifier",
+        ],
+    );
+    let aki = aki
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_start_matches("keyid:");
+    format!("{}.{}", b64(&hex(aki)), b64(&serial))
+}
+
+#[test]
+fn ari_window_drives_renewal_with_replaces_and_a_refused_replacement_is_retried_without() {
+    let knot = customer_zone(&["ari.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    // The first certificate's window is open now; the next one's opens in a day. The CA
+    // refuses the first replacement order (as if another client had already replaced it).
+    proxy.control(serde_json::json!({
+        "windows": [[-60, 60], [86_400, 90_000]],
+        "retry_after": 3600,
+        "reject_replaces": 1,
+    }));
+    let daemon = Daemon::start_with(Some(&proxied_config(
+        &pebble,
+        &proxy,
+        "profile = \"shortlived\"",
+    )));
+    let cert = id(&daemon.json(&[
+        "request",
+        "ari.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+
+    // Issued, then renewed at once because the CA's window for it is open.
+    let renewed = wait_until(Duration::from_secs(90), "the ARI-driven renewal", || {
+        let c = daemon.json(&["describe", &cert]);
+        (c["current_version"] == 2).then_some(c)
+    });
+    let v1 = ari_id(&daemon, &daemon.ok(&["get", &cert, "--version", "1"]));
+    let orders = new_orders(&proxy);
+    assert_eq!(orders.len(), 3, "{orders:#?}\n{}", daemon.log_text());
+    assert_eq!(orders[0]["profile"], "shortlived");
+    assert!(orders[0].get("replaces").is_none(), "{orders:#?}");
+    assert_eq!(orders[1]["replaces"], v1.as_str(), "the renewal names v1");
+    assert!(
+        orders[2].get("replaces").is_none(),
+        "refused as a replacement, ordered again without `replaces`: {orders:#?}"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("the CA refused the order as a replacement")
+    );
+
+    // The new certificate's window opens in a day: certkeeper picked a point inside it and
+    // looks again when the CA's Retry-After says (an hour).
+    let info = &renewed["renewal_info"];
+    let at = |v: &serde_json::Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let (start, end, pick) = (
+        at(&info["window_start"]),
+        at(&info["window_end"]),
+        at(&info["renew_at"]),
+    );
+    assert!(
+        (start - now - time::Duration::days(1)).abs() < time::Duration::minutes(2),
+        "{info:#}"
+    );
+    assert!(start <= pick && pick <= end, "{info:#}");
+    let explained = daemon.json(&["explain", &cert]);
+    assert_eq!(
+        explained["next_action"], "check-renewal-info",
+        "{explained:#}"
+    );
+    assert_eq!(explained["rule"], "ari");
+    let next = at(&explained["next_action_at"]);
+    assert!(
+        (next - now - time::Duration::hours(1)).abs() < time::Duration::minutes(2),
+        "{explained:#}"
+    );
+    let reasons = explained["reasons"].to_string();
+    assert!(
+        reasons.contains("the CA suggests renewing between"),
+        "{reasons}"
+    );
+
+    // A manual renewal names v2, and this time the CA accepts (and reflects) it.
+    let v2 = ari_id(&daemon, &daemon.ok(&["get", &cert, "--version", "2"]));
+    let third = daemon.json(&["renew", &cert]);
+    assert_eq!(third["current_version"], 3);
+    let orders = new_orders(&proxy);
+    assert_eq!(orders.len(), 4, "{orders:#?}");
+    assert_eq!(orders[3]["replaces"], v2.as_str());
+    let asked: Vec<String> = proxy
+        .seen()
+        .iter()
+        .filter_map(|e| e["renewal-info"].as_str().map(str::to_owned))
+        .collect();
+    assert!(asked.contains(&v1) && asked.contains(&v2), "{asked:?}");
+}
+
+#[test]
+fn a_profile_the_directory_does_not_offer_is_refused_before_any_order() {
+    let knot = customer_zone(&[]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    let daemon = Daemon::start_with(Some(&proxied_config(
+        &pebble,
+        &proxy,
+        "profile = \"tlsserver\"",
+    )));
+    let stderr = daemon.fails(
+        &[
+            "request",
+            "p.customer.test",
+            "--issuer",
+            "pebble",
+            "--validation",
+            "http",
+        ],
+        65,
+    );
+    assert!(
+        stderr.contains("\"tlsserver\"")
+            && stderr.contains("classic")
+            && stderr.contains("shortlived"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.count(), 0);
+    assert!(new_orders(&proxy).is_empty());
+}
+
+#[test]
+fn short_lived_public_certificates_renew_by_themselves() {
+    let knot = customer_zone(&["short.customer.test"]);
+    // 60-second certificates: renewal is due a third of the lifetime before expiry.
+    let pebble = Pebble::start(PebbleOptions {
+        validity_secs: Some(60),
+        ..PebbleOptions::new(knot.addr)
+    });
+    let daemon = Daemon::start_with(Some(&config(&pebble, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "short.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    let first = wait_issued(&daemon, &cert);
+    let explained = daemon.json(&["explain", &cert]);
+    assert_eq!(explained["next_action"], "renew", "{explained:#}");
+    let renewed = wait_until(Duration::from_secs(120), "the automatic renewal", || {
+        let c = daemon.json(&["describe", &cert]);
+        (c["current_version"] == 2).then_some(c)
+    });
+    assert_ne!(renewed["serial"], first["serial"]);
+    assert_eq!(renewed["status"], "issued");
+    let renewal = events_of(&daemon, &cert)
+        .into_iter()
+        .find(|e| e["detail"]["Action"] == "RENEWAL")
+        .expect("a Certificate Available event for the renewal");
+    assert_eq!(renewal["detail-type"], "Certificate Available");
+    // Renewed before the first version expired, not after.
+    let at = |v: &serde_json::Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert!(at(&renewed["not_before"]) < at(&first["not_after"]));
 }

@@ -27,3 +27,7 @@ CREATE TABLE acme_orders (
 -- certificate waiting for validation gives up (validation-timed-out).
 ALTER TABLE certificates ADD COLUMN validation_method TEXT;
 ALTER TABLE certificates ADD COLUMN validation_deadline INTEGER;
+
+-- The CA's suggested renewal window for the current version (ACME renewal information, RFC
+-- 9773), as JSON: window, the point chosen in it, when to ask again. NULL when the CA has none.
+ALTER TABLE certificates ADD COLUMN renewal_info TEXT;

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Semaphore};
@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AcmeIssuer, ValidationConfig};
 use crate::keys;
-use crate::model::{Certificate, Domain, KeyAlgorithm, Serial};
+use crate::model::{Certificate, Domain, KeyAlgorithm, RenewalInfo, Serial};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -223,8 +223,10 @@ impl Acme {
     }
 
     /// Checks a request before it is accepted: the issuer exists, the method is configured,
-    /// the key type is one ACME CAs issue for.
-    pub fn check_request(
+    /// the key type is one ACME CAs issue for, and the issuer's account works with its
+    /// configuration (EAB, profile offered by the directory). A CA that cannot be reached
+    /// just now does not refuse the request: the order waits for it.
+    pub async fn check_request(
         &self,
         issuer: &str,
         method: &str,
@@ -251,6 +253,15 @@ impl Acme {
                 message: "ACME CAs do not issue for Ed25519 keys; use ec-p256, ec-p384 or rsa-*"
                     .into(),
             });
+        }
+        if let Some(runtime) = self.issuers.get(issuer) {
+            match self.account(runtime).await {
+                Err(err @ AcmeError::Setup { .. }) => return Err(err),
+                Err(err) => {
+                    warn!(issuer, error = %err, "cannot reach the ACME CA now; the order will wait for it")
+                }
+                Ok(_) => {}
+            }
         }
         Ok(())
     }
@@ -295,8 +306,71 @@ impl Acme {
             })
     }
 
-    /// Issues (or renews) `cert` through its ACME issuer with its validation method.
-    pub async fn issue(&self, cert: &Certificate, method: &str) -> Result<Issued, AcmeError> {
+    /// The renewal window the CA suggests for `cert_pem` (ACME renewal information, RFC
+    /// 9773), or `None` when its directory offers none. The point to renew at is chosen at
+    /// random inside the window (now, once the window has begun) and kept while the CA's window
+    /// stays the same as in `previous`. The next check follows the CA's Retry-After, kept
+    /// between a minute and a day as RFC 9773 §4.3.3 suggests.
+    pub async fn renewal_info(
+        &self,
+        issuer: &str,
+        cert_pem: &str,
+        previous: Option<&RenewalInfo>,
+    ) -> Result<Option<RenewalInfo>, AcmeError> {
+        let runtime = self
+            .issuers
+            .get(issuer)
+            .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
+        let account = self.account(runtime).await?;
+        let id = certificate_id(cert_pem)?;
+        let (info, retry_after) = match account.renewal_info(&id).await {
+            Ok(answer) => answer,
+            Err(instant_acme::Error::Unsupported(_)) => return Ok(None),
+            Err(source) => {
+                return Err(AcmeError::Protocol {
+                    issuer: issuer.to_owned(),
+                    source,
+                });
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let (start, end) = (info.suggested_window.start, info.suggested_window.end);
+        if end <= start {
+            return Err(setup(
+                &runtime.config,
+                &format!(
+                    "renewal information for {id}: the window ends ({}) before it starts ({})",
+                    end, start
+                ),
+            ));
+        }
+        let renew_at = match previous {
+            Some(p) if p.window_start == start && p.window_end == end => p.renew_at,
+            _ if start <= now => now,
+            _ => start + (end - start) * random_fraction(),
+        };
+        let retry_after = time::Duration::try_from(retry_after)
+            .unwrap_or(ARI_MAX_CHECK)
+            .clamp(ARI_MIN_CHECK, ARI_MAX_CHECK);
+        Ok(Some(RenewalInfo {
+            window_start: start,
+            window_end: end,
+            renew_at,
+            checked_at: now,
+            next_check: now + retry_after,
+            explanation_url: info.explanation_url,
+        }))
+    }
+
+    /// Issues (or renews) `cert` through its ACME issuer with its validation method. A
+    /// renewal whose CA offers renewal information names the certificate it replaces
+    /// (`replaces`, RFC 9773 §5); `replacing` is that certificate's PEM.
+    pub async fn issue(
+        &self,
+        cert: &Certificate,
+        method: &str,
+        replacing: Option<&str>,
+    ) -> Result<Issued, AcmeError> {
         let runtime = self
             .issuers
             .get(&cert.issuer)
@@ -322,8 +396,9 @@ impl Acme {
         };
         let account = self.account(runtime).await?;
         let mut published = Vec::new();
+        let replaces = replacing.map(certificate_id).transpose()?;
         let result = self
-            .run_order(runtime, &account, cert, &solver, &mut published)
+            .run_order(runtime, &account, cert, replaces, &solver, &mut published)
             .await;
         for item in published {
             solver.withdraw(item).await;
@@ -341,6 +416,7 @@ impl Acme {
         runtime: &IssuerRuntime,
         account: &Account,
         cert: &Certificate,
+        replaces: Option<CertificateIdentifier<'static>>,
         solver: &Solver,
         published: &mut Vec<Published>,
     ) -> Result<Issued, AcmeError> {
@@ -349,7 +425,9 @@ impl Acme {
             issuer: issuer.name.clone(),
             source,
         };
-        let (mut order, key) = self.resume_or_create(runtime, account, cert).await?;
+        let (mut order, key) = self
+            .resume_or_create(runtime, account, cert, replaces)
+            .await?;
 
         if order.state().status == OrderStatus::Pending {
             let mut authorizations = order.authorizations();
@@ -406,6 +484,7 @@ impl Acme {
         runtime: &IssuerRuntime,
         account: &Account,
         cert: &Certificate,
+        replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<(instant_acme::Order, Zeroizing<Vec<u8>>), AcmeError> {
         let issuer = &runtime.config;
         let protocol = |source| AcmeError::Protocol {
@@ -436,11 +515,30 @@ impl Acme {
                 Domain::Ip(ip) => Identifier::Ip(*ip),
             })
             .collect();
-        let mut new_order = NewOrder::new(&identifiers);
-        if let Some(profile) = &issuer.profile {
-            new_order = new_order.profile(profile);
-        }
-        let order = account.new_order(&new_order).await.map_err(protocol)?;
+        let new_order = || {
+            let order = NewOrder::new(&identifiers);
+            match &issuer.profile {
+                Some(profile) => order.profile(profile),
+                None => order,
+            }
+        };
+        let order = match replaces {
+            None => account.new_order(&new_order()).await.map_err(protocol)?,
+            Some(replaces) => {
+                let id = replaces.to_string();
+                match account.new_order(&new_order().replaces(replaces)).await {
+                    Ok(order) => order,
+                    // The CA would not take this order as the replacement (already replaced,
+                    // another account's certificate, or it ignored the field): an order
+                    // without `replaces` still renews; ARI only loses the link.
+                    Err(err @ (instant_acme::Error::Api(_) | instant_acme::Error::Other(_))) => {
+                        warn!(cert = %cert.id, replaces = %id, error = %err, "the CA refused the order as a replacement; ordering without `replaces`");
+                        account.new_order(&new_order()).await.map_err(protocol)?
+                    }
+                    Err(err) => return Err(protocol(err)),
+                }
+            }
+        };
         let algorithm = cert.key_algorithm;
         let key = tokio::task::spawn_blocking(move || {
             keys::generate(algorithm).map(|k| Zeroizing::new(k.serialize_der()))
@@ -576,6 +674,31 @@ impl Solver {
             _ => {}
         }
     }
+}
+
+/// How often the CA's renewal window is checked, whatever its Retry-After says.
+const ARI_MIN_CHECK: time::Duration = time::Duration::MINUTE;
+const ARI_MAX_CHECK: time::Duration = time::Duration::DAY;
+
+/// The ARI identifier of a certificate: its authority key identifier and serial (RFC 9773 §4.1).
+fn certificate_id(cert_pem: &str) -> Result<CertificateIdentifier<'static>, AcmeError> {
+    let der = crate::pem::certificates(cert_pem)
+        .into_iter()
+        .next()
+        .ok_or_else(|| AcmeError::Key("no certificate to identify".into()))?;
+    let der = rustls_pki_types::CertificateDer::from(der);
+    CertificateIdentifier::try_from(&der)
+        .map(CertificateIdentifier::into_owned)
+        .map_err(AcmeError::Key)
+}
+
+/// A uniformly random number in [0, 1).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn setup(issuer: &AcmeIssuer, message: &str) -> AcmeError {

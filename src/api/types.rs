@@ -268,7 +268,8 @@ pub struct Explanation {
     pub id: String,
     pub name: String,
     pub status: String,
-    /// `renew`, `retry`, or `none`.
+    /// `renew`, `retry`, `check-renewal-info` (ask the CA for its renewal window again), or
+    /// `none`.
     pub next_action: String,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub next_action_at: Option<time::OffsetDateTime>,
@@ -283,4 +284,7 @@ pub struct Explanation {
     /// The next daily check that would send an "Approaching Expiration" event.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub next_expiry_event_at: Option<time::OffsetDateTime>,
+    /// The CA's suggested renewal window (ACME renewal information), when it offers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_info: Option<crate::model::RenewalInfo>,
 }

@@ -211,6 +211,7 @@ mod tests {
             validation_method: None,
             validation_deadline: None,
             validation_records: vec![],
+            renewal_info: None,
             renewal: failing.then(|| Renewal {
                 status: RenewalStatus::Failed,
                 reason: Some("CA offline".into()),

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How soon the CA's renewal window is asked for again after a failed check.
+const ARI_RETRY: time::Duration = time::Duration::HOUR;
+
 impl Inventory {
     pub async fn request(&self, req: RequestCertificate) -> Result<Certificate> {
         if req.issuer.is_some() {
@@ -215,6 +218,7 @@ impl Inventory {
             event: Some(event),
             names: Some((domains, key_algorithm)),
             next_action_at: None,
+            renewal_info: None,
         };
         let cert = self.store.add_version(&cert.id, change).await?;
         self.changed();
@@ -299,6 +303,7 @@ impl Inventory {
                 cert.maintenance_window.as_ref(),
                 now,
             )),
+            renewal_info: None,
         };
         let cert = self.store.add_version(&cert.id, change).await?;
         self.changed();
@@ -322,7 +327,8 @@ impl Inventory {
         let (name, name_is_default) = resolve_name(req.name, &domains)?;
         let algorithm = req.key_algorithm.unwrap_or(self.defaults().key_algorithm);
         let method = req.validation.unwrap_or_else(|| "dns".to_owned());
-        acme.check_request(&issuer, &method, algorithm, &domains)?;
+        acme.check_request(&issuer, &method, algorithm, &domains)
+            .await?;
         let now = OffsetDateTime::now_utc();
         let deadline = now + acme.validation().timeout.time();
         let mut new = NewCertificate {
@@ -360,6 +366,58 @@ impl Inventory {
         Ok(cert)
     }
 
+    /// For a certificate the scheduler took up: when only the next look at its CA's renewal
+    /// window (ARI) is due, not the renewal, asks the CA again, reschedules, and returns
+    /// true. Returns false when the certificate is to be renewed now.
+    pub async fn check_renewal_info(&self, id: &CertificateId) -> Result<bool> {
+        let cert = self.find(id.as_str()).await?;
+        let (Some(previous), Some(lifetime)) = (cert.renewal_info.clone(), cert.lifetime()) else {
+            return Ok(false);
+        };
+        let failing = cert.renewal.as_ref().is_some_and(|r| r.failures > 0);
+        if cert.status != Status::Issued || failing {
+            return Ok(false);
+        }
+        let now = OffsetDateTime::now_utc();
+        let planned = self.plan(
+            &cert.id,
+            lifetime,
+            cert.renew_before,
+            cert.maintenance_window.as_ref(),
+            now,
+        );
+        if now >= previous.renew_at || now >= planned {
+            return Ok(false);
+        }
+        let Some(current) = self.store.version(&cert.id, cert.current_version).await? else {
+            return Ok(false);
+        };
+        let info = match self
+            .acme()?
+            .renewal_info(&cert.issuer, &current.cert_pem, Some(&previous))
+            .await
+        {
+            Ok(info) => info,
+            Err(err) => {
+                // Keep the window we know and ask again in an hour.
+                tracing::warn!(cert = %cert.id, error = %err, "checking the renewal window failed");
+                Some(crate::model::RenewalInfo {
+                    next_check: now + ARI_RETRY,
+                    ..previous
+                })
+            }
+        };
+        if info.as_ref().is_some_and(|i| i.renew_at <= now) {
+            tracing::info!(cert = %cert.id, "the CA's renewal window has begun");
+            return Ok(false);
+        }
+        let next = info.as_ref().map_or(planned, |i| i.deadline().min(planned));
+        self.store
+            .set_renewal_info(&cert.id, info, Some(next))
+            .await?;
+        Ok(true)
+    }
+
     /// First issuance or renewal of a public certificate through its ACME issuer: new key,
     /// same names, same validation.
     async fn issue_public(&self, cert: Certificate) -> Result<Certificate> {
@@ -373,12 +431,41 @@ impl Inventory {
             .validation_method
             .clone()
             .unwrap_or_else(|| "dns".to_owned());
-        let issued = self.acme()?.issue(&cert, &method).await?;
+        let acme = self.acme()?;
+        // With renewal information for the current version, the CA links the renewal to it.
+        let replacing = match (&cert.renewal_info, cert.current_version) {
+            (Some(_), version) if version > 0 => self
+                .store
+                .version(&cert.id, version)
+                .await?
+                .map(|stored| stored.cert_pem),
+            _ => None,
+        };
+        let issued = acme.issue(&cert, &method, replacing.as_deref()).await?;
         let now = OffsetDateTime::now_utc();
         let lifetime = Lifetime {
             not_before: issued.not_before,
             not_after: issued.not_after,
         };
+        // The CA's window for the new certificate; without one (no ARI, or the CA could not
+        // be asked just now) the renewal follows certkeeper's own rule.
+        let renewal_info = match acme
+            .renewal_info(&cert.issuer, &issued.cert_pem, None)
+            .await
+        {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::warn!(cert = %cert.id, error = %err, "renewal information unavailable; renewing on certkeeper's own schedule");
+                None
+            }
+        };
+        let planned = self.plan(
+            &cert.id,
+            lifetime,
+            cert.renew_before,
+            cert.maintenance_window.as_ref(),
+            now,
+        );
         let mut after = cert.clone();
         after.current_version += 1;
         after.serial = Some(issued.serial.clone());
@@ -404,13 +491,12 @@ impl Inventory {
             status: Status::Issued,
             event: Some(event),
             names: None,
-            next_action_at: Some(self.plan(
-                &cert.id,
-                lifetime,
-                cert.renew_before,
-                cert.maintenance_window.as_ref(),
-                now,
-            )),
+            next_action_at: Some(
+                renewal_info
+                    .as_ref()
+                    .map_or(planned, |i| i.deadline().min(planned)),
+            ),
+            renewal_info,
         };
         let updated = self.store.add_version(&cert.id, change).await?;
         self.metrics.issued(Origin::Public);

@@ -20,6 +20,7 @@ impl Inventory {
                 expiry_threshold: None,
                 expiry_events_from: None,
                 next_expiry_event_at: None,
+                renewal_info: None,
             });
         };
         let mut reasons = vec![format!(
@@ -81,7 +82,31 @@ impl Inventory {
                         if own.is_some() { "set on this certificate" } else { "renewal.window" },
                     ));
                 }
-                ("renew", planned.rule.to_string())
+                match &cert.renewal_info {
+                    Some(info) => {
+                        reasons.push(format!(
+                            "the CA suggests renewing between {} and {} (ACME renewal information, asked at {}{}); certkeeper picked {}",
+                            rfc3339(info.window_start),
+                            rfc3339(info.window_end),
+                            rfc3339(info.checked_at),
+                            info.explanation_url.as_ref().map(|u| format!(", see {u}")).unwrap_or_default(),
+                            rfc3339(info.renew_at),
+                        ));
+                        reasons.push(format!(
+                            "the CA's window is asked for again at {}; the earlier of its chosen time and certkeeper's own ({}) wins",
+                            rfc3339(info.next_check),
+                            rfc3339(planned.at)
+                        ));
+                        if info.next_check < info.renew_at.min(planned.at) {
+                            ("check-renewal-info", "ari".to_owned())
+                        } else if info.renew_at < planned.at {
+                            ("renew", "ari-window".to_owned())
+                        } else {
+                            ("renew", planned.rule.to_string())
+                        }
+                    }
+                    None => ("renew", planned.rule.to_string()),
+                }
             }
         };
         let days = cert
@@ -121,6 +146,7 @@ impl Inventory {
             expiry_threshold: Some(Span::from_secs(threshold.whole_seconds().max(0) as u64)),
             expiry_events_from: Some(events_from),
             next_expiry_event_at,
+            renewal_info: cert.renewal_info.clone(),
         })
     }
 }

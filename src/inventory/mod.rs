@@ -325,6 +325,8 @@ impl Inventory {
             .into_iter()
             .map(|r| {
                 let at = self.plan(&r.id, r.lifetime, r.renew_before, r.window.as_ref(), now);
+                // The CA's window (ARI) may bring the renewal, or the next look at it, forward.
+                let at = r.renewal_info.as_ref().map_or(at, |i| i.deadline().min(at));
                 (r.id, Some(at))
             })
             .collect();

@@ -107,6 +107,7 @@ impl NewCertificate {
             validation_method: self.validation.as_ref().map(|(m, _)| m.clone()),
             validation_deadline: self.validation.as_ref().map(|(_, d)| *d),
             validation_records: Vec::new(),
+            renewal_info: None,
             renewal: None,
             next_renewal_at: self.next_action_at,
             versions: self
@@ -150,6 +151,8 @@ pub struct VersionChange {
     /// The scheduler's next deadline for the new version (its renewal), if any. Adding a
     /// version also records the renewal as a success and clears failure state.
     pub next_action_at: Option<OffsetDateTime>,
+    /// The CA's renewal window for the new version (ARI), if it has one.
+    pub renewal_info: Option<crate::model::RenewalInfo>,
 }
 
 /// A failed renewal attempt, recorded with its retry time and, when one is due, its
@@ -170,6 +173,8 @@ pub struct Replannable {
     pub lifetime: crate::policy::Lifetime,
     pub renew_before: Option<crate::span::Span>,
     pub window: Option<crate::model::WindowSpec>,
+    /// The CA's renewal window (ARI): the plan never goes past its deadline.
+    pub renewal_info: Option<crate::model::RenewalInfo>,
 }
 
 /// Inventory-wide figures for `/metrics`, cheap at any size.
@@ -581,6 +586,25 @@ impl Store {
     }
 
     // --- lifecycle -----------------------------------------------------------------------------
+
+    /// Records a fresh look at the CA's renewal window (ARI) and the deadline it leads to,
+    /// ending the lease the check ran under.
+    pub async fn set_renewal_info(
+        &self,
+        id: &CertificateId,
+        info: Option<crate::model::RenewalInfo>,
+        next_action_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(|reply| Job::SetRenewalInfo {
+            id,
+            info,
+            next_action_at,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
 
     /// Makes the renewals a previous process leased and never finished due now (it crashed or
     /// was killed mid-renewal); returns how many. Only for start-up.

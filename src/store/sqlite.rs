@@ -457,8 +457,9 @@ impl Db {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, not_before, not_after, renew_before, maintenance_window, \
-                 maintenance_window_seconds, maintenance_window_tz FROM certificates \
+                 maintenance_window_seconds, maintenance_window_tz, renewal_info FROM certificates \
                  WHERE next_action_at IS NOT NULL AND renewal_failures = 0 \
+                 AND not_before IS NOT NULL AND not_after IS NOT NULL \
                  AND (renewal_status IS NULL OR renewal_status <> 'pending-auto-renewal')",
             )?;
             let rows = stmt.query_map([], |row| {
@@ -468,11 +469,12 @@ impl Db {
                     row.get::<_, i64>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     window_from_row(row)?,
+                    row.get::<_, Option<String>>("renewal_info")?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, nb, na, rb, window) = row?;
+                let (id, nb, na, rb, window, info) = row?;
                 let id = CertificateId::parse(&id)
                     .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?;
                 out.push(super::Replannable {
@@ -483,6 +485,7 @@ impl Db {
                     },
                     renew_before: rb.map(|s| Span::from_secs(s.max(0) as u64)),
                     window,
+                    renewal_info: parse_renewal_info(info)?,
                 });
             }
             Ok(out)
@@ -856,9 +859,19 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
             .map(from_unix),
         validation_records: Vec::new(),
         renewal: renewal_from_row(row)?,
+        renewal_info: parse_renewal_info(row.get("renewal_info")?)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
         next_renewal_at: row.get::<_, Option<i64>>("next_action_at")?.map(from_unix),
         versions: Vec::new(),
     })
+}
+
+fn parse_renewal_info(
+    text: Option<String>,
+) -> Result<Option<crate::model::RenewalInfo>, StoreError> {
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Invalid(format!("stored renewal info: {e}")))
 }
 
 fn window_from_row(row: &Row<'_>) -> rusqlite::Result<Option<crate::model::WindowSpec>> {

@@ -107,6 +107,12 @@ pub(super) enum Job {
         now: OffsetDateTime,
         reply: Reply,
     },
+    SetRenewalInfo {
+        id: CertificateId,
+        info: Option<crate::model::RenewalInfo>,
+        next_action_at: Option<OffsetDateTime>,
+        reply: Reply,
+    },
     MarkExpired {
         items: Vec<(CertificateId, Event)>,
         now: OffsetDateTime,
@@ -184,6 +190,7 @@ impl Job {
             | Job::ClaimDue { reply, .. }
             | Job::RenewalFailed { reply, .. }
             | Job::ReleaseLeases { reply, .. }
+            | Job::SetRenewalInfo { reply, .. }
             | Job::MarkExpired { reply, .. }
             | Job::ExpiryEvents { reply, .. }
             | Job::SetNextAction { reply, .. }
@@ -333,6 +340,15 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
         ),
         Job::RenewalFailed { failure, reply } => (reply, none(renewal_failed(conn, &failure))),
         Job::ReleaseLeases { now, reply } => (reply, release_leases(conn, now).map(Answer::Count)),
+        Job::SetRenewalInfo {
+            id,
+            info,
+            next_action_at,
+            reply,
+        } => (
+            reply,
+            none(set_renewal_info(conn, &id, info.as_ref(), next_action_at)),
+        ),
         Job::MarkExpired { items, now, reply } => {
             (reply, mark_expired(conn, &items, now).map(Answer::Count))
         }
@@ -527,6 +543,7 @@ fn add_version(
         event,
         names,
         next_action_at,
+        renewal_info,
     } = change;
     // Optimistic concurrency: the caller computed `version` from what it read; if another
     // renewal got there first, this matches no row and the caller hears `Conflict`.
@@ -535,7 +552,7 @@ fn add_version(
             "UPDATE certificates SET current_version = ?, serial = ?, not_before = ?, not_after = ?, \
              status = ?, updated_at = ?, next_action_at = ?, renewal_status = 'success', \
              renewal_reason = NULL, renewal_failures = 0, renewal_failed_at = NULL, \
-             action_required_days = NULL, expiry_event_day = NULL \
+             action_required_days = NULL, expiry_event_day = NULL, renewal_info = ? \
              WHERE id = ? AND current_version = ?",
         )?
         .execute(params![
@@ -546,6 +563,7 @@ fn add_version(
             status.as_str(),
             unix(OffsetDateTime::now_utc()),
             next_action_at.map(unix),
+            renewal_info_json(renewal_info.as_ref())?,
             id.as_str(),
             version - 1,
         ])?;
@@ -798,6 +816,33 @@ fn claim_due(
         );
     }
     Ok(out)
+}
+
+fn renewal_info_json(
+    info: Option<&crate::model::RenewalInfo>,
+) -> Result<Option<String>, StoreError> {
+    info.map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Invalid(format!("renewal info: {e}")))
+}
+
+fn set_renewal_info(
+    conn: &Connection,
+    id: &CertificateId,
+    info: Option<&crate::model::RenewalInfo>,
+    next_action_at: Option<OffsetDateTime>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE certificates SET renewal_info = ?, next_action_at = ?, \
+         renewal_status = CASE renewal_status WHEN 'pending-auto-renewal' THEN 'success' \
+         ELSE renewal_status END WHERE id = ?",
+    )?
+    .execute(params![
+        renewal_info_json(info)?,
+        next_action_at.map(unix),
+        id.as_str()
+    ])?;
+    Ok(())
 }
 
 /// Makes every leased certificate due now: called at start, when no renewal can be running

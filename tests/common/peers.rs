@@ -853,3 +853,106 @@ fn curl(ca: &Path, url: &str) -> Result<String, String> {
         ))
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ARI and profiles in front of Pebble
+
+/// `tests/peers/ari_proxy.py` in front of a [`Pebble`]: the same CA, plus ACME renewal
+/// information (RFC 9773) and profiles, which Debian's Pebble lacks. It serves HTTPS with
+/// Pebble's certificate, so clients trust [`Pebble::tls_root_pem`] for it too.
+pub struct AriProxy {
+    /// `https://127.0.0.1:<port>/dir`.
+    pub directory_url: String,
+    /// One JSON object per line: `{"new-order": <payload>}` or `{"renewal-info": <certID>}`.
+    pub requests: PathBuf,
+    /// The proxy's stderr (one line per request).
+    pub log: PathBuf,
+    base_url: String,
+    ca: PathBuf,
+    process: Running,
+    _dir: TempDir,
+}
+
+impl AriProxy {
+    /// Starts the proxy for `pebble` (which must outlive it) and returns once its directory
+    /// answers with `renewalInfo`. A certificate's suggested window is, by default, [now − 60
+    /// s, now + 60 s] (renew now) from the first time it is asked about, with `Retry-After:
+    /// 3600`; change that with [`AriProxy::control`].
+    pub fn start(pebble: &Pebble) -> AriProxy {
+        let dir = tempfile::Builder::new()
+            .prefix("ari-proxy-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let upstream = pebble.directory_url.trim_end_matches("/dir").to_owned();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/ari_proxy.py");
+        let requests = dir.path().join("requests.jsonl");
+        let log = dir.path().join("ari-proxy.log");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(script)
+            .arg("--listen")
+            .arg(port.to_string())
+            .arg("--upstream")
+            .arg(&upstream)
+            .arg("--ca")
+            .arg(&pebble.tls_root_pem)
+            .arg("--cert")
+            .arg(pebble.dir().join("tls-cert.pem"))
+            .arg("--key")
+            .arg(pebble.dir().join("tls-key.pem"))
+            .arg("--log")
+            .arg(&requests);
+        let process = Running::spawn("ari_proxy.py", cmd, log.clone());
+        let base_url = format!("https://127.0.0.1:{port}");
+        let mut proxy = AriProxy {
+            directory_url: format!("{base_url}/dir"),
+            requests,
+            log,
+            base_url,
+            ca: pebble.tls_root_pem.clone(),
+            process,
+            _dir: dir,
+        };
+        let (ca, url) = (proxy.ca.clone(), proxy.directory_url.clone());
+        proxy
+            .process
+            .wait_ready(|| curl(&ca, &url).is_ok_and(|body| body.contains("renewalInfo")));
+        proxy
+    }
+
+    /// Changes the proxy's behaviour: `{"windows": [[start_s, end_s], ...]}` (each new
+    /// certificate takes the first, offsets from that moment; the last one stays),
+    /// `{"forget": true}` (certificates get new windows), `{"retry_after": s}`,
+    /// `{"reject_replaces": n}` (refuse the next n orders carrying `replaces` with
+    /// alreadyReplaced).
+    pub fn control(&self, settings: serde_json::Value) {
+        let out = Command::new(program("curl"))
+            .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .args(["-H", "Content-Type: application/json", "--data"])
+            .arg(settings.to_string())
+            .arg(format!("{}/test-control", self.base_url))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "control of the ARI proxy failed: {}\n{}",
+            output_text(&out),
+            self.process.log_tail()
+        );
+    }
+
+    /// The newOrder payloads and renewal-info requests seen so far, in order.
+    pub fn seen(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.requests)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("proxy log line is JSON"))
+            .collect()
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}

@@ -1,0 +1,203 @@
+#!/usr/bin/python3
+"""ACME renewal information (ARI, RFC 9773) and profiles in front of Pebble.
+
+Debian's Pebble 2.4 has neither, so tests put this HTTPS proxy in front of it. Everything is
+forwarded to Pebble unchanged, with the client's Host header, so the URLs Pebble puts in its
+answers (and checks in each JWS) are the proxy's. On top of Pebble it
+
+- adds `renewalInfo` and `meta.profiles` to the directory;
+- answers `GET /renewal-info/<certID>` with the suggested window and a Retry-After header;
+- on newOrder, reflects the `replaces` and `profile` fields of the request in the order, as a
+  CA supporting them does (Pebble ignores both), refuses unknown profiles, and can refuse a
+  `replaces` (alreadyReplaced) a configured number of times;
+- logs every newOrder payload and renewal-info request as one JSON line in --log.
+
+The test changes its behaviour with `POST /test-control` (plain JSON, not ACME):
+  {"windows": [[start_offset_s, end_offset_s], ...],
+   "retry_after": seconds, "reject_replaces": count}
+Each certificate gets its window the first time it is asked about: the first of `windows`
+(offsets from that moment), which is then dropped unless it is the last one. A certificate
+keeps its window, as a CA's would, until `"forget": true` clears them all.
+
+Usage: ari_proxy.py --listen PORT --upstream https://127.0.0.1:P --ca PEBBLE_TLS_CA
+                    --cert TLS_CERT --key TLS_KEY --log FILE
+"""
+
+import argparse
+import base64
+import datetime
+import http.client
+import http.server
+import json
+import ssl
+import sys
+import threading
+import urllib.parse
+
+PROFILES = {
+    "classic": "the usual 90-day certificate",
+    "shortlived": "a 6-day certificate",
+}
+
+STATE = {"windows": [[-60, 60]], "retry_after": 3600, "reject_replaces": 0}
+WINDOWS = {}  # certID -> (start, end) as RFC 3339 strings
+LOCK = threading.Lock()
+ARGS = None
+
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailers", "transfer-encoding", "upgrade", "content-length",
+}
+
+
+def log(entry):
+    with LOCK:
+        with open(ARGS.log, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+
+
+def b64url_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def rfc3339(offset_seconds):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    at = now + datetime.timedelta(seconds=offset_seconds)
+    return at.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # quiet: the JSON log is what tests read
+        sys.stderr.write("%s %s\n" % (self.command, self.path))
+
+    def upstream(self, method, path, body=None):
+        parsed = urllib.parse.urlsplit(ARGS.upstream)
+        context = ssl.create_default_context(cafile=ARGS.ca)
+        conn = http.client.HTTPSConnection(parsed.hostname, parsed.port, context=context,
+                                           timeout=30)
+        # The client's Host (any spelling) goes on unchanged: Pebble builds its URLs from it.
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+        headers["Host"] = self.headers.get("Host", "")
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, response.getheaders(), data
+
+    def reply(self, status, headers, body):
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def problem(self, status, kind, detail):
+        # A fresh nonce comes with every ACME answer, errors included.
+        _, headers, _ = self.upstream("HEAD", "/nonce-plz")
+        nonce = [(k, v) for k, v in headers if k.lower() == "replay-nonce"]
+        body = json.dumps({"type": "urn:ietf:params:acme:error:" + kind,
+                           "detail": detail, "status": status}).encode()
+        self.reply(status, nonce + [("Content-Type", "application/problem+json")], body)
+
+    def do_HEAD(self):
+        self.forward()
+
+    def do_GET(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/dir":
+            status, headers, body = self.upstream("GET", self.path)
+            if status != 200:
+                self.reply(status, headers, body)
+                return
+            directory = json.loads(body)
+            base = "https://" + self.headers.get("Host", "")
+            directory["renewalInfo"] = base + "/renewal-info"
+            directory.setdefault("meta", {})["profiles"] = PROFILES
+            self.reply(status, headers, json.dumps(directory).encode())
+        elif path.startswith("/renewal-info/"):
+            cert_id = path[len("/renewal-info/"):]
+            log({"renewal-info": cert_id})
+            if "." not in cert_id:
+                self.reply(400, [("Content-Type", "application/problem+json")],
+                           b'{"type":"urn:ietf:params:acme:error:malformed"}')
+                return
+            with LOCK:
+                if cert_id not in WINDOWS:
+                    start, end = STATE["windows"][0]
+                    if len(STATE["windows"]) > 1:
+                        STATE["windows"].pop(0)
+                    WINDOWS[cert_id] = (rfc3339(start), rfc3339(end))
+                start, end = WINDOWS[cert_id]
+                retry_after = STATE["retry_after"]
+            body = json.dumps({"suggestedWindow": {"start": start, "end": end}}).encode()
+            self.reply(200, [("Content-Type", "application/json"),
+                             ("Retry-After", str(retry_after))], body)
+        else:
+            self.forward()
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/test-control":
+            with LOCK:
+                settings = json.loads(body)
+                if settings.pop("forget", False):
+                    WINDOWS.clear()
+                STATE.update(settings)
+            self.reply(200, [("Content-Type", "application/json")], b"{}")
+            return
+        if path != "/order-plz":
+            self.forward(body)
+            return
+        payload = json.loads(b64url_decode(json.loads(body)["payload"]))
+        log({"new-order": payload})
+        profile = payload.get("profile")
+        if profile is not None and profile not in PROFILES:
+            self.problem(400, "invalidProfile", "unknown profile %r" % profile)
+            return
+        replaces = payload.get("replaces")
+        if replaces is not None:
+            with LOCK:
+                refuse = STATE["reject_replaces"] > 0
+                if refuse:
+                    STATE["reject_replaces"] -= 1
+            if refuse:
+                self.problem(409, "alreadyReplaced", "%s was already replaced" % replaces)
+                return
+        status, headers, data = self.upstream("POST", self.path, body)
+        if status == 201:
+            order = json.loads(data)
+            if replaces is not None:
+                order["replaces"] = replaces
+            if profile is not None:
+                order["profile"] = profile
+            data = json.dumps(order).encode()
+        self.reply(status, headers, data)
+
+    def forward(self, body=None):
+        status, headers, data = self.upstream(self.command, self.path, body)
+        self.reply(status, headers, data)
+
+
+def main():
+    global ARGS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("--listen", "--upstream", "--ca", "--cert", "--key", "--log"):
+        parser.add_argument(flag, required=True)
+    ARGS = parser.parse_args()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(ARGS.listen)), Proxy)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(ARGS.cert, ARGS.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
