@@ -72,7 +72,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
-    /// Issue a private certificate (server-side key).
+    /// Request a certificate: private (signed now by a certkeeper CA, server-side key) or public
+    /// (--issuer: from an ACME CA once --validation succeeds).
     Request(RequestArgs),
     /// List certificates.
     List(ListArgs),
@@ -108,9 +109,11 @@ enum Command {
     Import(ImportArgs),
     /// Issue a certificate for a CSR; the key never leaves the caller.
     Sign(SignArgs),
-    /// Renew a private certificate now: new key, new version, same id.
+    /// Renew a certificate now (private: signed at once; public: a new ACME order): new key,
+    /// new version, same id.
     Renew { certificate: String },
-    /// Revoke a certificate; its serials go onto the issuing CA's CRL.
+    /// Revoke a certificate: private ones go onto the issuing CA's CRL, public ones are
+    /// revoked at their ACME CA.
     Revoke {
         certificate: String,
         #[arg(long, value_parser = parse_value::<RevocationReason>)]
@@ -179,9 +182,10 @@ struct RequestArgs {
     #[arg(long, conflicts_with = "issuer")]
     ca: Option<String>,
     /// An ACME issuer ([[acme]] name): a public certificate, issued after validation.
-    #[arg(long, requires = "validation")]
+    #[arg(long)]
     issuer: Option<String>,
-    /// How a public certificate proves domain control: dns (CNAME delegation) or http (HTTP-01).
+    /// How a public certificate proves domain control: dns (CNAME delegation) or http (HTTP-01)
+    /// [default: dns].
     #[arg(long, value_parser = ["dns", "http"], requires = "issuer")]
     validation: Option<String>,
     /// ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519 [default: [defaults] key-algorithm].
