@@ -763,3 +763,55 @@ fn short_lived_public_certificates_renew_by_themselves() {
     };
     assert!(at(&renewed["not_before"]) < at(&first["not_after"]));
 }
+
+#[test]
+fn account_contact_follows_the_config_and_its_key_can_be_rolled_over() {
+    let knot = customer_zone(&["acct.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let mut daemon = Daemon::start_with(Some(&config(&pebble, "")));
+    let listed = daemon.json(&["acme", "list"]);
+    assert_eq!(listed[0]["issuer"], "pebble");
+    assert!(
+        listed[0]["account"].is_null(),
+        "no account before first use"
+    );
+
+    let cert = id(&daemon.json(&[
+        "request",
+        "acct.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    wait_issued(&daemon, &cert);
+    let account = daemon.json(&["acme", "list"])[0]["account"].clone();
+    let url = account["url"].as_str().unwrap().to_owned();
+    assert!(url.contains("/my-account/"), "{account:#}");
+    assert_eq!(
+        account["contact"],
+        serde_json::json!(["mailto:ops@customer.test"])
+    );
+
+    // Key rollover: the CA moves the account to a new key, which then signs the renewal.
+    let rolled = daemon.json(&["acme", "rollover-key", "pebble"]);
+    assert_eq!(rolled["url"], url.as_str(), "same account, new key");
+    assert!(daemon.log_text().contains("ACME account key replaced"));
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 2);
+    let stderr = daemon.fails(&["acme", "rollover-key", "nope"], 65);
+    assert!(stderr.contains("no ACME issuer named \"nope\""), "{stderr}");
+
+    // A changed contact in the config reaches the CA the next time the account is used.
+    daemon.stop();
+    let changed = config(&pebble, "").replace("mailto:ops@", "mailto:security@");
+    daemon.write("certkeeper.toml", changed);
+    daemon.spawn();
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 3);
+    assert!(daemon.log_text().contains("ACME account contact updated"));
+    let account = daemon.json(&["acme", "list"])[0]["account"].clone();
+    assert_eq!(account["url"], url.as_str());
+    assert_eq!(
+        account["contact"],
+        serde_json::json!(["mailto:security@customer.test"])
+    );
+}

@@ -2,13 +2,16 @@
 
 -- One account per configured ACME issuer. The credentials hold the account's private key, so
 -- they are sealed like every other key (record id "acme-account/<issuer>").
+-- `contact` is the JSON array the CA has; `updated_at` changes with the contact or the key.
 CREATE TABLE acme_accounts (
     issuer      TEXT PRIMARY KEY,
     directory   TEXT NOT NULL,
     account_url TEXT NOT NULL,
+    contact     TEXT NOT NULL DEFAULT '[]',
     key_kid     TEXT NOT NULL,
     key_blob    BLOB NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
 );
 
 -- The order in flight for a certificate. Written before any challenge is answered, with the

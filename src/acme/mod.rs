@@ -266,6 +266,61 @@ impl Acme {
         Ok(())
     }
 
+    /// Replaces the issuer's account key (RFC 8555 §7.3.5): a new key is generated, the CA
+    /// moves the account to it, and the new credentials are stored (sealed) before the old
+    /// key is forgotten. Returns the account as stored.
+    pub async fn rollover_key(&self, issuer: &str) -> Result<crate::store::AcmeAccount, AcmeError> {
+        let runtime = self
+            .issuers
+            .get(issuer)
+            .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
+        let mut account = self.account(runtime).await?;
+        // No order may start with the old key while the CA switches.
+        let mut slot = runtime.account.lock().await;
+        let credentials = account
+            .update_key()
+            .await
+            .map_err(|source| AcmeError::Protocol {
+                issuer: issuer.to_owned(),
+                source,
+            })?;
+        let json = Zeroizing::new(
+            serde_json::to_vec(&credentials).map_err(|e| setup(&runtime.config, &e.to_string()))?,
+        );
+        let (mut record, _) = self.store.acme_account(issuer).await?.ok_or_else(|| {
+            setup(
+                &runtime.config,
+                "the account vanished from the store during the rollover",
+            )
+        })?;
+        record.updated_at = OffsetDateTime::now_utc();
+        self.store.save_acme_account(record.clone(), &json).await?;
+        *slot = Some(account);
+        info!(issuer, account = %record.url, "ACME account key replaced");
+        Ok(record)
+    }
+
+    /// The configured issuers with their accounts (`None` before first use).
+    pub async fn accounts(
+        &self,
+    ) -> Result<Vec<(String, Option<crate::store::AcmeAccount>)>, AcmeError> {
+        let stored = self.store.acme_accounts().await?;
+        let mut names: Vec<&String> = self.issuers.keys().collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let account = stored
+                    .iter()
+                    .find(|a| {
+                        &a.issuer == name && a.directory == self.issuers[name].config.directory
+                    })
+                    .cloned();
+                (name.clone(), account)
+            })
+            .collect())
+    }
+
     /// Revokes a certificate at its ACME CA (RFC 8555 §7.6), signed with the account key.
     pub async fn revoke(
         &self,
@@ -568,15 +623,24 @@ impl Acme {
             .store
             .acme_account(&issuer.name)
             .await?
-            .filter(|(directory, _, _)| *directory == issuer.directory);
+            .filter(|(stored, _)| stored.directory == issuer.directory);
         let account = match stored {
-            Some((_, _, credentials)) => {
-                let credentials: AccountCredentials = serde_json::from_slice(&credentials)
+            Some((mut stored, credentials)) => {
+                let parsed: AccountCredentials = serde_json::from_slice(&credentials)
                     .map_err(|e| setup(issuer, &format!("stored account: {e}")))?;
-                builder(issuer)?
-                    .from_credentials(credentials)
+                let account = builder(issuer)?
+                    .from_credentials(parsed)
                     .await
-                    .map_err(protocol)?
+                    .map_err(protocol)?;
+                // The config's contact list is what the CA should have.
+                if stored.contact != issuer.contact {
+                    let contact: Vec<&str> = issuer.contact.iter().map(String::as_str).collect();
+                    account.update_contacts(&contact).await.map_err(protocol)?;
+                    info!(issuer = %issuer.name, contact = ?issuer.contact, "ACME account contact updated");
+                    stored.contact = issuer.contact.clone();
+                    self.store.save_acme_account(stored, &credentials).await?;
+                }
+                account
             }
             None => {
                 let contact: Vec<&str> = issuer.contact.iter().map(String::as_str).collect();
@@ -603,9 +667,16 @@ impl Acme {
                 let json = Zeroizing::new(
                     serde_json::to_vec(&credentials).map_err(|e| setup(issuer, &e.to_string()))?,
                 );
-                self.store
-                    .save_acme_account(&issuer.name, &issuer.directory, account.id(), &json)
-                    .await?;
+                let now = OffsetDateTime::now_utc();
+                let record = crate::store::AcmeAccount {
+                    issuer: issuer.name.clone(),
+                    directory: issuer.directory.clone(),
+                    url: account.id().to_owned(),
+                    contact: issuer.contact.clone(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                self.store.save_acme_account(record, &json).await?;
                 info!(issuer = %issuer.name, account = %account.id(), "ACME account created");
                 account
             }

@@ -59,7 +59,9 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/certificates/{id}/explain", get(explain))
         .route("/account", get(account).put(set_account))
         .route("/events", get(events))
-        .route("/master-key/rotate", post(rotate));
+        .route("/master-key/rotate", post(rotate))
+        .route("/acme/accounts", get(acme_accounts))
+        .route("/acme/{issuer}/key-rollover", post(acme_key_rollover));
     Router::new()
         .nest("/v1", v1)
         .route("/metrics", get(metrics))
@@ -524,6 +526,17 @@ async fn events(
             .map(|(cursor, event)| EventEntry { cursor, event })
             .collect(),
     }))
+}
+
+async fn acme_accounts(State(state): Shared) -> ApiResult<Vec<AcmeIssuerView>> {
+    Ok(Json(state.inventory.acme_accounts().await?))
+}
+
+async fn acme_key_rollover(
+    State(state): Shared,
+    Path(issuer): Path<String>,
+) -> ApiResult<crate::store::AcmeAccount> {
+    Ok(Json(state.inventory.acme_rollover_key(&issuer).await?))
 }
 
 async fn rotate(State(state): Shared) -> ApiResult<RotateResult> {

@@ -262,6 +262,13 @@ pub struct Account {
     pub days_before_expiry: u32,
 }
 
+/// A configured ACME issuer and its account at the CA (`None` before first use).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AcmeIssuerView {
+    pub issuer: String,
+    pub account: Option<crate::store::AcmeAccount>,
+}
+
 /// `certkeeper explain`: what happens next to a certificate, when, and why.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Explanation {

@@ -168,6 +168,21 @@ enum Command {
     /// Master key tools.
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
+    /// ACME issuers and their accounts.
+    #[command(subcommand)]
+    Acme(AcmeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AcmeCommand {
+    /// List the configured ACME issuers and their accounts (URL, contact, dates).
+    List,
+    /// Replace an issuer's account key at the CA (RFC 8555 key rollover); the new key is
+    /// stored sealed, the old one is forgotten.
+    RolloverKey {
+        /// The [[acme]] name.
+        issuer: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -700,6 +715,44 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
         }
         Command::Ca(command) => ca(client, command, format).await,
         Command::Events { after, follow } => events(client, after, follow, format).await,
+        Command::Acme(AcmeCommand::List) => {
+            let issuers: Vec<AcmeIssuerView> = client.get("/v1/acme/accounts").await?;
+            if format == Format::Json {
+                return Ok(output::json(&issuers)?);
+            }
+            for view in &issuers {
+                match &view.account {
+                    Some(a) => println!(
+                        "{}\t{}\t{}\tcontact {}\tcreated {}\tupdated {}",
+                        view.issuer,
+                        a.directory,
+                        a.url,
+                        if a.contact.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            a.contact.join(",")
+                        },
+                        crate::model::rfc3339(a.created_at),
+                        crate::model::rfc3339(a.updated_at)
+                    ),
+                    None => println!("{}\t(no account yet: created on first use)", view.issuer),
+                }
+            }
+            Ok(())
+        }
+        Command::Acme(AcmeCommand::RolloverKey { issuer }) => {
+            let account: crate::store::AcmeAccount = client
+                .post(&format!("/v1/acme/{issuer}/key-rollover"), &())
+                .await?;
+            if format == Format::Json {
+                return Ok(output::json(&account)?);
+            }
+            println!(
+                "{}: new account key in use for {}",
+                account.issuer, account.url
+            );
+            Ok(())
+        }
         Command::MasterKey(MasterKeyCommand::Rotate) => {
             let result: RotateResult = client.post("/v1/master-key/rotate", &()).await?;
             if format == Format::Json {

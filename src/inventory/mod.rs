@@ -172,6 +172,24 @@ impl Inventory {
             .ok_or_else(|| InventoryError::Invalid("no [[acme]] issuer is configured".into()))
     }
 
+    /// The configured ACME issuers and their accounts.
+    pub async fn acme_accounts(&self) -> Result<Vec<crate::api::types::AcmeIssuerView>> {
+        let Some(acme) = &self.acme else {
+            return Ok(Vec::new());
+        };
+        Ok(acme
+            .accounts()
+            .await?
+            .into_iter()
+            .map(|(issuer, account)| crate::api::types::AcmeIssuerView { issuer, account })
+            .collect())
+    }
+
+    /// Replaces an ACME issuer's account key at the CA.
+    pub async fn acme_rollover_key(&self, issuer: &str) -> Result<crate::store::AcmeAccount> {
+        Ok(self.acme()?.rollover_key(issuer).await?)
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

@@ -177,6 +177,23 @@ pub struct Replannable {
     pub renewal_info: Option<crate::model::RenewalInfo>,
 }
 
+/// An ACME account as stored (its credentials are sealed separately).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcmeAccount {
+    /// The `[[acme]]` name.
+    pub issuer: String,
+    pub directory: String,
+    /// The account URL at the CA (its `kid`).
+    pub url: String,
+    /// The contact URLs the CA has.
+    pub contact: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change of contact or key.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
 /// Inventory-wide figures for `/metrics`, cheap at any size.
 #[derive(Clone, Debug, Default)]
 pub struct MetricsSummary {
@@ -735,37 +752,34 @@ impl Store {
     // --- ACME ----------------------------------------------------------------------------------
 
     /// The stored account of an ACME issuer: (directory, account URL, credentials JSON).
+    /// An issuer's ACME account and its credentials (which hold the account's private key).
     pub async fn acme_account(
         &self,
         issuer: &str,
-    ) -> Result<Option<(String, String, Zeroizing<Vec<u8>>)>, StoreError> {
-        let Some((directory, url, sealed)) = self.db.acme_account(issuer.to_owned()).await? else {
+    ) -> Result<Option<(AcmeAccount, Zeroizing<Vec<u8>>)>, StoreError> {
+        let Some((account, sealed)) = self.db.acme_account(issuer.to_owned()).await? else {
             return Ok(None);
         };
         let credentials = self.keyring.open(&acme_account_record(issuer), &sealed)?;
-        Ok(Some((directory, url, credentials)))
+        Ok(Some((account, credentials)))
+    }
+
+    /// Every stored ACME account, without credentials.
+    pub async fn acme_accounts(&self) -> Result<Vec<AcmeAccount>, StoreError> {
+        self.db.acme_accounts().await
     }
 
     /// Stores (or replaces) an ACME account; the credentials hold its private key and are sealed.
     pub async fn save_acme_account(
         &self,
-        issuer: &str,
-        directory: &str,
-        account_url: &str,
+        account: AcmeAccount,
         credentials: &[u8],
     ) -> Result<(), StoreError> {
         let credentials = self
             .keyring
-            .seal(&acme_account_record(issuer), credentials)?;
-        let (issuer, directory, account_url) = (
-            issuer.to_owned(),
-            directory.to_owned(),
-            account_url.to_owned(),
-        );
+            .seal(&acme_account_record(&account.issuer), credentials)?;
         self.write(|reply| Job::SaveAcmeAccount {
-            issuer,
-            directory,
-            account_url,
+            account: Box::new(account),
             credentials,
             reply,
         })

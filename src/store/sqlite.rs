@@ -496,12 +496,27 @@ impl Db {
     pub(super) async fn acme_account(
         &self,
         issuer: String,
-    ) -> Result<Option<(String, String, Sealed)>, StoreError> {
+    ) -> Result<Option<(super::AcmeAccount, Sealed)>, StoreError> {
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT directory, account_url, key_kid, key_blob FROM acme_accounts WHERE issuer = ?")?
-                .query_row([&issuer], |r| Ok((r.get(0)?, r.get(1)?, Sealed { kid: r.get(2)?, blob: r.get(3)? })))
+                .prepare_cached("SELECT * FROM acme_accounts WHERE issuer = ?")?
+                .query_row([&issuer], |r| {
+                    let sealed = Sealed {
+                        kid: r.get("key_kid")?,
+                        blob: r.get("key_blob")?,
+                    };
+                    Ok((acme_account_from_row(r)?, sealed))
+                })
                 .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn acme_accounts(&self) -> Result<Vec<super::AcmeAccount>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT * FROM acme_accounts ORDER BY issuer")?;
+            let rows = stmt.query_map([], acme_account_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -863,6 +878,19 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
         next_renewal_at: row.get::<_, Option<i64>>("next_action_at")?.map(from_unix),
         versions: Vec::new(),
+    })
+}
+
+fn acme_account_from_row(row: &Row<'_>) -> rusqlite::Result<super::AcmeAccount> {
+    let contact: String = row.get("contact")?;
+    Ok(super::AcmeAccount {
+        issuer: row.get("issuer")?,
+        directory: row.get("directory")?,
+        url: row.get("account_url")?,
+        contact: serde_json::from_str(&contact)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+        created_at: from_unix(row.get("created_at")?),
+        updated_at: from_unix(row.get("updated_at")?),
     })
 }
 

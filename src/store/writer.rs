@@ -147,9 +147,7 @@ pub(super) enum Job {
         reply: Reply,
     },
     SaveAcmeAccount {
-        issuer: String,
-        directory: String,
-        account_url: String,
+        account: Box<super::AcmeAccount>,
         credentials: Sealed,
         reply: Reply,
     },
@@ -374,21 +372,10 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             prune_events(conn, before, max_seq).map(Answer::Count),
         ),
         Job::SaveAcmeAccount {
-            issuer,
-            directory,
-            account_url,
+            account,
             credentials,
             reply,
-        } => (
-            reply,
-            none(save_acme_account(
-                conn,
-                &issuer,
-                &directory,
-                &account_url,
-                credentials,
-            )),
-        ),
+        } => (reply, none(save_acme_account(conn, &account, credentials))),
         Job::SaveAcmeOrder {
             id,
             issuer,
@@ -964,19 +951,21 @@ fn prune_events(
 
 fn save_acme_account(
     conn: &Connection,
-    issuer: &str,
-    directory: &str,
-    account_url: &str,
+    account: &super::AcmeAccount,
     credentials: Sealed,
 ) -> Result<(), StoreError> {
+    let contact = serde_json::to_string(&account.contact)
+        .map_err(|e| StoreError::Invalid(format!("contact: {e}")))?;
     conn.execute(
-        "INSERT INTO acme_accounts (issuer, directory, account_url, key_kid, key_blob, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (issuer) DO UPDATE SET directory = ?2, \
-         account_url = ?3, key_kid = ?4, key_blob = ?5",
+        "INSERT INTO acme_accounts (issuer, directory, account_url, contact, key_kid, key_blob, \
+         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+         ON CONFLICT (issuer) DO UPDATE SET directory = ?2, account_url = ?3, contact = ?4, \
+         key_kid = ?5, key_blob = ?6, updated_at = ?7",
         params![
-            issuer,
-            directory,
-            account_url,
+            account.issuer,
+            account.directory,
+            account.url,
+            contact,
             credentials.kid,
             credentials.blob,
             unix(OffsetDateTime::now_utc())
