@@ -138,6 +138,7 @@ pub async fn serve(
     let drained = tokio::time::timeout(config.shutdown_timeout.std(), async {
         let served = server.await;
         let _ = lifecycle.await;
+        state.inventory.drain().await;
         served
     });
     match drained.await {

@@ -209,6 +209,12 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     } else {
         policy::retry(cert.id.as_str(), failures, now, not_after)
     };
+    // A CA that said when to come back is not asked before then (plus jitter, so that many
+    // certificates waiting on one CA do not return at the same instant).
+    let retry_at = match err.retry_not_before() {
+        Some(until) => retry_at.max(policy::after_retry_after(cert.id.as_str(), now, until)),
+        None => retry_at,
+    };
     let failure = RenewalFailure {
         id: cert.id.clone(),
         next_action_at: Some(retry_at),

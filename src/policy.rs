@@ -194,6 +194,20 @@ pub fn retry(
 /// `attempts`-th miss: 15 s, doubling, at most every 15 minutes. Someone is creating a DNS
 /// record; it should be noticed soon after it appears, without hammering the resolver or the
 /// CA for the 72 hours a validation may take.
+/// The retry time for a server that asked to wait until `until`: then, plus a jitter of up to
+/// a tenth of the wait (at most 5 minutes), spread by certificate id.
+pub fn after_retry_after(id: &str, now: OffsetDateTime, until: OffsetDateTime) -> OffsetDateTime {
+    let wait = (until - now).max(Duration::ZERO);
+    let spread = (wait / 10_i32).min(Duration::minutes(5));
+    let spread_ms = spread.whole_milliseconds().max(0) as u64;
+    let jitter = if spread_ms == 0 {
+        0
+    } else {
+        fnv1a(id.as_bytes()) % (spread_ms + 1)
+    };
+    until.max(now) + Duration::milliseconds(jitter as i64)
+}
+
 pub fn validation_retry(attempts: u32, failed_at: OffsetDateTime) -> OffsetDateTime {
     let exponent = attempts.saturating_sub(1).min(20);
     let delay = (Duration::seconds(15) * 2_i32.pow(exponent)).min(Duration::minutes(15));
@@ -405,6 +419,23 @@ mod tests {
             .map(|i| retry(&format!("ck-{i}"), 3, NOW, far))
             .collect();
         assert!(spread.len() > 10);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_with_bounded_jitter() {
+        let now = datetime!(2026-01-01 00:00 UTC);
+        for id in ["ck-a", "ck-b", "ck-c"] {
+            let at = after_retry_after(id, now, now + Duration::seconds(100));
+            assert!(at >= now + Duration::seconds(100) && at <= now + Duration::seconds(110));
+            let far = after_retry_after(id, now, now + Duration::hours(10));
+            assert!(far >= now + Duration::hours(10));
+            assert!(far <= now + Duration::hours(10) + Duration::minutes(5));
+        }
+        // A time already past: now.
+        assert_eq!(
+            after_retry_after("ck-a", now, now - Duration::seconds(5)),
+            now
+        );
     }
 
     #[test]

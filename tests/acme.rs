@@ -425,10 +425,15 @@ fn dns01_with_the_embedded_server_waits_for_the_cname_then_issues_a_wildcard() {
         "{sans}"
     );
 
-    // Both challenge TXT records (wildcard and base share the name) were withdrawn.
+    // Both challenge TXT records (wildcard and base share the name) are withdrawn (in the
+    // background, once the order is over).
     let label = target.trim_end_matches('.');
-    let txt = dns_lookup(embedded, label, "TXT");
-    assert!(txt.txt().is_empty(), "{txt:?}");
+    wait_until(Duration::from_secs(10), "the TXT records withdrawn", || {
+        dns_lookup(embedded, label, "TXT")
+            .txt()
+            .is_empty()
+            .then_some(())
+    });
 
     // A renewal needs no human: the same CNAME serves it.
     let renewed = daemon.json(&["renew", &cert]);
@@ -492,8 +497,10 @@ fn dns01_through_rfc2136_survives_a_restart_mid_order_and_a_flaky_ca() {
     );
     let sans = san_text(&daemon, &cert);
     assert!(sans.contains("DNS:api.customer.test"), "{sans}");
-    // What the killed run left at Knot was withdrawn by the run that finished the order.
-    assert!(knot.lookup(&label, "TXT").txt().is_empty());
+    // What the killed run left at Knot is withdrawn by the run that finished the order.
+    wait_until(Duration::from_secs(10), "the TXT withdrawn at Knot", || {
+        knot.lookup(&label, "TXT").txt().is_empty().then_some(())
+    });
 }
 
 #[test]
@@ -814,4 +821,47 @@ fn account_contact_follows_the_config_and_its_key_can_be_rolled_over() {
         account["contact"],
         serde_json::json!(["mailto:security@customer.test"])
     );
+}
+
+#[test]
+fn a_ca_answering_429_with_retry_after_is_left_alone_until_then() {
+    let knot = customer_zone(&["busy.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    proxy.control(serde_json::json!({"rate_limit_orders": 1, "rate_limit_retry_after": 20}));
+    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "busy.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    let limited = wait_until(Duration::from_secs(30), "the 429 to be recorded", || {
+        let c = daemon.json(&["describe", &cert]);
+        c["renewal"]["reason"].is_string().then_some(c)
+    });
+    let reason = limited["renewal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("asked to wait until"), "{reason}");
+    // Asking now gets 429 from the daemon, and the CA hears nothing.
+    let seen = proxy.seen().len();
+    let out = daemon.ck(&["renew", &cert]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("asked to wait"),
+        "{stderr}"
+    );
+    assert_eq!(proxy.seen().len(), seen);
+
+    wait_issued_after_retries(&daemon, &cert, Duration::from_secs(90));
+    let orders: Vec<serde_json::Value> = proxy
+        .seen()
+        .into_iter()
+        .filter(|e| e.get("new-order").is_some())
+        .collect();
+    assert_eq!(orders[0]["status"], 429, "{orders:#?}");
+    let gap = orders[1]["at"].as_f64().unwrap() - orders[0]["at"].as_f64().unwrap();
+    // Without Retry-After the first validation retry would come after 15 s.
+    assert!(gap >= 20.0, "retried {gap:.1} s after the 429: {orders:#?}");
 }

@@ -725,11 +725,13 @@ impl Rfc2136 {
             .to_vec()
             .map_err(|e| failed(format!("cannot encode the update: {e}")))?;
         let id = message.metadata.id;
+        let started = std::time::Instant::now();
         let response =
             tokio::time::timeout(UPDATE_TIMEOUT, exchange_tcp(self.server, &request, id))
                 .await
                 .map_err(|_| failed(format!("no answer within {}s", UPDATE_TIMEOUT.as_secs())))?
                 .map_err(failed)?;
+        tracing::debug!(server = %self.server, name, elapsed_ms = started.elapsed().as_millis() as u64, "RFC 2136 update answered");
         let answer = Message::from_vec(&response)
             .map_err(|e| failed(format!("cannot decode the answer: {e}")))?;
         let code = answer.metadata.response_code;

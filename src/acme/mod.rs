@@ -17,6 +17,7 @@
 //! Errors carry the CA's problem document, which ends up in the certificate's renewal reason
 //! and the "Renewal Action Required" event. Retrying is the lifecycle's job (backoff).
 
+pub mod client;
 pub mod dns;
 pub mod http;
 
@@ -30,7 +31,8 @@ use instant_acme::{
 };
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Semaphore};
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::config::{AcmeIssuer, ValidationConfig};
@@ -68,6 +70,13 @@ pub enum AcmeError {
     Delegation(Vec<dns::DelegationProblem>),
     #[error("DNS: {0}")]
     Dns(#[from] dns::DnsError),
+    /// The CA answered 429 or 5xx with Retry-After: nothing is sent to it before `until`.
+    #[error("ACME issuer {issuer} asked to wait until {}: {detail}", crate::model::rfc3339(*.until))]
+    RateLimited {
+        issuer: String,
+        until: OffsetDateTime,
+        detail: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("key: {0}")]
@@ -75,6 +84,46 @@ pub enum AcmeError {
 }
 
 pub use crate::model::ValidationRecord;
+
+impl AcmeError {
+    /// When the CA allows the next attempt, if it said.
+    pub fn retry_not_before(&self) -> Option<OffsetDateTime> {
+        match self {
+            AcmeError::RateLimited { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// A failure of the conversation, not of the order: the CA's order is still good, so the
+    /// next attempt takes it up again instead of ordering anew.
+    fn is_transient(&self) -> bool {
+        match self {
+            AcmeError::RateLimited { .. } | AcmeError::Store(_) => true,
+            AcmeError::Protocol { source, .. } => transient(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `err` says nothing about the order itself: a lost connection, a nonce the CA
+/// refused once too often, the CA busy or broken for a moment.
+fn transient(err: &instant_acme::Error) -> bool {
+    match err {
+        instant_acme::Error::Api(problem) => matches!(
+            problem.r#type.as_deref(),
+            Some(
+                "urn:ietf:params:acme:error:badNonce"
+                    | "urn:ietf:params:acme:error:rateLimited"
+                    | "urn:ietf:params:acme:error:serverInternal"
+            )
+        ),
+        instant_acme::Error::Http(_)
+        | instant_acme::Error::Hyper(_)
+        | instant_acme::Error::Timeout(_)
+        | instant_acme::Error::Other(_) => true,
+        _ => false,
+    }
+}
 
 /// `_acme-challenge.<name>. CNAME <label>.<zone>.` for each DNS name. The label is derived
 /// from the name alone (SHA-256, base32, 16 characters), so it never changes: the record is
@@ -156,6 +205,37 @@ struct IssuerRuntime {
     account: Mutex<Option<Account>>,
     /// Orders in flight for this issuer.
     orders: Semaphore,
+    /// Set by the HTTPS client when the CA answers 429/5xx with Retry-After.
+    backoff: client::Backoff,
+}
+
+impl IssuerRuntime {
+    /// Fails at once while the CA's Retry-After holds, without contacting it.
+    fn check_backoff(&self) -> Result<(), AcmeError> {
+        match self.backoff.until() {
+            Some(until) => Err(AcmeError::RateLimited {
+                issuer: self.config.name.clone(),
+                until: until.into(),
+                detail: "not contacting the CA before then".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// An error that came with (or after) a Retry-After becomes a [`AcmeError::RateLimited`].
+    fn with_backoff(&self, err: AcmeError) -> AcmeError {
+        match (self.backoff.until(), &err) {
+            (
+                Some(until),
+                AcmeError::Protocol { .. } | AcmeError::Validation { .. } | AcmeError::Order { .. },
+            ) => AcmeError::RateLimited {
+                issuer: self.config.name.clone(),
+                until: until.into(),
+                detail: err.to_string(),
+            },
+            _ => err,
+        }
+    }
 }
 
 pub struct Acme {
@@ -164,6 +244,8 @@ pub struct Acme {
     http: Option<http::Tokens>,
     dns: Option<Arc<dns::DnsValidator>>,
     validation: ValidationConfig,
+    /// Challenge records being withdrawn after their order ended; waited for at shutdown.
+    cleanup: TaskTracker,
 }
 
 /// Polling an order: quick at first (CAs usually validate within a second or two), then
@@ -188,6 +270,7 @@ impl Acme {
                     orders: Semaphore::new(config.max_orders_in_flight),
                     config: config.clone(),
                     account: Mutex::new(None),
+                    backoff: client::Backoff::default(),
                 };
                 (config.name.clone(), Arc::new(runtime))
             })
@@ -198,7 +281,14 @@ impl Acme {
             http,
             dns,
             validation,
+            cleanup: TaskTracker::new(),
         }
+    }
+
+    /// Waits for the challenge records still being withdrawn (the caller bounds the wait).
+    pub async fn drain(&self) {
+        self.cleanup.close();
+        self.cleanup.wait().await;
     }
 
     pub fn http_tokens(&self) -> Option<http::Tokens> {
@@ -376,16 +466,17 @@ impl Acme {
             .issuers
             .get(issuer)
             .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
+        runtime.check_backoff()?;
         let account = self.account(runtime).await?;
         let id = certificate_id(cert_pem)?;
         let (info, retry_after) = match account.renewal_info(&id).await {
             Ok(answer) => answer,
             Err(instant_acme::Error::Unsupported(_)) => return Ok(None),
             Err(source) => {
-                return Err(AcmeError::Protocol {
+                return Err(runtime.with_backoff(AcmeError::Protocol {
                     issuer: issuer.to_owned(),
                     source,
-                });
+                }));
             }
         };
         let now = OffsetDateTime::now_utc();
@@ -436,6 +527,7 @@ impl Acme {
             .acquire()
             .await
             .map_err(|_| setup(&runtime.config, "shutting down"))?;
+        runtime.check_backoff()?;
         let solver = match (method, &self.http, &self.dns) {
             ("http", Some(tokens), _) => Solver::Http(tokens.clone()),
             ("dns", _, Some(validator)) => {
@@ -455,13 +547,24 @@ impl Acme {
         let result = self
             .run_order(runtime, &account, cert, replaces, &solver, &mut published)
             .await;
-        for item in published {
-            solver.withdraw(item).await;
+        // The order's outcome does not wait for the cleanup: an authoritative server can take
+        // a while to apply an update (Knot took half a second in the benchmark).
+        if !published.is_empty() {
+            let solver = solver.clone();
+            self.cleanup.spawn(async move {
+                for item in published {
+                    solver.withdraw(item).await;
+                }
+            });
         }
+        let result = result.map_err(|err| runtime.with_backoff(err));
         if let Err(err) = &result {
             warn!(cert = %cert.id, error = %err, "ACME order failed");
-            // A failed order is not resumed: the next attempt starts a fresh one.
-            let _ = self.store.delete_acme_order(&cert.id).await;
+            // A failed order is not resumed: the next attempt starts a fresh one. After a
+            // failure of the conversation only, the order stays to be taken up again.
+            if !err.is_transient() {
+                let _ = self.store.delete_acme_order(&cert.id).await;
+            }
         }
         result
     }
@@ -480,17 +583,20 @@ impl Acme {
             issuer: issuer.name.clone(),
             source,
         };
-        let (mut order, key) = self
+        let (mut order, key, resumed) = self
             .resume_or_create(runtime, account, cert, replaces)
             .await?;
 
-        if order.state().status == OrderStatus::Pending {
+        // A resumed order is walked whatever its state: what the interrupted run published
+        // for challenges the CA has since validated is still in DNS, and only this run can
+        // withdraw it.
+        if order.state().status == OrderStatus::Pending || resumed {
             let mut authorizations = order.authorizations();
             while let Some(authz) = authorizations.next().await {
                 let mut authz = authz.map_err(protocol)?;
-                match authz.status {
-                    AuthorizationStatus::Pending => {}
-                    AuthorizationStatus::Valid => continue,
+                let status = authz.status;
+                match status {
+                    AuthorizationStatus::Pending | AuthorizationStatus::Valid => {}
                     other => {
                         return Err(AcmeError::Validation {
                             issuer: issuer.name.clone(),
@@ -505,42 +611,55 @@ impl Acme {
                     other => format!("{other:?}"),
                 };
                 let challenge_type = solver.challenge_type();
-                let mut challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
-                    AcmeError::Validation {
-                        issuer: issuer.name.clone(),
-                        identifier: "an authorization".into(),
-                        detail: format!("the CA offers no {challenge_type:?} challenge"),
+                let Some(mut challenge) = authz.challenge(challenge_type.clone()) else {
+                    if status == AuthorizationStatus::Valid {
+                        continue;
                     }
-                })?;
+                    return Err(AcmeError::Validation {
+                        issuer: issuer.name.clone(),
+                        identifier: base,
+                        detail: format!("the CA offers no {challenge_type:?} challenge"),
+                    });
+                };
+                if status == AuthorizationStatus::Valid {
+                    published.extend(solver.left_over(&base, &challenge));
+                    continue;
+                }
                 let item = solver.publish(&base, &challenge).await?;
                 published.push(item);
                 challenge.set_ready().await.map_err(protocol)?;
             }
         }
 
+        debug!(cert = %cert.id, "challenges answered");
         let status = order.poll_ready(&POLL).await.map_err(protocol)?;
         if status != OrderStatus::Ready && status != OrderStatus::Valid {
             return Err(order_failure(issuer, &mut order, status).await);
         }
         if status == OrderStatus::Ready {
+            debug!(cert = %cert.id, "order ready; finalizing");
             let csr = csr_der(&key, &cert.domains)?;
             order.finalize_csr(&csr).await.map_err(protocol)?;
         }
-        let chain = order.poll_certificate(&POLL).await.map_err(protocol)?;
+        // A CA that issues while answering the finalize request needs no poll.
+        let chain = match order.certificate().await.map_err(protocol)? {
+            Some(chain) => chain,
+            None => order.poll_certificate(&POLL).await.map_err(protocol)?,
+        };
         let issued = split_chain(&chain, key)?;
         info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.serial, "ACME certificate issued");
         Ok(issued)
     }
 
-    /// The order for `cert`: the one stored if it is still usable, else a new one, recorded
-    /// with its new key before anything else happens.
+    /// The order for `cert`: the one stored if it is still usable (then `true`), else a new
+    /// one, recorded with its new key before anything else happens.
     async fn resume_or_create(
         &self,
         runtime: &IssuerRuntime,
         account: &Account,
         cert: &Certificate,
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<(instant_acme::Order, Zeroizing<Vec<u8>>), AcmeError> {
+    ) -> Result<(instant_acme::Order, Zeroizing<Vec<u8>>, bool), AcmeError> {
         let issuer = &runtime.config;
         let protocol = |source| AcmeError::Protocol {
             issuer: issuer.name.clone(),
@@ -553,10 +672,12 @@ impl Acme {
                 Ok(mut order) => {
                     if order.state().status != OrderStatus::Invalid {
                         info!(cert = %cert.id, order = %url, "resuming the ACME order in flight");
-                        return Ok((order, key));
+                        return Ok((order, key, true));
                     }
                     info!(cert = %cert.id, order = %url, "stored ACME order is invalid; starting another");
                 }
+                // The CA could not be asked: keep the order for the next attempt.
+                Err(err) if transient(&err) => return Err(protocol(err)),
                 Err(err) => {
                     info!(cert = %cert.id, order = %url, error = %err, "stored ACME order unusable; starting another")
                 }
@@ -605,7 +726,7 @@ impl Acme {
             .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
             .await?;
         info!(cert = %cert.id, order = %order.url(), "ACME order created");
-        Ok((order, key))
+        Ok((order, key, false))
     }
 
     /// The issuer's account, loaded once per daemon run (and created on first use).
@@ -628,7 +749,7 @@ impl Acme {
             Some((mut stored, credentials)) => {
                 let parsed: AccountCredentials = serde_json::from_slice(&credentials)
                     .map_err(|e| setup(issuer, &format!("stored account: {e}")))?;
-                let account = builder(issuer)?
+                let account = builder(runtime)?
                     .from_credentials(parsed)
                     .await
                     .map_err(protocol)?;
@@ -653,7 +774,7 @@ impl Acme {
                     Some((kid, file)) => Some(eab_key(issuer, kid, file)?),
                     None => None,
                 };
-                let (account, credentials) = builder(issuer)?
+                let (account, credentials) = builder(runtime)?
                     .create(&new, issuer.directory.clone(), eab.as_ref())
                     .await
                     .map_err(|source| match &source {
@@ -724,10 +845,25 @@ impl Solver {
                 Ok(Published::Token(challenge.token.clone()))
             }
             Solver::Dns(validator) => {
-                let name = format!("{}.{}", label(base), validator.zone());
-                let value = key_authorization.dns_value();
+                let (name, value) = txt_record(validator, base, challenge);
                 validator.publish(&name, &value).await?;
                 Ok(Published::Txt { name, value })
+            }
+        }
+    }
+
+    /// What an interrupted run may have published for a challenge the CA has since
+    /// validated. HTTP tokens lived in that run's memory and went with it.
+    fn left_over(
+        &self,
+        base: &str,
+        challenge: &instant_acme::ChallengeHandle<'_>,
+    ) -> Option<Published> {
+        match self {
+            Solver::Http(_) => None,
+            Solver::Dns(validator) => {
+                let (name, value) = txt_record(validator, base, challenge);
+                Some(Published::Txt { name, value })
             }
         }
     }
@@ -745,6 +881,16 @@ impl Solver {
             _ => {}
         }
     }
+}
+
+/// The TXT record answering `challenge` for `base`: its name in the validation zone and value.
+fn txt_record(
+    validator: &dns::DnsValidator,
+    base: &str,
+    challenge: &instant_acme::ChallengeHandle<'_>,
+) -> (String, String) {
+    let name = format!("{}.{}", label(base), validator.zone());
+    (name, challenge.key_authorization().dns_value())
 }
 
 /// How often the CA's renewal window is checked, whatever its Retry-After says.
@@ -779,12 +925,26 @@ fn setup(issuer: &AcmeIssuer, message: &str) -> AcmeError {
     }
 }
 
-fn builder(issuer: &AcmeIssuer) -> Result<instant_acme::AccountBuilder, AcmeError> {
-    let result = match &issuer.trusted_roots {
-        Some(path) => Account::builder_with_root(path),
-        None => Account::builder(),
+/// An account builder whose HTTPS client trusts `trusted-roots` (else the platform's roots)
+/// and reports the CA's Retry-After to the issuer's backoff.
+fn builder(runtime: &IssuerRuntime) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    let issuer = &runtime.config;
+    let roots = match &issuer.trusted_roots {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| setup(issuer, &format!("trusted-roots {}: {e}", path.display())))?,
+        ),
+        None => None,
     };
-    result.map_err(|e| setup(issuer, &format!("HTTPS client: {e}")))
+    let http = client::build(roots.as_deref(), runtime.backoff.clone()).map_err(|e| {
+        let source = issuer
+            .trusted_roots
+            .as_ref()
+            .map(|p| format!(" ({})", p.display()))
+            .unwrap_or_default();
+        setup(issuer, &format!("HTTPS client{source}: {e}"))
+    })?;
+    Ok(Account::builder_with_http(http))
 }
 
 fn eab_key(
@@ -877,4 +1037,48 @@ fn split_chain(chain: &str, key: Zeroizing<Vec<u8>>) -> Result<Issued, AcmeError
         not_after: info.not_after,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(kind: &str) -> instant_acme::Error {
+        let json =
+            format!(r#"{{"type":"urn:ietf:params:acme:error:{kind}","detail":"x","status":400}}"#);
+        instant_acme::Error::Api(serde_json::from_str(&json).unwrap())
+    }
+
+    #[test]
+    fn only_failures_of_the_conversation_keep_the_order() {
+        for kind in ["badNonce", "rateLimited", "serverInternal"] {
+            assert!(transient(&problem(kind)), "{kind}");
+        }
+        for kind in [
+            "malformed",
+            "unauthorized",
+            "orderNotReady",
+            "rejectedIdentifier",
+        ] {
+            assert!(!transient(&problem(kind)), "{kind}");
+        }
+        assert!(transient(&instant_acme::Error::Timeout(None)));
+        assert!(!transient(&instant_acme::Error::Crypto));
+
+        let protocol = |source| AcmeError::Protocol {
+            issuer: "ca".into(),
+            source,
+        };
+        assert!(protocol(problem("badNonce")).is_transient());
+        assert!(!protocol(problem("unauthorized")).is_transient());
+        let failed = AcmeError::Order {
+            issuer: "ca".into(),
+            status: "Invalid".into(),
+            detail: "x".into(),
+        };
+        assert!(
+            !failed.is_transient(),
+            "an invalid order is not taken up again"
+        );
+    }
 }

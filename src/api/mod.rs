@@ -128,6 +128,9 @@ impl From<InventoryError> for ApiError {
             InventoryError::Acme(crate::acme::AcmeError::Delegation(_)) => {
                 ApiError::new(StatusCode::CONFLICT, "validation-pending", message)
             }
+            InventoryError::Acme(crate::acme::AcmeError::RateLimited { .. }) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message)
+            }
             InventoryError::Acme(_) => ApiError::new(StatusCode::BAD_GATEWAY, "ca-error", message),
             InventoryError::Export(crate::export::ExportError::NoKey) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)

@@ -86,6 +86,14 @@ impl InventoryError {
     fn invalid(err: impl std::fmt::Display) -> Self {
         InventoryError::Invalid(err.to_string())
     }
+
+    /// When the next attempt may be made, if the other side said (an ACME CA's Retry-After).
+    pub fn retry_not_before(&self) -> Option<OffsetDateTime> {
+        match self {
+            InventoryError::Acme(err) => err.retry_not_before(),
+            _ => None,
+        }
+    }
 }
 
 type Result<T, E = InventoryError> = std::result::Result<T, E>;
@@ -164,6 +172,13 @@ impl Inventory {
     /// The HTTP-01 tokens the daemon's responder serves, when ACME uses a listener.
     pub fn http_tokens(&self) -> Option<crate::acme::http::Tokens> {
         self.acme.as_ref().and_then(|a| a.http_tokens())
+    }
+
+    /// Waits for background work that outlives requests (challenge records being withdrawn).
+    pub async fn drain(&self) {
+        if let Some(acme) = &self.acme {
+            acme.drain().await;
+        }
     }
 
     fn acme(&self) -> Result<&Arc<Acme>> {

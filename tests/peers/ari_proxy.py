@@ -10,11 +10,14 @@ answers (and checks in each JWS) are the proxy's. On top of Pebble it
 - on newOrder, reflects the `replaces` and `profile` fields of the request in the order, as a
   CA supporting them does (Pebble ignores both), refuses unknown profiles, and can refuse a
   `replaces` (alreadyReplaced) a configured number of times;
-- logs every newOrder payload and renewal-info request as one JSON line in --log.
+- can answer newOrder with 429 rateLimited and a Retry-After a configured number of times;
+- logs every newOrder payload and renewal-info request as one JSON line in --log, with the
+  time it arrived (`at`, Unix seconds) and the status given when the proxy answered itself.
 
 The test changes its behaviour with `POST /test-control` (plain JSON, not ACME):
   {"windows": [[start_offset_s, end_offset_s], ...],
-   "retry_after": seconds, "reject_replaces": count}
+   "retry_after": seconds, "reject_replaces": count,
+   "rate_limit_orders": count, "rate_limit_retry_after": seconds}
 Each certificate gets its window the first time it is asked about: the first of `windows`
 (offsets from that moment), which is then dropped unless it is the last one. A certificate
 keeps its window, as a CA's would, until `"forget": true` clears them all.
@@ -32,6 +35,7 @@ import json
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 
 PROFILES = {
@@ -39,7 +43,8 @@ PROFILES = {
     "shortlived": "a 6-day certificate",
 }
 
-STATE = {"windows": [[-60, 60]], "retry_after": 3600, "reject_replaces": 0}
+STATE = {"windows": [[-60, 60]], "retry_after": 3600, "reject_replaces": 0,
+         "rate_limit_orders": 0, "rate_limit_retry_after": 0}
 WINDOWS = {}  # certID -> (start, end) as RFC 3339 strings
 LOCK = threading.Lock()
 ARGS = None
@@ -51,6 +56,7 @@ HOP_BY_HOP = {
 
 
 def log(entry):
+    entry["at"] = time.time()
     with LOCK:
         with open(ARGS.log, "a", encoding="utf-8") as out:
             out.write(json.dumps(entry) + "\n")
@@ -97,10 +103,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def problem(self, status, kind, detail):
+    def problem(self, status, kind, detail, extra_headers=()):
         # A fresh nonce comes with every ACME answer, errors included.
         _, headers, _ = self.upstream("HEAD", "/nonce-plz")
         nonce = [(k, v) for k, v in headers if k.lower() == "replay-nonce"]
+        nonce += list(extra_headers)
         body = json.dumps({"type": "urn:ietf:params:acme:error:" + kind,
                            "detail": detail, "status": status}).encode()
         self.reply(status, nonce + [("Content-Type", "application/problem+json")], body)
@@ -157,6 +164,16 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             self.forward(body)
             return
         payload = json.loads(b64url_decode(json.loads(body)["payload"]))
+        with LOCK:
+            limited = STATE["rate_limit_orders"] > 0
+            if limited:
+                STATE["rate_limit_orders"] -= 1
+            wait = STATE["rate_limit_retry_after"]
+        if limited:
+            log({"new-order": payload, "status": 429})
+            self.problem(429, "rateLimited", "too many new orders; retry after %ds" % wait,
+                         [("Retry-After", str(wait))])
+            return
         log({"new-order": payload})
         profile = payload.get("profile")
         if profile is not None and profile not in PROFILES:
