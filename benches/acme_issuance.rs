@@ -799,6 +799,14 @@ fn main() {
         println!("\nlogs copied to {}", dir.display());
     }
     if let Some(ck) = &ck {
+        // What the daemon costs with nothing to do, after all that: a per-second cost here
+        // would inflate the sequential mode's CPU per certificate.
+        let cpu0 = ck.server.cpu_ms();
+        std::thread::sleep(Duration::from_secs(10));
+        println!(
+            "\ncertkeeper idle afterwards: {:.1} ms of CPU in 10 s",
+            ck.server.cpu_ms() - cpu0
+        );
         let log = std::fs::read_to_string(&ck.log).unwrap_or_default();
         let warnings = log.lines().filter(|l| l.contains(" WARN ")).count();
         println!("\ncertkeeper's log during the bench: {warnings} warnings");

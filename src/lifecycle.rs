@@ -90,10 +90,12 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
                 Some(now + Duration::minutes(1))
             }
         };
-        let next = deadline.into_iter().chain(next_daily).min();
-        let sleep = next.map_or(MAX_SLEEP, |at| {
-            to_std(at - OffsetDateTime::now_utc()).min(MAX_SLEEP)
-        });
+        let sleep = sleep_for(
+            OffsetDateTime::now_utc(),
+            deadline,
+            next_daily,
+            permits.available_permits(),
+        );
         tokio::select! {
             // The earliest deadline arrived (or the guard interval passed): go round again.
             () = tokio::time::sleep(sleep) => {}
@@ -106,6 +108,24 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
     }
     renewals.close();
     renewals.wait().await;
+}
+
+/// How long the loop sleeps: until the earliest deadline or daily check, at most
+/// [`MAX_SLEEP`]. With no permit free, a deadline already past is not one: that renewal can
+/// only wait for a running one to finish (which wakes the loop), and going round again for it
+/// would spin.
+fn sleep_for(
+    now: OffsetDateTime,
+    deadline: Option<OffsetDateTime>,
+    next_daily: Option<OffsetDateTime>,
+    free_permits: usize,
+) -> StdDuration {
+    let deadline = deadline.filter(|at| *at > now || free_permits > 0);
+    deadline
+        .into_iter()
+        .chain(next_daily)
+        .min()
+        .map_or(MAX_SLEEP, |at| to_std(at - now).min(MAX_SLEEP))
 }
 
 fn to_std(d: Duration) -> StdDuration {
@@ -368,4 +388,28 @@ fn approaching(
         now,
         detail,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_past_deadline_waits_for_a_free_permit_instead_of_spinning() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let past = Some(now - Duration::seconds(5));
+        let soon = Some(now + Duration::seconds(30));
+        let daily = Some(now + Duration::hours(2));
+        // A permit is free: the due renewal is claimed at once.
+        assert_eq!(sleep_for(now, past, daily, 1), StdDuration::ZERO);
+        // None is free: the loop sleeps until the next daily check (or a wake-up).
+        assert_eq!(
+            sleep_for(now, past, daily, 0),
+            StdDuration::from_secs(2 * 3600).min(MAX_SLEEP)
+        );
+        assert_eq!(sleep_for(now, past, None, 0), MAX_SLEEP);
+        // A deadline still ahead counts whatever the permits.
+        assert_eq!(sleep_for(now, soon, daily, 0), StdDuration::from_secs(30));
+        assert_eq!(sleep_for(now, None, None, 3), MAX_SLEEP);
+    }
 }

@@ -171,7 +171,7 @@ async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let committed = store.committed();
+    let committed = store.events_committed();
     loop {
         // Register interest before reading, so an event committed between the read and the
         // wait still wakes us.

@@ -9,7 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::peers::{
-    AriProxy, Knot, Pebble, PebbleOptions, Unbound, dns_lookup, free_port, loopback, random_eab,
+    AriProxy, Knot, Nginx, Pebble, PebbleOptions, Unbound, dns_lookup, free_port, loopback,
+    random_eab,
 };
 use common::{Daemon, id, openssl};
 
@@ -189,6 +190,57 @@ fn http01_issues_a_public_certificate_that_chains_to_the_ca() {
 }
 
 #[test]
+fn http01_through_the_webroot_of_a_real_nginx() {
+    let knot = customer_zone(&["web.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    // nginx owns the port Pebble's VA connects to; certkeeper only writes files into its root.
+    let nginx = Nginx::start(pebble.http_port);
+    let config = format!(
+        "[[acme]]\nname = \"pebble\"\ndirectory = {:?}\ntrusted-roots = {:?}\n\n\
+         [validation.http]\nwebroot = {:?}\n",
+        pebble.directory_url,
+        pebble.tls_root_pem.display().to_string(),
+        nginx.root.display().to_string(),
+    );
+    let daemon = Daemon::start_with(Some(&config));
+
+    let requested = daemon.json(&[
+        "request",
+        "web.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]);
+    let cert = id(&requested);
+    let issued = wait_issued(&daemon, &cert);
+    assert_eq!(issued["current_version"], 1);
+
+    // The CA's validation went through nginx, for a file certkeeper wrote...
+    let requests = nginx.requests();
+    let challenge = requests
+        .iter()
+        .find(|line| line.contains("GET /.well-known/acme-challenge/") && line.contains("\" 200 "))
+        .unwrap_or_else(|| panic!("no challenge served by nginx: {requests:#?}"));
+    assert!(
+        challenge.contains("GET /.well-known/acme-challenge/"),
+        "{challenge}"
+    );
+    // ...and the file is gone once the order is over.
+    let dir = nginx.root.join(".well-known/acme-challenge");
+    wait_until(
+        Duration::from_secs(10),
+        "the challenge file removed",
+        || {
+            std::fs::read_dir(&dir)
+                .map(|entries| entries.count() == 0)
+                .unwrap_or(true)
+                .then_some(())
+        },
+    );
+}
+
+#[test]
 fn external_account_binding_is_required_by_the_ca_and_works_when_configured() {
     let knot = customer_zone(&["eab.customer.test"]);
     let (kid, key) = random_eab();
@@ -322,6 +374,21 @@ fn request_dns(daemon: &Daemon, names: &[&str]) -> serde_json::Value {
     args.extend_from_slice(names);
     args.extend_from_slice(&["--issuer", "pebble", "--validation", "dns"]);
     daemon.json(&args)
+}
+
+/// Creates the `_acme-challenge` CNAME a request asked for in Knot's `customer.test.` zone;
+/// returns its target.
+fn delegate_at_knot(knot: &Knot, requested: &serde_json::Value) -> String {
+    let record = &requested["validation_records"][0];
+    let (name, target) = (
+        record["Name"].as_str().unwrap(),
+        record["Value"].as_str().unwrap(),
+    );
+    knot.nsupdate(
+        "customer.test.",
+        &[&format!("update add {name} 60 CNAME {target}")],
+    );
+    target.to_owned()
 }
 
 /// Waits until `cert` is issued, tolerating failed attempts while its validation is pending
@@ -469,15 +536,7 @@ fn dns01_through_rfc2136_survives_a_restart_mid_order_and_a_flaky_ca() {
         "dns",
     ]);
     let cert = id(&records);
-    let record = &records["validation_records"][0];
-    let (name, target) = (
-        record["Name"].as_str().unwrap().to_owned(),
-        record["Value"].as_str().unwrap().to_owned(),
-    );
-    knot.nsupdate(
-        "customer.test.",
-        &[&format!("update add {name} 60 CNAME {target}")],
-    );
+    let target = delegate_at_knot(&knot, &records);
 
     // Killed once the order exists and its challenge is published at Knot.
     let label = target.trim_end_matches('.').to_owned();
@@ -501,6 +560,75 @@ fn dns01_through_rfc2136_survives_a_restart_mid_order_and_a_flaky_ca() {
     wait_until(Duration::from_secs(10), "the TXT withdrawn at Knot", || {
         knot.lookup(&label, "TXT").txt().is_empty().then_some(())
     });
+}
+
+/// What an operator writes for a DNS provider certkeeper has no publisher for: here the
+/// provider is Knot and its "API" is nsupdate.
+fn publisher_script(dir: &std::path::Path, knot: &Knot) -> std::path::PathBuf {
+    let script = dir.join("dns-api");
+    let calls = dir.join("calls.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             # certkeeper's command publisher: dns-api add|remove NAME VALUE\n\
+             set -eu\n\
+             case \"$1\" in\n\
+             \x20 add) line=\"update add $2 60 TXT \\\"$3\\\"\" ;;\n\
+             \x20 remove) line=\"update delete $2 TXT \\\"$3\\\"\" ;;\n\
+             \x20 *) echo \"unknown action $1\" >&2; exit 2 ;;\n\
+             esac\n\
+             printf 'server {ip} {port}\\nzone acme.test.\\n%s\\nsend\\n' \"$line\" \\\n\
+             \x20 | nsupdate -y {algorithm}:{key}:{secret} -t 10\n\
+             echo \"$1 $2 $3\" >> {calls:?}\n",
+            ip = knot.addr.ip(),
+            port = knot.addr.port(),
+            algorithm = common::peers::TSIG_ALGORITHM,
+            key = knot.tsig_name,
+            secret = knot.tsig_secret_b64,
+            calls = calls.display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn dns01_through_a_command_publisher() {
+    let knot = Knot::start(&["customer.test.", "acme.test."]);
+    let unbound = Unbound::start(&[("customer.test.", knot.addr), ("acme.test.", knot.addr)]);
+    let pebble = Pebble::start(PebbleOptions::new(unbound.addr));
+    let scripts = tempfile::tempdir().unwrap();
+    let script = publisher_script(scripts.path(), &knot);
+    let publisher = format!(
+        "publisher = \"command\"\ncommand = [{:?}]\n",
+        script.display().to_string()
+    );
+    let daemon = Daemon::start_with(Some(&dns_config(&pebble, unbound.addr, &publisher)));
+
+    let records = request_dns(&daemon, &["mail.customer.test"]);
+    let cert = id(&records);
+    let target = delegate_at_knot(&knot, &records);
+    let issued = wait_issued_after_retries(&daemon, &cert, Duration::from_secs(120));
+    assert_eq!(issued["current_version"], 1);
+    assert!(san_text(&daemon, &cert).contains("DNS:mail.customer.test"));
+
+    // The script was called to add the record at the CNAME's target, then to remove it.
+    let calls_path = scripts.path().join("calls.log");
+    let label = target.trim_end_matches('.');
+    wait_until(Duration::from_secs(10), "the TXT withdrawn at Knot", || {
+        knot.lookup(label, "TXT").txt().is_empty().then_some(())
+    });
+    let calls = std::fs::read_to_string(&calls_path).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with(&format!("add {label}. ")), "{calls:?}");
+    assert!(
+        calls[1].starts_with(&format!("remove {label}. ")),
+        "{calls:?}"
+    );
+    assert_eq!(calls[0][4..], calls[1][7..], "the same record: {calls:?}");
 }
 
 #[test]

@@ -15,6 +15,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+/// Whether `token` is what RFC 8555 §8.3 allows (base64url, no padding): safe as a file name
+/// and as a URL path segment.
+pub fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Where HTTP-01 key authorizations go while an order is being validated.
 #[derive(Clone)]
 pub enum Tokens {
@@ -94,5 +104,27 @@ async fn challenge(State(tokens): State<Tokens>, Path(token): Path<String>) -> R
             ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
         }
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_base64url_tokens_reach_the_webroot() {
+        assert!(is_token("evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"));
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "a/b",
+            "a.b",
+            "tok en",
+            "abc=",
+            "%2e%2e",
+        ] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
+        assert!(!is_token(&"a".repeat(257)));
     }
 }

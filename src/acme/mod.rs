@@ -625,7 +625,7 @@ impl Acme {
                     published.extend(solver.left_over(&base, &challenge));
                     continue;
                 }
-                let item = solver.publish(&base, &challenge).await?;
+                let item = solver.publish(&issuer.name, &base, &challenge).await?;
                 published.push(item);
                 challenge.set_ready().await.map_err(protocol)?;
             }
@@ -835,12 +835,24 @@ impl Solver {
     /// to withdraw afterwards.
     async fn publish(
         &self,
+        issuer: &str,
         base: &str,
         challenge: &instant_acme::ChallengeHandle<'_>,
     ) -> Result<Published, AcmeError> {
         let key_authorization = challenge.key_authorization();
         match self {
             Solver::Http(tokens) => {
+                // The token becomes a file name under a webroot: nothing but base64url.
+                if !http::is_token(&challenge.token) {
+                    return Err(AcmeError::Validation {
+                        issuer: issuer.to_owned(),
+                        identifier: base.to_owned(),
+                        detail: format!(
+                            "the CA sent an HTTP-01 token that is not base64url: {:?}",
+                            challenge.token
+                        ),
+                    });
+                }
                 tokens.insert(&challenge.token, key_authorization.as_str());
                 Ok(Published::Token(challenge.token.clone()))
             }

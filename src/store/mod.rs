@@ -296,7 +296,7 @@ pub struct Store {
     writer: mpsc::Sender<Job>,
     keyring: Arc<Keyring>,
     /// Notified after every commit (new events may be waiting for delivery).
-    committed: Arc<tokio::sync::Notify>,
+    events_committed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -311,13 +311,13 @@ impl Store {
         let (db, conn) = tokio::task::spawn_blocking(move || sqlite::Db::open(&path, synchronous))
             .await
             .map_err(|e| StoreError::Invalid(format!("open task failed: {e}")))??;
-        let committed = Arc::new(tokio::sync::Notify::new());
-        let writer = writer::spawn(conn, committed.clone())?;
+        let events_committed = Arc::new(tokio::sync::Notify::new());
+        let writer = writer::spawn(conn, events_committed.clone())?;
         Ok(Store {
             db,
             writer,
             keyring: Arc::new(keyring),
-            committed,
+            events_committed,
         })
     }
 
@@ -851,9 +851,10 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Notified after every commit; event sinks wait on it instead of polling.
-    pub fn committed(&self) -> Arc<tokio::sync::Notify> {
-        self.committed.clone()
+    /// Notified after each commit that inserted events; event sinks wait on it instead of
+    /// polling.
+    pub fn events_committed(&self) -> Arc<tokio::sync::Notify> {
+        self.events_committed.clone()
     }
 
     pub async fn sink_cursor(&self, sink: &str) -> Result<Option<i64>, StoreError> {

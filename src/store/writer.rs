@@ -12,8 +12,10 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::hooks::Action;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use time::OffsetDateTime;
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -205,12 +207,23 @@ impl Job {
 }
 
 /// Starts the writer thread on `conn`. It ends when every sender (every `Store` clone) is gone.
-/// `committed` is notified after every commit, so event sinks wake up for new events.
+/// `events_committed` is notified after a commit that inserted events, so event sinks wake up
+/// for them (and only for them: most commits carry none).
 pub(super) fn spawn(
     mut conn: Connection,
-    committed: Arc<Notify>,
+    events_committed: Arc<Notify>,
 ) -> Result<mpsc::Sender<Job>, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    // Set by SQLite for every row inserted into `events`, whatever statement did it. A job
+    // rolled back to its savepoint may leave it set: a sink then looks and finds nothing new.
+    let inserted = Arc::new(AtomicBool::new(false));
+    let flag = inserted.clone();
+    conn.update_hook(Some(move |action, _db: &str, table: &str, _row| {
+        if action == Action::SQLITE_INSERT && table == "events" {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }))
+    .map_err(StoreError::from)?;
     std::thread::Builder::new()
         .name("certkeeper-store".into())
         .spawn(move || {
@@ -223,16 +236,19 @@ pub(super) fn spawn(
                         Err(_) => break,
                     }
                 }
-                commit_batch(&mut conn, &mut batch);
-                committed.notify_waiters();
+                inserted.store(false, Ordering::Relaxed);
+                if commit_batch(&mut conn, &mut batch) && inserted.load(Ordering::Relaxed) {
+                    events_committed.notify_waiters();
+                }
             }
         })
         .map_err(|e| StoreError::Invalid(format!("cannot start the store writer: {e}")))?;
     Ok(tx)
 }
 
-/// Runs `batch` in one transaction and answers every job. Empties `batch`.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+/// Runs `batch` in one transaction and answers every job. Empties `batch`. Returns whether
+/// the transaction committed.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) -> bool {
     let single = batch.len() == 1;
     let mut answers: Vec<(Reply, Result<Answer, StoreError>)> = Vec::with_capacity(batch.len());
     let outcome = (|| -> rusqlite::Result<()> {
@@ -267,6 +283,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
             for (reply, result) in answers {
                 let _ = reply.send(result);
             }
+            true
         }
         Err(err) => {
             // Nothing in this batch is durable: every caller hears so, including those whose own
@@ -279,6 +296,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
             for job in batch.drain(..) {
                 let _ = job.reply().send(fail());
             }
+            false
         }
     }
 }

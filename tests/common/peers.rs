@@ -1,6 +1,6 @@
 //! Real peers for ACME tests: Pebble (Let's Encrypt's test CA), Knot (authoritative DNS with
-//! RFC 2136 updates and TSIG) and unbound (a recursive resolver that follows CNAMEs across
-//! zones, as Let's Encrypt's does). Each runs from its Debian package (`tests/peers/install.sh`)
+//! RFC 2136 updates and TSIG), unbound (a recursive resolver that follows CNAMEs across
+//! zones, as Let's Encrypt's does) and nginx (a web server whose root takes HTTP-01 files). Each runs from its Debian package (`tests/peers/install.sh`)
 //! in its own temp dir, on free 127.0.0.1 ports, with its output in a log file there.
 //!
 //! `start` waits until the peer answers (30 s at most) and panics with the tail of the peer's
@@ -470,6 +470,87 @@ impl Knot {
 
 // ---------------------------------------------------------------------------------------------
 // unbound
+
+/// A running nginx serving a document root over plain HTTP on `127.0.0.1:port`: the web server
+/// an HTTP-01 webroot belongs to. Its access log records every request.
+pub struct Nginx {
+    pub port: u16,
+    pub root: PathBuf,
+    pub access_log: PathBuf,
+    process: Running,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts `nginx -p DIR -c DIR/nginx.conf` in the foreground (`daemon off`, per PEERS.md)
+    /// serving `DIR/www` on `port`. Workers run as root so they can read a root inside a 0700
+    /// temp dir.
+    pub fn start(port: u16) -> Nginx {
+        let dir = tempfile::Builder::new()
+            .prefix("nginx-")
+            .tempdir()
+            .expect("tempdir");
+        let prefix = dir.path();
+        let root = prefix.join("www");
+        std::fs::create_dir(&root).expect("webroot");
+        let access_log = prefix.join("access.log");
+        let config = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n\
+             pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {access};\n  client_body_temp_path {prefix}/tmp;\n\
+             \x20 default_type application/octet-stream;\n\
+             \x20 server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+            prefix = prefix.display(),
+            access = access_log.display(),
+            root = root.display(),
+        );
+        let config_path = prefix.join("nginx.conf");
+        std::fs::write(&config_path, config).expect("write nginx.conf");
+        let log = prefix.join("error.log");
+        let mut cmd = Command::new(program("nginx"));
+        cmd.arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-e")
+            .arg(&log);
+        let mut process = Running::spawn("nginx", cmd, log);
+        process.wait_ready(|| tcp_answers(loopback(port)));
+        Nginx {
+            port,
+            root,
+            access_log,
+            process,
+            _dir: dir,
+        }
+    }
+
+    /// The requests nginx logged so far, one line each.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM first: the master stops its workers (SIGKILL, from `Running`, would leave the
+    /// worker serving the port). SIGKILL follows if it has not exited within 5 s.
+    fn drop(&mut self) {
+        let pid = self.process.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.process.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 /// A running unbound (recursive resolver) on `127.0.0.1:port`, UDP and TCP, resolving only
 /// its stub zones (no cache: every query goes to the authoritative servers).

@@ -18,6 +18,7 @@ declare -A needed=(
   [unbound]=unbound
   [lego]=lego
   [curl]=curl
+  [nginx]=nginx-light
 )
 
 missing=()
