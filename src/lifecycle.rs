@@ -26,7 +26,7 @@ use crate::inventory::Inventory;
 use crate::model::{Certificate, CertificateId, Event, Status, rfc3339};
 use crate::policy;
 use crate::schedule::Schedule;
-use crate::store::{ExpiryCandidate, RenewalFailure};
+use crate::store::{Deadlines, ExpiryCandidate, RenewalFailure};
 
 /// How long a claimed renewal may take before it is considered abandoned and retried.
 const LEASE: Duration = Duration::minutes(15);
@@ -83,16 +83,19 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
         }
         start_due_renewals(&inventory, &permits, &renewals, &wake, now).await;
 
-        let deadline = match inventory.store().next_deadline().await {
-            Ok(deadline) => deadline,
+        let deadlines = match inventory.store().next_deadline().await {
+            Ok(deadlines) => deadlines,
             Err(err) => {
                 warn!(error = %err, "reading the next deadline failed; retrying in a minute");
-                Some(now + Duration::minutes(1))
+                Deadlines {
+                    action: Some(now + Duration::minutes(1)),
+                    expiry: None,
+                }
             }
         };
         let sleep = sleep_for(
             OffsetDateTime::now_utc(),
-            deadline,
+            deadlines,
             next_daily,
             permits.available_permits(),
         );
@@ -110,19 +113,20 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
     renewals.wait().await;
 }
 
-/// How long the loop sleeps: until the earliest deadline or daily check, at most
-/// [`MAX_SLEEP`]. With no permit free, a deadline already past is not one: that renewal can
+/// How long the loop sleeps: until the earliest action, expiry or daily check, at most
+/// [`MAX_SLEEP`]. With no permit free, an action already past is not one: that renewal can
 /// only wait for a running one to finish (which wakes the loop), and going round again for it
-/// would spin.
+/// would spin. Expiries never wait for permits.
 fn sleep_for(
     now: OffsetDateTime,
-    deadline: Option<OffsetDateTime>,
+    deadlines: Deadlines,
     next_daily: Option<OffsetDateTime>,
     free_permits: usize,
 ) -> StdDuration {
-    let deadline = deadline.filter(|at| *at > now || free_permits > 0);
-    deadline
+    let action = deadlines.action.filter(|at| *at > now || free_permits > 0);
+    action
         .into_iter()
+        .chain(deadlines.expiry)
         .chain(next_daily)
         .min()
         .map_or(MAX_SLEEP, |at| to_std(at - now).min(MAX_SLEEP))
@@ -159,12 +163,29 @@ async fn start_due_renewals(
         };
         let (inventory, wake) = (inventory.clone(), wake.clone());
         renewals.spawn(async move {
+            // Whatever happens to the renewal (even a panic), the permit comes back and the
+            // loop is woken to look at the changed deadlines.
+            let _done = Done {
+                permit: Some(permit),
+                wake,
+            };
             let span = tracing::info_span!("renewal", cert = %id);
             renew_one(&inventory, &id).instrument(span).await;
-            drop(permit);
-            // A permit is free again and the deadlines changed: let the loop look.
-            wake.notify_one();
         });
+    }
+}
+
+/// Held by a running renewal: when it ends, its permit is released and the loop is woken.
+struct Done {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        // The permit goes back first, so the woken loop finds it free.
+        drop(self.permit.take());
+        self.wake.notify_one();
     }
 }
 
@@ -397,19 +418,36 @@ mod tests {
     #[test]
     fn a_past_deadline_waits_for_a_free_permit_instead_of_spinning() {
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
-        let past = Some(now - Duration::seconds(5));
-        let soon = Some(now + Duration::seconds(30));
-        let daily = Some(now + Duration::hours(2));
+        let at = |secs: i64| Some(now + Duration::seconds(secs));
+        let actions = |action| Deadlines {
+            action,
+            expiry: None,
+        };
+        let daily = at(2 * 3600);
         // A permit is free: the due renewal is claimed at once.
-        assert_eq!(sleep_for(now, past, daily, 1), StdDuration::ZERO);
+        assert_eq!(sleep_for(now, actions(at(-5)), daily, 1), StdDuration::ZERO);
         // None is free: the loop sleeps until the next daily check (or a wake-up).
         assert_eq!(
-            sleep_for(now, past, daily, 0),
+            sleep_for(now, actions(at(-5)), daily, 0),
             StdDuration::from_secs(2 * 3600).min(MAX_SLEEP)
         );
-        assert_eq!(sleep_for(now, past, None, 0), MAX_SLEEP);
+        assert_eq!(sleep_for(now, actions(at(-5)), None, 0), MAX_SLEEP);
         // A deadline still ahead counts whatever the permits.
-        assert_eq!(sleep_for(now, soon, daily, 0), StdDuration::from_secs(30));
-        assert_eq!(sleep_for(now, None, None, 3), MAX_SLEEP);
+        assert_eq!(
+            sleep_for(now, actions(at(30)), daily, 0),
+            StdDuration::from_secs(30)
+        );
+        assert_eq!(sleep_for(now, Deadlines::default(), None, 3), MAX_SLEEP);
+        // An expiry never waits for a permit, even behind a past action.
+        let both = Deadlines {
+            action: at(-5),
+            expiry: at(40),
+        };
+        assert_eq!(sleep_for(now, both, daily, 0), StdDuration::from_secs(40));
+        let expired = Deadlines {
+            action: at(-5),
+            expiry: at(-1),
+        };
+        assert_eq!(sleep_for(now, expired, daily, 0), StdDuration::ZERO);
     }
 }

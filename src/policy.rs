@@ -190,10 +190,6 @@ pub fn retry(
     }
 }
 
-/// When a certificate waiting for validation (its first issuance) looks again after the
-/// `attempts`-th miss: 15 s, doubling, at most every 15 minutes. Someone is creating a DNS
-/// record; it should be noticed soon after it appears, without hammering the resolver or the
-/// CA for the 72 hours a validation may take.
 /// The retry time for a server that asked to wait until `until`: then, plus a jitter of up to
 /// a tenth of the wait (at most 5 minutes), spread by certificate id.
 pub fn after_retry_after(id: &str, now: OffsetDateTime, until: OffsetDateTime) -> OffsetDateTime {
@@ -208,6 +204,10 @@ pub fn after_retry_after(id: &str, now: OffsetDateTime, until: OffsetDateTime) -
     until.max(now) + Duration::milliseconds(jitter as i64)
 }
 
+/// When a certificate waiting for validation (its first issuance) looks again after the
+/// `attempts`-th miss: 15 s, doubling, at most every 15 minutes. Someone is creating a DNS
+/// record; it should be noticed soon after it appears, without hammering the resolver or the
+/// CA for the 72 hours a validation may take.
 pub fn validation_retry(attempts: u32, failed_at: OffsetDateTime) -> OffsetDateTime {
     let exponent = attempts.saturating_sub(1).min(20);
     let delay = (Duration::seconds(15) * 2_i32.pow(exponent)).min(Duration::minutes(15));

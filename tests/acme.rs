@@ -632,6 +632,78 @@ fn dns01_through_a_command_publisher() {
 }
 
 #[test]
+fn a_validation_the_ca_fails_is_withdrawn_kept_as_the_reason_and_retried() {
+    // certkeeper publishes into Knot A's `acme.test.`, but the resolver Pebble validates
+    // through sends `acme.test.` to Knot B, which never gets the record: the CNAME is right
+    // (certkeeper's check passes), the CA finds no TXT and fails the challenge.
+    let knot = Knot::start(&["customer.test.", "acme.test."]);
+    let elsewhere = Knot::start(&["acme.test."]);
+    let unbound = Unbound::start(&[
+        ("customer.test.", knot.addr),
+        ("acme.test.", elsewhere.addr),
+    ]);
+    let pebble = Pebble::start(PebbleOptions::new(unbound.addr));
+    let publisher = format!(
+        "publisher = \"rfc2136\"\nserver = \"{}\"\nkey-name = \"{}\"\nkey-file = {:?}\n",
+        knot.addr,
+        knot.tsig_name,
+        knot.tsig_key_file.display().to_string()
+    );
+    let daemon = Daemon::start_with(Some(&dns_config(&pebble, unbound.addr, &publisher)));
+    // The delegation is in place before the request, so the first attempt orders.
+    let target = format!(
+        "{}.acme.test.",
+        certkeeper::acme::label("shop.customer.test")
+    );
+    knot.nsupdate(
+        "customer.test.",
+        &[&format!(
+            "update add _acme-challenge.shop.customer.test. 60 CNAME {target}"
+        )],
+    );
+    let cert = id(&request_dns(&daemon, &["shop.customer.test"]));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let c = daemon.json(&["describe", &cert]);
+        let reason = c["renewal"]["reason"].as_str().unwrap_or_default();
+        if !reason.is_empty() {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed order after 60 s: {c:#}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The CA's own problem document, not a paraphrase.
+    let reason = failed["renewal"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("urn:ietf:params:acme:error:unauthorized")
+            && reason.contains("TXT")
+            && reason.contains("_acme-challenge.shop.customer.test"),
+        "{reason}"
+    );
+    assert_eq!(failed["renewal"]["status"], "failed");
+    assert_eq!(failed["status"], "pending-validation");
+    assert_eq!(failed["renewal"]["failures"], 1, "{failed:#}");
+    // Retried later by the scheduler, not at once.
+    let next = failed["next_renewal_at"].as_str().unwrap();
+    assert!(
+        next > failed["renewal"]["failed_at"].as_str().unwrap(),
+        "{failed:#}"
+    );
+    // The record certkeeper published at Knot A was withdrawn after the failure.
+    let label = target.trim_end_matches('.');
+    wait_until(Duration::from_secs(10), "the TXT withdrawn at Knot", || {
+        knot.lookup(label, "TXT").txt().is_empty().then_some(())
+    });
+    let log = daemon.log_text();
+    assert!(log.contains("ACME order failed"), "{log}");
+}
+
+#[test]
 fn dns01_gives_up_after_the_validation_timeout() {
     let knot = Knot::start(&["customer.test."]);
     let embedded = loopback(free_port());
@@ -949,6 +1021,43 @@ fn account_contact_follows_the_config_and_its_key_can_be_rolled_over() {
         account["contact"],
         serde_json::json!(["mailto:security@customer.test"])
     );
+}
+
+#[test]
+fn an_order_finalized_before_a_failure_is_taken_up_again_not_ordered_anew() {
+    let knot = customer_zone(&["late.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    // The CA finalizes the order, then fails the certificate download once (503). (Its ARI
+    // window is far ahead, so the new certificate is not renewed at once.)
+    proxy.control(serde_json::json!({"fail_downloads": 1, "windows": [[86400, 172800]]}));
+    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "late.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    let issued = wait_issued_after_retries(&daemon, &cert, Duration::from_secs(90));
+    assert_eq!(issued["current_version"], 1);
+
+    let seen = proxy.seen();
+    let orders = seen.iter().filter(|e| e.get("new-order").is_some()).count();
+    assert_eq!(
+        orders, 1,
+        "the finalized order was fetched, not replaced: {seen:#?}"
+    );
+    let downloads: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|e| e.get("certificate-download").is_some())
+        .collect();
+    assert_eq!(downloads.len(), 2, "{seen:#?}");
+    assert_eq!(downloads[0]["status"], 503);
+    assert!(downloads[1]["status"].is_null(), "{seen:#?}");
+    let log = daemon.log_text();
+    assert!(log.contains("resuming the ACME order in flight"), "{log}");
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! the CA asks to be left alone.
 //!
 //! A 429 (rate limited) or 5xx answer carrying Retry-After sets a per-issuer "not before"
-//! time. Until then certkeeper sends that issuer nothing new (orders and renewal-information
-//! checks fail at once with [`super::AcmeError::RateLimited`]), and the scheduler retries no
-//! sooner than that, plus jitter. instant-acme already honours Retry-After while polling an
+//! time (for a 429, at most five minutes ahead). Until then certkeeper sends that issuer
+//! nothing new (orders and renewal-information checks fail at once with
+//! [`super::AcmeError::RateLimited`]); the certificate whose attempt got the answer is retried
+//! no sooner than the whole Retry-After, plus jitter. instant-acme already honours Retry-After while polling an
 //! order and retries badNonce by itself.
 
 use std::future::Future;
@@ -20,26 +21,64 @@ use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 
 /// When the CA said to come back; shared by the client and the issuer that owns it.
+///
+/// Two readings of one Retry-After: the *block* stops all traffic to the CA (a 5xx says the CA
+/// is in trouble; a 429 may be about one name or one account, so it blocks everything for at
+/// most [`MAX_BLOCK_ON_429`]), and the *advice* is the whole wait, for the attempt that got it
+/// (its certificate is retried no sooner).
 #[derive(Clone, Debug, Default)]
-pub struct Backoff(Arc<Mutex<Option<SystemTime>>>);
+pub struct Backoff(Arc<Mutex<State>>);
+
+#[derive(Debug, Default)]
+struct State {
+    block: Option<SystemTime>,
+    /// (until, when it was received)
+    advice: Option<(SystemTime, SystemTime)>,
+}
 
 impl Backoff {
-    /// The time the CA asked to wait for, if it is still ahead.
-    pub fn until(&self) -> Option<SystemTime> {
-        let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        slot.filter(|t| *t > SystemTime::now())
+    /// Until when nothing new goes to the CA, if that is still ahead.
+    pub fn blocked_until(&self) -> Option<SystemTime> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.block.filter(|t| *t > SystemTime::now())
     }
 
-    fn push(&self, until: SystemTime) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none_or(|t| t < until) {
-            *slot = Some(until);
+    /// The wait the CA asked for in an answer received at or after `since`, if still ahead.
+    pub fn advice_since(&self, since: SystemTime) -> Option<SystemTime> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .advice
+            .filter(|(until, received)| *received >= since && *until > SystemTime::now())
+            .map(|(until, _)| until)
+    }
+
+    fn push(&self, status: StatusCode, wait: Duration) {
+        let now = SystemTime::now();
+        let wait = wait.min(MAX_BACKOFF);
+        let block = if status == StatusCode::TOO_MANY_REQUESTS {
+            wait.min(MAX_BLOCK_ON_429)
+        } else {
+            wait
+        };
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let block = now + block;
+        if state.block.is_none_or(|t| t < block) {
+            state.block = Some(block);
         }
+        state.advice = Some((now + wait, now));
     }
 }
 
+/// How long one request may wait for the CA's answer (its headers).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The CA's Retry-After is followed up to this long; a longer one is treated as this.
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// How long one 429 stops traffic for every certificate of the issuer. Let's Encrypt's limits
+/// are mostly per name or per account action: one certificate's long wait must not hold back
+/// the others' renewals for hours.
+const MAX_BLOCK_ON_429: Duration = Duration::from_secs(5 * 60);
 
 struct Client {
     inner: Box<dyn HttpClient>,
@@ -87,12 +126,19 @@ impl HttpClient for Client {
         let response = self.inner.request(req);
         let backoff = self.backoff.clone();
         Box::pin(async move {
-            let response = response.await?;
+            // A CA that never answers must not hold an order (and its renewal permit) forever.
+            let response = tokio::time::timeout(REQUEST_TIMEOUT, response)
+                .await
+                .map_err(|_| {
+                    instant_acme::Error::Other(
+                        format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()).into(),
+                    )
+                })??;
             let status = response.parts.status;
             if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
                 && let Some(wait) = retry_after(&response.parts.headers)
             {
-                backoff.push(SystemTime::now() + wait.min(MAX_BACKOFF));
+                backoff.push(status, wait);
             }
             Ok(response)
         })
@@ -150,15 +196,36 @@ mod tests {
     }
 
     #[test]
-    fn backoff_keeps_the_latest_time_and_forgets_past_ones() {
+    fn a_429_blocks_the_issuer_briefly_and_advises_its_whole_wait() {
         let backoff = Backoff::default();
-        assert_eq!(backoff.until(), None);
-        let later = SystemTime::now() + Duration::from_secs(60);
-        backoff.push(later);
-        backoff.push(SystemTime::now() + Duration::from_secs(5));
-        assert_eq!(backoff.until(), Some(later));
+        let start = SystemTime::now();
+        assert_eq!(backoff.blocked_until(), None);
+        backoff.push(StatusCode::TOO_MANY_REQUESTS, Duration::from_secs(3 * 3600));
+        let block = backoff.blocked_until().unwrap();
+        assert!(block <= SystemTime::now() + MAX_BLOCK_ON_429, "{block:?}");
+        let advice = backoff.advice_since(start).unwrap();
+        assert!(
+            advice >= start + Duration::from_secs(3 * 3600 - 5),
+            "{advice:?}"
+        );
+        // An attempt that began after the answer was not told to wait.
+        assert_eq!(
+            backoff.advice_since(SystemTime::now() + Duration::from_secs(1)),
+            None
+        );
+        // A 5xx blocks for its whole wait; a shorter later one does not shorten the block.
+        let busy = Backoff::default();
+        busy.push(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(600));
+        busy.push(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5));
+        assert!(busy.blocked_until().unwrap() > SystemTime::now() + Duration::from_secs(590));
+        // Waits are capped at a day; a past one is forgotten.
+        let long = Backoff::default();
+        long.push(StatusCode::BAD_GATEWAY, Duration::from_secs(10 * 24 * 3600));
+        assert!(long.blocked_until().unwrap() <= SystemTime::now() + MAX_BACKOFF);
         let past = Backoff::default();
-        past.push(SystemTime::now() - Duration::from_secs(1));
-        assert_eq!(past.until(), None);
+        past.push(StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(past.blocked_until(), None);
+        assert_eq!(past.advice_since(start), None);
     }
 }

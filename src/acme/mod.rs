@@ -23,11 +23,11 @@ pub mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
-    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeStatus,
+    ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Semaphore};
@@ -106,19 +106,23 @@ impl AcmeError {
 }
 
 /// Whether `err` says nothing about the order itself: a lost connection, a nonce the CA
-/// refused once too often, the CA busy or broken for a moment.
+/// refused once too often, the CA busy or broken for a moment (a 5xx problem, or a body that
+/// is not JSON at all, as a proxy's error page is).
 fn transient(err: &instant_acme::Error) -> bool {
     match err {
-        instant_acme::Error::Api(problem) => matches!(
-            problem.r#type.as_deref(),
-            Some(
-                "urn:ietf:params:acme:error:badNonce"
-                    | "urn:ietf:params:acme:error:rateLimited"
-                    | "urn:ietf:params:acme:error:serverInternal"
-            )
-        ),
+        instant_acme::Error::Api(problem) => {
+            matches!(
+                problem.r#type.as_deref(),
+                Some(
+                    "urn:ietf:params:acme:error:badNonce"
+                        | "urn:ietf:params:acme:error:rateLimited"
+                        | "urn:ietf:params:acme:error:serverInternal"
+                )
+            ) || problem.status.is_some_and(|status| status >= 500)
+        }
         instant_acme::Error::Http(_)
         | instant_acme::Error::Hyper(_)
+        | instant_acme::Error::Json(_)
         | instant_acme::Error::Timeout(_)
         | instant_acme::Error::Other(_) => true,
         _ => false,
@@ -212,7 +216,7 @@ struct IssuerRuntime {
 impl IssuerRuntime {
     /// Fails at once while the CA's Retry-After holds, without contacting it.
     fn check_backoff(&self) -> Result<(), AcmeError> {
-        match self.backoff.until() {
+        match self.backoff.blocked_until() {
             Some(until) => Err(AcmeError::RateLimited {
                 issuer: self.config.name.clone(),
                 until: until.into(),
@@ -222,9 +226,10 @@ impl IssuerRuntime {
         }
     }
 
-    /// An error that came with (or after) a Retry-After becomes a [`AcmeError::RateLimited`].
-    fn with_backoff(&self, err: AcmeError) -> AcmeError {
-        match (self.backoff.until(), &err) {
+    /// An error of an attempt begun at `started` that got a Retry-After becomes a
+    /// [`AcmeError::RateLimited`] until then.
+    fn with_backoff(&self, err: AcmeError, started: SystemTime) -> AcmeError {
+        match (self.backoff.advice_since(started), &err) {
             (
                 Some(until),
                 AcmeError::Protocol { .. } | AcmeError::Validation { .. } | AcmeError::Order { .. },
@@ -467,16 +472,20 @@ impl Acme {
             .get(issuer)
             .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
         runtime.check_backoff()?;
+        let started = SystemTime::now();
         let account = self.account(runtime).await?;
         let id = certificate_id(cert_pem)?;
         let (info, retry_after) = match account.renewal_info(&id).await {
             Ok(answer) => answer,
             Err(instant_acme::Error::Unsupported(_)) => return Ok(None),
             Err(source) => {
-                return Err(runtime.with_backoff(AcmeError::Protocol {
-                    issuer: issuer.to_owned(),
-                    source,
-                }));
+                return Err(runtime.with_backoff(
+                    AcmeError::Protocol {
+                        issuer: issuer.to_owned(),
+                        source,
+                    },
+                    started,
+                ));
             }
         };
         let now = OffsetDateTime::now_utc();
@@ -541,23 +550,33 @@ impl Acme {
             }
             (other, _, _) => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
         };
+        let started = SystemTime::now();
         let account = self.account(runtime).await?;
         let mut published = Vec::new();
         let replaces = replacing.map(certificate_id).transpose()?;
         let result = self
             .run_order(runtime, &account, cert, replaces, &solver, &mut published)
             .await;
-        // The order's outcome does not wait for the cleanup: an authoritative server can take
-        // a while to apply an update (Knot took half a second in the benchmark).
-        if !published.is_empty() {
-            let solver = solver.clone();
-            self.cleanup.spawn(async move {
-                for item in published {
-                    solver.withdraw(item).await;
-                }
-            });
+        if result.is_ok() {
+            // An issued certificate does not wait for the cleanup: an authoritative server can
+            // take a while to apply an update (Knot took half a second in the benchmark). No
+            // later order publishes these values again (new order, new tokens).
+            if !published.is_empty() {
+                let solver = solver.clone();
+                self.cleanup.spawn(async move {
+                    for item in published {
+                        solver.withdraw(item).await;
+                    }
+                });
+            }
+        } else {
+            // A kept order publishes the same values when it is taken up again: withdraw now,
+            // so a late withdrawal cannot remove the next attempt's record.
+            for item in published {
+                solver.withdraw(item).await;
+            }
         }
-        let result = result.map_err(|err| runtime.with_backoff(err));
+        let result = result.map_err(|err| runtime.with_backoff(err, started));
         if let Err(err) = &result {
             warn!(cert = %cert.id, error = %err, "ACME order failed");
             // A failed order is not resumed: the next attempt starts a fresh one. After a
@@ -622,29 +641,51 @@ impl Acme {
                     });
                 };
                 if status == AuthorizationStatus::Valid {
-                    published.extend(solver.left_over(&base, &challenge));
+                    // Valid in a fresh order means reused from elsewhere: nothing of ours.
+                    if resumed {
+                        published.extend(solver.left_over(&base, &challenge));
+                    }
                     continue;
                 }
                 let item = solver.publish(&issuer.name, &base, &challenge).await?;
                 published.push(item);
-                challenge.set_ready().await.map_err(protocol)?;
+                // A resumed order's challenge may be with the CA already; asking again could
+                // be refused.
+                if challenge.status == ChallengeStatus::Pending {
+                    challenge.set_ready().await.map_err(protocol)?;
+                }
             }
         }
 
-        debug!(cert = %cert.id, "challenges answered");
-        let status = order.poll_ready(&POLL).await.map_err(protocol)?;
-        if status != OrderStatus::Ready && status != OrderStatus::Valid {
-            return Err(order_failure(issuer, &mut order, status).await);
-        }
-        if status == OrderStatus::Ready {
-            debug!(cert = %cert.id, "order ready; finalizing");
-            let csr = csr_der(&key, &cert.domains)?;
-            order.finalize_csr(&csr).await.map_err(protocol)?;
+        // Where the order stands decides the next step: a resumed order may be past
+        // validation (ready) or already finalized (processing, valid).
+        let status = match order.state().status {
+            OrderStatus::Pending => {
+                debug!(cert = %cert.id, "challenges answered");
+                order.poll_ready(&POLL).await.map_err(protocol)?
+            }
+            other => other,
+        };
+        match status {
+            OrderStatus::Ready => {
+                debug!(cert = %cert.id, "order ready; finalizing");
+                let csr = csr_der(&key, &cert.domains)?;
+                order.finalize_csr(&csr).await.map_err(protocol)?;
+            }
+            OrderStatus::Processing | OrderStatus::Valid => {
+                debug!(cert = %cert.id, ?status, "order finalized before; fetching the certificate");
+            }
+            other => return Err(order_failure(issuer, &mut order, other).await),
         }
         // A CA that issues while answering the finalize request needs no poll.
-        let chain = match order.certificate().await.map_err(protocol)? {
-            Some(chain) => chain,
-            None => order.poll_certificate(&POLL).await.map_err(protocol)?,
+        let chain = match order.state().status {
+            OrderStatus::Processing | OrderStatus::Valid => {
+                match order.certificate().await.map_err(protocol)? {
+                    Some(chain) => chain,
+                    None => order.poll_certificate(&POLL).await.map_err(protocol)?,
+                }
+            }
+            _ => order.poll_certificate(&POLL).await.map_err(protocol)?,
         };
         let issued = split_chain(&chain, key)?;
         info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.serial, "ACME certificate issued");
@@ -682,6 +723,8 @@ impl Acme {
                     info!(cert = %cert.id, order = %url, error = %err, "stored ACME order unusable; starting another")
                 }
             }
+            // That answer may have come with a Retry-After.
+            runtime.check_backoff()?;
         }
         let identifiers: Vec<Identifier> = cert
             .domains
@@ -865,14 +908,17 @@ impl Solver {
     }
 
     /// What an interrupted run may have published for a challenge the CA has since
-    /// validated. HTTP tokens lived in that run's memory and went with it.
+    /// validated: a TXT record, or a file under a webroot (in-memory tokens went with that
+    /// run; removing one that is not there is harmless).
     fn left_over(
         &self,
         base: &str,
         challenge: &instant_acme::ChallengeHandle<'_>,
     ) -> Option<Published> {
         match self {
-            Solver::Http(_) => None,
+            Solver::Http(_) => {
+                http::is_token(&challenge.token).then(|| Published::Token(challenge.token.clone()))
+            }
             Solver::Dns(validator) => {
                 let (name, value) = txt_record(validator, base, challenge);
                 Some(Published::Txt { name, value })
@@ -1075,6 +1121,15 @@ mod tests {
             assert!(!transient(&problem(kind)), "{kind}");
         }
         assert!(transient(&instant_acme::Error::Timeout(None)));
+        let json = serde_json::from_str::<serde_json::Value>("<html>").unwrap_err();
+        assert!(
+            transient(&instant_acme::Error::Json(json)),
+            "a proxy's error page"
+        );
+        let gateway = r#"{"type":"about:blank","detail":"x","status":503}"#;
+        assert!(transient(&instant_acme::Error::Api(
+            serde_json::from_str(gateway).unwrap()
+        )));
         assert!(!transient(&instant_acme::Error::Crypto));
 
         let protocol = |source| AcmeError::Protocol {

@@ -290,6 +290,14 @@ pub struct Revocation {
 /// How many sealed records each master key id wraps.
 pub type KeyUsage = BTreeMap<String, u64>;
 
+/// What the scheduler waits for next: the earliest renewal or other action, and the earliest
+/// expiry of an issued certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deadlines {
+    pub action: Option<OffsetDateTime>,
+    pub expiry: Option<OffsetDateTime>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sqlite::Db,
@@ -711,7 +719,7 @@ impl Store {
     }
 
     /// The earliest moment the scheduler has work: a due action or an expiry.
-    pub async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+    pub async fn next_deadline(&self) -> Result<Deadlines, StoreError> {
         self.db.next_deadline().await
     }
 

@@ -364,7 +364,7 @@ impl Db {
         .await
     }
 
-    pub(super) async fn next_deadline(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+    pub(super) async fn next_deadline(&self) -> Result<super::Deadlines, StoreError> {
         self.read(|conn| {
             let action: Option<i64> = conn.query_row(
                 "SELECT MIN(next_action_at) FROM certificates WHERE next_action_at IS NOT NULL",
@@ -376,7 +376,10 @@ impl Db {
                 [],
                 |r| r.get(0),
             )?;
-            Ok(action.into_iter().chain(expiry).min().map(from_unix))
+            Ok(super::Deadlines {
+                action: action.map(from_unix),
+                expiry: expiry.map(from_unix),
+            })
         })
         .await
     }

@@ -11,13 +11,16 @@ answers (and checks in each JWS) are the proxy's. On top of Pebble it
   CA supporting them does (Pebble ignores both), refuses unknown profiles, and can refuse a
   `replaces` (alreadyReplaced) a configured number of times;
 - can answer newOrder with 429 rateLimited and a Retry-After a configured number of times;
+- can answer the certificate download (`/certZ/...`, after a successful finalize) with 503
+  serverInternal a configured number of times, as a CA in trouble would;
 - logs every newOrder payload and renewal-info request as one JSON line in --log, with the
   time it arrived (`at`, Unix seconds) and the status given when the proxy answered itself.
 
 The test changes its behaviour with `POST /test-control` (plain JSON, not ACME):
   {"windows": [[start_offset_s, end_offset_s], ...],
    "retry_after": seconds, "reject_replaces": count,
-   "rate_limit_orders": count, "rate_limit_retry_after": seconds}
+   "rate_limit_orders": count, "rate_limit_retry_after": seconds,
+   "fail_downloads": count}
 Each certificate gets its window the first time it is asked about: the first of `windows`
 (offsets from that moment), which is then dropped unless it is the last one. A certificate
 keeps its window, as a CA's would, until `"forget": true` clears them all.
@@ -44,7 +47,7 @@ PROFILES = {
 }
 
 STATE = {"windows": [[-60, 60]], "retry_after": 3600, "reject_replaces": 0,
-         "rate_limit_orders": 0, "rate_limit_retry_after": 0}
+         "rate_limit_orders": 0, "rate_limit_retry_after": 0, "fail_downloads": 0}
 WINDOWS = {}  # certID -> (start, end) as RFC 3339 strings
 LOCK = threading.Lock()
 ARGS = None
@@ -160,6 +163,15 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 STATE.update(settings)
             self.reply(200, [("Content-Type", "application/json")], b"{}")
             return
+        if path.startswith("/certZ/"):
+            with LOCK:
+                fail = STATE["fail_downloads"] > 0
+                if fail:
+                    STATE["fail_downloads"] -= 1
+            log({"certificate-download": path, "status": 503 if fail else None})
+            if fail:
+                self.problem(503, "serverInternal", "the certificate is not available yet")
+                return
         if path != "/order-plz":
             self.forward(body)
             return
