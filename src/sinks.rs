@@ -172,10 +172,10 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let committed = store.events_committed();
+    // Registered before each read, so an event committed between the read and the wait still
+    // wakes us.
+    let mut notified = Box::pin(committed.notified());
     loop {
-        // Register interest before reading, so an event committed between the read and the
-        // wait still wakes us.
-        let notified = committed.notified();
         let events = match store.events_after(cursor, BATCH).await {
             Ok(events) => events,
             Err(err) => {
@@ -187,12 +187,13 @@ async fn run(
             }
         };
         if events.is_empty() {
-            tokio::select! {
-                // New commits: there may be events for us.
-                () = notified => continue,
-                () = shutdown.cancelled() => return,
+            // New commits with events: there may be some for us.
+            if !wait_for_events(&mut notified, &committed, &shutdown).await {
+                return;
             }
+            continue;
         }
+        let full = events.len() >= BATCH as usize;
         let before = cursor;
         let mut stopping = false;
         for (seq, event) in events {
@@ -212,7 +213,28 @@ async fn run(
         if stopping {
             return;
         }
+        // A batch that was not full was everything there was when it was read: nothing new can
+        // be there until the next commit with events (which `notified` has been watching
+        // since before that read), so wait for it instead of reading again to find nothing.
+        if !full && !wait_for_events(&mut notified, &committed, &shutdown).await {
+            return;
+        }
     }
+}
+
+/// Waits for the next commit with events (`false`: the daemon is stopping), then registers
+/// for the one after it.
+async fn wait_for_events<'a>(
+    notified: &mut std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>,
+    committed: &'a Arc<tokio::sync::Notify>,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = notified.as_mut() => {}
+        () = shutdown.cancelled() => return false,
+    }
+    notified.set(committed.notified());
+    true
 }
 
 /// Where a sink starts: its saved cursor, or the end of the outbox for a new sink.
