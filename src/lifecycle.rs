@@ -73,9 +73,17 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
     daily(&inventory, OffsetDateTime::now_utc()).await;
     let mut next_daily = daily_check.next_after(OffsetDateTime::now_utc());
 
+    // The earliest expiry of an issued certificate as of the last pass. A change can only
+    // bring an earlier one that the next pass's read picks up, so until this time has come
+    // there is nothing to mark expired. `None` at first: look once.
+    let mut next_expiry: Option<OffsetDateTime> = None;
+    let mut looked = false;
     loop {
         let now = OffsetDateTime::now_utc();
-        expire_due(&inventory, now).await;
+        if !looked || next_expiry.is_some_and(|at| at <= now) {
+            expire_due(&inventory, now).await;
+            looked = true;
+        }
         if next_daily.is_some_and(|at| at <= now) {
             daily(&inventory, now).await;
             crate::sinks::prune(inventory.store(), &sinks, retention).await;
@@ -89,10 +97,11 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
                 warn!(error = %err, "reading the next deadline failed; retrying in a minute");
                 Deadlines {
                     action: Some(now + Duration::minutes(1)),
-                    expiry: None,
+                    expiry: Some(now + Duration::minutes(1)),
                 }
             }
         };
+        next_expiry = deadlines.expiry;
         let sleep = sleep_for(
             OffsetDateTime::now_utc(),
             deadlines,

@@ -409,7 +409,7 @@ impl Db {
     }
 
     pub(super) async fn next_deadline(&self) -> Result<super::Deadlines, StoreError> {
-        self.read_quick(|conn| {
+        self.read(|conn| {
             let action: Option<i64> = conn.query_row(
                 "SELECT MIN(next_action_at) FROM certificates WHERE next_action_at IS NOT NULL",
                 [],
@@ -433,7 +433,7 @@ impl Db {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Certificate>, StoreError> {
-        self.read_quick(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT * FROM certificates WHERE status = 'issued' AND not_after <= ? \
                  ORDER BY not_after LIMIT ?",
