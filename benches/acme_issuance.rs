@@ -2,7 +2,7 @@
 //!
 //!     cargo bench --bench acme_issuance -- [--certs 50] [--concurrency 10] [--runs 1]
 //!         [--clients certkeeper,lego] [--modes sequential,concurrent,bulk]
-//!         [--lego-polling-interval 0] [--keep-logs DIR]
+//!         [--lego-polling-interval 0] [--pause SECONDS] [--keep-logs DIR]
 //!
 //! One Knot serves `customer.test.` (the `_acme-challenge.<name>` CNAMEs) and `acme.test.`
 //! (where both clients write the challenge TXT records, over RFC 2136 with TSIG); one unbound
@@ -70,6 +70,9 @@ struct Args {
     /// lego's `RFC2136_POLLING_INTERVAL` (seconds): it sleeps this long before its
     /// propagation check.
     lego_polling_interval: u64,
+    /// Seconds to wait before each batch but the first: the clients' connections to the CA
+    /// sit idle that long, as between real renewals.
+    pause: u64,
 }
 
 fn args() -> Args {
@@ -81,6 +84,7 @@ fn args() -> Args {
         modes: vec!["sequential".into(), "concurrent".into(), "bulk".into()],
         keep_logs: None,
         lego_polling_interval: 0,
+        pause: 0,
     };
     let list = |v: Option<String>, what: &str| -> Vec<String> {
         v.unwrap_or_else(|| panic!("{what} needs a value"))
@@ -101,6 +105,7 @@ fn args() -> Args {
             "--clients" => args.clients = list(it.next(), "--clients"),
             "--modes" => args.modes = list(it.next(), "--modes"),
             "--keep-logs" => args.keep_logs = it.next().map(PathBuf::from),
+            "--pause" => args.pause = number(it.next(), "--pause") as u64,
             "--lego-polling-interval" => {
                 args.lego_polling_interval = number(it.next(), "--lego-polling-interval") as u64;
             }
@@ -630,6 +635,13 @@ fn report(mode: &str, in_flight: usize, client: &str, batch: &Batch) {
     );
 }
 
+/// Sleeps `seconds` before every batch but the first (`--pause`).
+fn pause(first_batch: &mut bool, seconds: u64) {
+    if !std::mem::take(first_batch) && seconds > 0 {
+        std::thread::sleep(Duration::from_secs(seconds));
+    }
+}
+
 fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
@@ -691,6 +703,7 @@ fn main() {
         "| mode | in flight | client | issued | wall s | wall s/cert | latency p50 s | latency max s | client CPU ms/cert | Pebble CPU ms/cert | Knot+unbound CPU ms/cert | failed attempts |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut first_batch = true;
     let mut phases = Vec::new();
     let mut notes = Vec::new();
     let mut slowest = Vec::new();
@@ -704,6 +717,7 @@ fn main() {
                 other => panic!("unknown mode {other:?} (sequential, concurrent, bulk)"),
             };
             if let Some(ck) = &ck {
+                pause(&mut first_batch, args.pause);
                 let names: Vec<String> = (1..=args.certs)
                     .map(|i| format!("ck-{tag}{run}-{i}.customer.test"))
                     .collect();
@@ -734,6 +748,7 @@ fn main() {
             }
             // A lego process is its own client: "bulk" would be "concurrent" again.
             if let Some(lego) = lego.as_ref().filter(|_| mode != "bulk") {
+                pause(&mut first_batch, args.pause);
                 let names: Vec<String> = (1..=args.certs)
                     .map(|i| format!("lego-{tag}{run}-{i}.customer.test"))
                     .collect();
