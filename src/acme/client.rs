@@ -114,10 +114,11 @@ pub fn build(roots_pem: Option<&str>, backoff: Backoff) -> Result<Box<dyn HttpCl
     };
     let connector = builder.https_only().enable_http1().enable_http2().build();
     // certkeeper talks to a CA in bursts hours apart. A connection idle that long may be dead
-    // without a word (a server's idle timeout, a NAT or firewall forgetting it): reusing it
-    // hung every request of the next burst in the benchmark. So idle connections are dropped
-    // after 30 s, and an HTTP/2 connection in use is pinged, and closed when it stops
-    // answering.
+    // without a word (a server's idle timeout, a NAT or firewall forgetting it). Once, in the
+    // benchmark, every request of a burst after minutes of quiet hung until its timeout (the
+    // cause is not pinned down: a 240 s pause alone did not bring it back). So idle
+    // connections are dropped after 30 s, and an HTTP/2 connection in use is pinged and
+    // closed when it stops answering.
     let hyper: HyperClient<_, BodyWrapper<Bytes>> = HyperClient::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
