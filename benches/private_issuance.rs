@@ -1,9 +1,11 @@
 //! Private issuance throughput: certkeeper vs `cfssl serve`, side by side, same client.
 //!
 //!     cargo bench --bench private_issuance -- [--requests N] [--concurrency 1,4,16]
-//!         [--synchronous full|normal]
+//!         [--batch 10,100] [--ops sign,batch,full] [--synchronous full|normal]
 //!
 //! (a) sign: the caller's CSR is signed (certkeeper also records the certificate durably);
+//!     also, certkeeper only, `POST /v1/sign/batch` with B CSRs per request (cfssl has no
+//!     batch: compare with its one-CSR rate), rates counted in certificates;
 //! (b) full issuance: the server generates the key and signs (certkeeper also seals the key and
 //!     commits it durably; cfssl's `newcert` returns the key and stores nothing).
 //! Both servers get the same pre-generated CSRs over keep-alive HTTP/1.1 connections from one
@@ -31,6 +33,10 @@ struct Args {
     concurrency: Vec<usize>,
     /// certkeeper's `store.synchronous`: "full" (default, fsync per commit) or "normal".
     synchronous: String,
+    /// CSRs per `/v1/sign/batch` request, one row each (none: `--batch 0`).
+    batches: Vec<usize>,
+    /// Which operations to run: `sign`, `batch`, `full`.
+    ops: Vec<String>,
 }
 
 fn args() -> Args {
@@ -38,6 +44,8 @@ fn args() -> Args {
         requests: 20_000,
         concurrency: vec![1, 4, 16],
         synchronous: "full".into(),
+        batches: vec![10, 100],
+        ops: vec!["sign".into(), "batch".into(), "full".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -54,6 +62,23 @@ fn args() -> Args {
                     .expect("--concurrency 1,4")
                     .split(',')
                     .map(|c| c.parse().expect("number"))
+                    .collect();
+            }
+            "--batch" => {
+                args.batches = it
+                    .next()
+                    .expect("--batch 10,100")
+                    .split(',')
+                    .map(|c| c.parse().expect("number"))
+                    .filter(|&b| b > 0)
+                    .collect();
+            }
+            "--ops" => {
+                args.ops = it
+                    .next()
+                    .expect("--ops sign,batch,full")
+                    .split(',')
+                    .map(str::to_owned)
                     .collect();
             }
             "--synchronous" => {
@@ -142,9 +167,16 @@ fn start_cfssl(dir: &Path) -> Server {
 }
 
 /// One request body per operation and server.
-fn body(server: &str, op: Op, csr: &str, i: usize) -> (String, Vec<u8>) {
+fn body(server: &str, op: Op, csrs: &[String], i: usize) -> (String, Vec<u8>) {
+    let csr = &csrs[i % csrs.len()];
     let json = match (server, op) {
         ("certkeeper", Op::Sign) => serde_json::json!({ "csr": csr }),
+        ("certkeeper", Op::SignBatch(n)) => {
+            let requests: Vec<_> = (0..n)
+                .map(|k| serde_json::json!({ "csr": csrs[(i * n + k) % csrs.len()] }))
+                .collect();
+            serde_json::json!({ "requests": requests })
+        }
         ("certkeeper", Op::Full) => {
             serde_json::json!({ "domains": [format!("host{i}.bench.internal")] })
         }
@@ -153,12 +185,14 @@ fn body(server: &str, op: Op, csr: &str, i: usize) -> (String, Vec<u8>) {
             "request": { "CN": format!("host{i}.bench.internal"), "hosts": [format!("host{i}.bench.internal")],
                          "key": { "algo": "ecdsa", "size": 256 } }
         }),
+        (other, Op::SignBatch(_)) => panic!("{other} has no batch signing"),
     };
     let path = match (server, op) {
         ("certkeeper", Op::Sign) => "/v1/sign",
+        ("certkeeper", Op::SignBatch(_)) => "/v1/sign/batch",
         ("certkeeper", Op::Full) => "/v1/certificates",
-        (_, Op::Sign) => "/api/v1/cfssl/sign",
         (_, Op::Full) => "/api/v1/cfssl/newcert",
+        (_, _) => "/api/v1/cfssl/sign",
     };
     (path.to_owned(), serde_json::to_vec(&json).expect("json"))
 }
@@ -166,13 +200,25 @@ fn body(server: &str, op: Op, csr: &str, i: usize) -> (String, Vec<u8>) {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
     Sign,
+    /// Signing with this many CSRs per request.
+    SignBatch(usize),
     Full,
+}
+
+impl Op {
+    fn certificates_per_request(self) -> usize {
+        match self {
+            Op::SignBatch(n) => n,
+            Op::Sign | Op::Full => 1,
+        }
+    }
 }
 
 struct Run {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Per certificate (a batch request counts as its certificates).
     cpu_ms_per_req: f64,
 }
 
@@ -190,7 +236,7 @@ async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurre
                 let mut latencies = Vec::with_capacity(per_task);
                 for k in 0..per_task {
                     let i = t * per_task + k;
-                    let (path, bytes) = body(name, op, &csrs[i % csrs.len()], i);
+                    let (path, bytes) = body(name, op, &csrs, i);
                     let sent = Instant::now();
                     call(&mut sender, "POST", &path, bytes).await;
                     latencies.push(sent.elapsed());
@@ -205,13 +251,17 @@ async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurre
     }
     let wall = started.elapsed();
     latencies.sort();
-    let done = latencies.len() as f64;
+    let done = (latencies.len() * op.certificates_per_request()) as f64;
     Run {
         rate: done / wall.as_secs_f64(),
         p50_ms: quantile_ms(&latencies, 0.50),
         p99_ms: quantile_ms(&latencies, 0.99),
         cpu_ms_per_req: (server.cpu_ms() - cpu_before) / done,
     }
+}
+
+fn c_max(concurrency: &[usize]) -> usize {
+    concurrency.iter().copied().max().unwrap_or(1)
 }
 
 /// Mean time of `f` over `n` runs, in microseconds.
@@ -298,23 +348,45 @@ fn main() {
         "## Private issuance: certkeeper (store.synchronous = {}) vs cfssl serve ({} requests per cell)\n",
         args.synchronous, args.requests
     );
-    println!("| operation | clients | server | rate /s | p50 ms | p99 ms | server CPU ms/req |");
+    println!(
+        "| operation | clients | server | certificates /s | p50 ms (per request) | p99 ms | server CPU ms/certificate |"
+    );
     println!("|---|---|---|---|---|---|---|");
-    for op in [Op::Sign, Op::Full] {
-        let requests = if op == Op::Sign {
-            args.requests
-        } else {
-            args.requests / 4
+    let batches = args.batches.iter().map(|&n| Op::SignBatch(n));
+    let wanted = |name: &str| args.ops.iter().any(|o| o == name);
+    let ops = [Op::Sign]
+        .into_iter()
+        .chain(batches)
+        .chain([Op::Full])
+        .filter(|op| match op {
+            Op::Sign => wanted("sign"),
+            Op::SignBatch(_) => wanted("batch"),
+            Op::Full => wanted("full"),
+        });
+    for op in ops {
+        let requests = match op {
+            Op::Sign => args.requests,
+            Op::SignBatch(n) => (args.requests / n).max(c_max(&args.concurrency)),
+            Op::Full => args.requests / 4,
         };
         for &c in &args.concurrency {
             for server in [&certkeeper, &cfssl] {
+                if matches!(op, Op::SignBatch(_)) && server.name != "certkeeper" {
+                    continue;
+                }
                 // Warm up connections, caches and the allocator.
-                runtime.block_on(run(server, op, &csrs, 200.max(c), c));
+                runtime.block_on(run(
+                    server,
+                    op,
+                    &csrs,
+                    (200 / op.certificates_per_request()).max(c),
+                    c,
+                ));
                 let r = runtime.block_on(run(server, op, &csrs, requests, c));
-                let label = if op == Op::Sign {
-                    "sign CSR"
-                } else {
-                    "full issuance"
+                let label = match op {
+                    Op::Sign => "sign CSR".to_owned(),
+                    Op::SignBatch(n) => format!("sign CSR, {n} per request"),
+                    Op::Full => "full issuance".to_owned(),
                 };
                 println!(
                     "| {label} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.3} |",

@@ -113,7 +113,7 @@ pub async fn serve(
     }
     // Background work first: event sinks settle their cursors before any request can commit
     // an event, and the lifecycle task owns the deadlines.
-    let lifecycle = start_background(&config, &inventory, &shutdown).await?;
+    let background = start_background(&config, &inventory, &shutdown).await?;
     let state = Arc::new(AppState { inventory });
     let server = serve_api(&config, &state, &shutdown).await?;
     systemd::ready();
@@ -134,10 +134,11 @@ pub async fn serve(
     shutdown.cancel();
     // In-flight API requests and renewals get the same deadline; each is one store
     // transaction, so whatever is cut off leaves nothing half-written (a renewal's lease makes
-    // the next start retry it).
+    // the next start retry it). Event sinks save their cursors.
     let drained = tokio::time::timeout(config.shutdown_timeout.std(), async {
         let served = server.await;
-        let _ = lifecycle.await;
+        let _ = background.lifecycle.await;
+        background.sinks.wait().await;
         state.inventory.drain().await;
         served
     });
@@ -212,14 +213,19 @@ async fn open_inventory(
     Ok(inventory)
 }
 
-/// Event sinks and the lifecycle task; returns the lifecycle task to wait for at shutdown.
+/// Event sinks and the lifecycle task, to wait for at shutdown.
+struct Background {
+    lifecycle: tokio::task::JoinHandle<()>,
+    sinks: tokio_util::task::TaskTracker,
+}
+
 async fn start_background(
     config: &Config,
     inventory: &Arc<Inventory>,
     shutdown: &CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+) -> Result<Background, DaemonError> {
     let sinks = sinks::build(&config.events)?;
-    sinks::start(
+    let sinks = sinks::start(
         sinks,
         inventory.store().clone(),
         inventory.metrics().clone(),
@@ -232,11 +238,8 @@ async fn start_background(
         retention: config.events.retention,
         sinks: config.events.sink_names(),
     };
-    Ok(tokio::spawn(lifecycle::run(
-        inventory.clone(),
-        plan,
-        shutdown.clone(),
-    )))
+    let lifecycle = tokio::spawn(lifecycle::run(inventory.clone(), plan, shutdown.clone()));
+    Ok(Background { lifecycle, sinks })
 }
 
 type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;

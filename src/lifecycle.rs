@@ -3,8 +3,9 @@
 //!
 //! The shape is mini-redis's expiry task. The loop asks the store for the earliest deadline
 //! (a renewal or retry due, an issued certificate's expiry) and the daily check's next
-//! occurrence, sleeps until the earliest of them, and is woken early by a [`Notify`] whenever
-//! the inventory changes. When nothing is due it does nothing: no polling.
+//! occurrence, sleeps until the earliest of them, and is woken early through [`Wake`] when the
+//! inventory changes in a way that can bring a deadline earlier. When nothing is due it does
+//! nothing: no polling.
 //!
 //! Deadlines live in the store (`certificates.next_action_at`), written together with each
 //! change, so a restart loses nothing. A renewal is claimed by moving its deadline forward by
@@ -12,6 +13,7 @@
 //! a crash is retried when its lease runs out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration as StdDuration;
 
 use serde_json::json;
@@ -44,6 +46,59 @@ pub struct Plan {
     /// Events older than this are pruned (after every sink has them) with the daily check.
     pub retention: crate::span::Span,
     pub sinks: Vec<String>,
+}
+
+/// How the rest of the daemon tells the loop that deadlines may have moved.
+///
+/// A new certificate only adds deadlines, and wakes the loop only when one of them comes
+/// before the loop's next look: a burst of issuance (deadlines weeks away) leaves it asleep
+/// instead of costing a store read per certificate. Any other change wakes it.
+pub struct Wake {
+    notify: Notify,
+    /// When the sleeping loop looks next, in Unix milliseconds; `i64::MAX` while it is awake
+    /// (a deadline added during a pass may have been missed by its reads: look again).
+    until_ms: AtomicI64,
+}
+
+impl Default for Wake {
+    fn default() -> Wake {
+        Wake {
+            notify: Notify::new(),
+            until_ms: AtomicI64::new(i64::MAX),
+        }
+    }
+}
+
+impl Wake {
+    /// Something changed that the loop must look at (a revocation, a new policy, a renewal
+    /// ended).
+    pub fn changed(&self) {
+        self.notify.notify_one();
+    }
+
+    /// A deadline was added (`None`: none was): the loop looks again if it comes first.
+    pub fn deadline(&self, at: Option<OffsetDateTime>) {
+        let Some(at) = at else { return };
+        if unix_ms(at) < self.until_ms.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn awake(&self) {
+        self.until_ms.store(i64::MAX, Ordering::SeqCst);
+    }
+
+    fn sleeping_until(&self, at: OffsetDateTime) {
+        self.until_ms.store(unix_ms(at), Ordering::SeqCst);
+    }
+
+    async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+fn unix_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// Runs until `shutdown`, then waits for the renewals in flight (the caller bounds the wait).
@@ -79,6 +134,7 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
     let mut next_expiry: Option<OffsetDateTime> = None;
     let mut looked = false;
     loop {
+        wake.awake();
         let now = OffsetDateTime::now_utc();
         if !looked || next_expiry.is_some_and(|at| at <= now) {
             expire_due(&inventory, now).await;
@@ -102,12 +158,9 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
             }
         };
         next_expiry = deadlines.expiry;
-        let sleep = sleep_for(
-            OffsetDateTime::now_utc(),
-            deadlines,
-            next_daily,
-            permits.available_permits(),
-        );
+        let now = OffsetDateTime::now_utc();
+        let sleep = sleep_for(now, deadlines, next_daily, permits.available_permits());
+        wake.sleeping_until(now + sleep);
         tokio::select! {
             // The earliest deadline arrived (or the guard interval passed): go round again.
             () = tokio::time::sleep(sleep) => {}
@@ -150,7 +203,7 @@ async fn start_due_renewals(
     inventory: &Arc<Inventory>,
     permits: &Arc<Semaphore>,
     renewals: &TaskTracker,
-    wake: &Arc<Notify>,
+    wake: &Arc<Wake>,
     now: OffsetDateTime,
 ) {
     let free = permits.available_permits();
@@ -187,14 +240,14 @@ async fn start_due_renewals(
 /// Held by a running renewal: when it ends, its permit is released and the loop is woken.
 struct Done {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
         // The permit goes back first, so the woken loop finds it free.
         drop(self.permit.take());
-        self.wake.notify_one();
+        self.wake.changed();
     }
 }
 

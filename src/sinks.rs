@@ -2,11 +2,13 @@
 //!
 //! Each sink has its own task and its own cursor in the store (`sink_cursors`): it reads the
 //! events after its cursor, delivers them in order, and moves the cursor only past events a
-//! sink acknowledged (a 2xx from a webhook, exit 0 from a command), saving it once per batch
-//! of up to 100. While a sink fails, it retries the same event with exponential backoff, so
-//! events wait instead of being lost; after a restart it resumes from its cursor. A crash
-//! before the cursor is saved delivers the rest of that batch again: receivers deduplicate by
-//! the event id (the `Idempotency-Key` header).
+//! sink acknowledged (a 2xx from a webhook, exit 0 from a command). The cursor is saved at most
+//! once a second (and when the daemon stops), not after every delivery: under a burst of
+//! issuance each commit carries a few events, and saving after each would double the commits.
+//! While a sink fails, it retries the same event with exponential backoff, so events wait
+//! instead of being lost; after a restart it resumes from its cursor. A crash delivers the
+//! events of the last second again: receivers deduplicate by the event id (the
+//! `Idempotency-Key` header).
 //!
 //! A sink configured for the first time starts at the end of the outbox: it receives what
 //! happens from then on, not the history.
@@ -15,11 +17,12 @@
 //! commands (argv, event JSON on stdin).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{CommandSink, WebhookSink};
@@ -31,6 +34,8 @@ use crate::store::Store;
 const BATCH: u32 = 100;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The longest a delivered event's place in the outbox stays unsaved.
+const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// The signature header: `sha256=<hex HMAC-SHA256 of the body>`, as GitHub and others do.
 pub const SIGNATURE_HEADER: &str = "X-Certkeeper-Signature";
 
@@ -145,7 +150,8 @@ pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Starts every sink; each runs until `shutdown`.
+/// Starts every sink; each runs until `shutdown`, then saves its cursor. Wait for the returned
+/// tracker at shutdown so those last saves are made.
 ///
 /// Each sink's cursor is settled before this returns (a new sink's at the current end of the
 /// outbox), so every event committed afterwards reaches it: call it before accepting requests.
@@ -154,19 +160,61 @@ pub async fn start(
     store: Store,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<TaskTracker, crate::store::StoreError> {
+    let tasks = TaskTracker::new();
     for sink in sinks {
         let cursor = start_cursor(&sink, &store).await?;
         info!(sink = %sink.name, cursor, "event sink started");
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
-        tokio::spawn(async move { run(sink, cursor, store, metrics, shutdown).await });
+        let cursor = Cursor::saved_at(cursor);
+        tasks.spawn(async move { run(sink, cursor, store, metrics, shutdown).await });
     }
-    Ok(())
+    tasks.close();
+    Ok(tasks)
+}
+
+/// A sink's place in the outbox: the last event it has, and what the store has of it.
+struct Cursor {
+    delivered: i64,
+    saved: i64,
+    saved_when: Instant,
+}
+
+impl Cursor {
+    fn saved_at(seq: i64) -> Cursor {
+        Cursor {
+            delivered: seq,
+            saved: seq,
+            saved_when: Instant::now(),
+        }
+    }
+
+    /// When the delivered position must be saved, if it is ahead of the saved one.
+    fn save_due(&self) -> Option<Instant> {
+        (self.delivered != self.saved).then_some(self.saved_when + CURSOR_SAVE_INTERVAL)
+    }
+
+    /// Saves the delivered position if it is ahead of the saved one and `now` is past its
+    /// due time (`None`: whatever the time, as when stopping).
+    async fn save(&mut self, sink: &Sink, store: &Store, now: Option<Instant>) {
+        let Some(due) = self.save_due() else { return };
+        if now.is_some_and(|now| now < due) {
+            return;
+        }
+        match store.set_sink_cursor(&sink.name, self.delivered).await {
+            Ok(()) => self.saved = self.delivered,
+            Err(err) => {
+                warn!(sink = %sink.name, error = %err, "saving the delivery cursor failed (events may be delivered again)");
+            }
+        }
+        // Also after a failure: the next try waits its interval rather than hammering.
+        self.saved_when = Instant::now();
+    }
 }
 
 async fn run(
     sink: Sink,
-    mut cursor: i64,
+    mut cursor: Cursor,
     store: Store,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -175,66 +223,76 @@ async fn run(
     // Registered before each read, so an event committed between the read and the wait still
     // wakes us.
     let mut notified = Box::pin(committed.notified());
+    // Whether the last read may have left events behind (a full batch): read again at once.
+    let mut more = true;
     loop {
-        let events = match store.events_after(cursor, BATCH).await {
+        if !more {
+            // Nothing new can be there until the next commit with events, which `notified`
+            // has been watching since before the last read; meanwhile save the cursor when
+            // it is due.
+            match wait_for_events(&mut notified, &committed, &shutdown, cursor.save_due()).await {
+                Woken::Events => {}
+                Woken::SaveDue => {
+                    cursor.save(&sink, &store, None).await;
+                    continue;
+                }
+                Woken::Stopping => break,
+            }
+        }
+        let events = match store.events_after(cursor.delivered, BATCH).await {
             Ok(events) => events,
             Err(err) => {
                 warn!(sink = %sink.name, error = %err, "reading the outbox failed");
                 if sleep_or_stop(BACKOFF_MIN * 5, &shutdown).await {
-                    return;
+                    break;
                 }
                 continue;
             }
         };
-        if events.is_empty() {
-            // New commits with events: there may be some for us.
-            if !wait_for_events(&mut notified, &committed, &shutdown).await {
-                return;
-            }
-            continue;
-        }
-        let full = events.len() >= BATCH as usize;
-        let before = cursor;
+        more = events.len() >= BATCH as usize;
         let mut stopping = false;
         for (seq, event) in events {
             if sink.wants(&event) && !deliver_with_retry(&sink, &event, &metrics, &shutdown).await {
                 stopping = true; // the cursor stays before this event
                 break;
             }
-            cursor = seq;
-        }
-        // One cursor write per batch, not per event: a crash re-delivers at most the rest of a
-        // batch (same ids), and a backlog drains at delivery speed, not at fsync speed.
-        if cursor != before
-            && let Err(err) = store.set_sink_cursor(&sink.name, cursor).await
-        {
-            warn!(sink = %sink.name, error = %err, "saving the delivery cursor failed (events may be delivered again)");
+            cursor.delivered = seq;
         }
         if stopping {
-            return;
+            break;
         }
-        // A batch that was not full was everything there was when it was read: nothing new can
-        // be there until the next commit with events (which `notified` has been watching
-        // since before that read), so wait for it instead of reading again to find nothing.
-        if !full && !wait_for_events(&mut notified, &committed, &shutdown).await {
-            return;
-        }
+        cursor.save(&sink, &store, Some(Instant::now())).await;
     }
+    cursor.save(&sink, &store, None).await;
 }
 
-/// Waits for the next commit with events (`false`: the daemon is stopping), then registers
-/// for the one after it.
+enum Woken {
+    Events,
+    SaveDue,
+    Stopping,
+}
+
+/// Waits for the next commit with events, then registers for the one after it; or until
+/// `save_due`, or until the daemon stops.
 async fn wait_for_events<'a>(
     notified: &mut std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>,
     committed: &'a Arc<tokio::sync::Notify>,
     shutdown: &CancellationToken,
-) -> bool {
+    save_due: Option<Instant>,
+) -> Woken {
+    let save = async {
+        match save_due {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = notified.as_mut() => {}
-        () = shutdown.cancelled() => return false,
+        () = save => return Woken::SaveDue,
+        () = shutdown.cancelled() => return Woken::Stopping,
     }
     notified.set(committed.notified());
-    true
+    Woken::Events
 }
 
 /// Where a sink starts: its saved cursor, or the end of the outbox for a new sink.

@@ -612,6 +612,158 @@ fn sign_issues_for_a_csr_without_holding_the_key() {
     assert_eq!(d.count(), 2);
 }
 
+#[test]
+fn sign_batch_issues_every_csr_or_none() {
+    let d = Daemon::start();
+    let dir = d.dir.path();
+    write_root(&d);
+    for stem in ["a", "b", "c"] {
+        make_csr(
+            dir,
+            stem,
+            &format!("{stem}.internal"),
+            &format!("DNS:{stem}.internal"),
+        );
+    }
+    std::fs::create_dir(d.path("out")).expect("mkdir out");
+
+    // Several CSRs: one transaction, one file per CSR, each leaf with its own CSR's key.
+    let out = d.ck(&[
+        "sign",
+        "--csr",
+        "a.csr",
+        "--csr",
+        "b.csr",
+        "--csr",
+        "c.csr",
+        "--out-dir",
+        "out",
+        "--validity",
+        "7d",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "batch sign failed: {stderr}");
+    assert_eq!(stderr.matches("issued ck-").count(), 3, "{stderr}");
+    for stem in ["a", "b", "c"] {
+        let chain = std::fs::read_to_string(d.path(&format!("out/{stem}.pem"))).expect("out");
+        let blocks = pem_blocks(&chain);
+        assert_eq!(blocks.len(), 2, "{stem}: leaf + root");
+        d.write(&format!("{stem}-leaf.pem"), &blocks[0]);
+        let verified = openssl(
+            dir,
+            &["verify", "-CAfile", "root.pem", &format!("{stem}-leaf.pem")],
+        );
+        assert!(verified.contains(": OK"), "{verified}");
+        let leaf = ders(&blocks[0]).remove(0);
+        webpki_name(&leaf, &format!("{stem}.internal")).expect("name");
+        assert_eq!(
+            pubkey_of_cert(dir, &format!("{stem}-leaf.pem")),
+            openssl(dir, &["pkey", "-in", &format!("{stem}.key"), "-pubout"]),
+            "{stem}: the certificate carries its CSR's key"
+        );
+    }
+    assert_eq!(d.count(), 3);
+
+    // One bad CSR in the middle: the error names it, and neither of the good ones is issued.
+    openssl(
+        dir,
+        &["req", "-in", "b.csr", "-outform", "DER", "-out", "b.der"],
+    );
+    let mut der = std::fs::read(d.path("b.der")).expect("read DER CSR");
+    let last = der.len() - 1;
+    der[last] ^= 0xff;
+    d.write("broken.der", &der);
+    std::fs::create_dir(d.path("out2")).expect("mkdir out2");
+    let err = d.fails(
+        &[
+            "sign",
+            "--csr",
+            "a.csr",
+            "--csr",
+            "broken.der",
+            "--csr",
+            "c.csr",
+            "--out-dir",
+            "out2",
+        ],
+        65,
+    );
+    assert!(
+        err.contains("requests[1]") && err.contains("signature"),
+        "{err}"
+    );
+    assert_eq!(d.count(), 3, "a failed batch stores nothing");
+    assert!(
+        !d.path("out2/a.pem").exists(),
+        "a failed batch writes no file"
+    );
+
+    // JSON: one document listing every certificate in order.
+    let json = d.json(&["sign", "--csr", "a.csr", "--csr", "b.csr"]);
+    let signed = json["signed"].as_array().expect("signed");
+    assert_eq!(signed.len(), 2, "{json}");
+    assert_eq!(signed[0]["certificate"]["domains"][0], "a.internal");
+    assert_eq!(signed[1]["certificate"]["domains"][0], "b.internal");
+    assert_eq!(d.count(), 5);
+
+    // Usage: several CSRs need a place for their files, and cannot share one name.
+    let err = d.fails(&["sign", "--csr", "a.csr", "--csr", "b.csr"], 2);
+    assert!(err.contains("--out-dir"), "{err}");
+    let err = d.fails(
+        &[
+            "sign",
+            "--csr",
+            "a.csr",
+            "--csr",
+            "b.csr",
+            "--name",
+            "x",
+            "--out-dir",
+            "out",
+        ],
+        2,
+    );
+    assert!(err.contains("--name"), "{err}");
+    // A certificate never replaces its own CSR.
+    d.write("d.pem", std::fs::read(d.path("a.csr")).expect("a.csr"));
+    let err = d.fails(&["sign", "--csr", "d.pem", "--out-dir", "."], 2);
+    assert!(err.contains("overwrite its CSR"), "{err}");
+
+    // Through the API: explicit names that clash fail the batch, naming the request.
+    let csr = std::fs::read_to_string(d.path("a.csr")).expect("a.csr");
+    let request = |name: &str| serde_json::json!({ "csr": csr, "name": name });
+    let body = serde_json::json!({ "requests": [request("one"), request("one")] }).to_string();
+    let (status, text) = common::http(&d.socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+    assert_eq!(status, 409, "{text}");
+    assert!(
+        text.contains("requests[1]") && text.contains("one"),
+        "{text}"
+    );
+    // ... and so does one taken by a certificate already stored.
+    let body = serde_json::json!({ "requests": [request("two"), request("a.internal-x")] });
+    d.ok(&["sign", "--csr", "c.csr", "--name", "a.internal-x"]);
+    let body = body.to_string();
+    let (status, text) = common::http(&d.socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+    assert_eq!(status, 409, "{text}");
+    assert!(
+        text.contains("requests[1]") && text.contains("a.internal-x"),
+        "{text}"
+    );
+    assert_eq!(d.count(), 6);
+    // An empty batch and one over the limit are refused before any signing.
+    let body = serde_json::json!({ "requests": [] }).to_string();
+    let (status, text) = common::http(&d.socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+    assert_eq!(status, 422, "{text}");
+    let many: Vec<_> = (0..1001)
+        .map(|_| serde_json::json!({ "csr": csr }))
+        .collect();
+    let body = serde_json::json!({ "requests": many }).to_string();
+    let (status, text) = common::http(&d.socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("1 to 1000"), "{text}");
+    assert_eq!(d.count(), 6);
+}
+
 // --- 5. renew ------------------------------------------------------------------------------
 
 #[test]

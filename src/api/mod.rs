@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/certificates", get(list).post(request))
         .route("/certificates/import", post(import))
         .route("/sign", post(sign))
+        .route("/sign/batch", post(sign_batch))
         .route("/certificates/{id}", get(describe).delete(delete))
         .route("/certificates/{id}/pem", get(pem))
         .route("/certificates/{id}/export", post(export))
@@ -352,6 +353,14 @@ async fn sign(
     Body(req): Body<SignRequest>,
 ) -> Result<(StatusCode, Json<Signed>), ApiError> {
     Ok((StatusCode::CREATED, Json(state.inventory.sign(req).await?)))
+}
+
+async fn sign_batch(
+    State(state): Shared,
+    Body(batch): Body<SignBatch>,
+) -> Result<(StatusCode, Json<SignedBatch>), ApiError> {
+    let signed = state.inventory.sign_batch(batch.requests).await?;
+    Ok((StatusCode::CREATED, Json(SignedBatch { signed })))
 }
 
 async fn describe(

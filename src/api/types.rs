@@ -167,6 +167,19 @@ pub struct CertificatePem {
     pub chain: String,
 }
 
+/// `POST /v1/sign/batch`: several CSRs, signed and recorded all or none.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignBatch {
+    pub requests: Vec<SignRequest>,
+}
+
+/// The answer to a [`SignBatch`], in the order of its requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedBatch {
+    pub signed: Vec<Signed>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Signed {
     pub certificate: Certificate,

@@ -290,9 +290,10 @@ struct ImportArgs {
 
 #[derive(Debug, Args)]
 struct SignArgs {
-    /// The certificate signing request (PEM or DER).
-    #[arg(long, value_name = "FILE")]
-    csr: PathBuf,
+    /// The certificate signing request (PEM or DER). Repeat it to sign several at once: they
+    /// are issued in one transaction, all or none (at most 1000), and need --out-dir.
+    #[arg(long, value_name = "FILE", required = true)]
+    csr: Vec<PathBuf>,
     #[arg(long)]
     ca: Option<String>,
     #[arg(long, value_parser = parse_value::<Span>)]
@@ -307,8 +308,12 @@ struct SignArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
     days_before_expiry: Option<u32>,
     /// Write the certificate chain here instead of standard output.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "out_dir")]
     out: Option<PathBuf>,
+    /// Write each certificate chain to DIR/NAME.pem, NAME being its CSR's file name without
+    /// the extension.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -629,33 +634,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             let cert: Certificate = client.post("/v1/certificates/import", &body).await?;
             show_certificate(&cert, format)
         }
-        Command::Sign(args) => {
-            let body = SignRequest {
-                csr: file_field(&read_input(&args.csr)?),
-                ca: args.ca,
-                validity: args.validity,
-                client_auth: args.client_auth,
-                name: args.name,
-                tags: args.tags.into_iter().collect(),
-                days_before_expiry: args.days_before_expiry,
-            };
-            let signed: Signed = client.post("/v1/sign", &body).await?;
-            if format == Format::Json {
-                return Ok(output::json(&signed)?);
-            }
-            eprintln!(
-                "issued {} ({}), serial {}",
-                signed.certificate.id,
-                signed.certificate.name,
-                signed
-                    .certificate
-                    .serial
-                    .as_ref()
-                    .map_or_else(String::new, ToString::to_string)
-            );
-            let text = format!("{}{}", signed.certificate_pem, signed.chain_pem);
-            write_output(args.out.as_deref(), text.as_bytes(), 0o644)
-        }
+        Command::Sign(args) => sign(client, args, format).await,
         Command::Renew { certificate } => {
             let cert: Certificate = client
                 .post(
@@ -1104,6 +1083,99 @@ fn write_export(exported: &Exported, out: Option<&Path>, format: Format) -> Resu
 }
 
 /// Writes to `out` (atomically, with `mode`) or standard output.
+async fn sign(client: &Client, args: SignArgs, format: Format) -> Result<(), Failure> {
+    let several = args.csr.len() > 1;
+    if several && args.name.is_some() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--name names one certificate: it cannot be used with several --csr",
+        ));
+    }
+    if several && args.out.is_some() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--out takes one certificate: with several --csr use --out-dir",
+        ));
+    }
+    if several && args.out_dir.is_none() && format != Format::Json {
+        return Err(Failure::new(
+            exit::USAGE,
+            "several --csr need --out-dir DIR (or --output json)",
+        ));
+    }
+    // Where each chain goes, decided (and checked for clashes) before anything is issued.
+    let mut outs = Vec::new();
+    if let Some(dir) = &args.out_dir {
+        for csr in &args.csr {
+            let stem = csr.file_stem().ok_or_else(|| {
+                Failure::new(exit::USAGE, format!("{}: not a file name", csr.display()))
+            })?;
+            let out = dir.join(format!("{}.pem", stem.to_string_lossy()));
+            let same_file = |a: &Path, b: &Path| {
+                a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+            };
+            if same_file(&out, csr) {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "{}: the certificate would overwrite its CSR: choose another --out-dir",
+                        out.display()
+                    ),
+                ));
+            }
+            if outs.contains(&out) {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "two CSRs would both be written to {}: rename one",
+                        out.display()
+                    ),
+                ));
+            }
+            outs.push(out);
+        }
+    }
+    let mut requests = Vec::with_capacity(args.csr.len());
+    for csr in &args.csr {
+        requests.push(SignRequest {
+            csr: file_field(&read_input(csr)?),
+            ca: args.ca.clone(),
+            validity: args.validity,
+            client_auth: args.client_auth,
+            name: args.name.clone(),
+            tags: args.tags.iter().cloned().collect(),
+            days_before_expiry: args.days_before_expiry,
+        });
+    }
+    let signed = if several {
+        let batch: SignedBatch = client
+            .post("/v1/sign/batch", &SignBatch { requests })
+            .await?;
+        if format == Format::Json {
+            return Ok(output::json(&batch)?);
+        }
+        batch.signed
+    } else {
+        let one: Signed = client.post("/v1/sign", &requests[0]).await?;
+        if format == Format::Json {
+            return Ok(output::json(&one)?);
+        }
+        vec![one]
+    };
+    for (i, signed) in signed.iter().enumerate() {
+        let cert = &signed.certificate;
+        let serial = cert
+            .serial
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string);
+        eprintln!("issued {} ({}), serial {serial}", cert.id, cert.name);
+        let text = format!("{}{}", signed.certificate_pem, signed.chain_pem);
+        let out = outs.get(i).map(PathBuf::as_path).or(args.out.as_deref());
+        write_output(out, text.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
 fn write_output(out: Option<&Path>, bytes: &[u8], mode: u32) -> Result<(), Failure> {
     match out {
         None => {

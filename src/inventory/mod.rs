@@ -17,8 +17,6 @@ use cas::Slot;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Notify;
-
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -32,6 +30,7 @@ use crate::config::{Config, Defaults};
 use crate::events::{self, Action};
 use crate::export::{self, ExportError, Exported};
 use crate::import::{self, ImportError};
+use crate::lifecycle::Wake;
 use crate::metrics::Metrics;
 use crate::model::{
     CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, Event, KeyAlgorithm, Origin,
@@ -104,7 +103,7 @@ pub struct Inventory {
     /// Reloadable with SIGHUP.
     settings: RwLock<Settings>,
     /// Wakes the lifecycle task when deadlines may have moved.
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     /// ACME issuers, when any are configured.
     acme: Option<Arc<Acme>>,
@@ -163,7 +162,7 @@ impl Inventory {
             store,
             authorities: RwLock::new(HashMap::new()),
             settings: RwLock::new(settings),
-            wake: Arc::new(Notify::new()),
+            wake: Arc::new(Wake::default()),
             metrics: Arc::new(Metrics::default()),
             acme,
         }
@@ -210,12 +209,21 @@ impl Inventory {
     }
 
     /// The notifier the lifecycle task waits on.
-    pub fn wake(&self) -> Arc<Notify> {
+    pub fn wake(&self) -> Arc<Wake> {
         self.wake.clone()
     }
 
     fn changed(&self) {
-        self.wake.notify_one();
+        self.wake.changed();
+    }
+
+    /// Stores a new certificate and tells the lifecycle task about its deadlines.
+    async fn insert(&self, new: NewCertificate) -> Result<Certificate> {
+        let deadlines = new.deadlines();
+        let cert = self.store.insert_certificate(new).await?;
+        self.wake.deadline(deadlines.action);
+        self.wake.deadline(deadlines.expiry);
+        Ok(cert)
     }
 
     pub fn store(&self) -> &Store {

@@ -80,6 +80,18 @@ pub struct NewCertificate {
 }
 
 impl NewCertificate {
+    /// What the scheduler will have to wake up for once this is stored.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            action: self.next_action_at,
+            expiry: self
+                .version
+                .as_ref()
+                .filter(|_| self.status == Status::Issued)
+                .map(|v| v.not_after),
+        }
+    }
+
     /// The certificate as it reads once stored (before the writer settles its final name).
     pub fn certificate(&self, now: OffsetDateTime) -> Certificate {
         Certificate {
@@ -349,26 +361,39 @@ impl Store {
 
     // --- certificates --------------------------------------------------------------------
 
-    pub async fn insert_certificate(
+    pub async fn insert_certificate(&self, new: NewCertificate) -> Result<Certificate, StoreError> {
+        let mut stored = self.insert_certificates(vec![new]).await?;
+        stored
+            .pop()
+            .ok_or_else(|| StoreError::Invalid("the store answered no certificate".into()))
+    }
+
+    /// Inserts certificates in one transaction: all are stored or none is. Answers them in
+    /// the order given.
+    pub async fn insert_certificates(
         &self,
-        mut new: NewCertificate,
-    ) -> Result<Certificate, StoreError> {
-        let key = new.version.as_mut().and_then(|v| v.key.take());
-        let sealed = self.seal_version_key(&new.id, 1, key)?;
-        // Build the answer from what we wrote instead of reading it back: issuance is the hot
-        // path, and the only thing the writer may change is the name.
-        let mut cert = new.certificate(OffsetDateTime::now_utc());
-        let answer = self
-            .write(|reply| Job::InsertCertificate {
-                new: Box::new(new),
-                key: sealed,
-                reply,
-            })
-            .await?;
-        if let Answer::Name(name) = answer {
-            cert.name = name;
+        news: Vec<NewCertificate>,
+    ) -> Result<Vec<Certificate>, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut items = Vec::with_capacity(news.len());
+        // Build the answers from what we write instead of reading them back: issuance is the
+        // hot path, and the only thing the writer may change is a name.
+        let mut certs = Vec::with_capacity(news.len());
+        for mut new in news {
+            let key = new.version.as_mut().and_then(|v| v.key.take());
+            let sealed = self.seal_version_key(&new.id, 1, key)?;
+            certs.push(new.certificate(now));
+            items.push((new, sealed));
         }
-        Ok(cert)
+        let answer = self
+            .write(|reply| Job::InsertCertificates { items, reply })
+            .await?;
+        if let Answer::Names(names) = answer {
+            for (cert, name) in certs.iter_mut().zip(names) {
+                cert.name = name;
+            }
+        }
+        Ok(certs)
     }
 
     /// Adds a version (numbered the current one plus one) and makes it current.

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_inventory.sql"),
     include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
     include_str!("../../migrations/sqlite/0003_acme.sql"),
+    include_str!("../../migrations/sqlite/0004_expiry_index.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -689,9 +690,11 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
+    // temp_store: the writer's savepoints (one per job when a commit carries several) keep
+    // their undo pages in memory rather than in a temporary file written for every job.
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -16384;"
+         PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;"
     ))
 }
 

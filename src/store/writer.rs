@@ -34,8 +34,8 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 pub(super) enum Answer {
     Done,
-    /// The name an inserted certificate got.
-    Name(String),
+    /// The names inserted certificates got, in order.
+    Names(Vec<String>),
     /// The certificates a claim took.
     Ids(Vec<CertificateId>),
     /// How many rows a bulk job changed.
@@ -45,9 +45,9 @@ pub(super) enum Answer {
 pub(super) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 pub(super) enum Job {
-    InsertCertificate {
-        new: Box<NewCertificate>,
-        key: Option<Sealed>,
+    /// Certificates with their first version's sealed key, all or none.
+    InsertCertificates {
+        items: Vec<(NewCertificate, Option<Sealed>)>,
         reply: Reply,
     },
     AddVersion {
@@ -178,7 +178,7 @@ pub(super) enum Job {
 impl Job {
     fn reply(self) -> Reply {
         match self {
-            Job::InsertCertificate { reply, .. }
+            Job::InsertCertificates { reply, .. }
             | Job::AddVersion { reply, .. }
             | Job::Revoke { reply, .. }
             | Job::Delete { reply, .. }
@@ -304,9 +304,14 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) -> bool {
 fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
     let none = |r: Result<(), StoreError>| r.map(|()| Answer::Done);
     match job {
-        Job::InsertCertificate { new, key, reply } => {
-            (reply, insert_certificate(conn, *new, key).map(Answer::Name))
-        }
+        Job::InsertCertificates { items, reply } => (
+            reply,
+            items
+                .into_iter()
+                .map(|(new, key)| insert_certificate(conn, new, key))
+                .collect::<Result<_, _>>()
+                .map(Answer::Names),
+        ),
         Job::AddVersion {
             id,
             change,
