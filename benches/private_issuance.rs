@@ -220,10 +220,13 @@ struct Run {
     p99_ms: f64,
     /// Per certificate (a batch request counts as its certificates).
     cpu_ms_per_req: f64,
+    /// Bytes the server wrote per certificate (socket answers included).
+    written_per_cert: f64,
 }
 
 async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurrency: usize) -> Run {
     let cpu_before = server.cpu_ms();
+    let written_before = server.written_bytes();
     let started = Instant::now();
     let per_task = requests / concurrency;
     let tasks: Vec<_> = (0..concurrency)
@@ -257,6 +260,7 @@ async fn run(server: &Server, op: Op, csrs: &[String], requests: usize, concurre
         p50_ms: quantile_ms(&latencies, 0.50),
         p99_ms: quantile_ms(&latencies, 0.99),
         cpu_ms_per_req: (server.cpu_ms() - cpu_before) / done,
+        written_per_cert: (server.written_bytes() - written_before) / done,
     }
 }
 
@@ -349,9 +353,9 @@ fn main() {
         args.synchronous, args.requests
     );
     println!(
-        "| operation | clients | server | certificates /s | p50 ms (per request) | p99 ms | server CPU ms/certificate |"
+        "| operation | clients | server | certificates /s | p50 ms (per request) | p99 ms | server CPU ms/certificate | server KiB written/certificate |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let batches = args.batches.iter().map(|&n| Op::SignBatch(n));
     let wanted = |name: &str| args.ops.iter().any(|o| o == name);
     let ops = [Op::Sign]
@@ -389,8 +393,13 @@ fn main() {
                     Op::Full => "full issuance".to_owned(),
                 };
                 println!(
-                    "| {label} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.3} |",
-                    server.name, r.rate, r.p50_ms, r.p99_ms, r.cpu_ms_per_req
+                    "| {label} | {c} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} |",
+                    server.name,
+                    r.rate,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.cpu_ms_per_req,
+                    r.written_per_cert / 1024.0
                 );
             }
         }

@@ -50,6 +50,18 @@ impl Server {
         (field(11) + field(12)) * 1000.0 / 100.0 // USER_HZ is 100 on Linux
     }
 
+    /// Bytes the process has written through write(2) and friends so far (`wchar` in
+    /// /proc/<pid>/io): for the store, its WAL and checkpoint writes.
+    #[allow(dead_code)] // not every benchmark reports it
+    pub fn written_bytes(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     fn status_kib(&self, key: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();

@@ -29,7 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_inventory.sql"),
     include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
     include_str!("../../migrations/sqlite/0003_acme.sql"),
-    include_str!("../../migrations/sqlite/0004_expiry_index.sql"),
+    include_str!("../../migrations/sqlite/0004_indexes.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
