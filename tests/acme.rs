@@ -12,21 +12,7 @@ use common::peers::{
     AriProxy, Knot, Nginx, Pebble, PebbleOptions, Unbound, dns_lookup, free_port, loopback,
     random_eab,
 };
-use common::{Daemon, id, openssl};
-
-fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use common::{Daemon, id, openssl, wait_until};
 
 /// Knot serving `customer.test.` with A records for `names`.
 fn customer_zone(names: &[&str]) -> Knot {

@@ -7,25 +7,10 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::webhook::Receiver;
-use common::{BIN, Daemon, id};
-
-/// Polls `f` until it returns `Some`, failing after `timeout` with `what`.
-fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use common::{BIN, Daemon, id, wait_until};
 
 fn events(daemon: &Daemon) -> Vec<serde_json::Value> {
     let out = daemon.ok(&["events", "--output", "json"]);

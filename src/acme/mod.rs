@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AcmeIssuer, ValidationConfig};
 use crate::keys;
-use crate::model::{Certificate, Domain, KeyAlgorithm, RenewalInfo, Serial};
+use crate::model::{Certificate, Domain, KeyAlgorithm, RenewalInfo};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +164,7 @@ pub fn label(base: &str) -> String {
 
 /// A certificate the CA issued, ready to become a version.
 pub struct Issued {
-    pub cert_pem: String,
-    pub chain_pem: String,
-    pub serial: Serial,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
+    pub certificate: crate::ca::Issued,
     /// The certificate's new private key, PKCS#8.
     pub key: Zeroizing<Vec<u8>>,
 }
@@ -688,7 +684,7 @@ impl Acme {
             _ => order.poll_certificate(&POLL).await.map_err(protocol)?,
         };
         let issued = split_chain(&chain, key)?;
-        info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.serial, "ACME certificate issued");
+        info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, "ACME certificate issued");
         Ok(issued)
     }
 
@@ -1084,7 +1080,7 @@ fn split_chain(chain: &str, key: Zeroizing<Vec<u8>>) -> Result<Issued, AcmeError
     };
     let info = crate::x509::inspect(leaf)
         .map_err(|e| AcmeError::Key(format!("the CA's certificate {e}")))?;
-    Ok(Issued {
+    let certificate = crate::ca::Issued {
         cert_pem: crate::pem::encode("CERTIFICATE", leaf),
         chain_pem: rest
             .iter()
@@ -1093,8 +1089,8 @@ fn split_chain(chain: &str, key: Zeroizing<Vec<u8>>) -> Result<Issued, AcmeError
         serial: info.serial,
         not_before: info.not_before,
         not_after: info.not_after,
-        key,
-    })
+    };
+    Ok(Issued { certificate, key })
 }
 
 #[cfg(test)]

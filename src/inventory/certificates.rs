@@ -49,10 +49,7 @@ impl Inventory {
             days_before_expiry: req.days_before_expiry,
             maintenance_window,
         };
-        let lifetime = Lifetime {
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-        };
+        let lifetime = issued.lifetime();
         let mut new = issuance.record(issued, Some(key), now);
         new.next_action_at = Some(self.plan(
             &new.id,
@@ -333,38 +330,16 @@ impl Inventory {
             })
             .await??
         };
-        let mut after = cert.clone();
-        after.current_version += 1;
-        after.serial = Some(issued.serial.clone());
-        after.not_before = Some(issued.not_before);
-        after.not_after = Some(issued.not_after);
-        let event = events::available(&after, Action::Renewal, now);
-        let version = NewVersion {
-            serial: issued.serial,
-            issuer_ca: Some(cert.issuer.clone()),
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-            cert_pem: issued.cert_pem,
-            chain_pem: issued.chain_pem,
-            key: Some(key),
-        };
-        let lifetime = Lifetime {
-            not_before: version.not_before,
-            not_after: version.not_after,
-        };
+        let event = events::available(&issued.next_version_of(&cert), Action::Renewal, now);
+        let lifetime = issued.lifetime();
+        let version = issued.into_version(Some(cert.issuer.clone()), Some(key));
         let change = VersionChange {
             version: cert.current_version + 1,
             new: version,
             status: Status::Issued,
             event: Some(event),
             names: None,
-            next_action_at: Some(self.plan(
-                &cert.id,
-                lifetime,
-                cert.renew_before,
-                cert.maintenance_window.as_ref(),
-                now,
-            )),
+            next_action_at: Some(self.plan_for(&cert, lifetime, now)),
             renewal_info: None,
         };
         let cert = self.store.add_version(&cert.id, change).await?;
@@ -440,13 +415,7 @@ impl Inventory {
             return Ok(false);
         }
         let now = OffsetDateTime::now_utc();
-        let planned = self.plan(
-            &cert.id,
-            lifetime,
-            cert.renew_before,
-            cert.maintenance_window.as_ref(),
-            now,
-        );
+        let planned = self.plan_for(&cert, lifetime, now);
         if now >= previous.renew_at || now >= planned {
             return Ok(false);
         }
@@ -502,12 +471,12 @@ impl Inventory {
                 .map(|stored| stored.cert_pem),
             _ => None,
         };
-        let issued = acme.issue(&cert, &method, replacing.as_deref()).await?;
+        let crate::acme::Issued {
+            certificate: issued,
+            key,
+        } = acme.issue(&cert, &method, replacing.as_deref()).await?;
         let now = OffsetDateTime::now_utc();
-        let lifetime = Lifetime {
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-        };
+        let lifetime = issued.lifetime();
         // The CA's window for the new certificate; without one (no ARI, or the CA could not
         // be asked just now) the renewal follows certkeeper's own rule.
         let renewal_info = match acme
@@ -520,35 +489,16 @@ impl Inventory {
                 None
             }
         };
-        let planned = self.plan(
-            &cert.id,
-            lifetime,
-            cert.renew_before,
-            cert.maintenance_window.as_ref(),
-            now,
-        );
-        let mut after = cert.clone();
-        after.current_version += 1;
-        after.serial = Some(issued.serial.clone());
-        after.not_before = Some(issued.not_before);
-        after.not_after = Some(issued.not_after);
+        let planned = self.plan_for(&cert, lifetime, now);
         let action = if cert.current_version == 0 {
             Action::Issuance
         } else {
             Action::Renewal
         };
-        let event = events::available(&after, action, now);
+        let event = events::available(&issued.next_version_of(&cert), action, now);
         let change = VersionChange {
             version: cert.current_version + 1,
-            new: NewVersion {
-                serial: issued.serial,
-                issuer_ca: None,
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                cert_pem: issued.cert_pem,
-                chain_pem: issued.chain_pem,
-                key: Some(issued.key),
-            },
+            new: issued.into_version(None, Some(key)),
             status: Status::Issued,
             event: Some(event),
             names: None,
@@ -733,15 +683,7 @@ impl PrivateIssuance {
             maintenance_window: self.maintenance_window,
             next_action_at: None,
             validation: None,
-            version: Some(NewVersion {
-                serial: issued.serial,
-                issuer_ca: Some(self.ca),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                cert_pem: issued.cert_pem,
-                chain_pem: issued.chain_pem,
-                key,
-            }),
+            version: Some(issued.into_version(Some(self.ca), key)),
             event: None,
         };
         new.event = Some(events::available(
@@ -881,5 +823,42 @@ fn in_request(i: usize, err: InventoryError) -> InventoryError {
             InventoryError::Invalid(format!("requests[{i}]: {err}"))
         }
         other => other,
+    }
+}
+
+impl Issued {
+    fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+
+    /// `cert` as it reads once this is its next version (what its event reports).
+    fn next_version_of(&self, cert: &Certificate) -> Certificate {
+        let mut after = cert.clone();
+        after.current_version += 1;
+        after.serial = Some(self.serial.clone());
+        after.not_before = Some(self.not_before);
+        after.not_after = Some(self.not_after);
+        after
+    }
+
+    /// The version to store: signed by `issuer_ca` when it is one of ours, with the key when
+    /// we hold it.
+    fn into_version(
+        self,
+        issuer_ca: Option<String>,
+        key: Option<Zeroizing<Vec<u8>>>,
+    ) -> NewVersion {
+        NewVersion {
+            serial: self.serial,
+            issuer_ca,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            cert_pem: self.cert_pem,
+            chain_pem: self.chain_pem,
+            key,
+        }
     }
 }

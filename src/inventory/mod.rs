@@ -357,6 +357,22 @@ impl Inventory {
         .at
     }
 
+    /// [`Inventory::plan`] for a stored certificate, under its own renewal settings.
+    fn plan_for(
+        &self,
+        cert: &Certificate,
+        lifetime: Lifetime,
+        now: OffsetDateTime,
+    ) -> OffsetDateTime {
+        self.plan(
+            &cert.id,
+            lifetime,
+            cert.renew_before,
+            cert.maintenance_window.as_ref(),
+            now,
+        )
+    }
+
     /// Plans every scheduled, healthy renewal again (after a policy change). Failing ones keep
     /// their backoff; ones being renewed keep their lease.
     async fn replan(&self) -> Result<usize> {
