@@ -477,6 +477,41 @@ fn approaching(
 mod tests {
     use super::*;
 
+    /// Whether `wake` holds a notification (taken if so).
+    fn woken(wake: &Wake) -> bool {
+        let notified = wake.notified();
+        futures_now(notified)
+    }
+
+    /// Polls a future once, with a waker that does nothing.
+    fn futures_now(future: impl std::future::Future<Output = ()>) -> bool {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        future.as_mut().poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn only_an_earlier_deadline_wakes_the_sleeping_loop() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let wake = Wake::default();
+        // Awake (a pass in progress): every deadline counts, the pass may have missed it.
+        wake.deadline(Some(now + Duration::days(300)));
+        assert!(woken(&wake));
+        // Asleep until an hour from now.
+        wake.sleeping_until(now + Duration::hours(1));
+        wake.deadline(Some(now + Duration::days(30)));
+        wake.deadline(None);
+        assert!(!woken(&wake), "a later deadline lets the loop sleep");
+        wake.deadline(Some(now + Duration::minutes(5)));
+        assert!(woken(&wake), "an earlier one wakes it");
+        // Any other change always wakes it.
+        wake.changed();
+        assert!(woken(&wake));
+        wake.awake();
+        wake.deadline(Some(now + Duration::days(300)));
+        assert!(woken(&wake));
+    }
+
     #[test]
     fn a_past_deadline_waits_for_a_free_permit_instead_of_spinning() {
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);

@@ -342,6 +342,33 @@ fn webhooks_are_signed_wait_while_the_receiver_is_down_and_survive_a_restart() {
     assert!(got.iter().all(
         |d| d.detail_type == "Certificate Available" || d.detail_type == "Certificate Revoked"
     ));
+
+    // Two more events, and a clean stop right after their delivery: the second is delivered
+    // within a second of the first, whose delivery may have saved the cursor, so only the
+    // stop saves it past the second. The restarted daemon sends neither again.
+    daemon.json(&["request", "hook5.internal"]);
+    daemon.json(&["request", "hook6.internal"]);
+    let before = receiver
+        .wait_for(got.len() + 2, Duration::from_secs(30))
+        .len();
+    std::thread::sleep(Duration::from_millis(300)); // the daemon reads the receiver's 200
+    daemon.stop();
+    daemon.spawn();
+    daemon.json(&["request", "hook7.internal"]);
+    receiver.wait_for(before + 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let after_wait = receiver.deliveries();
+    assert_eq!(
+        after_wait.len(),
+        before + 1,
+        "after a clean stop only the new event arrives: {:#?}",
+        &after_wait[before..]
+    );
+    assert!(
+        after_wait
+            .last()
+            .is_some_and(|d| d.body["detail"]["CommonName"] == "hook7.internal")
+    );
 }
 
 #[test]
