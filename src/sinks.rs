@@ -246,6 +246,7 @@ async fn run(
                 if sleep_or_stop(BACKOFF_MIN * 5, &shutdown).await {
                     break;
                 }
+                more = true; // read again after the pause, not at the next commit
                 continue;
             }
         };

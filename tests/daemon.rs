@@ -446,6 +446,107 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
     );
 }
 
+#[test]
+fn kill_9_during_batch_signing_keeps_every_batch_whole() {
+    let mut daemon = Daemon::start();
+    let dir = daemon.dir.path().to_owned();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "batch.key",
+            "-subj",
+            "/CN=batch.internal",
+            "-out",
+            "batch.csr",
+        ],
+    );
+    let csr = std::fs::read_to_string(dir.join("batch.csr")).unwrap();
+    const BATCH: usize = 25;
+    let socket = daemon.socket.clone();
+    let acknowledged = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Batches of 25 signatures (each tagged with its batch), 4 in flight at a time.
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (socket, acknowledged, stop, next, csr) = (
+                socket.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+                next.clone(),
+                csr.clone(),
+            );
+            std::thread::spawn(move || {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= 100 || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let requests: Vec<_> = (0..BATCH)
+                        .map(|_| serde_json::json!({ "csr": csr, "tags": { "batch": format!("b{n}") } }))
+                        .collect();
+                    let body = serde_json::json!({ "requests": requests }).to_string();
+                    let (status, _) =
+                        http(&socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+                    if status == 201 {
+                        acknowledged.lock().unwrap().push(n);
+                    }
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 10 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.kill();
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let attempted = next.load(Ordering::SeqCst).min(100);
+    assert!(
+        acknowledged.len() >= 10 && acknowledged.len() < 100,
+        "kill landed mid-stream: {}",
+        acknowledged.len()
+    );
+
+    daemon.spawn();
+    let mut stored_batches = 0;
+    for n in 0..attempted {
+        let (status, body) = http(
+            &daemon.socket,
+            "GET",
+            &format!("/v1/certificates?tag=batch=b{n}&limit=100"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let stored = list["certificates"].as_array().unwrap().len();
+        assert!(
+            stored == 0 || stored == BATCH,
+            "batch b{n}: {stored} of {BATCH} certificates stored: a batch is all or nothing"
+        );
+        if acknowledged.contains(&n) {
+            assert_eq!(stored, BATCH, "acknowledged batch b{n} is stored");
+        }
+        stored_batches += usize::from(stored == BATCH);
+    }
+    assert_eq!(daemon.count(), stored_batches * BATCH);
+    assert_eq!(
+        integrity_check(&daemon.state_dir.join("certkeeper.db")),
+        "ok"
+    );
+}
+
 fn integrity_check(db: &std::path::Path) -> String {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

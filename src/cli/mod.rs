@@ -294,14 +294,19 @@ struct SignArgs {
     /// are issued in one transaction, all or none (at most 1000), and need --out-dir.
     #[arg(long, value_name = "FILE", required = true)]
     csr: Vec<PathBuf>,
+    /// The CA that signs [default: defaults.ca, `default` out of the box].
     #[arg(long)]
     ca: Option<String>,
+    /// Lifetime, e.g. 90d or 12h [default: defaults.validity, 395d out of the box].
     #[arg(long, value_parser = parse_value::<Span>)]
     validity: Option<Span>,
+    /// Add the client-auth extended key usage (server auth is always there).
     #[arg(long)]
     client_auth: bool,
+    /// The certificate's name in the inventory [default: its first domain]. One CSR only.
     #[arg(long)]
     name: Option<String>,
+    /// KEY=VALUE (repeatable), given to every certificate signed.
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
     /// Expiry events start this many days before expiry (1-365) [default: the account setting].
