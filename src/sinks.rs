@@ -3,8 +3,9 @@
 //! Each sink has its own task and its own cursor in the store (`sink_cursors`): it reads the
 //! events after its cursor, delivers them in order, and moves the cursor only past events a
 //! sink acknowledged (a 2xx from a webhook, exit 0 from a command). The cursor is saved at most
-//! once a second (and when the daemon stops), not after every delivery: under a burst of
-//! issuance each commit carries a few events, and saving after each would double the commits.
+//! once a second (and when a delivery first fails, and when the daemon stops), not after every
+//! delivery: under a burst of issuance each commit carries a few events, and saving after each
+//! would double the commits.
 //! While a sink fails, it retries the same event with exponential backoff, so events wait
 //! instead of being lost; after a restart it resumes from its cursor. A crash delivers the
 //! events of the last second again: receivers deduplicate by the event id (the
@@ -253,7 +254,10 @@ async fn run(
         more = events.len() >= BATCH as usize;
         let mut stopping = false;
         for (seq, event) in events {
-            if sink.wants(&event) && !deliver_with_retry(&sink, &event, &metrics, &shutdown).await {
+            if sink.wants(&event)
+                && !deliver_with_retry(&sink, &event, (&mut cursor, &store), &metrics, &shutdown)
+                    .await
+            {
                 stopping = true; // the cursor stays before this event
                 break;
             }
@@ -308,9 +312,12 @@ async fn start_cursor(sink: &Sink, store: &Store) -> Result<i64, crate::store::S
 
 /// Delivers one event, retrying with backoff until it succeeds. Returns false when the daemon
 /// is stopping.
+/// At the first failure the cursor is saved (if behind): a receiver that stays down keeps the
+/// sink here for a long time, and what it did receive must not come again after a crash.
 async fn deliver_with_retry(
     sink: &Sink,
     event: &Event,
+    (cursor, store): (&mut Cursor, &Store),
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -329,6 +336,9 @@ async fn deliver_with_retry(
             Err(reason) => {
                 metrics.event_delivered(&sink.name, false);
                 warn!(sink = %sink.name, event = %event.id, attempt, retry_in_s = backoff.as_secs(), error = %reason, "event delivery failed");
+                if attempt == 1 {
+                    cursor.save(sink, store, None).await;
+                }
             }
         }
         if sleep_or_stop(backoff, shutdown).await {
