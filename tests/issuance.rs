@@ -724,6 +724,24 @@ fn sign_batch_issues_every_csr_or_none() {
         2,
     );
     assert!(err.contains("--name"), "{err}");
+    let err = d.fails(
+        &[
+            "sign",
+            "--csr",
+            "a.csr",
+            "--csr",
+            "b.csr",
+            "--out-dir",
+            "missing",
+        ],
+        2,
+    );
+    assert!(err.contains("missing: not a directory"), "{err}");
+    assert_eq!(
+        d.count(),
+        5,
+        "nothing is signed before the output is known to be writable"
+    );
     // A certificate never replaces its own CSR.
     d.write("d.pem", std::fs::read(d.path("a.csr")).expect("a.csr"));
     let err = d.fails(&["sign", "--csr", "d.pem", "--out-dir", "."], 2);

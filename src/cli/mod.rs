@@ -1111,6 +1111,12 @@ async fn sign(client: &Client, args: SignArgs, format: Format) -> Result<(), Fai
     // Where each chain goes, decided (and checked for clashes) before anything is issued.
     let mut outs = Vec::new();
     if let Some(dir) = &args.out_dir {
+        if !dir.is_dir() {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!("--out-dir {}: not a directory", dir.display()),
+            ));
+        }
         for csr in &args.csr {
             let stem = csr.file_stem().ok_or_else(|| {
                 Failure::new(exit::USAGE, format!("{}: not a file name", csr.display()))
