@@ -371,53 +371,68 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert_eq!(daemon.count(), created, "answers: {answered:?}");
 }
 
-#[test]
-fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
-    let mut daemon = Daemon::start();
-    let socket = daemon.socket.clone();
-    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+/// Runs `call(socket, i)` for i in 0..total on `workers` threads, kills the daemon (-9) once
+/// `kill_after` calls were acknowledged (`Some`), and returns the acknowledged values and how
+/// many calls were started.
+fn kill_mid_burst<T: Send + 'static>(
+    daemon: &mut Daemon,
+    workers: usize,
+    total: usize,
+    kill_after: usize,
+    call: impl Fn(&std::path::Path, usize) -> Option<T> + Send + Sync + 'static,
+) -> (Vec<T>, usize) {
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    // 200 issuances, 16 in flight at a time.
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let workers: Vec<_> = (0..16)
+    let call = Arc::new(call);
+    let threads: Vec<_> = (0..workers)
         .map(|_| {
-            let (socket, acknowledged, stop, next) = (
-                socket.clone(),
+            let (socket, acknowledged, stop, next, call) = (
+                daemon.socket.clone(),
                 acknowledged.clone(),
                 stop.clone(),
                 next.clone(),
+                call.clone(),
             );
             std::thread::spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= 200 || stop.load(Ordering::SeqCst) {
+                    if i >= total || stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let body = format!(r#"{{"domains":["burst{i}.internal"]}}"#);
-                    let (status, body) =
-                        http(&socket, "POST", "/v1/certificates", Some(body.as_bytes()));
-                    if status == 201 {
-                        let cert: serde_json::Value = serde_json::from_str(&body).unwrap();
-                        acknowledged.lock().unwrap().push(id(&cert));
+                    if let Some(value) = call(&socket, i) {
+                        acknowledged.lock().unwrap().push(value);
                     }
                 }
             })
         })
         .collect();
-    while acknowledged.lock().unwrap().len() < 60 {
+    while acknowledged.lock().unwrap().len() < kill_after {
         std::thread::sleep(Duration::from_millis(5));
     }
     daemon.kill();
     stop.store(true, Ordering::SeqCst);
-    for worker in workers {
-        worker.join().unwrap();
+    for thread in threads {
+        thread.join().unwrap();
     }
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     assert!(
-        acknowledged.len() >= 60 && acknowledged.len() < 200,
-        "kill landed mid-burst: {}",
+        acknowledged.len() >= kill_after && acknowledged.len() < total,
+        "kill landed mid-burst: {} of {total}",
         acknowledged.len()
     );
+    (acknowledged, next.load(Ordering::SeqCst).min(total))
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
+    let mut daemon = Daemon::start();
+    // 200 issuances, 16 in flight at a time.
+    let (acknowledged, _) = kill_mid_burst(&mut daemon, 16, 200, 60, |socket, i| {
+        let body = format!(r#"{{"domains":["burst{i}.internal"]}}"#);
+        let (status, body) = http(socket, "POST", "/v1/certificates", Some(body.as_bytes()));
+        (status == 201).then(|| id(&serde_json::from_str(&body).unwrap()))
+    });
 
     daemon.spawn();
     for cert in &acknowledged {
@@ -449,75 +464,23 @@ fn kill_9_during_a_burst_loses_no_acknowledged_issuance() {
 #[test]
 fn kill_9_during_batch_signing_keeps_every_batch_whole() {
     let mut daemon = Daemon::start();
-    let dir = daemon.dir.path().to_owned();
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "batch.key",
-            "-subj",
-            "/CN=batch.internal",
-            "-out",
-            "batch.csr",
-        ],
+    common::make_csr(
+        daemon.dir.path(),
+        "batch",
+        "batch.internal",
+        "DNS:batch.internal",
     );
-    let csr = std::fs::read_to_string(dir.join("batch.csr")).unwrap();
+    let csr = std::fs::read_to_string(daemon.path("batch.csr")).unwrap();
     const BATCH: usize = 25;
-    let socket = daemon.socket.clone();
-    let acknowledged = Arc::new(Mutex::new(Vec::<usize>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Batches of 25 signatures (each tagged with its batch), 4 in flight at a time.
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (socket, acknowledged, stop, next, csr) = (
-                socket.clone(),
-                acknowledged.clone(),
-                stop.clone(),
-                next.clone(),
-                csr.clone(),
-            );
-            std::thread::spawn(move || {
-                loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= 100 || stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let requests: Vec<_> = (0..BATCH)
-                        .map(|_| serde_json::json!({ "csr": csr, "tags": { "batch": format!("b{n}") } }))
-                        .collect();
-                    let body = serde_json::json!({ "requests": requests }).to_string();
-                    let (status, _) =
-                        http(&socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
-                    if status == 201 {
-                        acknowledged.lock().unwrap().push(n);
-                    }
-                }
-            })
-        })
-        .collect();
-    while acknowledged.lock().unwrap().len() < 10 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    daemon.kill();
-    stop.store(true, Ordering::SeqCst);
-    for worker in workers {
-        worker.join().unwrap();
-    }
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    let attempted = next.load(Ordering::SeqCst).min(100);
-    assert!(
-        acknowledged.len() >= 10 && acknowledged.len() < 100,
-        "kill landed mid-stream: {}",
-        acknowledged.len()
-    );
+    let (acknowledged, attempted) = kill_mid_burst(&mut daemon, 4, 100, 10, move |socket, n| {
+        let requests: Vec<_> = (0..BATCH)
+            .map(|_| serde_json::json!({ "csr": csr, "tags": { "batch": format!("b{n}") } }))
+            .collect();
+        let body = serde_json::json!({ "requests": requests }).to_string();
+        let (status, _) = http(socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+        (status == 201).then_some(n)
+    });
 
     daemon.spawn();
     let mut stored_batches = 0;

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::pki::{aki, ders, parse, pem_blocks, ski, webpki_name, webpki_verify};
-use common::{Daemon, id, openssl, openssl_try};
+use common::{Daemon, id, make_csr, openssl, openssl_try};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -486,29 +486,6 @@ fn default_validity_is_395_days() {
 }
 
 // --- 4. sign -------------------------------------------------------------------------------
-
-fn make_csr(dir: &Path, stem: &str, cn: &str, san: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{stem}.key"),
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            &format!("subjectAltName={san}"),
-            "-out",
-            &format!("{stem}.csr"),
-        ],
-    );
-}
 
 #[test]
 fn sign_issues_for_a_csr_without_holding_the_key() {

@@ -193,24 +193,7 @@ fn imported_certificates_get_expiry_events_and_are_never_renewed() {
     // The daily check every two seconds instead of daily, to see it work in real time.
     let daemon = Daemon::start_with(Some("[events]\ndaily-check = \"*/2 * * * * *\"\n"));
     let dir = daemon.dir.path();
-    common::openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "imp.key",
-            "-subj",
-            "/CN=imported.internal",
-            "-out",
-            "imp.csr",
-        ],
-    );
+    common::make_csr(dir, "imp", "imported.internal", "DNS:imported.internal");
     // A certificate from elsewhere (here: our CA, through sign), living 70 seconds.
     let signed = daemon.ok(&[
         "sign",

@@ -28,6 +28,31 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Makes `{stem}.key` and a P-256 CSR `{stem}.csr` in `dir` for `cn` with `san` (openssl
+/// syntax, e.g. `DNS:a.internal,IP:10.0.0.1`).
+pub fn make_csr(dir: &Path, stem: &str, cn: &str, san: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{stem}.key"),
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-out",
+            &format!("{stem}.csr"),
+        ],
+    );
+}
+
 /// A running daemon with its own state directory.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
