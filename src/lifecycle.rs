@@ -477,17 +477,11 @@ fn approaching(
 mod tests {
     use super::*;
 
-    /// Whether `wake` holds a notification (taken if so).
+    /// Whether `wake` holds a notification (taken if so): its future, polled once.
     fn woken(wake: &Wake) -> bool {
-        let notified = wake.notified();
-        futures_now(notified)
-    }
-
-    /// Polls a future once, with a waker that does nothing.
-    fn futures_now(future: impl std::future::Future<Output = ()>) -> bool {
-        let mut future = std::pin::pin!(future);
+        let mut notified = std::pin::pin!(wake.notified());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        future.as_mut().poll(&mut cx).is_ready()
+        notified.as_mut().poll(&mut cx).is_ready()
     }
 
     #[test]

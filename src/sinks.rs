@@ -195,11 +195,9 @@ impl Cursor {
         (self.delivered != self.saved).then_some(self.saved_when + CURSOR_SAVE_INTERVAL)
     }
 
-    /// Saves the delivered position if it is ahead of the saved one and `now` is past its
-    /// due time (`None`: whatever the time, as when stopping).
-    async fn save(&mut self, sink: &Sink, store: &Store, now: Option<Instant>) {
-        let Some(due) = self.save_due() else { return };
-        if now.is_some_and(|now| now < due) {
+    /// Saves the delivered position if it is ahead of the saved one.
+    async fn save(&mut self, sink: &Sink, store: &Store) {
+        if self.delivered == self.saved {
             return;
         }
         match store.set_sink_cursor(&sink.name, self.delivered).await {
@@ -234,7 +232,7 @@ async fn run(
             match wait_for_events(&mut notified, &committed, &shutdown, cursor.save_due()).await {
                 Woken::Events => {}
                 Woken::SaveDue => {
-                    cursor.save(&sink, &store, None).await;
+                    cursor.save(&sink, &store).await;
                     continue;
                 }
                 Woken::Stopping => break,
@@ -266,9 +264,11 @@ async fn run(
         if stopping {
             break;
         }
-        cursor.save(&sink, &store, Some(Instant::now())).await;
+        if cursor.save_due().is_some_and(|due| due <= Instant::now()) {
+            cursor.save(&sink, &store).await;
+        }
     }
-    cursor.save(&sink, &store, None).await;
+    cursor.save(&sink, &store).await;
 }
 
 enum Woken {
@@ -337,7 +337,7 @@ async fn deliver_with_retry(
                 metrics.event_delivered(&sink.name, false);
                 warn!(sink = %sink.name, event = %event.id, attempt, retry_in_s = backoff.as_secs(), error = %reason, "event delivery failed");
                 if attempt == 1 {
-                    cursor.save(sink, store, None).await;
+                    cursor.save(sink, store).await;
                 }
             }
         }

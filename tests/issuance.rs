@@ -684,35 +684,16 @@ fn sign_batch_issues_every_csr_or_none() {
     assert_eq!(d.count(), 5);
 
     // Usage: several CSRs need a place for their files, and cannot share one name.
-    let err = d.fails(&["sign", "--csr", "a.csr", "--csr", "b.csr"], 2);
+    let sign_two = |extra: &[&str]| {
+        let mut args = vec!["sign", "--csr", "a.csr", "--csr", "b.csr"];
+        args.extend(extra);
+        d.fails(&args, 2)
+    };
+    let err = sign_two(&[]);
     assert!(err.contains("--out-dir"), "{err}");
-    let err = d.fails(
-        &[
-            "sign",
-            "--csr",
-            "a.csr",
-            "--csr",
-            "b.csr",
-            "--name",
-            "x",
-            "--out-dir",
-            "out",
-        ],
-        2,
-    );
+    let err = sign_two(&["--name", "x", "--out-dir", "out"]);
     assert!(err.contains("--name"), "{err}");
-    let err = d.fails(
-        &[
-            "sign",
-            "--csr",
-            "a.csr",
-            "--csr",
-            "b.csr",
-            "--out-dir",
-            "missing",
-        ],
-        2,
-    );
+    let err = sign_two(&["--out-dir", "missing"]);
     assert!(err.contains("missing: not a directory"), "{err}");
     assert_eq!(
         d.count(),
@@ -756,6 +737,20 @@ fn sign_batch_issues_every_csr_or_none() {
     let (status, text) = common::http(&d.socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
     assert_eq!(status, 422, "{text}");
     assert!(text.contains("1 to 1000"), "{text}");
+    // Malformed bodies: a JSON error naming what is wrong, nothing signed.
+    for (body, names) in [
+        (r#"{"requests": "a.csr"}"#, "requests"),
+        (r#"{"requests": [{"csr": "x", "colour": 1}]}"#, "colour"),
+        (r#"{"requests": [{"csr": "#, "EOF"),
+    ] {
+        let (status, text) =
+            common::http(&d.socket, "POST", "/v1/sign/batch", Some(body.as_bytes()));
+        assert!((400..500).contains(&status), "{status} {text}");
+        assert!(
+            text.contains("invalid-json") && text.contains(names),
+            "{text}"
+        );
+    }
     assert_eq!(d.count(), 6);
 }
 

@@ -580,21 +580,7 @@ fn webhook_tls_is_verified_with_an_optional_custom_ca() {
         "-addext",
         "keyUsage=critical,keyCertSign",
     ]);
-    ssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "hook.key",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-out",
-        "hook.csr",
-    ]);
+    common::make_csr(dir, "hook", "127.0.0.1", "IP:127.0.0.1");
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",

@@ -5,8 +5,8 @@
 //! time (for a 429, at most five minutes ahead). Until then certkeeper sends that issuer
 //! nothing new (orders and renewal-information checks fail at once with
 //! [`super::AcmeError::RateLimited`]); the certificate whose attempt got the answer is retried
-//! no sooner than the whole Retry-After, plus jitter. instant-acme already honours Retry-After while polling an
-//! order and retries badNonce by itself.
+//! no sooner than the whole Retry-After, plus jitter. instant-acme already honours
+//! Retry-After while polling an order and retries badNonce by itself.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -86,10 +86,10 @@ impl Inventory {
         }
         // Names given twice in one batch: found here, so a name taken in the store can only
         // be taken by an earlier certificate, and is reported at its one request below.
-        let mut given: HashMap<&str, usize> = HashMap::new();
+        let mut given: HashMap<String, usize> = HashMap::new();
         for (i, req) in requests.iter().enumerate() {
-            if let Some(name) = req.name.as_deref()
-                && let Some(first) = given.insert(name, i)
+            if let Some(name) = &req.name
+                && let Some(first) = given.insert(name.clone(), i)
             {
                 return Err(in_request(
                     i,
@@ -140,25 +140,19 @@ impl Inventory {
                 pems.push(pem);
             }
         }
-        let names: Vec<(String, bool)> = news
-            .iter()
-            .map(|n| (n.name.clone(), n.name_is_default))
-            .collect();
-        let stored = match self.store.insert_certificates(news).await {
+        let stored = match self.insert_all(news).await {
             Ok(stored) => stored,
-            // The one error a single request can cause in the store: say which (names are
-            // unique within the batch, checked above).
+            // The one error a single request can cause in the store: say which.
             Err(StoreError::NameTaken(name)) => {
-                let i = names
-                    .iter()
-                    .position(|(n, default)| *n == name && !default)
-                    .unwrap_or(0);
-                return Err(in_request(i, StoreError::NameTaken(name).into()));
+                let err = StoreError::NameTaken(name.clone()).into();
+                return Err(match given.get(&name) {
+                    Some(&i) => in_request(i, err),
+                    None => err,
+                });
             }
             Err(err) => return Err(err.into()),
         };
         for cert in &stored {
-            self.wake.deadline(cert.not_after);
             self.metrics.issued(cert.origin);
         }
         Ok(pems

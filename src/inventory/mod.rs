@@ -40,8 +40,8 @@ use crate::policy::{self, Lifetime};
 use crate::schedule::{Schedule, Window};
 use crate::span::Span;
 use crate::store::{
-    InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store, StoreError,
-    VersionChange,
+    Deadlines, InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store,
+    StoreError, VersionChange,
 };
 
 /// How long a CRL is valid; it is re-signed when less than half of this remains.
@@ -219,11 +219,22 @@ impl Inventory {
 
     /// Stores a new certificate and tells the lifecycle task about its deadlines.
     async fn insert(&self, new: NewCertificate) -> Result<Certificate> {
-        let deadlines = new.deadlines();
-        let cert = self.store.insert_certificate(new).await?;
-        self.wake.deadline(deadlines.action);
-        self.wake.deadline(deadlines.expiry);
-        Ok(cert)
+        let mut stored = self.insert_all(vec![new]).await?;
+        stored
+            .pop()
+            .ok_or_else(|| InventoryError::Internal("the store answered no certificate".into()))
+    }
+
+    /// Stores new certificates in one transaction (all or none) and tells the lifecycle task
+    /// about their deadlines.
+    async fn insert_all(&self, news: Vec<NewCertificate>) -> Result<Vec<Certificate>, StoreError> {
+        let deadlines: Vec<_> = news.iter().map(NewCertificate::deadlines).collect();
+        let stored = self.store.insert_certificates(news).await?;
+        for Deadlines { action, expiry } in deadlines {
+            self.wake.deadline(action);
+            self.wake.deadline(expiry);
+        }
+        Ok(stored)
     }
 
     pub fn store(&self) -> &Store {

@@ -361,13 +361,6 @@ impl Store {
 
     // --- certificates --------------------------------------------------------------------
 
-    pub async fn insert_certificate(&self, new: NewCertificate) -> Result<Certificate, StoreError> {
-        let mut stored = self.insert_certificates(vec![new]).await?;
-        stored
-            .pop()
-            .ok_or_else(|| StoreError::Invalid("the store answered no certificate".into()))
-    }
-
     /// Inserts certificates in one transaction: all are stored or none is. Answers them in
     /// the order given.
     pub async fn insert_certificates(
