@@ -19,7 +19,7 @@
 //!   processes side by side, each starting the next name when it is done.
 //!
 //! The CNAMEs of a batch are created before it starts (one nsupdate), so the timed part is
-//! issuance only. certkeeper's label is `certkeeper::acme::label(name)`, the function the
+//! issuance only. certkeeper's label is `certkeeper::validation::label(name)`, the function the
 //! daemon uses, and the bench checks it against the records the daemon returns; lego's target
 //! is `<name's first label>.acme.test.`, found by lego itself through the CNAME. Both clients
 //! have their ACME account before any timed batch (one untimed certificate each).
@@ -368,7 +368,7 @@ async fn certkeeper_batch(ck: &Certkeeper, names: &[String], in_flight: usize) -
             .await;
             let cert: serde_json::Value = serde_json::from_slice(&answer).expect("certificate");
             let id = cert["id"].as_str().expect("id").to_owned();
-            let expected = format!("{}.acme.test.", certkeeper::acme::label(name));
+            let expected = format!("{}.acme.test.", certkeeper::validation::label(name));
             assert_eq!(
                 cert["validation_records"][0]["Value"], expected,
                 "the CNAME the bench created for {name} is the one the daemon asks for"
@@ -670,7 +670,7 @@ fn main() {
         let name = "ck-warmup.customer.test".to_owned();
         peers.add_cnames(&[(
             name.clone(),
-            format!("{}.acme.test.", certkeeper::acme::label(&name)),
+            format!("{}.acme.test.", certkeeper::validation::label(&name)),
         )]);
         runtime.block_on(certkeeper_batch(&ck, &[name], 1));
         ck
@@ -726,7 +726,7 @@ fn main() {
                     .map(|n| {
                         (
                             n.clone(),
-                            format!("{}.acme.test.", certkeeper::acme::label(n)),
+                            format!("{}.acme.test.", certkeeper::validation::label(n)),
                         )
                     })
                     .collect();

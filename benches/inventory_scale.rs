@@ -71,7 +71,7 @@ fn measure(size: usize, csrs: &[String]) {
     // info lines carry the daily check's timing.
     std::fs::write(&config, "[events]\njournal = true\n").expect("config");
     let log = dir.path().join("daemon.log");
-    let rust_log = "warn,certkeeper::lifecycle=info";
+    let rust_log = "warn,certkeeper::scheduler=info";
 
     let mut server = support::start_certkeeper(&state, &config, Some(&log), rust_log);
     let runtime = tokio::runtime::Builder::new_current_thread()

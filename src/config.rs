@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{KeyAlgorithm, check_name};
+use crate::argv::Argv;
+use crate::events::DetailType;
+use crate::events::sinks::{CommandSink, WebhookSink};
+use crate::model::{KeyAlgorithm, UnknownValue, check_name};
 use crate::schedule::{Schedule, Window};
 use crate::span::Span;
 
@@ -303,7 +306,7 @@ pub enum Publisher {
         key_file: PathBuf,
     },
     /// A command run as `argv... add|remove NAME VALUE`.
-    Command { argv: Vec<String> },
+    Command { argv: Argv },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,27 +340,6 @@ pub struct EventsConfig {
     pub commands: Vec<CommandSink>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WebhookSink {
-    pub name: String,
-    pub url: String,
-    /// The HMAC-SHA256 key is read from this file when the sink starts.
-    pub secret_file: PathBuf,
-    /// Only these detail types; empty means all.
-    pub detail_types: Vec<String>,
-    pub timeout: Span,
-    /// Extra CA certificates (PEM) to trust for this URL, besides the system's.
-    pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CommandSink {
-    pub name: String,
-    pub argv: Vec<String>,
-    pub detail_types: Vec<String>,
-    pub timeout: Span,
-}
-
 impl EventsConfig {
     /// Every sink's name, as used for its delivery cursor.
     pub fn sink_names(&self) -> Vec<String> {
@@ -369,18 +351,6 @@ impl EventsConfig {
             .collect()
     }
 }
-
-/// The detail types a sink filter may name.
-pub const DETAIL_TYPES: &[&str] = &[
-    "Certificate Available",
-    "Certificate Approaching Expiration",
-    "Certificate Expired",
-    "Certificate Renewal Action Required",
-    "Certificate Revoked",
-    "Certificate Validation Pending",
-    "Certificate Deployed",
-    "Certificate Deployment Failed",
-];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Defaults {
@@ -754,13 +724,14 @@ fn validation_config(
                         )
                     })?,
                 },
-                "command" if !d.command.is_empty() => Publisher::Command { argv: d.command },
-                "command" => {
-                    return Err(invalid(
-                        "validation.dns.command",
-                        "required with publisher = \"command\"".into(),
-                    ));
-                }
+                "command" => Publisher::Command {
+                    argv: Argv::new(d.command).map_err(|e| {
+                        invalid(
+                            "validation.dns.command",
+                            format!("required with publisher = \"command\": {e}"),
+                        )
+                    })?,
+                },
                 other => {
                     return Err(invalid(
                         "validation.dns.publisher",
@@ -800,14 +771,14 @@ fn validation_config(
     })
 }
 
-/// Sink names are unique (they key the delivery cursors) and filters name real detail types.
+/// Sink names are unique (they key the delivery cursors); filters parse into detail types.
 fn check_sink(
     invalid: Invalid<'_>,
     key: &str,
     name: &str,
-    detail_types: &[String],
+    detail_types: Vec<String>,
     seen: &mut Vec<String>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<DetailType>, ConfigError> {
     check_name("sink", name).map_err(|e| invalid(&format!("{key}.name"), e.to_string()))?;
     if seen.iter().any(|n| n == name) || name == "journal" {
         return Err(invalid(
@@ -816,18 +787,11 @@ fn check_sink(
         ));
     }
     seen.push(name.to_owned());
-    for t in detail_types {
-        if !DETAIL_TYPES.contains(&t.as_str()) {
-            return Err(invalid(
-                &format!("{key}.detail-types"),
-                format!(
-                    "unknown detail type {t:?} (expected one of: {})",
-                    DETAIL_TYPES.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
+    detail_types
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: UnknownValue| invalid(&format!("{key}.detail-types"), e.to_string()))
 }
 
 fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, ConfigError> {
@@ -844,11 +808,11 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
     let mut seen: Vec<String> = Vec::new();
     let mut webhooks = Vec::new();
     for (i, w) in raw.webhook.into_iter().enumerate() {
-        check_sink(
+        let detail_types = check_sink(
             invalid,
             &format!("events.webhook[{i}]"),
             &w.name,
-            &w.detail_types,
+            w.detail_types,
             &mut seen,
         )?;
         if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
@@ -861,30 +825,26 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
             name: w.name,
             url: w.url,
             secret_file: w.secret_file,
-            detail_types: w.detail_types,
+            detail_types,
             timeout: w.timeout.unwrap_or(Span::from_secs(10)),
             ca_file: w.ca_file,
         });
     }
     let mut commands = Vec::new();
     for (i, c) in raw.command.into_iter().enumerate() {
-        check_sink(
+        let detail_types = check_sink(
             invalid,
             &format!("events.command[{i}]"),
             &c.name,
-            &c.detail_types,
+            c.detail_types,
             &mut seen,
         )?;
-        if c.argv.is_empty() {
-            return Err(invalid(
-                &format!("events.command[{i}].argv"),
-                "must name a program".into(),
-            ));
-        }
+        let argv = Argv::new(c.argv)
+            .map_err(|e| invalid(&format!("events.command[{i}].argv"), e.to_string()))?;
         commands.push(CommandSink {
             name: c.name,
-            argv: c.argv,
-            detail_types: c.detail_types,
+            argv,
+            detail_types,
             timeout: c.timeout.unwrap_or(Span::from_secs(30)),
         });
     }

@@ -12,21 +12,22 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-
-use crate::acme::dns::DnsValidator;
 use tracing::{error, info, warn};
 
 use crate::acme::Acme;
-use crate::acme::http::Tokens;
 use crate::api::{self, AppState, Limits};
 use crate::config::{
     Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, HttpValidation, MasterKeySource,
 };
+use crate::events::sinks;
+use crate::exit;
 use crate::inventory::{Inventory, InventoryError, Settings};
 use crate::logging::Logging;
+use crate::scheduler;
 use crate::store::{Keyring, SealError, Store, StoreError};
 use crate::systemd;
-use crate::{lifecycle, sinks};
+use crate::validation::dns::{DnsError, DnsValidator};
+use crate::validation::http::{self, Tokens};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -45,13 +46,13 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error("validation.dns: {0}")]
-    Dns(#[from] crate::acme::dns::DnsError),
+    Dns(#[from] DnsError),
     #[error("another certkeeper daemon is using the state directory {0}")]
     AlreadyRunning(PathBuf),
     #[error("another process is serving the API socket {0}")]
     SocketInUse(PathBuf),
     #[error(transparent)]
-    Sink(#[from] crate::sinks::SinkError),
+    Sink(#[from] sinks::SinkError),
 }
 
 impl DaemonError {
@@ -60,17 +61,15 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Config(_) | DaemonError::MasterKey(_) | DaemonError::Sink(_) => {
-                crate::cli::exit::CONFIG
+                exit::CONFIG
             }
-            DaemonError::Store(StoreError::Seal(_)) => crate::cli::exit::CONFIG,
-            DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => {
-                crate::cli::exit::CONFIG
-            }
-            DaemonError::AlreadyRunning(_) | DaemonError::SocketInUse(_) => 75, // EX_TEMPFAIL
-            DaemonError::Io { .. } => 73,                                       // EX_CANTCREAT
-            DaemonError::Dns(crate::acme::dns::DnsError::Bind { .. }) => 73,
-            DaemonError::Dns(_) => crate::cli::exit::CONFIG,
-            DaemonError::Store(_) | DaemonError::Inventory(_) => crate::cli::exit::SOFTWARE,
+            DaemonError::Store(StoreError::Seal(_)) => exit::CONFIG,
+            DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
+            DaemonError::AlreadyRunning(_) | DaemonError::SocketInUse(_) => exit::TEMP_FAIL,
+            DaemonError::Io { .. } => exit::CANT_CREATE,
+            DaemonError::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
+            DaemonError::Dns(_) => exit::CONFIG,
+            DaemonError::Store(_) | DaemonError::Inventory(_) => exit::SOFTWARE,
         }
     }
 }
@@ -109,7 +108,7 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let inventory = open_inventory(&config, tokens, &shutdown).await?;
     if let (Some(listener), Some(tokens)) = (http01, inventory.http_tokens()) {
-        crate::acme::http::serve(listener, tokens, shutdown.clone());
+        http::serve(listener, tokens, shutdown.clone());
     }
     // Background work first: event sinks settle their cursors before any request can commit
     // an event, and the lifecycle task owns the deadlines.
@@ -224,7 +223,8 @@ async fn start_background(
     inventory: &Arc<Inventory>,
     shutdown: &CancellationToken,
 ) -> Result<Background, DaemonError> {
-    let sinks = sinks::build(&config.events)?;
+    let events = &config.events;
+    let sinks = sinks::build(events.journal, &events.webhooks, &events.commands)?;
     let sinks = sinks::start(
         sinks,
         inventory.store().clone(),
@@ -232,13 +232,13 @@ async fn start_background(
         shutdown.clone(),
     )
     .await?;
-    let plan = lifecycle::Plan {
+    let plan = scheduler::Plan {
         daily_check: config.events.daily_check.clone(),
         concurrency: config.renewal.concurrency,
         retention: config.events.retention,
         sinks: config.events.sink_names(),
     };
-    let lifecycle = tokio::spawn(lifecycle::run(inventory.clone(), plan, shutdown.clone()));
+    let lifecycle = tokio::spawn(scheduler::run(inventory.clone(), plan, shutdown.clone()));
     Ok(Background { lifecycle, sinks })
 }
 

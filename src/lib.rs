@@ -1,28 +1,44 @@
 //! certkeeper: a certificate lifecycle daemon (see README.md and DESIGN.md).
 //!
 //! One binary: `certkeeper serve` runs the daemon; every other verb is a client of its API.
+//! The modules, from the top (the daemon and its interfaces) down to pure leaves:
 
-pub mod acme; // public certificates from ACME CAs: accounts, orders, HTTP-01/DNS-01
+// The daemon and its interfaces
 pub mod api; // HTTP/JSON API under /v1 on the Unix socket; types shared with the CLI
-pub mod ca; // private CAs: roots, subordinates, leaf issuance, CSR signing, CRLs
 pub mod cli; // verbs, socket client, output formatting
-pub mod config; // raw TOML -> checked Config, once
-pub mod daemon; // lifecycle only: load, bind, serve, notify, signals, drain
-pub mod events; // ACM-shaped lifecycle events (written to the store's outbox)
-pub mod export; // passphrase-encrypted PEM and PKCS#12 export
-pub mod fsutil; // atomic file writes
-pub mod import; // checks for certificates brought in from elsewhere
-pub mod inventory; // every certificate and CA operation, between API and store
-pub mod keys; // key generation, parsing and the canonical PKCS#8 form
-pub mod lifecycle; // the timer task: renewals, expiry, the daily expiry check
-pub mod logging; // journald or stderr, reloadable level
+pub mod daemon; // lifecycle only: load, bind, spawn and supervise tasks, notify, signals, drain
 pub mod metrics; // Prometheus text exposition: counters and per-certificate gauges
-pub mod model; // domain types shared by daemon, API and CLI; no I/O
-pub mod pem; // strict PEM/DER reading of outside input, PEM writing
-pub mod policy; // pure timing rules: renewal, jitter, backoff, windows, expiry thresholds
-pub mod schedule; // cron schedules and maintenance windows, UTC or a time zone
-pub mod sinks;
-pub mod span; // durations as operators write them ("90d")
+pub mod systemd; // sd_notify: READY, RELOADING, STOPPING, the watchdog
+
+// The certificate lifecycle
+pub mod acme; // public certificates from ACME CAs: accounts, orders, challenges
+pub mod ca; // private CAs: roots, subordinates, leaf issuance, CSR signing, CRLs
+pub mod events; // ACM-shaped lifecycle events: types, builders, delivery to sinks
+pub mod inventory; // every certificate and CA operation, between API and store
+pub mod scheduler; // the one timer task: renewals, expiry, the daily expiry check
+pub mod validation; // proof of domain control: DNS delegation, zone publishers, HTTP-01
+pub mod wake; // how the inventory tells the scheduler that deadlines moved
+
+// State
 pub mod store; // SQLite inventory, group-commit writer, envelope encryption
-pub mod systemd;
-pub mod x509; // facts from parsed certificates, chain links // sd_notify and the watchdog // event delivery: journal, signed webhooks, commands
+
+// Pure rules and types (no I/O)
+pub mod config; // raw TOML -> checked Config, once
+pub mod model; // domain types shared by daemon, API and CLI
+pub mod policy; // timing rules and the planner: what happens next to a certificate, and when
+pub mod schedule; // cron schedules and maintenance windows, UTC or a time zone
+pub mod span; // durations as operators write them ("90d")
+
+// PKI helpers
+pub mod export; // passphrase-encrypted PEM and PKCS#12 export
+pub mod import; // checks for certificates brought in from elsewhere
+pub mod keys; // key generation, parsing and the canonical PKCS#8 form
+pub mod pem; // strict PEM/DER reading of outside input, PEM writing
+pub mod x509; // facts from parsed certificates, chain links
+
+// Tools
+pub mod argv; // other programs, run without a shell (sinks, publisher and deploy commands)
+pub mod atomic_file; // files replaced or created atomically (temp file, fsync, rename/link)
+pub mod exit; // process exit codes shared by the daemon and the CLI
+pub mod lock; // taking a poisoned std lock, and why that is safe here
+pub mod logging; // journald or stderr, reloadable level

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use certkeeper::cli::{self, Cli, exit};
-use certkeeper::{daemon, logging::Logging};
+use certkeeper::cli::{self, Cli};
+use certkeeper::{daemon, exit, logging::Logging};
 
 fn main() -> ExitCode {
     // One crypto provider for every TLS use; fails loudly if another crate enabled ring too.

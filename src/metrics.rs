@@ -14,8 +14,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use time::OffsetDateTime;
 
-use crate::model::Status;
-use crate::store::{MetricsRow, MetricsSummary};
+use crate::lock;
+use crate::model::{CertificateId, Origin, Status};
+
+/// Inventory-wide figures for `/metrics`, cheap at any size.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSummary {
+    /// (status as users see it, origin, count).
+    pub counts: Vec<(Status, Origin, i64)>,
+    /// (origin, earliest not-after of an issued, unexpired certificate).
+    pub earliest_expiry: Vec<(Origin, OffsetDateTime)>,
+    pub renewals_failing: i64,
+}
+
+/// One certificate's metrics labels and values.
+#[derive(Clone, Debug)]
+pub struct MetricsRow {
+    pub id: CertificateId,
+    pub name: String,
+    pub origin: Origin,
+    pub common_name: String,
+    pub issuer: String,
+    pub status: Status,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub next_action_at: Option<OffsetDateTime>,
+    pub renewal_failures: u32,
+}
 
 /// Counters since the daemon started.
 #[derive(Default)]
@@ -47,7 +72,7 @@ impl Metrics {
     }
 
     pub fn event_delivered(&self, sink: &str, ok: bool) {
-        let mut map = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock::lock(&self.deliveries);
         *map.entry((sink.to_owned(), ok)).or_insert(0) += 1;
     }
 }
@@ -121,12 +146,7 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot, now: OffsetDateTime) -> St
         "counter",
         "Event delivery attempts since start, by sink and result",
     );
-    for ((sink, ok), n) in metrics
-        .deliveries
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
+    for ((sink, ok), n) in lock::lock(&metrics.deliveries).iter() {
         let result = if *ok { "success" } else { "failure" };
         let _ = writeln!(
             out,

@@ -87,6 +87,8 @@ macro_rules! spelled {
     };
 }
 
+pub(crate) use spelled;
+
 spelled!(Origin, "origin", { Public => "public", Private => "private", Imported => "imported" });
 spelled!(Status, "status", {
     PendingValidation => "pending-validation",
@@ -114,6 +116,27 @@ pub struct UnknownValue {
     pub value: String,
     pub expected: &'static [&'static str],
 }
+
+/// How control of a certificate's domains is proven (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValidationMethod {
+    /// A DNS record: for ACME, DNS-01 through a CNAME into the validation zone.
+    Dns,
+    /// HTTP-01 (ACME only).
+    Http,
+    /// Approval mail to the domain's administrative addresses (private CAs).
+    Email,
+    /// No proof asked (a private CA's policy).
+    None,
+}
+
+spelled!(ValidationMethod, "validation method", {
+    Dns => "dns",
+    Http => "http",
+    Email => "email",
+    None => "none",
+});
 
 /// The reasons RFC 5280 §5.3.1 allows on a CRL entry (the ones a user would pick).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,9 +483,9 @@ pub struct Certificate {
     /// Per-certificate maintenance window; `None` uses `renewal.window`.
     #[serde(default)]
     pub maintenance_window: Option<WindowSpec>,
-    /// Public certificates: how domain control is proven (`dns` or `http`).
+    /// Public certificates: how domain control is proven.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation_method: Option<String>,
+    pub validation_method: Option<ValidationMethod>,
     /// While `pending-validation`: when it becomes `validation-timed-out`.
     #[serde(
         with = "time::serde::rfc3339::option",
@@ -658,39 +681,6 @@ pub enum CaKind {
 }
 
 spelled!(CaKind, "CA kind", { Root => "root", Subordinate => "subordinate", External => "external" });
-
-/// A lifecycle event, shaped like ACM's EventBridge events (DESIGN.md §5).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub version: String,
-    pub id: String,
-    #[serde(rename = "detail-type")]
-    pub detail_type: String,
-    pub source: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    pub resources: Vec<String>,
-    pub detail: serde_json::Value,
-}
-
-impl Event {
-    pub fn new(
-        detail_type: &str,
-        certificate: &CertificateId,
-        now: OffsetDateTime,
-        detail: serde_json::Value,
-    ) -> Self {
-        Event {
-            version: "0".to_owned(),
-            id: uuid::Uuid::now_v7().to_string(),
-            detail_type: detail_type.to_owned(),
-            source: "certkeeper".to_owned(),
-            time: now,
-            resources: vec![certificate.to_string()],
-            detail,
-        }
-    }
-}
 
 /// RFC 3339 text, the one way times are written for people and in messages.
 pub fn rfc3339(t: OffsetDateTime) -> String {

@@ -639,7 +639,7 @@ fn a_validation_the_ca_fails_is_withdrawn_kept_as_the_reason_and_retried() {
     // The delegation is in place before the request, so the first attempt orders.
     let target = format!(
         "{}.acme.test.",
-        certkeeper::acme::label("shop.customer.test")
+        certkeeper::validation::label("shop.customer.test")
     );
     knot.nsupdate(
         "customer.test.",

@@ -1,4 +1,4 @@
-//! DNS-01 publishing and delegation checks (`certkeeper::acme::dns`) against real peers: Knot
+//! DNS-01 publishing and delegation checks (`certkeeper::validation::dns`) against real peers: Knot
 //! takes RFC 2136 updates signed with TSIG, unbound resolves across zones the way Let's
 //! Encrypt's resolver does, kdig queries the embedded authoritative server over UDP and TCP,
 //! and a real script stands in for a publisher command. A peer that cannot start fails the
@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use certkeeper::acme::ValidationRecord;
-use certkeeper::acme::dns::{DelegationProblem, DnsError, DnsValidator};
+use certkeeper::argv::Argv;
 use certkeeper::config::{DnsValidation, Publisher};
+use certkeeper::model::ValidationRecord;
+use certkeeper::validation::dns::{DelegationProblem, DnsError, DnsValidator};
 use common::peers::{Knot, Unbound, dns_lookup, free_port, loopback, unquote_txt};
 use tokio_util::sync::CancellationToken;
 
@@ -409,7 +410,7 @@ async fn check_delegations_through_unbound_reports_missing_and_wrong_cnames() {
         &config(
             "acme.test",
             Publisher::Command {
-                argv: vec!["/bin/false".into()],
+                argv: argv(vec!["/bin/false".into()]),
             },
             vec![unbound.addr],
         ),
@@ -499,7 +500,7 @@ async fn check_delegations_through_unbound_reports_missing_and_wrong_cnames() {
         &config(
             "acme.test",
             Publisher::Command {
-                argv: vec!["/bin/false".into()],
+                argv: argv(vec!["/bin/false".into()]),
             },
             vec![silent.local_addr().unwrap()],
         ),
@@ -541,12 +542,18 @@ async fn command_publisher_runs_argv_without_a_shell_and_reports_stderr() {
         ),
     );
     // The fixed argument has a space and a `$`: passed as one argument, not through a shell.
-    let argv = vec![
+    let argv_parts = vec![
         recorder.to_string_lossy().into_owned(),
         "--zone file $HOME".to_owned(),
     ];
     let dns = DnsValidator::start(
-        &config("acme.test", Publisher::Command { argv }, vec![]),
+        &config(
+            "acme.test",
+            Publisher::Command {
+                argv: argv(argv_parts),
+            },
+            vec![],
+        ),
         CancellationToken::new(),
     )
     .await
@@ -577,10 +584,10 @@ async fn command_publisher_runs_argv_without_a_shell_and_reports_stderr() {
         &config(
             "acme.test",
             Publisher::Command {
-                argv: vec![
+                argv: argv(vec![
                     failing.to_string_lossy().into_owned(),
                     "--token=s3cret".into(),
-                ],
+                ]),
             },
             vec![],
         ),
@@ -613,7 +620,7 @@ async fn command_publisher_runs_argv_without_a_shell_and_reports_stderr() {
         &config(
             "acme.test",
             Publisher::Command {
-                argv: vec![dir.path().join("nope").to_string_lossy().into_owned()],
+                argv: argv(vec![dir.path().join("nope").to_string_lossy().into_owned()]),
             },
             vec![],
         ),
@@ -624,12 +631,10 @@ async fn command_publisher_runs_argv_without_a_shell_and_reports_stderr() {
     let err = dns.publish("lbl.acme.test.", "v").await.unwrap_err();
     assert!(err.to_string().contains("cannot start"), "{err}");
 
-    // An empty command is a setup error.
-    let err = DnsValidator::start(
-        &config("acme.test", Publisher::Command { argv: vec![] }, vec![]),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, DnsError::Config(_)), "{err}");
+    // An empty command cannot even be configured: there is no Argv without a program.
+    assert!(Argv::new(vec![]).is_err());
+}
+
+fn argv(parts: Vec<String>) -> Argv {
+    Argv::new(parts).unwrap()
 }

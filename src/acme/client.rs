@@ -20,6 +20,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 
+use crate::lock;
+
 /// When the CA said to come back; shared by the client and the issuer that owns it.
 ///
 /// Two readings of one Retry-After: the *block* stops all traffic to the CA (a 5xx says the CA
@@ -39,13 +41,13 @@ struct State {
 impl Backoff {
     /// Until when nothing new goes to the CA, if that is still ahead.
     pub fn blocked_until(&self) -> Option<SystemTime> {
-        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = lock::lock(&self.0);
         state.block.filter(|t| *t > SystemTime::now())
     }
 
     /// The wait the CA asked for in an answer received at or after `since`, if still ahead.
     pub fn advice_since(&self, since: SystemTime) -> Option<SystemTime> {
-        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = lock::lock(&self.0);
         state
             .advice
             .filter(|(until, received)| *received >= since && *until > SystemTime::now())
@@ -60,7 +62,7 @@ impl Backoff {
         } else {
             wait
         };
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock::lock(&self.0);
         let block = now + block;
         if state.block.is_none_or(|t| t < block) {
             state.block = Some(block);

@@ -18,8 +18,6 @@
 //! and the "Renewal Action Required" event. Retrying is the lifecycle's job (backoff).
 
 pub mod client;
-pub mod dns;
-pub mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,8 +35,11 @@ use zeroize::Zeroizing;
 
 use crate::config::{AcmeIssuer, ValidationConfig};
 use crate::keys;
-use crate::model::{Certificate, Domain, KeyAlgorithm, RenewalInfo};
+use crate::model::{
+    Certificate, Domain, KeyAlgorithm, RenewalInfo, ValidationMethod, ValidationRecord,
+};
 use crate::store::{Store, StoreError};
+use crate::validation::{delegations, describe_problems, dns, http, label};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -63,8 +64,10 @@ pub enum AcmeError {
         status: String,
         detail: String,
     },
-    #[error("validation method {0:?} is not configured (see [validation] in the config)")]
-    MethodNotConfigured(String),
+    #[error("validation method {0} is not configured (see [validation] in the config)")]
+    MethodNotConfigured(ValidationMethod),
+    #[error("validation method {0} is not one ACME offers: use dns or http")]
+    MethodNotAcme(ValidationMethod),
     /// Some `_acme-challenge` CNAMEs are not in place yet: the certificate stays pending.
     #[error("waiting for DNS: {}", describe_problems(.0))]
     Delegation(Vec<dns::DelegationProblem>),
@@ -82,8 +85,6 @@ pub enum AcmeError {
     #[error("key: {0}")]
     Key(String),
 }
-
-pub use crate::model::ValidationRecord;
 
 impl AcmeError {
     /// When the CA allows the next attempt, if it said.
@@ -129,39 +130,6 @@ fn transient(err: &instant_acme::Error) -> bool {
     }
 }
 
-/// `_acme-challenge.<name>. CNAME <label>.<zone>.` for each DNS name. The label is derived
-/// from the name alone (SHA-256, base32, 16 characters), so it never changes: the record is
-/// created once and serves every renewal, and `*.example.com` and `example.com` share it.
-pub fn delegations(domains: &[Domain], zone: &str) -> Vec<ValidationRecord> {
-    let mut records: Vec<ValidationRecord> = Vec::new();
-    for domain in domains {
-        let Domain::Dns(name) = domain else { continue };
-        let base = name.strip_prefix("*.").unwrap_or(name);
-        let record = ValidationRecord {
-            name: format!("_acme-challenge.{base}."),
-            rtype: "CNAME".to_owned(),
-            value: format!("{}.{zone}.", label(base)),
-        };
-        if !records.contains(&record) {
-            records.push(record);
-        }
-    }
-    records
-}
-
-/// The stable delegation label of a base name.
-pub fn label(base: &str) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, base.as_bytes());
-    // 16 base32 characters = 80 bits: collisions within one zone are not a concern.
-    let bits = digest.as_ref()[..10]
-        .iter()
-        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
-    (0..16)
-        .map(|i| ALPHABET[((bits >> (75 - 5 * i)) & 31) as usize] as char)
-        .collect()
-}
-
 /// A certificate the CA issued, ready to become a version.
 pub struct Issued {
     pub certificate: crate::ca::Issued,
@@ -180,23 +148,6 @@ enum Solver {
 enum Published {
     Token(String),
     Txt { name: String, value: String },
-}
-
-fn describe_problems(problems: &[dns::DelegationProblem]) -> String {
-    problems
-        .iter()
-        .map(|p| {
-            let found = match &p.found {
-                Some(target) => format!("it points to {target}"),
-                None => "it does not exist yet".to_owned(),
-            };
-            format!(
-                "create {} {} {} ({found})",
-                p.record.name, p.record.rtype, p.record.value
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 struct IssuerRuntime {
@@ -306,9 +257,9 @@ impl Acme {
 
     /// What the user must create for `method` before the CA can validate: for `dns`, one
     /// CNAME per name (a wildcard and its base share it), the same for every renewal.
-    pub fn records(&self, method: &str, domains: &[Domain]) -> Vec<ValidationRecord> {
+    pub fn records(&self, method: ValidationMethod, domains: &[Domain]) -> Vec<ValidationRecord> {
         match (method, &self.validation.dns) {
-            ("dns", Some(dns)) => delegations(domains, &dns.zone),
+            (ValidationMethod::Dns, Some(dns)) => delegations(domains, &dns.zone),
             _ => Vec::new(),
         }
     }
@@ -320,7 +271,7 @@ impl Acme {
     pub async fn check_request(
         &self,
         issuer: &str,
-        method: &str,
+        method: ValidationMethod,
         algorithm: KeyAlgorithm,
         domains: &[Domain],
     ) -> Result<(), AcmeError> {
@@ -328,11 +279,16 @@ impl Acme {
             return Err(AcmeError::UnknownIssuer(issuer.to_owned()));
         }
         match method {
-            "http" if self.http.is_some() => {}
-            "dns" if self.dns.is_some() => {}
-            other => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
+            ValidationMethod::Http if self.http.is_some() => {}
+            ValidationMethod::Dns if self.dns.is_some() => {}
+            ValidationMethod::Http | ValidationMethod::Dns => {
+                return Err(AcmeError::MethodNotConfigured(method));
+            }
+            ValidationMethod::Email | ValidationMethod::None => {
+                return Err(AcmeError::MethodNotAcme(method));
+            }
         }
-        if method == "http" && domains.iter().any(Domain::is_wildcard) {
+        if method == ValidationMethod::Http && domains.iter().any(Domain::is_wildcard) {
             return Err(AcmeError::Setup {
                 issuer: issuer.to_owned(),
                 message: "wildcard names can only be validated with --validation dns".into(),
@@ -519,7 +475,7 @@ impl Acme {
     pub async fn issue(
         &self,
         cert: &Certificate,
-        method: &str,
+        method: ValidationMethod,
         replacing: Option<&str>,
     ) -> Result<Issued, AcmeError> {
         let runtime = self
@@ -534,17 +490,22 @@ impl Acme {
             .map_err(|_| setup(&runtime.config, "shutting down"))?;
         runtime.check_backoff()?;
         let solver = match (method, &self.http, &self.dns) {
-            ("http", Some(tokens), _) => Solver::Http(tokens.clone()),
-            ("dns", _, Some(validator)) => {
+            (ValidationMethod::Http, Some(tokens), _) => Solver::Http(tokens.clone()),
+            (ValidationMethod::Dns, _, Some(validator)) => {
                 // No order before every delegation is in place: the CA would only fail it.
-                let records = self.records("dns", &cert.domains);
+                let records = self.records(method, &cert.domains);
                 let problems = validator.check_delegations(&records).await?;
                 if !problems.is_empty() {
                     return Err(AcmeError::Delegation(problems));
                 }
                 Solver::Dns(validator.clone())
             }
-            (other, _, _) => return Err(AcmeError::MethodNotConfigured(other.to_owned())),
+            (ValidationMethod::Http | ValidationMethod::Dns, _, _) => {
+                return Err(AcmeError::MethodNotConfigured(method));
+            }
+            (ValidationMethod::Email | ValidationMethod::None, _, _) => {
+                return Err(AcmeError::MethodNotAcme(method));
+            }
         };
         let started = SystemTime::now();
         let account = self.account(runtime).await?;

@@ -124,6 +124,7 @@ impl From<InventoryError> for ApiError {
             InventoryError::Acme(
                 crate::acme::AcmeError::UnknownIssuer(_)
                 | crate::acme::AcmeError::MethodNotConfigured(_)
+                | crate::acme::AcmeError::MethodNotAcme(_)
                 | crate::acme::AcmeError::Setup { .. },
             ) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", message),
             InventoryError::Acme(crate::acme::AcmeError::Delegation(_)) => {

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::events::Event;
 use crate::export::ExportFormat;
-use crate::model::{CaInfo, Certificate, Event, KeyAlgorithm, RevocationReason};
+use crate::model::{CaInfo, Certificate, KeyAlgorithm, RevocationReason, ValidationMethod};
 use crate::span::Span;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -45,7 +46,7 @@ pub struct RequestCertificate {
     pub issuer: Option<String>,
     /// Public certificates: `dns` (CNAME delegation) or `http` (HTTP-01).
     #[serde(default)]
-    pub validation: Option<String>,
+    pub validation: Option<ValidationMethod>,
     /// This certificate's maintenance window (cron); `renewal.window` when absent.
     #[serde(default)]
     pub window: Option<String>,

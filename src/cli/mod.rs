@@ -14,39 +14,21 @@ use zeroize::Zeroizing;
 
 use crate::api::types::*;
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Environment};
+use crate::exit;
 use crate::export::{ExportFormat, Exported};
-use crate::model::{Certificate, KeyAlgorithm, Origin, RevocationReason, Status};
+use crate::model::{Certificate, KeyAlgorithm, Origin, RevocationReason, Status, ValidationMethod};
 use crate::span::Span;
 pub use client::ClientError;
 use client::{Client, encode};
 use output::Format;
 
-/// Exit codes (sysexits.h where one fits), documented in `--help` and the README.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// The daemon refused the operation (not found, conflict) or a check failed.
-    pub const FAILED: u8 = 1;
-    /// Command-line usage error (clap).
-    pub const USAGE: u8 = 2;
-    /// The input was rejected as invalid (bad PEM, CSR, names, ...).
-    pub const DATA: u8 = 65;
-    /// A file named on the command line cannot be read.
-    pub const NO_INPUT: u8 = 66;
-    /// The daemon cannot be reached.
-    pub const UNAVAILABLE: u8 = 69;
-    /// Internal error in the daemon.
-    pub const SOFTWARE: u8 = 70;
-    /// Output cannot be written.
-    pub const IO: u8 = 74;
-    /// The configuration is invalid, or the state does not match it (wrong master key).
-    pub const CONFIG: u8 = 78;
-}
-
+/// The exit codes ([`crate::exit`]), as `--help` and the README list them.
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 the daemon refused the operation (not found, conflict); 2 usage error; \
 65 input rejected as invalid; 66 a named file cannot be read; 69 daemon unreachable; \
-70 internal error; 74 output cannot be written; 78 configuration error. `check` uses the \
-monitoring-plugin codes instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.";
+70 internal error; 73 (serve) a socket, listener or file cannot be created; 74 output cannot be \
+written; 75 (serve) another daemon holds the state directory or socket; 78 configuration error. \
+`check` uses the monitoring-plugin codes instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.";
 
 #[derive(Debug, Parser)]
 #[command(name = "certkeeper", version, about = "Certificate lifecycle daemon and its client", after_help = EXIT_CODES)]
@@ -201,8 +183,8 @@ struct RequestArgs {
     issuer: Option<String>,
     /// How a public certificate proves domain control: dns (CNAME delegation) or http (HTTP-01)
     /// [default: dns].
-    #[arg(long, value_parser = ["dns", "http"], requires = "issuer")]
-    validation: Option<String>,
+    #[arg(long, value_parser = parse_value::<ValidationMethod>, requires = "issuer")]
+    validation: Option<ValidationMethod>,
     /// ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519 [default: [defaults] key-algorithm].
     #[arg(long, value_parser = parse_value::<KeyAlgorithm>)]
     key_algorithm: Option<KeyAlgorithm>,
@@ -1194,20 +1176,12 @@ fn write_output(out: Option<&Path>, bytes: &[u8], mode: u32) -> Result<(), Failu
             stdout.write_all(bytes)?;
             Ok(stdout.flush()?)
         }
-        Some(path) => crate::fsutil::write_atomic(path, bytes, mode)
+        Some(path) => crate::atomic_file::replace(path, bytes, mode)
             .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", path.display()))),
     }
 }
 
 fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", path.display())))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+    crate::atomic_file::create_new(path, bytes, mode)
         .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", path.display())))
 }

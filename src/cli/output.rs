@@ -133,7 +133,7 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
     }
     field("created", date(c.created_at))?;
     if let Some(method) = &c.validation_method {
-        field("validation", method.clone())?;
+        field("validation", method.to_string())?;
     }
     if let Some(deadline) = c
         .validation_deadline

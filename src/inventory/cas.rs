@@ -49,12 +49,12 @@ impl Inventory {
             )?;
             loaded.insert(info.name.clone(), Slot::Active(Arc::new(authority)));
         }
-        *self.authorities.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        *lock::write(&self.authorities) = loaded;
         Ok(())
     }
 
     pub(super) fn authority(&self, name: &str) -> Result<Arc<Authority>> {
-        let map = self.authorities.read().unwrap_or_else(|p| p.into_inner());
+        let map = lock::read(&self.authorities);
         match map.get(name) {
             Some(Slot::Active(authority)) => Ok(authority.clone()),
             Some(Slot::Disabled) => Err(InventoryError::Conflict(format!(

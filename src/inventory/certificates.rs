@@ -357,8 +357,8 @@ impl Inventory {
             window_spec(req.window, req.window_duration, req.window_time_zone)?;
         let (name, name_is_default) = resolve_name(req.name, &domains)?;
         let algorithm = req.key_algorithm.unwrap_or(self.defaults().key_algorithm);
-        let method = req.validation.unwrap_or_else(|| "dns".to_owned());
-        acme.check_request(&issuer, &method, algorithm, &domains)
+        let method = req.validation.unwrap_or(ValidationMethod::Dns);
+        acme.check_request(&issuer, method, algorithm, &domains)
             .await?;
         let now = OffsetDateTime::now_utc();
         let deadline = now + acme.validation().timeout.time();
@@ -379,18 +379,19 @@ impl Inventory {
             maintenance_window,
             // Due now: the lifecycle task checks validation and orders at once.
             next_action_at: Some(now),
-            validation: Some((method.clone(), deadline)),
+            validation: Some((method, deadline)),
             version: None,
             event: None,
         };
-        let records = acme.records(&method, &new.domains);
-        let detail = serde_json::json!({
-            "CommonName": new.domains.first().map(ToString::to_string),
-            "ValidationMethod": method,
-            "Records": records,
-            "Deadline": rfc3339(deadline),
-        });
-        new.event = Some(Event::new(events::VALIDATION_PENDING, &new.id, now, detail));
+        let records = acme.records(method, &new.domains);
+        new.event = Some(events::validation_pending(
+            &new.id,
+            &new.domains,
+            method,
+            &records,
+            deadline,
+            now,
+        ));
         let mut cert = self.insert(new).await?;
         cert.validation_records = records;
         Ok(cert)
@@ -451,10 +452,7 @@ impl Inventory {
                 cert.id
             )));
         }
-        let method = cert
-            .validation_method
-            .clone()
-            .unwrap_or_else(|| "dns".to_owned());
+        let method = cert.validation_method.unwrap_or(ValidationMethod::Dns);
         let acme = self.acme()?;
         // With renewal information for the current version, the CA links the renewal to it.
         let replacing = match (&cert.renewal_info, cert.current_version) {
@@ -468,7 +466,7 @@ impl Inventory {
         let crate::acme::Issued {
             certificate: issued,
             key,
-        } = acme.issue(&cert, &method, replacing.as_deref()).await?;
+        } = acme.issue(&cert, method, replacing.as_deref()).await?;
         let now = OffsetDateTime::now_utc();
         let lifetime = issued.lifetime();
         // The CA's window for the new certificate; without one (no ARI, or the CA could not
@@ -552,7 +550,7 @@ impl Inventory {
                 })
             })
             .collect();
-        let event = events::revoked(&cert, reason.as_str(), now);
+        let event = events::revoked(&cert, reason, now);
         self.store
             .revoke(&cert.id, reason, revocations.clone(), Some(event), now)
             .await?;
@@ -583,7 +581,7 @@ impl Inventory {
             .find_certificate(id_or_name)
             .await?
             .ok_or_else(|| InventoryError::NotFound(format!("certificate {id_or_name:?}")))?;
-        if let (Some(method), Some(acme)) = (&cert.validation_method, &self.acme) {
+        if let (Some(method), Some(acme)) = (cert.validation_method, &self.acme) {
             cert.validation_records = acme.records(method, &cert.domains);
         }
         Ok(cert)

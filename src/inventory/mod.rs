@@ -30,11 +30,12 @@ use crate::config::{Config, Defaults};
 use crate::events::{self, Action};
 use crate::export::{self, ExportError, Exported};
 use crate::import::{self, ImportError};
-use crate::lifecycle::Wake;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{
-    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, Event, KeyAlgorithm, Origin,
-    RevocationReason, Status, WindowSpec, check_name, check_tag, parse_domains, rfc3339,
+    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
+    RevocationReason, Status, ValidationMethod, WindowSpec, check_name, check_tag, parse_domains,
+    rfc3339,
 };
 use crate::policy::{self, Lifetime};
 use crate::schedule::{Schedule, Window};
@@ -43,6 +44,8 @@ use crate::store::{
     Deadlines, InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store,
     StoreError, VersionChange,
 };
+use crate::validation::http::Tokens;
+use crate::wake::Wake;
 
 /// How long a CRL is valid; it is re-signed when less than half of this remains.
 const CRL_VALIDITY: Span = Span::from_days(7);
@@ -169,7 +172,7 @@ impl Inventory {
     }
 
     /// The HTTP-01 tokens the daemon's responder serves, when ACME uses a listener.
-    pub fn http_tokens(&self) -> Option<crate::acme::http::Tokens> {
+    pub fn http_tokens(&self) -> Option<Tokens> {
         self.acme.as_ref().and_then(|a| a.http_tokens())
     }
 
@@ -252,7 +255,7 @@ impl Inventory {
         // made between two runs (edit the file, restart) is noticed as well as one on SIGHUP.
         let fingerprint = settings.renewal_fingerprint();
         let planned_under = self.store.setting(RENEWAL_POLICY).await?;
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        *lock::write(&self.settings) = settings;
         if planned_under.as_deref() != Some(fingerprint.as_str()) {
             let n = self.replan().await?;
             self.store.set_setting(RENEWAL_POLICY, &fingerprint).await?;
@@ -265,10 +268,7 @@ impl Inventory {
     }
 
     fn settings(&self) -> Settings {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock::read(&self.settings).clone()
     }
 
     fn defaults(&self) -> Defaults {
@@ -323,10 +323,7 @@ impl Inventory {
         self.store
             .set_setting(DAYS_BEFORE_EXPIRY, &days.to_string())
             .await?;
-        self.settings
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .days_before_expiry = days;
+        lock::write(&self.settings).days_before_expiry = days;
         Ok(())
     }
 

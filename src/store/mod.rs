@@ -22,9 +22,11 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::config::Synchronous;
+use crate::events::Event;
+use crate::metrics::{MetricsRow, MetricsSummary};
 use crate::model::{
-    CaInfo, CaSpec, Certificate, CertificateId, Event, KeyAlgorithm, Origin, RevocationReason,
-    Serial, Status,
+    CaInfo, CaSpec, Certificate, CertificateId, KeyAlgorithm, Origin, RevocationReason, Serial,
+    Status, ValidationMethod,
 };
 pub use seal::{Keyring, SealError, Sealed};
 pub use sqlite::ListFilter;
@@ -73,8 +75,8 @@ pub struct NewCertificate {
     pub maintenance_window: Option<crate::model::WindowSpec>,
     /// The scheduler's first deadline for it (see `certificates.next_action_at`).
     pub next_action_at: Option<OffsetDateTime>,
-    /// How a public certificate proves control ("dns", "http"), and until when it may wait.
-    pub validation: Option<(String, OffsetDateTime)>,
+    /// How a public certificate proves control, and until when it may wait.
+    pub validation: Option<(ValidationMethod, OffsetDateTime)>,
     pub version: Option<NewVersion>,
     pub event: Option<Event>,
 }
@@ -116,7 +118,7 @@ impl NewCertificate {
             renew_before: self.renew_before,
             days_before_expiry: self.days_before_expiry,
             maintenance_window: self.maintenance_window.clone(),
-            validation_method: self.validation.as_ref().map(|(m, _)| m.clone()),
+            validation_method: self.validation.as_ref().map(|(m, _)| *m),
             validation_deadline: self.validation.as_ref().map(|(_, d)| *d),
             validation_records: Vec::new(),
             renewal_info: None,
@@ -204,31 +206,6 @@ pub struct AcmeAccount {
     /// Last change of contact or key.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-}
-
-/// Inventory-wide figures for `/metrics`, cheap at any size.
-#[derive(Clone, Debug, Default)]
-pub struct MetricsSummary {
-    /// (status as users see it, origin, count).
-    pub counts: Vec<(Status, Origin, i64)>,
-    /// (origin, earliest not-after of an issued, unexpired certificate).
-    pub earliest_expiry: Vec<(Origin, OffsetDateTime)>,
-    pub renewals_failing: i64,
-}
-
-/// One certificate's metrics labels and values.
-#[derive(Clone, Debug)]
-pub struct MetricsRow {
-    pub id: CertificateId,
-    pub name: String,
-    pub origin: Origin,
-    pub common_name: String,
-    pub issuer: String,
-    pub status: Status,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    pub next_action_at: Option<OffsetDateTime>,
-    pub renewal_failures: u32,
 }
 
 /// What the daily expiry check needs to know about one issued certificate.
@@ -978,5 +955,33 @@ fn count(answer: Answer) -> Result<usize, StoreError> {
         other => Err(StoreError::Invalid(format!(
             "expected a count, got {other:?}"
         ))),
+    }
+}
+/// The outbox, as event delivery sees it ([`crate::events::outbox`]).
+impl crate::events::outbox::Outbox for Store {
+    type Error = StoreError;
+
+    fn committed(&self) -> Arc<tokio::sync::Notify> {
+        self.events_committed()
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, Event)>, StoreError> {
+        Store::events_after(self, after, limit).await
+    }
+
+    async fn cursor(&self, sink: &str) -> Result<Option<i64>, StoreError> {
+        self.sink_cursor(sink).await
+    }
+
+    async fn set_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        self.set_sink_cursor(sink, seq).await
+    }
+
+    async fn last_seq(&self) -> Result<i64, StoreError> {
+        self.last_event_seq().await
+    }
+
+    async fn prune(&self, before: OffsetDateTime, max_seq: i64) -> Result<usize, StoreError> {
+        self.prune_events(before, max_seq).await
     }
 }

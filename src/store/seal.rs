@@ -290,27 +290,11 @@ fn decode_key(raw: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
 /// Creates a new key file with mode 0400, never overwriting one (create_new), written in full
 /// before it becomes visible under its name.
 fn write_new_key_file(path: &Path) -> Result<(), SealError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |reason: String| SealError::KeyFile {
-        path: path.to_owned(),
-        reason,
-    };
     let text = new_key_text()?;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(&tmp)
-        .map_err(|e| fail(format!("cannot create: {e}")))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| fail(format!("cannot write: {e}")))?;
-    std::fs::hard_link(&tmp, path).map_err(|e| fail(format!("cannot create: {e}")))?;
-    let _ = std::fs::remove_file(&tmp);
-    Ok(())
+    crate::atomic_file::create_new(path, text.as_bytes(), 0o400).map_err(|e| SealError::KeyFile {
+        path: path.to_owned(),
+        reason: format!("cannot create: {e}"),
+    })
 }
 
 #[cfg(test)]

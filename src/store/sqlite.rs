@@ -16,9 +16,12 @@ use time::OffsetDateTime;
 
 use super::{Sealed, SealedRecord, StoreError, StoredCa, StoredVersion};
 use crate::config::Synchronous;
+use crate::events::Event;
+use crate::lock;
+use crate::metrics::{MetricsRow, MetricsSummary};
 use crate::model::{
-    CaInfo, CaKind, CaState, Certificate, CertificateId, Event, Origin, Renewal, RevocationReason,
-    Serial, Status, VersionInfo, from_unix, unix,
+    CaInfo, CaKind, CaState, Certificate, CertificateId, Origin, Renewal, RevocationReason, Serial,
+    Status, VersionInfo, from_unix, unix,
 };
 use crate::span::Span;
 
@@ -108,17 +111,14 @@ impl Db {
             .map_err(|_| StoreError::Closed)?;
         let pool = self.readers.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let taken = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let taken = lock::lock(&pool.idle).pop();
             let conn = match taken {
                 Some(conn) => conn,
                 // Only after a reader was lost to a panic: open a fresh one.
                 None => open_reader(&pool.path)?,
             };
             let result = f(&conn);
-            pool.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+            lock::lock(&pool.idle).push(conn);
             result
         })
         .await
@@ -140,22 +140,13 @@ impl Db {
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let taken = self
-            .readers
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let taken = lock::lock(&self.readers.idle).pop();
         let conn = match taken {
             Some(conn) => conn,
             None => open_reader(&self.readers.path)?,
         };
         let result = f(&conn);
-        self.readers
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        lock::lock(&self.readers.idle).push(conn);
         result
     }
 
@@ -613,9 +604,9 @@ impl Db {
     pub(super) async fn metrics_summary(
         &self,
         now: OffsetDateTime,
-    ) -> Result<super::MetricsSummary, StoreError> {
+    ) -> Result<MetricsSummary, StoreError> {
         self.read(move |conn| {
-            let mut summary = super::MetricsSummary::default();
+            let mut summary = MetricsSummary::default();
             let mut counts = conn.prepare_cached(
                 "SELECT CASE WHEN status = 'issued' AND not_after < ?1 THEN 'expired' ELSE status END, \
                  origin, COUNT(*) FROM certificates GROUP BY 1, 2 ORDER BY 1, 2",
@@ -641,7 +632,7 @@ impl Db {
         .await
     }
 
-    pub(super) async fn metrics_rows(&self) -> Result<Vec<super::MetricsRow>, StoreError> {
+    pub(super) async fn metrics_rows(&self) -> Result<Vec<MetricsRow>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, name, origin, domains, issuer, status, not_before, not_after, next_action_at, \
@@ -664,7 +655,7 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (id, name, origin, domains, issuer, status, nb, na, next, failures) = row?;
-                out.push(super::MetricsRow {
+                out.push(MetricsRow {
                     id: CertificateId::parse(&id)
                         .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
                     name,
@@ -922,7 +913,10 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
             .get::<_, Option<i64>>("days_before_expiry")?
             .map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
         maintenance_window: window_from_row(row)?,
-        validation_method: row.get("validation_method")?,
+        validation_method: row
+            .get::<_, Option<String>>("validation_method")?
+            .map(|m| parse_text(&m, "validation_method"))
+            .transpose()?,
         validation_deadline: row
             .get::<_, Option<i64>>("validation_deadline")?
             .map(from_unix),

@@ -24,7 +24,8 @@ use super::{
     InstalledCa, NewCa, NewCertificate, NewVersion, RenewalFailure, Revocation, Sealed,
     SealedRecord, StoreError, VersionChange,
 };
-use crate::model::{CaState, CertificateId, Event, RevocationReason, Status, unix};
+use crate::events::Event;
+use crate::model::{CaState, CertificateId, RevocationReason, Status, unix};
 
 /// The most jobs committed together. Large enough to amortise an fsync under load, small
 /// enough that one transaction never holds the write lock for long.
@@ -793,7 +794,7 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
     .execute(params![
         event.id,
         unix(event.time),
-        event.detail_type,
+        event.detail_type.as_str(),
         event.resources.first(),
         body,
     ])?;

@@ -1,5 +1,5 @@
-//! DNS-01 through CNAME delegation: publishing challenge TXT records in the validation zone,
-//! and checking that the customers' `_acme-challenge` CNAMEs point into it.
+//! DNS validation through CNAME delegation: publishing challenge TXT records in the validation
+//! zone, and checking that the customers' CNAMEs point into it.
 //!
 //! The user creates `_acme-challenge.<domain> CNAME <label>.<zone>.` once (see
 //! [`super::delegations`]); from then on certkeeper answers every DNS-01 challenge for that
@@ -13,17 +13,10 @@
 //!   answer would only delay that.
 //! - **Publishing** ([`DnsValidator::publish`] / [`DnsValidator::withdraw`]) through one of
 //!   three publishers:
-//!   - *embedded*: certkeeper is the zone's authoritative server (acme-dns style; the zone's NS
-//!     points at it). A hickory-server [`Server`] serves one in-memory zone
-//!     ([`InMemoryZoneHandler`] in a [`Catalog`]) over UDP and TCP: its SOA (serial bumped on
-//!     every change), `NS ns.<zone>.`, and the TXT records published. Names outside the zone
-//!     get REFUSED. The zone is changed in memory directly; nothing is persisted (a challenge
-//!     lives for seconds, and a restart re-publishes what an order still needs).
-//!   - *rfc2136*: a dynamic UPDATE signed with TSIG (HMAC-SHA256) to an existing primary
-//!     (BIND, Knot, PowerDNS), over TCP. Publishing adds one RR to the RRset; withdrawing
-//!     deletes exactly that RR by its rdata. The response code must be NOERROR and the
-//!     response must carry a valid TSIG signature.
-//!   - *command*: `argv... add|remove <name> <value>`, run without a shell, 60 s at most.
+//!   - *embedded*: certkeeper is the zone's authoritative server ([`super::zone`]);
+//!   - *rfc2136*: a dynamic UPDATE signed with TSIG to an existing primary ([`super::rfc2136`]);
+//!   - *command*: `argv... add|remove <name> <value>`, run without a shell ([`crate::argv`]),
+//!     60 s at most.
 //!
 //! Two values at one name must coexist (a wildcard and its base validate through the same
 //! CNAME at the same time, and two orders for one name may overlap), so every publisher adds
@@ -31,51 +24,28 @@
 //!
 //! Names are compared case-insensitively and accepted with or without the final dot; what is
 //! published is always the lower-case absolute name (`lbl.acme.example.`).
-//!
-//! Why the RFC 2136 exchange is done here rather than with hickory's `Client`: hickory's
-//! `DnsMultiplexer` can only sign with TSIG when hickory-net is built with its own dnssec
-//! feature, and it verifies the response's TSIG before returning the response, so a server
-//! that rejects the key (NOTAUTH with TSIG error BADSIG/BADKEY and an empty MAC) surfaces as
-//! an opaque verification error and the response code is lost. We build the message with
-//! hickory-proto's `update_message`, sign it with its [`TSigner`], send it over TCP, read the
-//! response code first, and verify the response signature (hickory's [`TSigVerifier`]) only
-//! for a NOERROR answer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::op::{Message, ResponseCode, update_message};
-use hickory_resolver::proto::rr::rdata::tsig::TsigAlgorithm;
-use hickory_resolver::proto::rr::rdata::{CNAME, NS, SOA, TXT};
-use hickory_resolver::proto::rr::{
-    LowerName, Name, RData, Record, RecordSet, RecordType, RrKey, TSigVerifier, TSigner,
-};
-use hickory_server::Server;
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::Mutex;
+use hickory_resolver::proto::op::update_message;
+use hickory_resolver::proto::rr::rdata::{CNAME, TXT};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordSet, RecordType};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use zeroize::Zeroizing;
 
-use super::ValidationRecord;
+use super::rfc2136::{self, Rfc2136};
+use super::zone::{self, EmbeddedZone};
+use crate::argv::{Argv, RunError};
 use crate::config::{DnsValidation, Publisher};
+use crate::model::ValidationRecord;
 
 /// How long a publisher command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one RFC 2136 update (connect, send, answer) may take.
-const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
-/// TSIG fudge: how far the server's clock may be from ours, in seconds.
-const TSIG_FUDGE: u16 = 300;
-/// How long the embedded server keeps an idle TCP connection.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many delegation lookups run at once.
 const CONCURRENT_LOOKUPS: usize = 8;
 /// The longest character-string of a TXT record.
@@ -180,7 +150,7 @@ pub enum DnsError {
         /// arguments, which are not shown), the action, the name and the value.
         command: String,
         /// Exit status and stderr, or why it could not run.
-        reason: String,
+        reason: RunError,
     },
 }
 
@@ -214,7 +184,7 @@ impl std::fmt::Debug for DnsValidator {
         let publisher = match &self.publisher {
             Backend::Embedded(_) => "embedded".to_owned(),
             Backend::Rfc2136(update) => format!("rfc2136 to {}", update.server),
-            Backend::Command(argv) => format!("command {}", shown_command(argv)),
+            Backend::Command(argv) => format!("command {}", argv.shown()),
         };
         f.debug_struct("DnsValidator")
             .field("zone", &self.zone.to_string())
@@ -228,21 +198,7 @@ impl std::fmt::Debug for DnsValidator {
 enum Backend {
     Embedded(Box<EmbeddedZone>),
     Rfc2136(Rfc2136),
-    Command(Vec<String>),
-}
-
-/// The zone served by the embedded server.
-struct EmbeddedZone {
-    handler: Arc<InMemoryZoneHandler>,
-    /// The current SOA record; its serial is bumped on every change. The lock also
-    /// serializes changes.
-    soa: Mutex<Record>,
-}
-
-/// RFC 2136 updates to one primary.
-struct Rfc2136 {
-    server: SocketAddr,
-    signer: TSigner,
+    Command(Argv),
 }
 
 impl DnsValidator {
@@ -268,7 +224,7 @@ impl DnsValidator {
         let (publisher, server) = match &config.publisher {
             Publisher::Embedded { listen } => {
                 let token = shutdown.child_token();
-                let embedded = start_embedded(&zone, config.ttl, *listen, token.clone()).await?;
+                let embedded = zone::start(&zone, config.ttl, *listen, token.clone()).await?;
                 (
                     Backend::Embedded(Box::new(embedded)),
                     Some(token.drop_guard()),
@@ -279,7 +235,7 @@ impl DnsValidator {
                 key_name,
                 key_file,
             } => {
-                let signer = read_tsig_key(key_name, key_file)?;
+                let signer = rfc2136::read_tsig_key(key_name, key_file)?;
                 (
                     Backend::Rfc2136(Rfc2136 {
                         server: *server,
@@ -288,14 +244,7 @@ impl DnsValidator {
                     None,
                 )
             }
-            Publisher::Command { argv } => {
-                if argv.first().is_none_or(|program| program.is_empty()) {
-                    return Err(DnsError::Config(
-                        "the publisher command is empty (validation.dns.command)".into(),
-                    ));
-                }
-                (Backend::Command(argv.clone()), None)
-            }
+            Publisher::Command { argv } => (Backend::Command(argv.clone()), None),
         };
         Ok(DnsValidator {
             zone,
@@ -430,13 +379,13 @@ impl DnsValidator {
 }
 
 /// `name` lower case with exactly one final dot (`"WWW.Example.com"` → `"www.example.com."`).
-fn absolute(name: &str) -> String {
+pub(super) fn absolute(name: &str) -> String {
     let trimmed = name.trim().trim_end_matches('.');
     format!("{}.", trimmed.to_ascii_lowercase())
 }
 
 /// Parses an absolute name (as made by [`absolute`]).
-fn parse_name(text: &str) -> Result<Name, DnsError> {
+pub(super) fn parse_name(text: &str) -> Result<Name, DnsError> {
     let invalid = |reason: String| DnsError::InvalidName {
         name: text.to_owned(),
         reason,
@@ -471,9 +420,6 @@ fn txt_rdata(value: &str) -> Result<TXT, DnsError> {
         .collect();
     Ok(TXT::new(chunks))
 }
-
-// ---------------------------------------------------------------------------------------------
-// Resolver
 
 /// A resolver on `nameservers` (UDP, then TCP on truncation or error), or the system's when
 /// empty. Nothing is cached, positive or negative.
@@ -532,367 +478,12 @@ async fn lookup_cname(resolver: &TokioResolver, name: Name) -> Result<Option<Str
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Embedded authoritative server
-
-/// Builds the zone (SOA, NS) and serves it on `listen`, UDP and TCP, until `stop`.
-async fn start_embedded(
-    zone: &Name,
-    ttl: u32,
-    listen: SocketAddr,
-    stop: CancellationToken,
-) -> Result<EmbeddedZone, DnsError> {
-    let name = |prefix: &str| {
-        Name::from_ascii(prefix)
-            .and_then(|n| n.append_domain(zone))
-            .map_err(|e| DnsError::Config(format!("validation zone {zone}: {e}")))
-    };
-    let ns = name("ns")?;
-    let hostmaster = name("hostmaster")?;
-    // The serial starts at the current time so that it also grows across restarts.
-    let serial = u32::try_from(unix_now() % (1 << 31)).unwrap_or(1);
-    let soa = Record::from_rdata(
-        zone.clone(),
-        ttl,
-        RData::SOA(SOA::new(
-            ns.clone(),
-            hostmaster,
-            serial,
-            3600,
-            600,
-            86400,
-            ttl,
-        )),
-    );
-    let handler = Arc::new(InMemoryZoneHandler::empty(
-        zone.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    ));
-    let added = handler.upsert(soa.clone(), serial).await
-        && handler
-            .upsert(
-                Record::from_rdata(zone.clone(), ttl, RData::NS(NS(ns))),
-                serial,
-            )
-            .await;
-    if !added {
-        return Err(DnsError::Config(format!(
-            "cannot build the embedded zone {zone}"
-        )));
-    }
-
-    let udp = tokio::net::UdpSocket::bind(listen)
+/// Runs `argv... action name value` with [`COMMAND_TIMEOUT`].
+async fn run_command(argv: &Argv, action: &str, name: &str, value: &str) -> Result<(), DnsError> {
+    argv.run(&[action, name, value], &[], None, COMMAND_TIMEOUT)
         .await
-        .map_err(|source| DnsError::Bind {
-            protocol: "UDP",
-            listen,
-            source,
-        })?;
-    let tcp = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| DnsError::Bind {
-            protocol: "TCP",
-            listen,
-            source,
-        })?;
-
-    let mut catalog = Catalog::new();
-    let zone_handler: Arc<dyn ZoneHandler> = handler.clone();
-    catalog.upsert(LowerName::new(zone), vec![zone_handler]);
-    let mut server = Server::new(catalog);
-    server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, 32);
-    let zone_text = zone.to_string();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        if let Err(error) = server.shutdown_gracefully().await {
-            tracing::warn!(zone = %zone_text, %error, "embedded DNS server stopped with an error");
-        }
-        tracing::debug!(zone = %zone_text, "embedded DNS server stopped");
-    });
-    tracing::info!(zone = %zone, %listen, "embedded DNS server listening (UDP and TCP)");
-    Ok(EmbeddedZone {
-        handler,
-        soa: Mutex::new(soa),
-    })
-}
-
-impl EmbeddedZone {
-    /// Adds `record` to its RRset (a value already there is left as is) and bumps the serial.
-    async fn add(&self, record: Record) {
-        let mut soa = self.soa.lock().await;
-        let serial = next_serial(&soa);
-        if self.handler.upsert(record, serial).await {
-            self.set_serial(&mut soa, serial).await;
-        }
-    }
-
-    /// Removes the RR with `record`'s rdata from its RRset (the others stay) and bumps the
-    /// serial; the RRset goes away with its last RR.
-    async fn remove(&self, record: Record) {
-        let mut soa = self.soa.lock().await;
-        let serial = next_serial(&soa);
-        let removed = {
-            let mut records = self.handler.records_mut().await;
-            let key = RrKey::new(LowerName::new(&record.name), record.record_type());
-            match records.get(&key) {
-                Some(rrset) => {
-                    let mut rrset = RecordSet::clone(rrset);
-                    let removed = rrset.remove(&record, serial);
-                    if rrset.is_empty() {
-                        records.remove(&key);
-                    } else if removed {
-                        records.insert(key, Arc::new(rrset));
-                    }
-                    removed
-                }
-                None => false,
-            }
-        };
-        if removed {
-            self.set_serial(&mut soa, serial).await;
-        }
-    }
-
-    /// Replaces the SOA with one carrying `serial`.
-    async fn set_serial(&self, soa: &mut Record, serial: u32) {
-        if let RData::SOA(rdata) = &mut soa.data {
-            rdata.serial = serial;
-        }
-        self.handler.upsert(soa.clone(), serial).await;
-    }
-}
-
-/// The serial after `soa`'s (RFC 1982 arithmetic wraps; 0 is skipped).
-fn next_serial(soa: &Record) -> u32 {
-    let current = match &soa.data {
-        RData::SOA(rdata) => rdata.serial,
-        _ => 0,
-    };
-    current.wrapping_add(1).max(1)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// RFC 2136
-
-/// Reads the base64 TSIG secret (surrounding whitespace ignored) and makes an HMAC-SHA256
-/// signer with `key_name`.
-fn read_tsig_key(key_name: &str, key_file: &std::path::Path) -> Result<TSigner, DnsError> {
-    let key_error = |reason: String| DnsError::KeyFile {
-        path: key_file.to_owned(),
-        reason,
-    };
-    let text = Zeroizing::new(
-        std::fs::read_to_string(key_file).map_err(|e| key_error(format!("cannot read: {e}")))?,
-    );
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let secret = engine
-        .decode(text.trim())
-        .map_err(|e| key_error(format!("not a base64 secret: {e}")))?;
-    if secret.is_empty() {
-        return Err(key_error("the secret is empty".into()));
-    }
-    let name = parse_name(&absolute(key_name))?;
-    TSigner::new(secret, TsigAlgorithm::HmacSha256, name, TSIG_FUDGE)
-        .map_err(|e| DnsError::Config(format!("TSIG key {key_name}: {e}")))
-}
-
-impl Rfc2136 {
-    /// Signs `message`, sends it over TCP, and requires a NOERROR answer with a valid
-    /// signature. `name` is the record's owner, for messages.
-    async fn send(&self, mut message: Message, name: &str) -> Result<(), DnsError> {
-        let failed = |reason: String| DnsError::UpdateFailed {
-            server: self.server,
-            name: name.to_owned(),
+        .map_err(|reason| DnsError::Command {
+            command: format!("{} {action} {name} {value}", argv.shown()),
             reason,
-        };
-        let verifier = message
-            .finalize(&self.signer, unix_now())
-            .map_err(|e| failed(format!("cannot sign the update: {e}")))?;
-        let request = message
-            .to_vec()
-            .map_err(|e| failed(format!("cannot encode the update: {e}")))?;
-        let id = message.metadata.id;
-        let started = std::time::Instant::now();
-        let response =
-            tokio::time::timeout(UPDATE_TIMEOUT, exchange_tcp(self.server, &request, id))
-                .await
-                .map_err(|_| failed(format!("no answer within {}s", UPDATE_TIMEOUT.as_secs())))?
-                .map_err(failed)?;
-        tracing::debug!(server = %self.server, name, elapsed_ms = started.elapsed().as_millis() as u64, "RFC 2136 update answered");
-        let answer = Message::from_vec(&response)
-            .map_err(|e| failed(format!("cannot decode the answer: {e}")))?;
-        let code = answer.metadata.response_code;
-        if code != ResponseCode::NoError {
-            let tsig_error = answer
-                .signature()
-                .and_then(|sig| sig.data.error.as_ref())
-                .map(|e| format!(" (TSIG {})", tsig_error_name(u16::from(*e))));
-            return Err(DnsError::UpdateRefused {
-                server: self.server,
-                name: name.to_owned(),
-                rcode: format!(
-                    "{}{}",
-                    rcode_name(code),
-                    tsig_error.clone().unwrap_or_default()
-                ),
-                hint: refusal_hint(code, tsig_error.is_some()).to_owned(),
-            });
-        }
-        match verifier {
-            Some(mut verifier) => verify_response(&mut verifier, &response)
-                .map_err(|e| failed(format!("the answer's TSIG signature is not valid: {e}"))),
-            None => Ok(()),
-        }
-    }
-}
-
-fn verify_response(verifier: &mut TSigVerifier, response: &[u8]) -> Result<(), String> {
-    verifier
-        .verify(response)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Sends one DNS message over TCP (two-byte length prefix) and returns the answer with `id`.
-async fn exchange_tcp(server: SocketAddr, request: &[u8], id: u16) -> Result<Vec<u8>, String> {
-    let length = u16::try_from(request.len()).map_err(|_| "the update is too large".to_owned())?;
-    let mut stream = tokio::net::TcpStream::connect(server)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let mut framed = Vec::with_capacity(request.len() + 2);
-    framed.extend_from_slice(&length.to_be_bytes());
-    framed.extend_from_slice(request);
-    stream
-        .write_all(&framed)
-        .await
-        .map_err(|e| format!("cannot send: {e}"))?;
-    loop {
-        let length = stream
-            .read_u16()
-            .await
-            .map_err(|e| format!("no answer: {e}"))?;
-        let mut answer = vec![0u8; usize::from(length)];
-        stream
-            .read_exact(&mut answer)
-            .await
-            .map_err(|e| format!("truncated answer: {e}"))?;
-        // The first two bytes are the message ID; skip anything that is not our answer.
-        if answer.len() >= 2 && u16::from_be_bytes([answer[0], answer[1]]) == id {
-            return Ok(answer);
-        }
-    }
-}
-
-/// The mnemonic of a response code (`NOTAUTH`).
-fn rcode_name(code: ResponseCode) -> String {
-    match u16::from(code) {
-        0 => "NOERROR".into(),
-        1 => "FORMERR".into(),
-        2 => "SERVFAIL".into(),
-        3 => "NXDOMAIN".into(),
-        4 => "NOTIMP".into(),
-        5 => "REFUSED".into(),
-        6 => "YXDOMAIN".into(),
-        7 => "YXRRSET".into(),
-        8 => "NXRRSET".into(),
-        9 => "NOTAUTH".into(),
-        10 => "NOTZONE".into(),
-        other => format!("RCODE{other}"),
-    }
-}
-
-/// The mnemonic of a TSIG error (RFC 8945).
-fn tsig_error_name(code: u16) -> String {
-    match code {
-        16 => "BADSIG".into(),
-        17 => "BADKEY".into(),
-        18 => "BADTIME".into(),
-        22 => "BADTRUNC".into(),
-        other => format!("error {other}"),
-    }
-}
-
-/// What an error code from an update server usually means.
-fn refusal_hint(code: ResponseCode, tsig_error: bool) -> &'static str {
-    match u16::from(code) {
-        9 if tsig_error => ": TSIG key rejected? (check key-name, key-file and the clocks)",
-        9 => ": the server is not authoritative for the zone, or rejected the TSIG key",
-        5 => ": the key may not update this name (check the server's update policy / ACL)",
-        10 => ": the name is not in the zone the server serves",
-        2 => ": the server could not apply the update",
-        4 => ": the server does not accept dynamic updates",
-        _ => "",
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Command
-
-/// The command as shown in errors and logs: the program, with `...` for any fixed arguments
-/// (they may hold credentials).
-fn shown_command(argv: &[String]) -> String {
-    match argv {
-        [] => String::new(),
-        [program] => program.clone(),
-        [program, ..] => format!("{program} ..."),
-    }
-}
-
-/// Runs `argv... action name value` (no shell), with [`COMMAND_TIMEOUT`]; a non-zero exit is
-/// an error carrying the command's stderr.
-async fn run_command(
-    argv: &[String],
-    action: &str,
-    name: &str,
-    value: &str,
-) -> Result<(), DnsError> {
-    let command_line = format!("{} {action} {name} {value}", shown_command(argv));
-    let failed = |reason: String| DnsError::Command {
-        command: command_line.clone(),
-        reason,
-    };
-    let Some((program, args)) = argv.split_first() else {
-        return Err(failed("the command is empty".into()));
-    };
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .args([action, name, value])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| failed(format!("cannot start {program}: {e}")))?;
-    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "still running after {}s (killed)",
-                COMMAND_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|e| failed(format!("cannot wait for it: {e}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stderr = stderr.trim();
-    Err(failed(if stderr.is_empty() {
-        format!("{} (no stderr)", output.status)
-    } else {
-        format!("{}: {stderr}", output.status)
-    }))
+        })
 }

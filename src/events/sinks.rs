@@ -1,6 +1,6 @@
 //! Event delivery: every event in the outbox reaches every configured sink, at least once.
 //!
-//! Each sink has its own task and its own cursor in the store (`sink_cursors`): it reads the
+//! Each sink has its own task and its own cursor in the outbox (the store's `sink_cursors`): it reads the
 //! events after its cursor, delivers them in order, and moves the cursor only past events a
 //! sink acknowledged (a 2xx from a webhook, exit 0 from a command). The cursor is saved at most
 //! once a second (and when a delivery first fails, and when the daemon stops), not after every
@@ -21,15 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{CommandSink, WebhookSink};
+use super::outbox::Outbox;
+use super::{DetailType, Event};
+use crate::argv::Argv;
 use crate::metrics::Metrics;
-use crate::model::Event;
-use crate::store::Store;
+use crate::span::Span;
 
 /// Events read per round trip to the store.
 const BATCH: u32 = 100;
@@ -58,6 +58,30 @@ pub enum SinkError {
     Client(reqwest::Error, String),
 }
 
+/// `[[events.webhook]]`: events POSTed as JSON, signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookSink {
+    pub name: String,
+    pub url: String,
+    /// The HMAC-SHA256 key is read from this file when the sink starts.
+    pub secret_file: std::path::PathBuf,
+    /// Only these detail types; empty means all.
+    pub detail_types: Vec<DetailType>,
+    pub timeout: Span,
+    /// Extra CA certificates (PEM) to trust for this URL, besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// `[[events.command]]`: a program run per event, the event JSON on its stdin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandSink {
+    pub name: String,
+    pub argv: Argv,
+    /// Only these detail types; empty means all.
+    pub detail_types: Vec<DetailType>,
+    pub timeout: Span,
+}
+
 struct Webhook {
     config: WebhookSink,
     client: reqwest::Client,
@@ -73,7 +97,7 @@ enum Target {
 
 pub struct Sink {
     name: String,
-    detail_types: Vec<String>,
+    detail_types: Vec<DetailType>,
     target: Target,
 }
 
@@ -85,23 +109,27 @@ impl Sink {
 
 /// Builds the sinks named in the config; a secret or CA file that cannot be read is an error
 /// at start, not a surprise at the first event.
-pub fn build(config: &crate::config::EventsConfig) -> Result<Vec<Sink>, SinkError> {
+pub fn build(
+    journal: bool,
+    webhooks: &[WebhookSink],
+    commands: &[CommandSink],
+) -> Result<Vec<Sink>, SinkError> {
     let mut sinks = Vec::new();
-    if config.journal {
+    if journal {
         sinks.push(Sink {
             name: "journal".into(),
             detail_types: vec![],
             target: Target::Journal,
         });
     }
-    for hook in &config.webhooks {
+    for hook in webhooks {
         sinks.push(Sink {
             name: hook.name.clone(),
             detail_types: hook.detail_types.clone(),
             target: webhook(hook)?,
         });
     }
-    for command in &config.commands {
+    for command in commands {
         sinks.push(Sink {
             name: command.name.clone(),
             detail_types: command.detail_types.clone(),
@@ -156,19 +184,19 @@ pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
 ///
 /// Each sink's cursor is settled before this returns (a new sink's at the current end of the
 /// outbox), so every event committed afterwards reaches it: call it before accepting requests.
-pub async fn start(
+pub async fn start<O: Outbox>(
     sinks: Vec<Sink>,
-    store: Store,
+    outbox: O,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<TaskTracker, crate::store::StoreError> {
+) -> Result<TaskTracker, O::Error> {
     let tasks = TaskTracker::new();
     for sink in sinks {
-        let cursor = start_cursor(&sink, &store).await?;
+        let cursor = start_cursor(&sink, &outbox).await?;
         info!(sink = %sink.name, cursor, "event sink started");
-        let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
+        let (outbox, metrics, shutdown) = (outbox.clone(), metrics.clone(), shutdown.clone());
         let cursor = Cursor::saved_at(cursor);
-        tasks.spawn(async move { run(sink, cursor, store, metrics, shutdown).await });
+        tasks.spawn(async move { run(sink, cursor, outbox, metrics, shutdown).await });
     }
     tasks.close();
     Ok(tasks)
@@ -196,11 +224,11 @@ impl Cursor {
     }
 
     /// Saves the delivered position if it is ahead of the saved one.
-    async fn save(&mut self, sink: &Sink, store: &Store) {
+    async fn save(&mut self, sink: &Sink, outbox: &impl Outbox) {
         if self.delivered == self.saved {
             return;
         }
-        match store.set_sink_cursor(&sink.name, self.delivered).await {
+        match outbox.set_cursor(&sink.name, self.delivered).await {
             Ok(()) => self.saved = self.delivered,
             Err(err) => {
                 warn!(sink = %sink.name, error = %err, "saving the delivery cursor failed (events may be delivered again)");
@@ -214,11 +242,11 @@ impl Cursor {
 async fn run(
     sink: Sink,
     mut cursor: Cursor,
-    store: Store,
+    outbox: impl Outbox,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let committed = store.events_committed();
+    let committed = outbox.committed();
     // Registered before each read, so an event committed between the read and the wait still
     // wakes us.
     let mut notified = Box::pin(committed.notified());
@@ -232,13 +260,13 @@ async fn run(
             match wait_for_events(&mut notified, &committed, &shutdown, cursor.save_due()).await {
                 Woken::Events => {}
                 Woken::SaveDue => {
-                    cursor.save(&sink, &store).await;
+                    cursor.save(&sink, &outbox).await;
                     continue;
                 }
                 Woken::Stopping => break,
             }
         }
-        let events = match store.events_after(cursor.delivered, BATCH).await {
+        let events = match outbox.events_after(cursor.delivered, BATCH).await {
             Ok(events) => events,
             Err(err) => {
                 warn!(sink = %sink.name, error = %err, "reading the outbox failed");
@@ -253,7 +281,7 @@ async fn run(
         let mut stopping = false;
         for (seq, event) in events {
             if sink.wants(&event)
-                && !deliver_with_retry(&sink, &event, (&mut cursor, &store), &metrics, &shutdown)
+                && !deliver_with_retry(&sink, &event, (&mut cursor, &outbox), &metrics, &shutdown)
                     .await
             {
                 stopping = true; // the cursor stays before this event
@@ -265,10 +293,10 @@ async fn run(
             break;
         }
         if cursor.save_due().is_some_and(|due| due <= Instant::now()) {
-            cursor.save(&sink, &store).await;
+            cursor.save(&sink, &outbox).await;
         }
     }
-    cursor.save(&sink, &store).await;
+    cursor.save(&sink, &outbox).await;
 }
 
 enum Woken {
@@ -301,12 +329,12 @@ async fn wait_for_events<'a>(
 }
 
 /// Where a sink starts: its saved cursor, or the end of the outbox for a new sink.
-async fn start_cursor(sink: &Sink, store: &Store) -> Result<i64, crate::store::StoreError> {
-    if let Some(cursor) = store.sink_cursor(&sink.name).await? {
+async fn start_cursor<O: Outbox>(sink: &Sink, outbox: &O) -> Result<i64, O::Error> {
+    if let Some(cursor) = outbox.cursor(&sink.name).await? {
         return Ok(cursor);
     }
-    let end = store.last_event_seq().await?;
-    store.set_sink_cursor(&sink.name, end).await?;
+    let end = outbox.last_seq().await?;
+    outbox.set_cursor(&sink.name, end).await?;
     Ok(end)
 }
 
@@ -317,7 +345,7 @@ async fn start_cursor(sink: &Sink, store: &Store) -> Result<i64, crate::store::S
 async fn deliver_with_retry(
     sink: &Sink,
     event: &Event,
-    (cursor, store): (&mut Cursor, &Store),
+    (cursor, outbox): (&mut Cursor, &impl Outbox),
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -337,7 +365,7 @@ async fn deliver_with_retry(
                 metrics.event_delivered(&sink.name, false);
                 warn!(sink = %sink.name, event = %event.id, attempt, retry_in_s = backoff.as_secs(), error = %reason, "event delivery failed");
                 if attempt == 1 {
-                    cursor.save(sink, store).await;
+                    cursor.save(sink, outbox).await;
                 }
             }
         }
@@ -382,7 +410,7 @@ async fn deliver(sink: &Sink, event: &Event) -> Result<(), String> {
                 .header(SIGNATURE_HEADER, signature(key, &body))
                 .header("Idempotency-Key", &event.id)
                 .header("X-Certkeeper-Event-Id", &event.id)
-                .header("X-Certkeeper-Event-Type", &event.detail_type)
+                .header("X-Certkeeper-Event-Type", event.detail_type.as_str())
                 .body(body)
                 .send()
                 .await
@@ -400,55 +428,17 @@ async fn deliver(sink: &Sink, event: &Event) -> Result<(), String> {
 
 async fn run_command(command: &CommandSink, event: &Event) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
-    let mut child = tokio::process::Command::new(&command.argv[0])
-        .args(&command.argv[1..])
-        .env("CERTKEEPER_EVENT_ID", &event.id)
-        .env("CERTKEEPER_EVENT_TYPE", &event.detail_type)
-        .env("CERTKEEPER_CERTIFICATE_ID", event.resources.join(","))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("{}: {e}", command.argv[0]))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that ignores its input may close stdin early; that is its business.
-        let _ = stdin.write_all(&body).await;
-    }
-    let output = tokio::time::timeout(command.timeout.std(), child.wait_with_output())
+    let certificates = event.resources.join(",");
+    let env = [
+        ("CERTKEEPER_EVENT_ID", event.id.as_str()),
+        ("CERTKEEPER_EVENT_TYPE", event.detail_type.as_str()),
+        ("CERTKEEPER_CERTIFICATE_ID", certificates.as_str()),
+    ];
+    command
+        .argv
+        .run(&[], &env, Some(&body), command.timeout.std())
         .await
-        .map_err(|_| format!("{}: no exit within {}", command.argv[0], command.timeout))?
-        .map_err(|e| format!("{}: {e}", command.argv[0]))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(format!(
-        "{} exited with {}: {}",
-        command.argv[0],
-        output.status,
-        stderr.trim()
-    ))
-}
-
-/// Prunes events past retention that every sink has acknowledged.
-pub async fn prune(store: &Store, sink_names: &[String], retention: crate::span::Span) {
-    let mut max_seq = match store.last_event_seq().await {
-        Ok(seq) => seq,
-        Err(_) => return,
-    };
-    for name in sink_names {
-        match store.sink_cursor(name).await {
-            Ok(Some(cursor)) => max_seq = max_seq.min(cursor),
-            _ => return,
-        }
-    }
-    let before = time::OffsetDateTime::now_utc() - retention.time();
-    match store.prune_events(before, max_seq).await {
-        Ok(0) => {}
-        Ok(n) => info!(pruned = n, "old events pruned"),
-        Err(err) => warn!(error = %err, "pruning events failed"),
-    }
+        .map_err(|e| format!("`{}` failed: {e}", command.argv.shown()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Lifecycle automation: the one timer task that renews certificates, marks them expired and
+//! The scheduler: the one timer task that renews certificates, marks them expired and
 //! runs the daily expiry check (DESIGN.md §4, §5).
 //!
 //! The shape is mini-redis's expiry task. The loop asks the store for the earliest deadline
@@ -13,22 +13,21 @@
 //! a crash is retried when its lease runs out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration as StdDuration;
 
-use serde_json::json;
 use time::{Duration, OffsetDateTime};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
 
-use crate::events;
+use crate::events::{self, Event};
 use crate::inventory::Inventory;
-use crate::model::{Certificate, CertificateId, Event, Status, rfc3339};
+use crate::model::{Certificate, CertificateId, Status, rfc3339};
 use crate::policy;
 use crate::schedule::Schedule;
 use crate::store::{Deadlines, ExpiryCandidate, RenewalFailure};
+use crate::wake::Wake;
 
 /// How long a claimed renewal may take before it is considered abandoned and retried.
 const LEASE: Duration = Duration::minutes(15);
@@ -46,59 +45,6 @@ pub struct Plan {
     /// Events older than this are pruned (after every sink has them) with the daily check.
     pub retention: crate::span::Span,
     pub sinks: Vec<String>,
-}
-
-/// How the rest of the daemon tells the loop that deadlines may have moved.
-///
-/// A new certificate only adds deadlines, and wakes the loop only when one of them comes
-/// before the loop's next look: a burst of issuance (deadlines weeks away) leaves it asleep
-/// instead of costing a store read per certificate. Any other change wakes it.
-pub struct Wake {
-    notify: Notify,
-    /// When the sleeping loop looks next, in Unix milliseconds; `i64::MAX` while it is awake
-    /// (a deadline added during a pass may have been missed by its reads: look again).
-    until_ms: AtomicI64,
-}
-
-impl Default for Wake {
-    fn default() -> Wake {
-        Wake {
-            notify: Notify::new(),
-            until_ms: AtomicI64::new(i64::MAX),
-        }
-    }
-}
-
-impl Wake {
-    /// Something changed that the loop must look at (a revocation, a new policy, a renewal
-    /// ended).
-    pub fn changed(&self) {
-        self.notify.notify_one();
-    }
-
-    /// A deadline was added (`None`: none was): the loop looks again if it comes first.
-    pub fn deadline(&self, at: Option<OffsetDateTime>) {
-        let Some(at) = at else { return };
-        if unix_ms(at) < self.until_ms.load(Ordering::SeqCst) {
-            self.notify.notify_one();
-        }
-    }
-
-    fn awake(&self) {
-        self.until_ms.store(i64::MAX, Ordering::SeqCst);
-    }
-
-    fn sleeping_until(&self, at: OffsetDateTime) {
-        self.until_ms.store(unix_ms(at), Ordering::SeqCst);
-    }
-
-    async fn notified(&self) {
-        self.notify.notified().await;
-    }
-}
-
-fn unix_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// Runs until `shutdown`, then waits for the renewals in flight (the caller bounds the wait).
@@ -142,7 +88,7 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
         }
         if next_daily.is_some_and(|at| at <= now) {
             daily(&inventory, now).await;
-            crate::sinks::prune(inventory.store(), &sinks, retention).await;
+            events::outbox::prune(inventory.store(), &sinks, retention, now).await;
             next_daily = daily_check.next_after(now);
         }
         start_due_renewals(&inventory, &permits, &renewals, &wake, now).await;
@@ -297,16 +243,7 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
     };
     let reason = err.to_string();
     warn!(failures, days_left, error = %reason, "renewal failed");
-    let event = milestone.map(|_| {
-        let detail = json!({
-            "CommonName": cert.common_name(),
-            "Serial": cert.serial,
-            "DaysToExpiry": days_left,
-            "RenewalStatusReason": reason,
-            "Failures": failures,
-        });
-        Event::new(events::ACTION_REQUIRED, &cert.id, now, detail)
-    });
+    let event = milestone.map(|_| events::renewal_failed(&cert, days_left, &reason, failures, now));
     let retry_at = if cert.status == Status::PendingValidation {
         policy::validation_retry(failures, now)
     } else {
@@ -333,12 +270,7 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
 
 /// A certificate that waited for validation past its deadline stops being retried.
 async fn time_out(inventory: &Inventory, cert: &Certificate, reason: &str, now: OffsetDateTime) {
-    let detail = json!({
-        "CommonName": cert.common_name(),
-        "RenewalStatusReason": format!("validation timed out: {reason}"),
-        "ValidationMethod": cert.validation_method,
-    });
-    let event = Event::new(events::ACTION_REQUIRED, &cert.id, now, detail);
+    let event = events::validation_timed_out(cert, reason, now);
     match inventory
         .store()
         .set_status(
@@ -370,18 +302,7 @@ async fn expire_due(inventory: &Inventory, now: OffsetDateTime) {
         let full = due.len() as u32 == EXPIRY_BATCH;
         let items = due
             .iter()
-            .map(|cert| {
-                let detail = json!({
-                    "CommonName": cert.common_name(),
-                    "Serial": cert.serial,
-                    "CertificateExpirationDate": cert.not_after.map(rfc3339),
-                    "Origin": cert.origin,
-                });
-                (
-                    cert.id.clone(),
-                    Event::new(events::EXPIRED, &cert.id, now, detail),
-                )
-            })
+            .map(|cert| (cert.id.clone(), events::expired(cert, now)))
             .collect();
         match inventory.store().mark_expired(items, now).await {
             Ok(n) if n > 0 => info!(count = n, "certificates expired"),
@@ -457,54 +378,20 @@ fn approaching(
     if !policy::approaching_expiration_due(now, c.not_after, threshold, None) {
         return None;
     }
-    let detail = json!({
-        "CommonName": c.common_name,
-        "Serial": c.serial,
-        "DaysToExpiry": policy::days_to_expiry(now, c.not_after),
-        "CertificateExpirationDate": rfc3339(c.not_after),
-        "Origin": c.origin,
-        "Name": c.name,
-    });
-    Some(Event::new(
-        events::APPROACHING_EXPIRATION,
+    Some(events::approaching_expiration(
         &c.id,
+        &c.name,
+        &c.common_name,
+        &c.serial,
+        c.origin,
+        c.not_after,
         now,
-        detail,
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Whether `wake` holds a notification (taken if so): its future, polled once.
-    fn woken(wake: &Wake) -> bool {
-        let mut notified = std::pin::pin!(wake.notified());
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        notified.as_mut().poll(&mut cx).is_ready()
-    }
-
-    #[test]
-    fn only_an_earlier_deadline_wakes_the_sleeping_loop() {
-        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
-        let wake = Wake::default();
-        // Awake (a pass in progress): every deadline counts, the pass may have missed it.
-        wake.deadline(Some(now + Duration::days(300)));
-        assert!(woken(&wake));
-        // Asleep until an hour from now.
-        wake.sleeping_until(now + Duration::hours(1));
-        wake.deadline(Some(now + Duration::days(30)));
-        wake.deadline(None);
-        assert!(!woken(&wake), "a later deadline lets the loop sleep");
-        wake.deadline(Some(now + Duration::minutes(5)));
-        assert!(woken(&wake), "an earlier one wakes it");
-        // Any other change always wakes it.
-        wake.changed();
-        assert!(woken(&wake));
-        wake.awake();
-        wake.deadline(Some(now + Duration::days(300)));
-        assert!(woken(&wake));
-    }
 
     #[test]
     fn a_past_deadline_waits_for_a_free_permit_instead_of_spinning() {

@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
+
 /// Whether `token` is what RFC 8555 §8.3 allows (base64url, no padding): safe as a file name
 /// and as a URL path segment.
 pub fn is_token(token: &str) -> bool {
@@ -42,14 +44,12 @@ impl Tokens {
     pub fn insert(&self, token: &str, key_authorization: &str) {
         match self {
             Tokens::Memory(map) => {
-                map.write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(token.to_owned(), key_authorization.to_owned());
+                lock::write(map).insert(token.to_owned(), key_authorization.to_owned());
             }
             Tokens::Webroot(root) => {
                 let dir = root.join(".well-known/acme-challenge");
                 let written = std::fs::create_dir_all(&dir).and_then(|()| {
-                    crate::fsutil::write_atomic(
+                    crate::atomic_file::replace(
                         &dir.join(token),
                         key_authorization.as_bytes(),
                         0o644,
@@ -66,7 +66,7 @@ impl Tokens {
     pub fn remove(&self, token: &str) {
         match self {
             Tokens::Memory(map) => {
-                map.write().unwrap_or_else(|p| p.into_inner()).remove(token);
+                lock::write(map).remove(token);
             }
             Tokens::Webroot(root) => {
                 let _ = std::fs::remove_file(root.join(".well-known/acme-challenge").join(token));
@@ -76,11 +76,7 @@ impl Tokens {
 
     fn get(&self, token: &str) -> Option<String> {
         match self {
-            Tokens::Memory(map) => map
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(token)
-                .cloned(),
+            Tokens::Memory(map) => lock::read(map).get(token).cloned(),
             Tokens::Webroot(_) => None,
         }
     }

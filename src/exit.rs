@@ -1,0 +1,26 @@
+//! Process exit codes, shared by the daemon (`serve`) and the client verbs, so that a script
+//! or a systemd unit reads the same number for the same kind of failure. They follow
+//! sysexits(3) where one fits; `certkeeper --help` lists them.
+
+pub const OK: u8 = 0;
+/// The daemon refused the operation (not found, conflict) or a check failed.
+pub const FAILED: u8 = 1;
+/// Command-line usage error (clap).
+pub const USAGE: u8 = 2;
+/// The input was rejected as invalid (bad PEM, CSR, names, ...).
+pub const DATA: u8 = 65;
+/// A file named on the command line cannot be read.
+pub const NO_INPUT: u8 = 66;
+/// The daemon cannot be reached.
+pub const UNAVAILABLE: u8 = 69;
+/// Internal error (in the daemon, or of the client).
+pub const SOFTWARE: u8 = 70;
+/// `serve`: a file, socket or listener cannot be created (EX_CANTCREAT).
+pub const CANT_CREATE: u8 = 73;
+/// Output cannot be written.
+pub const IO: u8 = 74;
+/// `serve`: another daemon holds the state directory or the socket; try again later
+/// (EX_TEMPFAIL).
+pub const TEMP_FAIL: u8 = 75;
+/// The configuration is invalid, or the state does not match it (wrong master key).
+pub const CONFIG: u8 = 78;
