@@ -45,8 +45,18 @@ use crate::validation::{delegations, describe_problems, dns, http, label};
 pub enum AcmeError {
     #[error("no ACME issuer named {0:?} is configured")]
     UnknownIssuer(String),
+    /// The issuer's configuration does not work with its CA (EAB required, a profile the
+    /// directory does not offer, an unreadable trusted-roots or EAB key file).
     #[error("ACME issuer {issuer}: {message}")]
-    Setup { issuer: String, message: String },
+    Config { issuer: String, message: String },
+    /// The request asks for something ACME cannot give (a wildcard over HTTP-01, a key type
+    /// CAs do not certify).
+    #[error("ACME issuer {issuer}: {what}")]
+    Unsupported { issuer: String, what: &'static str },
+    /// The CA answered something the protocol does not allow (a renewal window that ends
+    /// before it starts, an unparsable certificate).
+    #[error("ACME issuer {issuer}: the CA answered {message}")]
+    CaFault { issuer: String, message: String },
     #[error("ACME issuer {issuer}: {source}")]
     Protocol {
         issuer: String,
@@ -82,8 +92,11 @@ pub enum AcmeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("key: {0}")]
-    Key(String),
+    /// Our own side failed (key generation, CSR encoding, credentials that do not serialize).
+    #[error("ACME: {0}")]
+    Internal(String),
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 impl AcmeError {
@@ -289,21 +302,20 @@ impl Acme {
             }
         }
         if method == ValidationMethod::Http && domains.iter().any(Domain::is_wildcard) {
-            return Err(AcmeError::Setup {
+            return Err(AcmeError::Unsupported {
                 issuer: issuer.to_owned(),
-                message: "wildcard names can only be validated with --validation dns".into(),
+                what: "wildcard names can only be validated with --validation dns",
             });
         }
         if algorithm == KeyAlgorithm::Ed25519 {
-            return Err(AcmeError::Setup {
+            return Err(AcmeError::Unsupported {
                 issuer: issuer.to_owned(),
-                message: "ACME CAs do not issue for Ed25519 keys; use ec-p256, ec-p384 or rsa-*"
-                    .into(),
+                what: "ACME CAs do not issue for Ed25519 keys; use ec-p256, ec-p384 or rsa-*",
             });
         }
         if let Some(runtime) = self.issuers.get(issuer) {
             match self.account(runtime).await {
-                Err(err @ AcmeError::Setup { .. }) => return Err(err),
+                Err(err @ AcmeError::Config { .. }) => return Err(err),
                 Err(err) => {
                     warn!(issuer, error = %err, "cannot reach the ACME CA now; the order will wait for it")
                 }
@@ -332,13 +344,13 @@ impl Acme {
                 source,
             })?;
         let json = Zeroizing::new(
-            serde_json::to_vec(&credentials).map_err(|e| setup(&runtime.config, &e.to_string()))?,
+            serde_json::to_vec(&credentials)
+                .map_err(|e| AcmeError::Internal(format!("account credentials: {e}")))?,
         );
         let (mut record, _) = self.store.acme_account(issuer).await?.ok_or_else(|| {
-            setup(
-                &runtime.config,
-                "the account vanished from the store during the rollover",
-            )
+            AcmeError::Internal(format!(
+                "the account of {issuer} vanished from the store during the rollover"
+            ))
         })?;
         record.updated_at = OffsetDateTime::now_utc();
         self.store.save_acme_account(record.clone(), &json).await?;
@@ -385,7 +397,7 @@ impl Acme {
         let der = crate::pem::certificates(cert_pem)
             .into_iter()
             .next()
-            .ok_or_else(|| AcmeError::Key("no certificate to revoke".into()))?;
+            .ok_or_else(|| AcmeError::Internal("no certificate to revoke".into()))?;
         let der = rustls_pki_types::CertificateDer::from(der);
         let reason = match reason {
             R::Unspecified => Acme::Unspecified,
@@ -443,10 +455,10 @@ impl Acme {
         let now = OffsetDateTime::now_utc();
         let (start, end) = (info.suggested_window.start, info.suggested_window.end);
         if end <= start {
-            return Err(setup(
+            return Err(ca_fault(
                 &runtime.config,
                 &format!(
-                    "renewal information for {id}: the window ends ({}) before it starts ({})",
+                    "renewal information for {id} whose window ends ({}) before it starts ({})",
                     end, start
                 ),
             ));
@@ -487,7 +499,7 @@ impl Acme {
             .orders
             .acquire()
             .await
-            .map_err(|_| setup(&runtime.config, "shutting down"))?;
+            .map_err(|_| AcmeError::ShuttingDown)?;
         runtime.check_backoff()?;
         let solver = match (method, &self.http, &self.dns) {
             (ValidationMethod::Http, Some(tokens), _) => Solver::Http(tokens.clone()),
@@ -644,7 +656,7 @@ impl Acme {
             }
             _ => order.poll_certificate(&POLL).await.map_err(protocol)?,
         };
-        let issued = split_chain(&chain, key)?;
+        let issued = split_chain(issuer, &chain, key)?;
         info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, "ACME certificate issued");
         Ok(issued)
     }
@@ -720,8 +732,8 @@ impl Acme {
             keys::generate(algorithm).map(|k| Zeroizing::new(k.serialize_der()))
         })
         .await
-        .map_err(|e| AcmeError::Key(e.to_string()))?
-        .map_err(|e| AcmeError::Key(e.to_string()))?;
+        .map_err(|e| AcmeError::Internal(format!("key generation: {e}")))?
+        .map_err(|e| AcmeError::Internal(format!("key generation: {e}")))?;
         self.store
             .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
             .await?;
@@ -747,8 +759,10 @@ impl Acme {
             .filter(|(stored, _)| stored.directory == issuer.directory);
         let account = match stored {
             Some((mut stored, credentials)) => {
-                let parsed: AccountCredentials = serde_json::from_slice(&credentials)
-                    .map_err(|e| setup(issuer, &format!("stored account: {e}")))?;
+                let parsed: AccountCredentials =
+                    serde_json::from_slice(&credentials).map_err(|e| {
+                        AcmeError::Internal(format!("stored account of {}: {e}", issuer.name))
+                    })?;
                 let account = builder(runtime)?
                     .from_credentials(parsed)
                     .await
@@ -786,7 +800,8 @@ impl Acme {
                         _ => AcmeError::Protocol { issuer: issuer.name.clone(), source },
                     })?;
                 let json = Zeroizing::new(
-                    serde_json::to_vec(&credentials).map_err(|e| setup(issuer, &e.to_string()))?,
+                    serde_json::to_vec(&credentials)
+                        .map_err(|e| AcmeError::Internal(format!("account credentials: {e}")))?,
                 );
                 let now = OffsetDateTime::now_utc();
                 let record = crate::store::AcmeAccount {
@@ -917,11 +932,11 @@ fn certificate_id(cert_pem: &str) -> Result<CertificateIdentifier<'static>, Acme
     let der = crate::pem::certificates(cert_pem)
         .into_iter()
         .next()
-        .ok_or_else(|| AcmeError::Key("no certificate to identify".into()))?;
+        .ok_or_else(|| AcmeError::Internal("no certificate to identify".into()))?;
     let der = rustls_pki_types::CertificateDer::from(der);
     CertificateIdentifier::try_from(&der)
         .map(CertificateIdentifier::into_owned)
-        .map_err(AcmeError::Key)
+        .map_err(AcmeError::Internal)
 }
 
 /// A uniformly random number in [0, 1).
@@ -934,7 +949,14 @@ fn random_fraction() -> f64 {
 }
 
 fn setup(issuer: &AcmeIssuer, message: &str) -> AcmeError {
-    AcmeError::Setup {
+    AcmeError::Config {
+        issuer: issuer.name.clone(),
+        message: message.to_owned(),
+    }
+}
+
+fn ca_fault(issuer: &AcmeIssuer, message: &str) -> AcmeError {
+    AcmeError::CaFault {
         issuer: issuer.name.clone(),
         message: message.to_owned(),
     }
@@ -1022,25 +1044,29 @@ async fn order_failure(
 
 /// A CSR for `domains` signed with `key`.
 fn csr_der(key: &[u8], domains: &[Domain]) -> Result<Vec<u8>, AcmeError> {
-    let pair = keys::load_pkcs8(key).map_err(|e| AcmeError::Key(e.to_string()))?;
+    let pair = keys::load_pkcs8(key).map_err(|e| AcmeError::Internal(format!("CSR: {e}")))?;
     let names: Vec<String> = domains.iter().map(ToString::to_string).collect();
-    let mut params =
-        rcgen::CertificateParams::new(names).map_err(|e| AcmeError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(names)
+        .map_err(|e| AcmeError::Internal(format!("CSR: {e}")))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params
         .serialize_request(&pair)
-        .map_err(|e| AcmeError::Key(e.to_string()))?;
+        .map_err(|e| AcmeError::Internal(format!("CSR: {e}")))?;
     Ok(csr.der().to_vec())
 }
 
 /// Splits the CA's PEM chain into the leaf and its issuers, and reads the leaf.
-fn split_chain(chain: &str, key: Zeroizing<Vec<u8>>) -> Result<Issued, AcmeError> {
+fn split_chain(
+    issuer: &AcmeIssuer,
+    chain: &str,
+    key: Zeroizing<Vec<u8>>,
+) -> Result<Issued, AcmeError> {
     let ders = crate::pem::certificates(chain);
     let Some((leaf, rest)) = ders.split_first() else {
-        return Err(AcmeError::Key("the CA returned no certificate".into()));
+        return Err(ca_fault(issuer, "no certificate"));
     };
     let info = crate::x509::inspect(leaf)
-        .map_err(|e| AcmeError::Key(format!("the CA's certificate {e}")))?;
+        .map_err(|e| ca_fault(issuer, &format!("a certificate that {e}")))?;
     let certificate = crate::ca::Issued {
         cert_pem: crate::pem::encode("CERTIFICATE", leaf),
         chain_pem: rest

@@ -4,6 +4,7 @@
 //! that does not parse, is too large, or a request that takes too long, comes back as
 //! `{"error": {"code", "message"}}` with a fitting status, so clients need one error path.
 
+mod convert;
 pub mod types;
 
 use std::sync::Arc;
@@ -109,39 +110,39 @@ impl IntoResponse for ApiError {
 
 impl From<InventoryError> for ApiError {
     fn from(err: InventoryError) -> Self {
-        let message = err.to_string();
-        match err {
-            InventoryError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not-found", message)
-            }
-            InventoryError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            InventoryError::Invalid(_)
-            | InventoryError::Import(_)
-            | InventoryError::Ca(_)
-            | InventoryError::Export(crate::export::ExportError::Passphrase) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", message)
-            }
-            InventoryError::Acme(
-                crate::acme::AcmeError::UnknownIssuer(_)
-                | crate::acme::AcmeError::MethodNotConfigured(_)
-                | crate::acme::AcmeError::MethodNotAcme(_)
-                | crate::acme::AcmeError::Setup { .. },
-            ) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", message),
-            InventoryError::Acme(crate::acme::AcmeError::Delegation(_)) => {
-                ApiError::new(StatusCode::CONFLICT, "validation-pending", message)
-            }
-            InventoryError::Acme(crate::acme::AcmeError::RateLimited { .. }) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message)
-            }
-            InventoryError::Acme(_) => ApiError::new(StatusCode::BAD_GATEWAY, "ca-error", message),
-            InventoryError::Export(crate::export::ExportError::NoKey) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", message)
-            }
-            InventoryError::Export(_) | InventoryError::Store(_) | InventoryError::Internal(_) => {
-                tracing::error!(error = %message, "request failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
+        let (status, code) = status_of(&err);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %err, "request failed");
         }
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+/// Each inventory error's status and code, once. The codes are part of the API: scripts match
+/// on them (README, "API errors"). A batch error has those of the failed request's own error.
+fn status_of(err: &InventoryError) -> (StatusCode, &'static str) {
+    use InventoryError as E;
+    match err {
+        E::InRequest { error, .. } => status_of(error),
+        E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+        E::Revoked { .. }
+        | E::Imported { .. }
+        | E::NotImported { .. }
+        | E::KeyNotHeld { .. }
+        | E::NameTaken { .. }
+        | E::NameGivenTwice { .. }
+        | E::CaUnavailable { .. }
+        | E::CaExists { .. }
+        | E::CaInstalled { .. }
+        | E::Changed { .. } => (StatusCode::CONFLICT, "conflict"),
+        E::InvalidInput { .. } | E::Import(_) | E::CaRefused(_) | E::IssuerRefused(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid-input")
+        }
+        E::ValidationPending(_) => (StatusCode::CONFLICT, "validation-pending"),
+        E::RetryAfter { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+        E::CaFailed(_) => (StatusCode::BAD_GATEWAY, "ca-error"),
+        E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down"),
+        E::Store(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -329,7 +330,7 @@ async fn request(
     State(state): Shared,
     Body(req): Body<RequestCertificate>,
 ) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
-    let cert = state.inventory.request(req).await?;
+    let cert = state.inventory.request(req.try_into()?).await?;
     Ok((StatusCode::CREATED, Json(cert)))
 }
 
@@ -338,7 +339,7 @@ async fn import(
     Body(req): Body<ImportCertificate>,
 ) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
     let reimport = req.certificate_id.is_some();
-    let cert = state.inventory.import(req).await?;
+    let cert = state.inventory.import(req.try_into()?).await?;
     Ok((
         if reimport {
             StatusCode::OK
@@ -353,14 +354,16 @@ async fn sign(
     State(state): Shared,
     Body(req): Body<SignRequest>,
 ) -> Result<(StatusCode, Json<Signed>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.inventory.sign(req).await?)))
+    let signed = state.inventory.sign(req.try_into()?).await?;
+    Ok((StatusCode::CREATED, Json(signed)))
 }
 
 async fn sign_batch(
     State(state): Shared,
     Body(batch): Body<SignBatch>,
 ) -> Result<(StatusCode, Json<SignedBatch>), ApiError> {
-    let signed = state.inventory.sign_batch(batch.requests).await?;
+    let requests = convert::sign_batch(batch.requests)?;
+    let signed = state.inventory.sign_batch(requests).await?;
     Ok((StatusCode::CREATED, Json(SignedBatch { signed })))
 }
 
@@ -398,7 +401,7 @@ async fn export(
     Path(id): Path<String>,
     Body(req): Body<ExportRequest>,
 ) -> ApiResult<crate::export::Exported> {
-    Ok(Json(state.inventory.export(&id, req).await?))
+    Ok(Json(state.inventory.export(&id, req.try_into()?).await?))
 }
 
 async fn renew(
@@ -421,7 +424,7 @@ async fn tags(
     Path(id): Path<String>,
     Body(req): Body<TagsRequest>,
 ) -> ApiResult<crate::model::Certificate> {
-    Ok(Json(state.inventory.tags(&id, req).await?))
+    Ok(Json(state.inventory.tags(&id, req.try_into()?).await?))
 }
 
 async fn explain(State(state): Shared, Path(id): Path<String>) -> ApiResult<Explanation> {
@@ -458,7 +461,7 @@ async fn ca_create(
 ) -> Result<(StatusCode, Json<CaDetails>), ApiError> {
     Ok((
         StatusCode::CREATED,
-        Json(state.inventory.create_ca(req).await?),
+        Json(state.inventory.create_ca(req.try_into()?).await?),
     ))
 }
 
@@ -471,7 +474,7 @@ async fn ca_install(
     Path(name): Path<String>,
     Body(req): Body<InstallCa>,
 ) -> ApiResult<CaDetails> {
-    Ok(Json(state.inventory.install_ca(&name, req).await?))
+    Ok(Json(state.inventory.install_ca(&name, req.into()).await?))
 }
 
 async fn ca_enable(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {

@@ -57,13 +57,15 @@ impl Inventory {
         let map = lock::read(&self.authorities);
         match map.get(name) {
             Some(Slot::Active(authority)) => Ok(authority.clone()),
-            Some(Slot::Disabled) => Err(InventoryError::Conflict(format!(
-                "CA {name:?} is disabled (`certkeeper ca enable {name}` lets it issue again)"
-            ))),
-            Some(Slot::Pending) => Err(InventoryError::Conflict(format!(
-                "CA {name:?} is waiting for its certificate (`certkeeper ca install {name}`)"
-            ))),
-            None => Err(InventoryError::NotFound(format!("CA {name:?}"))),
+            Some(Slot::Disabled) => Err(InventoryError::CaUnavailable {
+                name: name.to_owned(),
+                state: CaState::Disabled,
+            }),
+            Some(Slot::Pending) => Err(InventoryError::CaUnavailable {
+                name: name.to_owned(),
+                state: CaState::PendingCertificate,
+            }),
+            None => Err(missing_ca(name)),
         }
     }
 
@@ -78,11 +80,7 @@ impl Inventory {
     }
 
     pub async fn ca(&self, name: &str) -> Result<CaDetails> {
-        let stored = self
-            .store
-            .ca(name)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
         Ok(CaDetails {
             ca: stored.info,
             certificate_pem: stored.cert_pem,
@@ -91,18 +89,13 @@ impl Inventory {
         })
     }
 
-    pub async fn create_ca(&self, req: CreateCa) -> Result<CaDetails> {
-        check_name("CA", &req.name).map_err(InventoryError::invalid)?;
-        if req.external && req.parent.is_some() {
-            return Err(InventoryError::Invalid(
-                "a CA is either --external or has a --parent, not both".into(),
-            ));
-        }
+    pub async fn create_ca(&self, req: CaRequest) -> Result<CaDetails> {
+        let name = req.name.into_string();
         let mut spec = CaSpec {
             common_name: req
                 .common_name
-                .unwrap_or_else(|| format!("certkeeper {} CA", req.name)),
-            name: req.name,
+                .unwrap_or_else(|| format!("certkeeper {name} CA")),
+            name,
             parent: req.parent,
             external: req.external,
             key_algorithm: req.key_algorithm.unwrap_or(KeyAlgorithm::EcP256),
@@ -136,10 +129,7 @@ impl Inventory {
 
     async fn create_ca_from_spec(&self, spec: CaSpec) -> Result<()> {
         if self.store.ca(&spec.name).await?.is_some() {
-            return Err(InventoryError::Conflict(format!(
-                "CA {:?} already exists",
-                spec.name
-            )));
+            return Err(InventoryError::CaExists { name: spec.name });
         }
         let now = OffsetDateTime::now_utc();
         let created = match &spec.parent {
@@ -197,16 +187,12 @@ impl Inventory {
     }
 
     /// Completes an external CA with the certificate its root signed.
-    pub async fn install_ca(&self, name: &str, req: InstallCa) -> Result<CaDetails> {
-        let stored = self
-            .store
-            .ca(name)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+    pub async fn install_ca(&self, name: &str, req: InstallCaRequest) -> Result<CaDetails> {
+        let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
         if stored.info.state != CaState::PendingCertificate {
-            return Err(InventoryError::Conflict(format!(
-                "CA {name:?} already has its certificate"
-            )));
+            return Err(InventoryError::CaInstalled {
+                name: name.to_owned(),
+            });
         }
         let key = self.store.open_ca_key(&stored)?;
         let public = crate::keys::load_pkcs8(&key).map_err(CaError::from)?;
@@ -223,11 +209,7 @@ impl Inventory {
     /// The CA's current CRL (DER), re-signed first when it is stale.
     pub async fn crl(&self, name: &str) -> Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
-        let stored = self
-            .store
-            .ca(name)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
         let fresh = stored
             .crl_next_update
             .is_some_and(|next| next - now > CRL_VALIDITY.time() / 2);
@@ -235,23 +217,15 @@ impl Inventory {
             return Ok(der);
         }
         self.refresh_crl(name, now).await?;
-        let stored = self
-            .store
-            .ca(name)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
         stored
             .crl_der
-            .ok_or_else(|| InventoryError::Internal(format!("CA {name:?} has no CRL")))
+            .ok_or_else(|| InventoryError::Internal(Internal::NoCrl(name.to_owned())))
     }
 
     pub(super) async fn refresh_crl(&self, name: &str, now: OffsetDateTime) -> Result<()> {
         let authority = self.authority(name)?;
-        let stored = self
-            .store
-            .ca(name)
-            .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("CA {name:?}")))?;
+        let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
         let revoked = self.store.revocations(name).await?;
         let number = stored.crl_number + 1;
         let next_update = now + CRL_VALIDITY.time();
@@ -303,10 +277,10 @@ fn effective_spec(mut spec: CaSpec, cert_pem: &str) -> CaSpec {
 
 /// Checks the certificate offered for an external CA: one CA certificate for our key, and a
 /// chain that links it to its root.
-fn check_ca_certificate(req: &InstallCa, our_spki: &[u8]) -> Result<InstalledCa> {
-    let bad = |m: String| InventoryError::Invalid(m);
-    let blocks = crate::pem::blocks(&file_bytes(&req.certificate))
-        .map_err(|e| bad(format!("certificate {e}")))?;
+fn check_ca_certificate(req: &InstallCaRequest, our_spki: &[u8]) -> Result<InstalledCa> {
+    let bad = |m: String| InventoryError::invalid("certificate", m);
+    let blocks =
+        crate::pem::blocks(&req.certificate).map_err(|e| bad(format!("certificate {e}")))?;
     let [block] = blocks.as_slice() else {
         return Err(bad(format!(
             "certificate holds {} PEM blocks; expected one (put issuers in --chain)",
@@ -327,8 +301,7 @@ fn check_ca_certificate(req: &InstallCa, our_spki: &[u8]) -> Result<InstalledCa>
     let mut chain_pem = String::new();
     let mut child = block.der.to_vec();
     if let Some(chain) = &req.chain {
-        let blocks =
-            crate::pem::blocks(&file_bytes(chain)).map_err(|e| bad(format!("chain {e}")))?;
+        let blocks = crate::pem::blocks(chain).map_err(|e| bad(format!("chain {e}")))?;
         for (i, parent) in blocks.iter().enumerate() {
             if !crate::x509::is_signed_by(&child, &parent.der) {
                 return Err(bad(format!(
@@ -347,4 +320,8 @@ fn check_ca_certificate(req: &InstallCa, our_spki: &[u8]) -> Result<InstalledCa>
         not_before: info.not_before,
         not_after: info.not_after,
     })
+}
+
+fn missing_ca(name: &str) -> InventoryError {
+    InventoryError::NotFound(Missing::Ca(name.to_owned()))
 }

@@ -7,20 +7,27 @@ use super::*;
 const ARI_RETRY: time::Duration = time::Duration::HOUR;
 
 impl Inventory {
-    pub async fn request(&self, req: RequestCertificate) -> Result<Certificate> {
-        if req.issuer.is_some() {
-            return self.request_public(req).await;
-        }
+    /// A new certificate: issued at once by one of our CAs, or accepted to wait for
+    /// validation and be ordered from an ACME CA.
+    pub async fn request(&self, req: CertificateRequest) -> Result<Certificate> {
+        let (ca, validity, client_auth) = match &req.source {
+            Source::Private {
+                ca,
+                validity,
+                client_auth,
+            } => (ca.clone(), *validity, *client_auth),
+            Source::Public { issuer, validation } => {
+                let (issuer, validation) = (issuer.clone(), *validation);
+                return self.request_public(req, issuer, validation).await;
+            }
+        };
         let defaults = self.defaults();
-        let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
-        check_tags(&req.tags)?;
-        let maintenance_window =
-            window_spec(req.window, req.window_duration, req.window_time_zone)?;
+        let domains = req.domains;
         let name = resolve_name(req.name, &domains)?;
-        let ca_name = req.ca.unwrap_or(defaults.ca);
+        let ca_name = ca.unwrap_or(defaults.ca);
         let authority = self.authority(&ca_name)?;
         let algorithm = req.key_algorithm.unwrap_or(defaults.key_algorithm);
-        let validity = req.validity.unwrap_or(defaults.validity);
+        let validity = validity.unwrap_or(defaults.validity);
         let now = OffsetDateTime::now_utc();
 
         let (issued, key) = {
@@ -30,7 +37,7 @@ impl Inventory {
                 let request = LeafRequest {
                     domains: &domains,
                     validity,
-                    client_auth: req.client_auth,
+                    client_auth,
                 };
                 let issued = authority.issue(&request, &key, now)?;
                 Ok((issued, Zeroizing::new(key.serialize_der())))
@@ -43,11 +50,11 @@ impl Inventory {
             domains,
             key_algorithm: algorithm,
             validity,
-            client_auth: req.client_auth,
-            tags: req.tags,
+            client_auth,
+            tags: req.tags.into_inner(),
             renew_before: req.renew_before,
             days_before_expiry: req.days_before_expiry,
-            maintenance_window,
+            maintenance_window: req.window,
         };
         let lifetime = issued.lifetime();
         let mut new = issuance.record(issued, Some(key), now);
@@ -79,24 +86,23 @@ impl Inventory {
     /// cores; the commit, the expensive part of a single `sign`, is paid once.
     pub async fn sign_batch(&self, requests: Vec<SignRequest>) -> Result<Vec<Signed>> {
         if requests.is_empty() || requests.len() > MAX_SIGN_BATCH {
-            return Err(InventoryError::Invalid(format!(
-                "a batch holds 1 to {MAX_SIGN_BATCH} requests, not {}",
-                requests.len()
-            )));
+            return Err(InventoryError::invalid(
+                "requests",
+                format!(
+                    "a batch holds 1 to {MAX_SIGN_BATCH} requests, not {}",
+                    requests.len()
+                ),
+            ));
         }
         // Names given twice in one batch: found here, so a name taken in the store can only
         // be taken by an earlier certificate, and is reported at its one request below.
         let mut given: HashMap<String, usize> = HashMap::new();
         for (i, req) in requests.iter().enumerate() {
             if let Some(name) = &req.name
-                && let Some(first) = given.insert(name.clone(), i)
+                && let Some(first) = given.insert(name.as_str().to_owned(), i)
             {
-                return Err(in_request(
-                    i,
-                    InventoryError::Conflict(format!(
-                        "the name {name:?} is already given to requests[{first}]"
-                    )),
-                ));
+                let name = name.as_str().to_owned();
+                return Err(InventoryError::NameGivenTwice { name, first }.in_request(i));
             }
         }
         let defaults = self.defaults();
@@ -110,7 +116,7 @@ impl Inventory {
             let authority = match authorities.get(&ca) {
                 Some(authority) => authority.clone(),
                 None => {
-                    let authority = self.authority(&ca).map_err(|e| in_request(i, e))?;
+                    let authority = self.authority(&ca).map_err(|e| e.in_request(i))?;
                     authorities.insert(ca, authority.clone());
                     authority
                 }
@@ -127,7 +133,7 @@ impl Inventory {
                 chunk
                     .into_iter()
                     .map(|(i, req, authority)| {
-                        sign_one(req, &defaults, &authority, now).map_err(|e| in_request(i, e))
+                        sign_one(req, &defaults, &authority, now).map_err(|e| e.in_request(i))
                     })
                     .collect::<Result<Vec<_>>>()
             }));
@@ -144,9 +150,10 @@ impl Inventory {
             Ok(stored) => stored,
             // The one error a single request can cause in the store: say which.
             Err(StoreError::NameTaken(name)) => {
-                let err = StoreError::NameTaken(name.clone()).into();
-                return Err(match given.get(&name) {
-                    Some(&i) => in_request(i, err),
+                let index = given.get(&name).copied();
+                let err = InventoryError::NameTaken { name };
+                return Err(match index {
+                    Some(i) => err.in_request(i),
                     None => err,
                 });
             }
@@ -162,18 +169,14 @@ impl Inventory {
             .collect())
     }
 
-    pub async fn import(&self, req: ImportCertificate) -> Result<Certificate> {
-        check_tags(&req.tags)?;
+    /// Brings in a certificate issued elsewhere, or a new version of one imported before.
+    pub async fn import(&self, req: ImportRequest) -> Result<Certificate> {
         let now = OffsetDateTime::now_utc();
-        let cert_bytes = file_bytes(&req.certificate);
-        let key_bytes = Zeroizing::new(file_bytes(&req.private_key));
-        let chain_bytes = req.chain.as_deref().map(file_bytes);
-        let passphrase = req.passphrase.map(Zeroizing::new);
         let input = import::Input {
-            certificate: &cert_bytes,
-            private_key: &key_bytes,
-            chain: chain_bytes.as_deref(),
-            passphrase: passphrase.as_deref().map(String::as_str),
+            certificate: &req.certificate,
+            private_key: &req.private_key,
+            chain: req.chain.as_deref(),
+            passphrase: req.passphrase.as_deref().map(String::as_str),
             allow_expired: req.allow_expired,
         };
         // Decrypting a passphrase-protected key runs a deliberately slow KDF.
@@ -187,7 +190,7 @@ impl Inventory {
             chain_pem: checked.chain_pem,
             key: Some(checked.key),
         };
-        match req.certificate_id {
+        match req.reimport {
             Some(target) => {
                 self.reimport(
                     &target,
@@ -216,7 +219,7 @@ impl Inventory {
                     key_algorithm: checked.key_algorithm,
                     validity: None,
                     client_auth: false,
-                    tags: req.tags,
+                    tags: req.tags.into_inner(),
                     renew_before: None,
                     days_before_expiry: req.days_before_expiry,
                     maintenance_window: None,
@@ -247,10 +250,10 @@ impl Inventory {
     ) -> Result<Certificate> {
         let cert = self.find(target).await?;
         if cert.origin != Origin::Imported {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} is {}; only imported certificates can be re-imported",
-                cert.id, cert.origin
-            )));
+            return Err(InventoryError::NotImported {
+                id: cert.id,
+                origin: cert.origin,
+            });
         }
         let mut after = cert.clone();
         after.current_version += 1;
@@ -285,23 +288,23 @@ impl Inventory {
             Origin::Private => {}
             Origin::Public => return self.issue_public(cert).await,
             Origin::Imported => {
-                return Err(InventoryError::Conflict(format!(
-                    "certificate {} is imported; certkeeper does not renew it (re-import a new one)",
-                    cert.id
-                )));
+                return Err(InventoryError::Imported {
+                    id: cert.id,
+                    operation: Operation::Renew,
+                });
             }
         }
         if cert.status == Status::Revoked {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} is revoked",
-                cert.id
-            )));
+            return Err(InventoryError::Revoked {
+                id: cert.id,
+                operation: Operation::Renew,
+            });
         }
         if !cert.versions.first().is_some_and(|v| v.key_held) {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} was signed from a CSR; certkeeper does not hold its key: sign a new CSR instead",
-                cert.id
-            )));
+            return Err(InventoryError::KeyNotHeld {
+                id: cert.id,
+                operation: Operation::Renew,
+            });
         }
         let authority = self.authority(&cert.issuer)?;
         let validity = cert.validity.unwrap_or(self.defaults().validity);
@@ -343,21 +346,16 @@ impl Inventory {
 
     /// Accepts a public certificate: it waits in `pending-validation` (with an event listing
     /// the records to create) and the lifecycle task orders it from the ACME CA.
-    async fn request_public(&self, req: RequestCertificate) -> Result<Certificate> {
+    async fn request_public(
+        &self,
+        req: CertificateRequest,
+        issuer: String,
+        method: ValidationMethod,
+    ) -> Result<Certificate> {
         let acme = self.acme()?.clone();
-        let issuer = req.issuer.clone().unwrap_or_default();
-        let domains = parse_domains(&req.domains).map_err(InventoryError::invalid)?;
-        check_tags(&req.tags)?;
-        if req.ca.is_some() || req.validity.is_some() || req.client_auth {
-            return Err(InventoryError::Invalid(
-                "ca, validity and client_auth are for private certificates; an ACME CA decides these (see its profile)".into(),
-            ));
-        }
-        let maintenance_window =
-            window_spec(req.window, req.window_duration, req.window_time_zone)?;
+        let domains = req.domains;
         let (name, name_is_default) = resolve_name(req.name, &domains)?;
         let algorithm = req.key_algorithm.unwrap_or(self.defaults().key_algorithm);
-        let method = req.validation.unwrap_or(ValidationMethod::Dns);
         acme.check_request(&issuer, method, algorithm, &domains)
             .await?;
         let now = OffsetDateTime::now_utc();
@@ -373,10 +371,10 @@ impl Inventory {
             key_algorithm: algorithm,
             validity: None,
             client_auth: false,
-            tags: req.tags,
+            tags: req.tags.into_inner(),
             renew_before: req.renew_before,
             days_before_expiry: req.days_before_expiry,
-            maintenance_window,
+            maintenance_window: req.window,
             // Due now: the lifecycle task checks validation and orders at once.
             next_action_at: Some(now),
             validation: Some((method, deadline)),
@@ -447,10 +445,10 @@ impl Inventory {
     /// same names, same validation.
     async fn issue_public(&self, cert: Certificate) -> Result<Certificate> {
         if cert.status == Status::Revoked {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} is revoked",
-                cert.id
-            )));
+            return Err(InventoryError::Revoked {
+                id: cert.id,
+                operation: Operation::Renew,
+            });
         }
         let method = cert.validation_method.unwrap_or(ValidationMethod::Dns);
         let acme = self.acme()?;
@@ -516,16 +514,16 @@ impl Inventory {
     ) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
         if cert.status == Status::Revoked {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} is already revoked",
-                cert.id
-            )));
+            return Err(InventoryError::Revoked {
+                id: cert.id,
+                operation: Operation::Revoke,
+            });
         }
         if cert.origin == Origin::Imported {
-            return Err(InventoryError::Conflict(format!(
-                "certificate {} is imported; revoke it with the CA that issued it",
-                cert.id
-            )));
+            return Err(InventoryError::Imported {
+                id: cert.id,
+                operation: Operation::Revoke,
+            });
         }
         let reason = reason.unwrap_or(RevocationReason::Unspecified);
         let now = OffsetDateTime::now_utc();
@@ -568,10 +566,11 @@ impl Inventory {
         Ok(cert)
     }
 
-    pub async fn tags(&self, id_or_name: &str, req: TagsRequest) -> Result<Certificate> {
-        check_tags(&req.set)?;
+    pub async fn tags(&self, id_or_name: &str, change: TagChange) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
-        self.store.set_tags(&cert.id, req.set, req.remove).await?;
+        self.store
+            .set_tags(&cert.id, change.set.into_inner(), change.remove)
+            .await?;
         self.find(cert.id.as_str()).await
     }
 
@@ -580,7 +579,7 @@ impl Inventory {
             .store
             .find_certificate(id_or_name)
             .await?
-            .ok_or_else(|| InventoryError::NotFound(format!("certificate {id_or_name:?}")))?;
+            .ok_or_else(|| InventoryError::NotFound(Missing::Certificate(id_or_name.to_owned())))?;
         if let (Some(method), Some(acme)) = (cert.validation_method, &self.acme) {
             cert.validation_records = acme.records(method, &cert.domains);
         }
@@ -594,10 +593,7 @@ impl Inventory {
     pub async fn pem(&self, id_or_name: &str, version: Option<u32>) -> Result<CertificatePem> {
         let cert = self.find(id_or_name).await?;
         let number = version.unwrap_or(cert.current_version);
-        let stored =
-            self.store.version(&cert.id, number).await?.ok_or_else(|| {
-                InventoryError::NotFound(format!("version {number} of {}", cert.id))
-            })?;
+        let stored = self.version(&cert.id, number).await?;
         Ok(CertificatePem {
             id: cert.id.to_string(),
             version: number,
@@ -607,29 +603,39 @@ impl Inventory {
     }
 
     pub async fn export(&self, id_or_name: &str, req: ExportRequest) -> Result<Exported> {
-        export::check_passphrase(&req.passphrase)?;
         let cert = self.find(id_or_name).await?;
         let number = req.version.unwrap_or(cert.current_version);
-        let stored =
-            self.store.version(&cert.id, number).await?.ok_or_else(|| {
-                InventoryError::NotFound(format!("version {number} of {}", cert.id))
-            })?;
-        let key = self
-            .store
-            .open_version_key(&cert.id, &stored)?
-            .ok_or(ExportError::NoKey)?;
-        let passphrase = Zeroizing::new(req.passphrase);
-        let format = req.format;
+        let stored = self.version(&cert.id, number).await?;
+        let key =
+            self.store
+                .open_version_key(&cert.id, &stored)?
+                .ok_or(InventoryError::KeyNotHeld {
+                    id: cert.id,
+                    operation: Operation::Export,
+                })?;
+        let ExportRequest {
+            passphrase, format, ..
+        } = req;
         Ok(blocking(move || {
             export::export(
                 format,
                 &stored.cert_pem,
                 &stored.chain_pem,
                 &key,
-                &passphrase,
+                passphrase.as_str(),
             )
         })
         .await??)
+    }
+
+    /// One stored version of a certificate.
+    async fn version(&self, id: &CertificateId, number: u32) -> Result<StoredVersion> {
+        self.store.version(id, number).await?.ok_or_else(|| {
+            InventoryError::NotFound(Missing::Version {
+                id: id.clone(),
+                version: number,
+            })
+        })
     }
 }
 
@@ -687,62 +693,15 @@ impl PrivateIssuance {
     }
 }
 
-/// A per-certificate maintenance window from request fields: both or neither, and a cron
-/// expression and zone that parse.
-fn window_spec(
-    schedule: Option<String>,
-    duration: Option<Span>,
-    time_zone: Option<String>,
-) -> Result<Option<WindowSpec>> {
-    let spec = match (schedule, duration) {
-        (None, None) if time_zone.is_none() => return Ok(None),
-        (Some(schedule), Some(duration)) => WindowSpec {
-            schedule,
-            duration,
-            time_zone,
-        },
-        _ => {
-            return Err(InventoryError::Invalid(
-                "a maintenance window needs both window and window_duration".into(),
-            ));
-        }
-    };
-    if spec.duration.as_secs() < 60 {
-        return Err(InventoryError::Invalid(
-            "window_duration must be at least 1m".into(),
-        ));
-    }
-    spec.window().map_err(InventoryError::invalid)?;
-    Ok(Some(spec))
-}
-
-/// A certificate's name: the one given (checked), else its first domain. The flag says it was
+/// A certificate's name: the one given, else its first domain. The flag says it was
 /// defaulted, which lets the store make it unique instead of refusing it.
-fn resolve_name(name: Option<String>, domains: &[Domain]) -> Result<(String, bool)> {
-    match name {
-        Some(name) => {
-            check_name("certificate", &name).map_err(InventoryError::invalid)?;
-            Ok((name, false))
-        }
-        None => {
-            let first = domains
-                .first()
-                .ok_or_else(|| InventoryError::Invalid("no domains".into()))?;
-            Ok((first.to_string(), true))
-        }
+fn resolve_name(name: Option<Name>, domains: &[Domain]) -> Result<(String, bool)> {
+    match (name, domains.first()) {
+        (Some(name), _) => Ok((name.into_string(), false)),
+        (None, Some(first)) => Ok((first.to_string(), true)),
+        // A CSR or an imported certificate without any name.
+        (None, None) => Err(InventoryError::invalid("name", "no domains")),
     }
-}
-
-fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
-    if tags.len() > 50 {
-        return Err(InventoryError::Invalid(
-            "at most 50 tags per certificate".into(),
-        ));
-    }
-    for (key, value) in tags {
-        check_tag(key, value).map_err(InventoryError::invalid)?;
-    }
-    Ok(())
 }
 
 /// The most CSRs one `sign_batch` takes: its transaction stays short, its body under the
@@ -773,8 +732,7 @@ fn sign_one(
     authority: &Authority,
     now: OffsetDateTime,
 ) -> Result<(NewCertificate, SignedPem)> {
-    check_tags(&req.tags)?;
-    let csr = ca::parse_csr(&file_bytes(&req.csr))?;
+    let csr = ca::parse_csr(&req.csr)?;
     let name = resolve_name(req.name, &csr.domains)?;
     let validity = req.validity.unwrap_or(defaults.validity);
     let request = LeafRequest {
@@ -794,28 +752,12 @@ fn sign_one(
         key_algorithm: csr.key_algorithm,
         validity,
         client_auth: req.client_auth,
-        tags: req.tags,
+        tags: req.tags.into_inner(),
         renew_before: None,
         days_before_expiry: req.days_before_expiry,
         maintenance_window: None,
     };
     Ok((issuance.record(issued, None, now), pem))
-}
-
-/// An error about one request of a batch, saying which (`requests[i]: ...`), of the same kind.
-fn in_request(i: usize, err: InventoryError) -> InventoryError {
-    match err {
-        InventoryError::NotFound(what) => {
-            InventoryError::NotFound(format!("requests[{i}]: {what}"))
-        }
-        InventoryError::Conflict(message) => {
-            InventoryError::Conflict(format!("requests[{i}]: {message}"))
-        }
-        InventoryError::Invalid(_) | InventoryError::Import(_) | InventoryError::Ca(_) => {
-            InventoryError::Invalid(format!("requests[{i}]: {err}"))
-        }
-        other => other,
-    }
 }
 
 impl Issued {

@@ -10,7 +10,17 @@
 
 mod cas;
 mod certificates;
+mod error;
 mod explain;
+pub mod requests;
+pub mod views;
+
+pub use error::{Internal, InventoryError, Missing, Operation};
+pub use requests::{
+    CaRequest, CertificateRequest, ExportRequest, ImportRequest, InstallCaRequest, Name,
+    Passphrase, SignRequest, Source, TagChange, Tags,
+};
+pub use views::{AcmeIssuerView, CaDetails, CertificatePem, Explanation, Signed};
 
 use cas::Slot;
 
@@ -20,83 +30,30 @@ use std::sync::{Arc, RwLock};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::acme::{Acme, AcmeError};
-use crate::api::types::{
-    CaDetails, CertificatePem, CreateCa, Explanation, ExportRequest, ImportCertificate, InstallCa,
-    RequestCertificate, SignRequest, Signed, TagsRequest, file_bytes,
-};
+use crate::acme::Acme;
 use crate::ca::{self, Authority, CaError, Issued, LeafRequest};
 use crate::config::{Config, Defaults};
 use crate::events::{self, Action};
-use crate::export::{self, ExportError, Exported};
-use crate::import::{self, ImportError};
+use crate::export::{self, Exported};
+use crate::import;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{
     CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
-    RevocationReason, Status, ValidationMethod, WindowSpec, check_name, check_tag, parse_domains,
-    rfc3339,
+    RevocationReason, Status, ValidationMethod, WindowSpec, rfc3339,
 };
 use crate::policy::{self, Lifetime};
 use crate::schedule::{Schedule, Window};
 use crate::span::Span;
 use crate::store::{
     Deadlines, InstalledCa, ListFilter, NewCa, NewCertificate, NewVersion, Revocation, Store,
-    StoreError, VersionChange,
+    StoreError, StoredVersion, VersionChange,
 };
 use crate::validation::http::Tokens;
 use crate::wake::Wake;
 
 /// How long a CRL is valid; it is re-signed when less than half of this remains.
 const CRL_VALIDITY: Span = Span::from_days(7);
-
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Import(#[from] ImportError),
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    #[error(transparent)]
-    Export(#[from] ExportError),
-    #[error(transparent)]
-    Acme(#[from] AcmeError),
-    #[error(transparent)]
-    Store(StoreError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<StoreError> for InventoryError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::NameTaken(_) | StoreError::Conflict(_) => {
-                InventoryError::Conflict(err.to_string())
-            }
-            StoreError::NotFound(what) => InventoryError::NotFound(what),
-            other => InventoryError::Store(other),
-        }
-    }
-}
-
-impl InventoryError {
-    fn invalid(err: impl std::fmt::Display) -> Self {
-        InventoryError::Invalid(err.to_string())
-    }
-
-    /// When the next attempt may be made, if the other side said (an ACME CA's Retry-After).
-    pub fn retry_not_before(&self) -> Option<OffsetDateTime> {
-        match self {
-            InventoryError::Acme(err) => err.retry_not_before(),
-            _ => None,
-        }
-    }
-}
 
 type Result<T, E = InventoryError> = std::result::Result<T, E>;
 
@@ -186,11 +143,11 @@ impl Inventory {
     fn acme(&self) -> Result<&Arc<Acme>> {
         self.acme
             .as_ref()
-            .ok_or_else(|| InventoryError::Invalid("no [[acme]] issuer is configured".into()))
+            .ok_or_else(|| InventoryError::invalid("issuer", "no [[acme]] issuer is configured"))
     }
 
     /// The configured ACME issuers and their accounts.
-    pub async fn acme_accounts(&self) -> Result<Vec<crate::api::types::AcmeIssuerView>> {
+    pub async fn acme_accounts(&self) -> Result<Vec<AcmeIssuerView>> {
         let Some(acme) = &self.acme else {
             return Ok(Vec::new());
         };
@@ -198,7 +155,7 @@ impl Inventory {
             .accounts()
             .await?
             .into_iter()
-            .map(|(issuer, account)| crate::api::types::AcmeIssuerView { issuer, account })
+            .map(|(issuer, account)| AcmeIssuerView { issuer, account })
             .collect())
     }
 
@@ -225,7 +182,7 @@ impl Inventory {
         let mut stored = self.insert_all(vec![new]).await?;
         stored
             .pop()
-            .ok_or_else(|| InventoryError::Internal("the store answered no certificate".into()))
+            .ok_or(InventoryError::Internal(Internal::NothingStored))
     }
 
     /// Stores new certificates in one transaction (all or none) and tells the lifecycle task
@@ -316,9 +273,10 @@ impl Inventory {
     /// `certkeeper config set days-before-expiry N` (ACM's account configuration).
     pub async fn set_days_before_expiry(&self, days: u32) -> Result<()> {
         if !(1..=365).contains(&days) {
-            return Err(InventoryError::Invalid(format!(
-                "days-before-expiry {days} is outside 1..=365"
-            )));
+            return Err(InventoryError::invalid(
+                "days_before_expiry",
+                format!("days-before-expiry {days} is outside 1..=365"),
+            ));
         }
         self.store
             .set_setting(DAYS_BEFORE_EXPIRY, &days.to_string())
@@ -406,9 +364,7 @@ impl Inventory {
 
 /// Runs CPU-heavy work (key generation, KDFs) on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| InventoryError::Internal(format!("worker failed: {e}")))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 /// Like [`blocking`] for work that borrows from the caller: runs it in place, telling the
