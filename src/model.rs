@@ -511,33 +511,7 @@ pub struct Certificate {
     pub versions: Vec<VersionInfo>,
 }
 
-/// The renewal window an ACME CA suggests for a certificate (RFC 9773), and what certkeeper
-/// made of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RenewalInfo {
-    #[serde(with = "time::serde::rfc3339")]
-    pub window_start: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub window_end: OffsetDateTime,
-    /// The point chosen at random inside the window (now, when the window has begun).
-    #[serde(with = "time::serde::rfc3339")]
-    pub renew_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub checked_at: OffsetDateTime,
-    /// When to ask the CA again (its Retry-After, within a minute and a day).
-    #[serde(with = "time::serde::rfc3339")]
-    pub next_check: OffsetDateTime,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub explanation_url: Option<String>,
-}
-
-impl RenewalInfo {
-    /// The scheduler's deadline as far as the CA's window goes: the chosen renewal time, or
-    /// the next check when that comes first.
-    pub fn deadline(&self) -> OffsetDateTime {
-        self.renew_at.min(self.next_check)
-    }
-}
+pub use crate::policy::RenewalInfo;
 
 /// A DNS record the user creates once so that certkeeper can validate by itself from then on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,14 +19,14 @@ use time::{Duration, OffsetDateTime};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::events::{self, Event};
-use crate::inventory::Inventory;
-use crate::model::{Certificate, CertificateId, Status, rfc3339};
-use crate::policy;
+use crate::inventory::{Inventory, InventoryError};
+use crate::model::{CertificateId, rfc3339};
+use crate::policy::{self, AfterFailure, Step};
 use crate::schedule::Schedule;
-use crate::store::{Deadlines, ExpiryCandidate, RenewalFailure};
+use crate::store::{Deadlines, ExpiryCandidate};
 use crate::wake::Wake;
 
 /// How long a claimed renewal may take before it is considered abandoned and retried.
@@ -178,7 +178,7 @@ async fn start_due_renewals(
                 wake,
             };
             let span = tracing::info_span!("renewal", cert = %id);
-            renew_one(&inventory, &id).instrument(span).await;
+            renew_one(&inventory, &id, now).instrument(span).await;
         });
     }
 }
@@ -197,18 +197,44 @@ impl Drop for Done {
     }
 }
 
-/// Renews one certificate; on failure records the error, schedules a retry with backoff and
-/// raises "Renewal Action Required" at the first failure and at each 45/30/15/7/3/1-day mark.
-async fn renew_one(inventory: &Inventory, id: &CertificateId) {
-    // Taken up only to look at the CA's renewal window again (ARI)?
-    match inventory.check_renewal_info(id).await {
-        Ok(true) => return,
-        Ok(false) => {}
-        Err(err) => warn!(error = %err, "checking renewal information failed; renewing"),
-    }
-    let outcome = inventory.renew(id.as_str()).await;
+/// Carries out one certificate's due step, as the planner decides it at `now`: a renewal
+/// (or first issuance, or retry), or a new look at the CA's renewal window. A failure is
+/// recorded with its retry time and, at a milestone, its Renewal Action Required event (or the
+/// validation time-out), all decided by the planner too.
+async fn renew_one(inventory: &Inventory, id: &CertificateId, now: OffsetDateTime) {
+    let cert = match inventory.find(id.as_str()).await {
+        Ok(cert) => cert,
+        // Deleted since it was claimed: nothing left to do.
+        Err(InventoryError::NotFound(_)) => return,
+        Err(err) => {
+            warn!(error = %err, "reading the certificate failed; the lease will retry it");
+            return;
+        }
+    };
+    let plan = inventory.plan(&cert, now);
+    let due = plan.is_due(now);
+    let step = match plan.step {
+        Step::CheckRenewalInfo if due => match inventory.check_renewal_info(&cert, now).await {
+            Ok(false) => return,
+            Ok(true) => Step::Renew,
+            Err(err) => {
+                warn!(error = %err, "checking renewal information failed; renewing");
+                Step::Renew
+            }
+        },
+        // Claimed before its time (the stored deadline and the plan disagree, as after a
+        // policy change), or no longer renewed: only the deadline moves.
+        _ if !due => {
+            if let Err(err) = inventory.reschedule(&cert, plan.at).await {
+                warn!(error = %err, "rescheduling failed; the lease will retry it");
+            }
+            return;
+        }
+        step => step,
+    };
+    debug!(%step, rule = %plan.rule, "due");
+    let outcome = inventory.renew_certificate(cert.clone()).await;
     inventory.metrics().renewal(outcome.is_ok());
-    let now = OffsetDateTime::now_utc();
     let err = match outcome {
         Ok(cert) => {
             info!(serial = ?cert.serial, not_after = ?cert.not_after.map(rfc3339), version = cert.current_version, "renewed");
@@ -216,75 +242,26 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId) {
         }
         Err(err) => err,
     };
-    let cert = match inventory.find(id.as_str()).await {
-        Ok(cert) => cert,
-        // Deleted while it renewed: nothing left to record.
-        Err(_) => return,
-    };
-    if cert.status == Status::PendingValidation
-        && cert.validation_deadline.is_some_and(|d| d <= now)
-    {
-        time_out(inventory, &cert, &err.to_string(), now).await;
-        return;
-    }
-    let previous = cert.renewal.as_ref().filter(|r| r.failures > 0);
-    let failures = previous.map_or(0, |r| r.failures) + 1;
-    // A certificate without a version yet (its first issuance failed) has no expiry pressing:
-    // back off normally, and raise the event once, at the first failure.
-    let not_after = cert.not_after.unwrap_or(now + time::Duration::days(3650));
-    let days_left = policy::days_to_expiry(now, not_after);
-    // A first failure (no earlier ones) always raises the event.
-    // A first issuance still waiting for validation already announced what to do (the
-    // "Validation Pending" event); only its timeout raises Action Required.
-    let milestone = if cert.status == Status::PendingValidation {
-        None
-    } else {
-        policy::action_required(days_left, previous.and_then(|r| r.action_required_days))
-    };
-    let reason = err.to_string();
-    warn!(failures, days_left, error = %reason, "renewal failed");
-    let event = milestone.map(|_| events::renewal_failed(&cert, days_left, &reason, failures, now));
-    let retry_at = if cert.status == Status::PendingValidation {
-        policy::validation_retry(failures, now)
-    } else {
-        policy::retry(cert.id.as_str(), failures, now, not_after)
-    };
-    // A CA that said when to come back is not asked before then (plus jitter, so that many
-    // certificates waiting on one CA do not return at the same instant).
-    let retry_at = match err.retry_not_before() {
-        Some(until) => retry_at.max(policy::after_retry_after(cert.id.as_str(), now, until)),
-        None => retry_at,
-    };
-    let failure = RenewalFailure {
-        id: cert.id.clone(),
-        next_action_at: Some(retry_at),
-        reason,
-        failed_at: now,
-        action_required_days: milestone,
-        event,
-    };
-    if let Err(err) = inventory.store().renewal_failed(failure).await {
-        warn!(error = %err, "recording the renewal failure failed; the lease will retry it");
-    }
-}
-
-/// A certificate that waited for validation past its deadline stops being retried.
-async fn time_out(inventory: &Inventory, cert: &Certificate, reason: &str, now: OffsetDateTime) {
-    let event = events::validation_timed_out(cert, reason, now);
+    // The time of the failure is a fact of the attempt (which may have taken a minute), not
+    // of the pass that started it.
     match inventory
-        .store()
-        .set_status(
-            &cert.id,
-            Status::PendingValidation,
-            Status::ValidationTimedOut,
-            None,
-            Some(event),
-        )
+        .renewal_failed(&cert, &err, OffsetDateTime::now_utc())
         .await
     {
-        Ok(true) => warn!(cert = %cert.id, error = %reason, "validation timed out"),
-        Ok(false) => {}
-        Err(err) => warn!(cert = %cert.id, error = %err, "recording the validation timeout failed"),
+        Ok(AfterFailure::TimedOut) => warn!(error = %err, "validation timed out"),
+        Ok(AfterFailure::Retry {
+            at,
+            rule,
+            failures,
+            days_left,
+            ..
+        }) => {
+            warn!(failures, days_left, retry_at = %rfc3339(at), %rule, error = %err, "renewal failed");
+        }
+        Err(InventoryError::NotFound(_)) => {}
+        Err(record) => {
+            warn!(error = %err, record_error = %record, "renewal failed; recording it failed too (the lease will retry it)");
+        }
     }
 }
 

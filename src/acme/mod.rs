@@ -35,9 +35,8 @@ use zeroize::Zeroizing;
 
 use crate::config::{AcmeIssuer, ValidationConfig};
 use crate::keys;
-use crate::model::{
-    Certificate, Domain, KeyAlgorithm, RenewalInfo, ValidationMethod, ValidationRecord,
-};
+use crate::model::{Certificate, Domain, KeyAlgorithm, ValidationMethod, ValidationRecord};
+use crate::policy::SuggestedWindow;
 use crate::store::{Store, StoreError};
 use crate::validation::{delegations, describe_problems, dns, http, label};
 
@@ -421,16 +420,13 @@ impl Acme {
     }
 
     /// The renewal window the CA suggests for `cert_pem` (ACME renewal information, RFC
-    /// 9773), or `None` when its directory offers none. The point to renew at is chosen at
-    /// random inside the window (now, once the window has begun) and kept while the CA's window
-    /// stays the same as in `previous`. The next check follows the CA's Retry-After, kept
-    /// between a minute and a day as RFC 9773 §4.3.3 suggests.
-    pub async fn renewal_info(
+    /// 9773), as it answered, or `None` when its directory offers none. Where in the window to
+    /// renew is the planner's choice ([`crate::policy::choose_renewal_time`]).
+    pub async fn renewal_window(
         &self,
         issuer: &str,
         cert_pem: &str,
-        previous: Option<&RenewalInfo>,
-    ) -> Result<Option<RenewalInfo>, AcmeError> {
+    ) -> Result<Option<SuggestedWindow>, AcmeError> {
         let runtime = self
             .issuers
             .get(issuer)
@@ -452,31 +448,19 @@ impl Acme {
                 ));
             }
         };
-        let now = OffsetDateTime::now_utc();
         let (start, end) = (info.suggested_window.start, info.suggested_window.end);
         if end <= start {
             return Err(ca_fault(
                 &runtime.config,
                 &format!(
-                    "renewal information for {id} whose window ends ({}) before it starts ({})",
-                    end, start
+                    "renewal information for {id} whose window ends ({end}) before it starts ({start})"
                 ),
             ));
         }
-        let renew_at = match previous {
-            Some(p) if p.window_start == start && p.window_end == end => p.renew_at,
-            _ if start <= now => now,
-            _ => start + (end - start) * random_fraction(),
-        };
-        let retry_after = time::Duration::try_from(retry_after)
-            .unwrap_or(ARI_MAX_CHECK)
-            .clamp(ARI_MIN_CHECK, ARI_MAX_CHECK);
-        Ok(Some(RenewalInfo {
-            window_start: start,
-            window_end: end,
-            renew_at,
-            checked_at: now,
-            next_check: now + retry_after,
+        Ok(Some(SuggestedWindow {
+            start,
+            end,
+            retry_after: time::Duration::try_from(retry_after).ok(),
             explanation_url: info.explanation_url,
         }))
     }
@@ -924,9 +908,6 @@ fn txt_record(
 }
 
 /// How often the CA's renewal window is checked, whatever its Retry-After says.
-const ARI_MIN_CHECK: time::Duration = time::Duration::MINUTE;
-const ARI_MAX_CHECK: time::Duration = time::Duration::DAY;
-
 /// The ARI identifier of a certificate: its authority key identifier and serial (RFC 9773 §4.1).
 fn certificate_id(cert_pem: &str) -> Result<CertificateIdentifier<'static>, AcmeError> {
     let der = crate::pem::certificates(cert_pem)
@@ -937,15 +918,6 @@ fn certificate_id(cert_pem: &str) -> Result<CertificateIdentifier<'static>, Acme
     CertificateIdentifier::try_from(&der)
         .map(CertificateIdentifier::into_owned)
         .map_err(AcmeError::Internal)
-}
-
-/// A uniformly random number in [0, 1).
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn setup(issuer: &AcmeIssuer, message: &str) -> AcmeError {

@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// How soon the CA's renewal window is asked for again after a failed check.
-const ARI_RETRY: time::Duration = time::Duration::HOUR;
-
 impl Inventory {
     /// A new certificate: issued at once by one of our CAs, or accepted to wait for
     /// validation and be ordered from an ACME CA.
@@ -58,13 +55,13 @@ impl Inventory {
         };
         let lifetime = issued.lifetime();
         let mut new = issuance.record(issued, Some(key), now);
-        new.next_action_at = Some(self.plan(
+        new.next_action_at = self.deadline_of_new_version(
             &new.id,
             lifetime,
-            new.renew_before,
-            new.maintenance_window.as_ref(),
+            (new.renew_before, new.maintenance_window.as_ref()),
+            None,
             now,
-        ));
+        );
         let cert = self.insert(new).await?;
         self.metrics.issued(cert.origin);
         Ok(cert)
@@ -281,9 +278,15 @@ impl Inventory {
         Ok(cert)
     }
 
-    /// Issues a new version of a private certificate: new key, same names, same lifetime.
+    /// Issues a new version of a certificate: new key, same names, same lifetime (private),
+    /// or a new order from its ACME CA (public).
     pub async fn renew(&self, id_or_name: &str) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
+        self.renew_certificate(cert).await
+    }
+
+    /// [`Inventory::renew`] of a certificate already read (the scheduler has it).
+    pub async fn renew_certificate(&self, cert: Certificate) -> Result<Certificate> {
         match cert.origin {
             Origin::Private => {}
             Origin::Public => return self.issue_public(cert).await,
@@ -336,7 +339,13 @@ impl Inventory {
             status: Status::Issued,
             event: Some(event),
             names: None,
-            next_action_at: Some(self.plan_for(&cert, lifetime, now)),
+            next_action_at: self.deadline_of_new_version(
+                &cert.id,
+                lifetime,
+                (cert.renew_before, cert.maintenance_window.as_ref()),
+                None,
+                now,
+            ),
             renewal_info: None,
         };
         let cert = self.store.add_version(&cert.id, change).await?;
@@ -395,52 +404,6 @@ impl Inventory {
         Ok(cert)
     }
 
-    /// For a certificate the scheduler took up: when only the next look at its CA's renewal
-    /// window (ARI) is due, not the renewal, asks the CA again, reschedules, and returns
-    /// true. Returns false when the certificate is to be renewed now.
-    pub async fn check_renewal_info(&self, id: &CertificateId) -> Result<bool> {
-        let cert = self.find(id.as_str()).await?;
-        let (Some(previous), Some(lifetime)) = (cert.renewal_info.clone(), cert.lifetime()) else {
-            return Ok(false);
-        };
-        let failing = cert.renewal.as_ref().is_some_and(|r| r.failures > 0);
-        if cert.status != Status::Issued || failing {
-            return Ok(false);
-        }
-        let now = OffsetDateTime::now_utc();
-        let planned = self.plan_for(&cert, lifetime, now);
-        if now >= previous.renew_at || now >= planned {
-            return Ok(false);
-        }
-        let Some(current) = self.store.version(&cert.id, cert.current_version).await? else {
-            return Ok(false);
-        };
-        let info = match self
-            .acme()?
-            .renewal_info(&cert.issuer, &current.cert_pem, Some(&previous))
-            .await
-        {
-            Ok(info) => info,
-            Err(err) => {
-                // Keep the window we know and ask again in an hour.
-                tracing::warn!(cert = %cert.id, error = %err, "checking the renewal window failed");
-                Some(crate::model::RenewalInfo {
-                    next_check: now + ARI_RETRY,
-                    ..previous
-                })
-            }
-        };
-        if info.as_ref().is_some_and(|i| i.renew_at <= now) {
-            tracing::info!(cert = %cert.id, "the CA's renewal window has begun");
-            return Ok(false);
-        }
-        let next = info.as_ref().map_or(planned, |i| i.deadline().min(planned));
-        self.store
-            .set_renewal_info(&cert.id, info, Some(next))
-            .await?;
-        Ok(true)
-    }
-
     /// First issuance or renewal of a public certificate through its ACME issuer: new key,
     /// same names, same validation.
     async fn issue_public(&self, cert: Certificate) -> Result<Certificate> {
@@ -469,17 +432,15 @@ impl Inventory {
         let lifetime = issued.lifetime();
         // The CA's window for the new certificate; without one (no ARI, or the CA could not
         // be asked just now) the renewal follows certkeeper's own rule.
-        let renewal_info = match acme
-            .renewal_info(&cert.issuer, &issued.cert_pem, None)
-            .await
-        {
-            Ok(info) => info,
+        let renewal_info = match acme.renewal_window(&cert.issuer, &issued.cert_pem).await {
+            Ok(window) => window.map(|w| {
+                policy::choose_renewal_time(w, None, now, super::renewal::random_fraction())
+            }),
             Err(err) => {
                 tracing::warn!(cert = %cert.id, error = %err, "renewal information unavailable; renewing on certkeeper's own schedule");
                 None
             }
         };
-        let planned = self.plan_for(&cert, lifetime, now);
         let action = if cert.current_version == 0 {
             Action::Issuance
         } else {
@@ -492,10 +453,12 @@ impl Inventory {
             status: Status::Issued,
             event: Some(event),
             names: None,
-            next_action_at: Some(
-                renewal_info
-                    .as_ref()
-                    .map_or(planned, |i| i.deadline().min(planned)),
+            next_action_at: self.deadline_of_new_version(
+                &cert.id,
+                lifetime,
+                (cert.renew_before, cert.maintenance_window.as_ref()),
+                renewal_info.as_ref(),
+                now,
             ),
             renewal_info,
         };
@@ -629,7 +592,7 @@ impl Inventory {
     }
 
     /// One stored version of a certificate.
-    async fn version(&self, id: &CertificateId, number: u32) -> Result<StoredVersion> {
+    pub(super) async fn version(&self, id: &CertificateId, number: u32) -> Result<StoredVersion> {
         self.store.version(id, number).await?.ok_or_else(|| {
             InventoryError::NotFound(Missing::Version {
                 id: id.clone(),

@@ -12,6 +12,7 @@ mod cas;
 mod certificates;
 mod error;
 mod explain;
+mod renewal;
 pub mod requests;
 pub mod views;
 
@@ -42,7 +43,7 @@ use crate::model::{
     CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
     RevocationReason, Status, ValidationMethod, WindowSpec, rfc3339,
 };
-use crate::policy::{self, Lifetime};
+use crate::policy::{self, Lifetime, RenewalInfo};
 use crate::schedule::{Schedule, Window};
 use crate::span::Span;
 use crate::store::{
@@ -214,7 +215,7 @@ impl Inventory {
         let planned_under = self.store.setting(RENEWAL_POLICY).await?;
         *lock::write(&self.settings) = settings;
         if planned_under.as_deref() != Some(fingerprint.as_str()) {
-            let n = self.replan().await?;
+            let n = self.replan(OffsetDateTime::now_utc()).await?;
             self.store.set_setting(RENEWAL_POLICY, &fingerprint).await?;
             if planned_under.is_some() {
                 tracing::info!(certificates = n, policy = %fingerprint, "renewal policy changed: renewals planned again");
@@ -297,63 +298,6 @@ impl Inventory {
         }
         let configured = renew_before.unwrap_or(self.settings().renew_before).time();
         policy::Care::Renewed(policy::effective_renew_before(configured, lifetime.length()).0)
-    }
-
-    /// When a certificate we renew should next renew, under the current policy.
-    fn plan(
-        &self,
-        id: &CertificateId,
-        lifetime: Lifetime,
-        renew_before: Option<Span>,
-        window: Option<&WindowSpec>,
-        now: OffsetDateTime,
-    ) -> OffsetDateTime {
-        let settings = self.settings();
-        let renew_before = renew_before.unwrap_or(settings.renew_before).time();
-        // A stored window always parsed when it was set; if a later version of the cron rules
-        // refused it, fall back to the global window rather than never renewing.
-        let own = window.and_then(|w| w.window().ok());
-        policy::renewal(
-            id.as_str(),
-            lifetime,
-            renew_before,
-            own.as_ref().or(settings.window.as_ref()),
-            now,
-        )
-        .at
-    }
-
-    /// [`Inventory::plan`] for a stored certificate, under its own renewal settings.
-    fn plan_for(
-        &self,
-        cert: &Certificate,
-        lifetime: Lifetime,
-        now: OffsetDateTime,
-    ) -> OffsetDateTime {
-        self.plan(
-            &cert.id,
-            lifetime,
-            cert.renew_before,
-            cert.maintenance_window.as_ref(),
-            now,
-        )
-    }
-
-    /// Plans every scheduled, healthy renewal again (after a policy change). Failing ones keep
-    /// their backoff; ones being renewed keep their lease.
-    async fn replan(&self) -> Result<usize> {
-        let now = OffsetDateTime::now_utc();
-        let planned = self.store.replannable().await?;
-        let items: Vec<_> = planned
-            .into_iter()
-            .map(|r| {
-                let at = self.plan(&r.id, r.lifetime, r.renew_before, r.window.as_ref(), now);
-                // The CA's window (ARI) may bring the renewal, or the next look at it, forward.
-                let at = r.renewal_info.as_ref().map_or(at, |i| i.deadline().min(at));
-                (r.id, Some(at))
-            })
-            .collect();
-        Ok(self.store.set_next_action(items).await?)
     }
 
     pub async fn rotate_master_key(&self) -> Result<(u64, BTreeMap<String, u64>)> {

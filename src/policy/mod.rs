@@ -10,12 +10,24 @@
 //! - **Expiry events**: `days-before-expiry` (default 45); for certificates we renew, the event
 //!   means "renewal is overdue", so the threshold is `min(days, lifetime / 4)`.
 //! - **Renewal Action Required**: at the first failure, then as 45/30/15/7/3/1 days remain.
+//!
+//! [`planner`] composes these into the one decision the scheduler carries out and `explain`
+//! prints: what happens next to a certificate, when, and which rule decided.
+
+mod planner;
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::schedule::Window;
+
+pub use planner::{
+    ARI_MAX_CHECK, ARI_MIN_CHECK, ARI_RETRY, AfterFailure, Facts, Failure, Failures, NotRenewed,
+    Plan, Rules, Step, SuggestedWindow, after_failure, choose_renewal_time, next_step,
+    renewal_info_unavailable,
+};
 
 /// ACM's rule: renew 60 days before expiry (clamped for short lifetimes).
 pub const DEFAULT_RENEW_BEFORE: Duration = Duration::days(60);
@@ -24,10 +36,16 @@ pub const DEFAULT_DAYS_BEFORE_EXPIRY: u32 = 45;
 /// Failure backoff bounds.
 pub const BACKOFF_MIN: Duration = Duration::minutes(1);
 pub const BACKOFF_MAX: Duration = Duration::hours(4);
+/// How often a certificate waiting for its validation records looks again: from this, doubling.
+pub const VALIDATION_RETRY_MIN: Duration = Duration::seconds(15);
+pub const VALIDATION_RETRY_MAX: Duration = Duration::minutes(15);
 /// Days before expiry at which a failing renewal raises `Renewal Action Required` again.
 pub const ACTION_REQUIRED_DAYS: [i64; 6] = [45, 30, 15, 7, 3, 1];
 
-/// Which rule decided a renewal time; `explain` prints it.
+/// A maintenance window is ignored once less than this part of the lifetime would remain.
+pub const URGENT_FRACTION: i32 = 10;
+
+/// Which rule decided a time; `explain` prints it (its spelling is part of the JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
     /// `renew-before` as configured (the lifetime is long enough).
@@ -40,6 +58,18 @@ pub enum Rule {
     Urgent,
     /// Retrying after a failure.
     Backoff,
+    /// The CA's Retry-After held the retry back further than the backoff would.
+    RetryAfter,
+    /// The CA's suggested renewal window (ARI) came before certkeeper's own time.
+    AriWindow,
+    /// The next look at the CA's renewal window comes before any renewal.
+    AriCheck,
+    /// No version yet: issue as soon as validation allows.
+    FirstIssuance,
+    /// Waiting for the validation records: looking again soon.
+    ValidationLadder,
+    /// certkeeper does not renew the certificate.
+    NotRenewed,
 }
 
 impl fmt::Display for Rule {
@@ -50,7 +80,41 @@ impl fmt::Display for Rule {
             Rule::Window => "maintenance window",
             Rule::Urgent => "expiry near: maintenance window overridden",
             Rule::Backoff => "retry backoff after a failure",
+            Rule::RetryAfter => "retry backoff: the CA asked to wait (Retry-After)",
+            Rule::AriWindow => "ari-window",
+            Rule::AriCheck => "ari",
+            Rule::FirstIssuance => "first issuance",
+            Rule::ValidationLadder => "waiting for validation records",
+            Rule::NotRenewed => "not managed",
         })
+    }
+}
+
+/// The renewal window an ACME CA suggests for a certificate (RFC 9773), and what certkeeper
+/// made of it ([`choose_renewal_time`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalInfo {
+    #[serde(with = "time::serde::rfc3339")]
+    pub window_start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub window_end: OffsetDateTime,
+    /// The point chosen at random inside the window (now, when the window has begun).
+    #[serde(with = "time::serde::rfc3339")]
+    pub renew_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+    /// When to ask the CA again (its Retry-After, within a minute and a day).
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_check: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation_url: Option<String>,
+}
+
+impl RenewalInfo {
+    /// The scheduler's deadline as far as the CA's window goes: the chosen renewal time, or
+    /// the next check when that comes first.
+    pub fn deadline(&self) -> OffsetDateTime {
+        self.renew_at.min(self.next_check)
     }
 }
 
@@ -136,7 +200,7 @@ fn hold_for_window(
     now: OffsetDateTime,
 ) -> Planned {
     let Some(window) = window else { return planned };
-    let urgent_from = lifetime.not_after - lifetime.length() / 10;
+    let urgent_from = lifetime.not_after - lifetime.length() / URGENT_FRACTION;
     let earliest = planned.at.max(now);
     if earliest >= urgent_from {
         return Planned {
@@ -210,7 +274,7 @@ pub fn after_retry_after(id: &str, now: OffsetDateTime, until: OffsetDateTime) -
 /// CA for the 72 hours a validation may take.
 pub fn validation_retry(attempts: u32, failed_at: OffsetDateTime) -> OffsetDateTime {
     let exponent = attempts.saturating_sub(1).min(20);
-    let delay = (Duration::seconds(15) * 2_i32.pow(exponent)).min(Duration::minutes(15));
+    let delay = (VALIDATION_RETRY_MIN * 2_i32.pow(exponent)).min(VALIDATION_RETRY_MAX);
     failed_at + delay
 }
 

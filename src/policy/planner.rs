@@ -1,0 +1,743 @@
+//! The planner: what happens next to one certificate, and when, as one pure function.
+//!
+//! In the shape of ntpd-rs's `handle_timer`: facts and rules in, `now` (and, for the ACME
+//! renewal window, a random number) passed in, a decision out; no clock, no store, no network.
+//! The scheduler carries the decision out, `certkeeper explain` prints it, and the inventory
+//! stores its time as the certificate's deadline, so the three cannot disagree.
+//!
+//! - [`next_step`]: the next [`Step`] (issue, renew, retry, check renewal information, time out,
+//!   or nothing), its time, and the [`Rule`] that decided it;
+//! - [`after_failure`]: what a failed attempt leads to (the retry time, the Renewal Action
+//!   Required milestone, or the validation time-out);
+//! - [`choose_renewal_time`]: the point inside a CA's suggested renewal window (ARI).
+//!
+//! New lifecycle stages add a [`Step`] and its rows here (validation time-out and resend,
+//! deploy, verify), not branches in the scheduler.
+
+use std::fmt;
+
+use time::{Duration, OffsetDateTime};
+
+use super::{
+    Lifetime, Planned, RenewalInfo, Rule, action_required, after_retry_after, days_to_expiry,
+    renewal, retry, validation_retry,
+};
+use crate::schedule::Window;
+
+/// How soon the CA's renewal window is asked for again after asking failed.
+pub const ARI_RETRY: Duration = Duration::HOUR;
+/// The CA's Retry-After for renewal information is kept within these (RFC 9773 §4.3.3).
+pub const ARI_MIN_CHECK: Duration = Duration::MINUTE;
+pub const ARI_MAX_CHECK: Duration = Duration::DAY;
+/// A step whose time is this close is due now: stored deadlines have whole seconds.
+const DUE_SLACK: Duration = Duration::SECOND;
+
+/// What is done next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The first version: order it (public) as soon as validation allows.
+    Issue,
+    /// A new version before the current one expires.
+    Renew,
+    /// Try again after failed attempts.
+    Retry,
+    /// Ask the CA for its renewal window again (ACME renewal information).
+    CheckRenewalInfo,
+    /// Stop waiting for validation: the certificate becomes `validation-timed-out`.
+    TimeOut,
+    /// Nothing: certkeeper does not renew this certificate.
+    None,
+}
+
+impl Step {
+    /// The spelling `explain` shows (part of its JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Renew => "renew",
+            Self::Retry => "retry",
+            Self::CheckRenewalInfo => "check-renewal-info",
+            Self::TimeOut => "time-out",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why certkeeper does not renew a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotRenewed {
+    /// Imported: watched, renewed by whoever issued it.
+    Imported,
+    Revoked,
+    /// Signed from a caller's CSR: certkeeper has no key to renew with.
+    KeyNotHeld,
+    /// Waited for validation past its deadline.
+    ValidationTimedOut,
+}
+
+/// A certificate's failed attempts so far (consecutive; a success resets them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u32,
+    /// When the last one failed.
+    pub last: OffsetDateTime,
+    /// Days to expiry when the last Renewal Action Required event was raised.
+    pub milestone: Option<i64>,
+}
+
+/// What the planner knows about one certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// Spreads jitter and backoff across certificates, deterministically.
+    pub id: &'a str,
+    /// `Err` when certkeeper does not renew it.
+    pub renewed: Result<(), NotRenewed>,
+    /// The current version's validity; `None` before the first version.
+    pub lifetime: Option<Lifetime>,
+    /// Waiting for its first validation until then (`pending-validation`).
+    pub validation_deadline: Option<OffsetDateTime>,
+    pub failures: Option<Failures>,
+    /// The CA's renewal window and the point chosen in it.
+    pub renewal_info: Option<&'a RenewalInfo>,
+    /// This certificate's own `renew-before` and maintenance window, when set.
+    pub renew_before: Option<Duration>,
+    pub window: Option<&'a Window>,
+}
+
+/// The configured rules the facts are weighed under.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
+    /// `renewal.renew-before`.
+    pub renew_before: Duration,
+    /// `renewal.window`.
+    pub window: Option<&'a Window>,
+}
+
+/// A decision: the step, when, which rule decided, and what it weighed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub step: Step,
+    /// `None` with [`Step::None`].
+    pub at: Option<OffsetDateTime>,
+    pub rule: Rule,
+    /// certkeeper's own renewal time for the current version, before the CA's window and
+    /// failures are weighed: what `explain` compares them with.
+    pub own: Option<Planned>,
+    /// Where the renew-before and window in `own` came from.
+    pub renew_before: Duration,
+    pub renew_before_own: bool,
+    pub window_own: bool,
+    /// Why nothing is planned, with [`Step::None`].
+    pub not_renewed: Option<NotRenewed>,
+}
+
+impl Plan {
+    /// Whether the step is due at `now` (whole-second deadlines count as due in their second).
+    pub fn is_due(&self, now: OffsetDateTime) -> bool {
+        self.at.is_some_and(|at| at <= now + DUE_SLACK)
+    }
+}
+
+/// The next step for a certificate, at `now`.
+pub fn next_step(facts: &Facts<'_>, rules: &Rules<'_>, now: OffsetDateTime) -> Plan {
+    let renew_before = facts.renew_before.unwrap_or(rules.renew_before);
+    let window = facts.window.or(rules.window);
+    let plan = |step, at, rule, own| Plan {
+        step,
+        at,
+        rule,
+        own,
+        renew_before,
+        renew_before_own: facts.renew_before.is_some(),
+        window_own: facts.window.is_some(),
+        not_renewed: None,
+    };
+    if let Err(why) = facts.renewed {
+        return Plan {
+            not_renewed: Some(why),
+            ..plan(Step::None, None, Rule::NotRenewed, None)
+        };
+    }
+    let own = facts
+        .lifetime
+        .map(|lifetime| renewal(facts.id, lifetime, renew_before, window, now));
+    match (facts.failures, facts.validation_deadline, own) {
+        // Waiting for the user's validation records: look again soon, on the validation
+        // ladder (a record may appear at any moment).
+        (Some(f), Some(_), _) => plan(
+            Step::Retry,
+            Some(validation_retry(f.count, f.last)),
+            Rule::ValidationLadder,
+            own,
+        ),
+        (None, _, None) | (None, Some(_), _) => {
+            plan(Step::Issue, Some(now), Rule::FirstIssuance, own)
+        }
+        (Some(f), None, _) => plan(
+            Step::Retry,
+            Some(retry(facts.id, f.count, f.last, not_after(facts, f.last))),
+            Rule::Backoff,
+            own,
+        ),
+        (None, None, Some(own)) => healthy(own, facts.renewal_info, plan),
+    }
+}
+
+/// A healthy certificate renews at certkeeper's own time or the CA's chosen point, whichever
+/// is first; when the next look at the CA's window comes before both, that is the step.
+fn healthy(
+    own: Planned,
+    info: Option<&RenewalInfo>,
+    plan: impl Fn(Step, Option<OffsetDateTime>, Rule, Option<Planned>) -> Plan,
+) -> Plan {
+    match info {
+        Some(info) if info.next_check < info.renew_at.min(own.at) => plan(
+            Step::CheckRenewalInfo,
+            Some(info.next_check),
+            Rule::AriCheck,
+            Some(own),
+        ),
+        Some(info) if info.renew_at < own.at => {
+            plan(Step::Renew, Some(info.renew_at), Rule::AriWindow, Some(own))
+        }
+        _ => plan(Step::Renew, Some(own.at), own.rule, Some(own)),
+    }
+}
+
+/// The expiry that bounds retries; a certificate without a version has none pressing.
+fn not_after(facts: &Facts<'_>, at: OffsetDateTime) -> OffsetDateTime {
+    facts
+        .lifetime
+        .map_or(at + Duration::days(3650), |l| l.not_after)
+}
+
+/// One failed attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct Failure {
+    pub at: OffsetDateTime,
+    /// The CA said not to come back before then (Retry-After).
+    pub retry_not_before: Option<OffsetDateTime>,
+}
+
+/// What a failed attempt leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The certificate waited for validation past its deadline: it stops being retried.
+    TimedOut,
+    /// Try again at `at`; raise Renewal Action Required when `milestone` is set.
+    Retry {
+        at: OffsetDateTime,
+        rule: Rule,
+        /// Consecutive failures including this one.
+        failures: u32,
+        days_left: i64,
+        /// The milestone (days left) to record with the event, when one is due.
+        milestone: Option<i64>,
+    },
+}
+
+/// What follows `failure` for a certificate with `facts` (its failures before this one).
+///
+/// A first issuance waiting for validation retries on the validation ladder and raises no
+/// event (the Validation Pending event already said what to do) until its deadline, when it
+/// times out. Anything else backs off, never past expiry, and raises Renewal Action Required
+/// at the first failure and at each 45/30/15/7/3/1-day milestone. A CA's Retry-After always
+/// holds, plus jitter.
+pub fn after_failure(facts: &Facts<'_>, failure: Failure) -> AfterFailure {
+    let at = failure.at;
+    if facts.validation_deadline.is_some_and(|d| d <= at) {
+        return AfterFailure::TimedOut;
+    }
+    let previous = facts.failures;
+    let failures = previous.map_or(0, |f| f.count) + 1;
+    let not_after = not_after(facts, at);
+    let days_left = days_to_expiry(at, not_after);
+    let (retry_at, rule, milestone) = if facts.validation_deadline.is_some() {
+        (validation_retry(failures, at), Rule::ValidationLadder, None)
+    } else {
+        let milestone = action_required(days_left, previous.and_then(|f| f.milestone));
+        (
+            retry(facts.id, failures, at, not_after),
+            Rule::Backoff,
+            milestone,
+        )
+    };
+    let (retry_at, rule) = match failure.retry_not_before {
+        Some(until) => {
+            let asked = after_retry_after(facts.id, at, until);
+            if asked > retry_at {
+                (asked, Rule::RetryAfter)
+            } else {
+                (retry_at, rule)
+            }
+        }
+        None => (retry_at, rule),
+    };
+    AfterFailure::Retry {
+        at: retry_at,
+        rule,
+        failures,
+        days_left,
+        milestone,
+    }
+}
+
+/// A renewal window a CA suggested (RFC 9773 §4.2), as it answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuggestedWindow {
+    pub start: OffsetDateTime,
+    pub end: OffsetDateTime,
+    /// How long until the CA wants to be asked again (its Retry-After).
+    pub retry_after: Option<Duration>,
+    pub explanation_url: Option<String>,
+}
+
+/// Where in the CA's window certkeeper renews: at `random` (in `[0, 1)`) of the way through
+/// it, now once the window has begun, and the same point as before while the CA's window stays
+/// the same (so asking again does not move the renewal around). The next look follows the
+/// CA's Retry-After, kept between [`ARI_MIN_CHECK`] and [`ARI_MAX_CHECK`].
+pub fn choose_renewal_time(
+    window: SuggestedWindow,
+    previous: Option<&RenewalInfo>,
+    now: OffsetDateTime,
+    random: f64,
+) -> RenewalInfo {
+    let (start, end) = (window.start, window.end);
+    let renew_at = match previous {
+        Some(p) if p.window_start == start && p.window_end == end => p.renew_at,
+        _ if start <= now => now,
+        _ => start + (end - start).max(Duration::ZERO) * random.clamp(0.0, 1.0),
+    };
+    let retry_after = window
+        .retry_after
+        .unwrap_or(ARI_MAX_CHECK)
+        .clamp(ARI_MIN_CHECK, ARI_MAX_CHECK);
+    RenewalInfo {
+        window_start: start,
+        window_end: end,
+        renew_at,
+        checked_at: now,
+        next_check: now + retry_after,
+        explanation_url: window.explanation_url,
+    }
+}
+
+/// The window known before, to be asked for again after [`ARI_RETRY`] because asking failed.
+pub fn renewal_info_unavailable(previous: &RenewalInfo, now: OffsetDateTime) -> RenewalInfo {
+    RenewalInfo {
+        next_check: now + ARI_RETRY,
+        ..previous.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::policy::{BACKOFF_MAX, DEFAULT_RENEW_BEFORE, jitter};
+    use crate::schedule::Schedule;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-22 12:00 UTC);
+    const ID: &str = "ck-planner";
+
+    fn lifetime(days: i64) -> Lifetime {
+        Lifetime {
+            not_before: NOW,
+            not_after: NOW + Duration::days(days),
+        }
+    }
+
+    /// A healthy certificate issued now with `days` of lifetime.
+    fn healthy(days: i64) -> Facts<'static> {
+        Facts {
+            id: ID,
+            renewed: Ok(()),
+            lifetime: Some(lifetime(days)),
+            validation_deadline: None,
+            failures: None,
+            renewal_info: None,
+            renew_before: None,
+            window: None,
+        }
+    }
+
+    const RULES: Rules<'static> = Rules {
+        renew_before: DEFAULT_RENEW_BEFORE,
+        window: None,
+    };
+
+    fn window(expr: &str, hours: u64) -> Window {
+        Window {
+            schedule: Schedule::parse(expr, None).unwrap(),
+            duration: std::time::Duration::from_secs(hours * 3600),
+        }
+    }
+
+    fn info(renew_at: OffsetDateTime, next_check: OffsetDateTime) -> RenewalInfo {
+        RenewalInfo {
+            window_start: renew_at - Duration::hours(1),
+            window_end: renew_at + Duration::hours(1),
+            renew_at,
+            checked_at: NOW,
+            next_check,
+            explanation_url: None,
+        }
+    }
+
+    /// DESIGN.md §4: how long before expiry each lifetime renews, through the planner.
+    #[test]
+    fn design_rows_renew_at_the_clamped_time() {
+        let rows = [
+            (395, 60.0, Rule::RenewBefore),
+            (198, 60.0, Rule::RenewBefore),
+            (100, 100.0 / 3.0, Rule::LifetimeClamp),
+            (90, 30.0, Rule::LifetimeClamp),
+            (45, 15.0, Rule::LifetimeClamp),
+            (6, 3.0, Rule::LifetimeClamp),
+        ];
+        for (days, before_days, rule) in rows {
+            let plan = next_step(&healthy(days), &RULES, NOW);
+            assert_eq!((plan.step, plan.rule), (Step::Renew, rule), "{days} days");
+            let effective = Duration::seconds_f64(before_days * 86_400.0);
+            let nominal = lifetime(days).not_after - effective;
+            let at = plan.at.unwrap();
+            assert_eq!(
+                at,
+                nominal - jitter(ID, plan.own.unwrap().renew_before),
+                "{days} days"
+            );
+            assert!(
+                nominal - at <= Duration::hours(12),
+                "{days} days: jitter is bounded"
+            );
+            assert!(!plan.is_due(NOW), "{days} days: not due at issuance");
+        }
+    }
+
+    /// One row per step, with the rule that decides it.
+    #[test]
+    fn every_step_with_its_rule() {
+        let failures = |count, last| {
+            Some(Failures {
+                count,
+                last,
+                milestone: None,
+            })
+        };
+        let deadline = Some(NOW + Duration::hours(72));
+        let imported = Facts {
+            renewed: Err(NotRenewed::Imported),
+            ..healthy(90)
+        };
+        let pending = Facts {
+            lifetime: None,
+            validation_deadline: deadline,
+            ..healthy(90)
+        };
+        let pending_missing_records = Facts {
+            failures: failures(3, NOW),
+            ..pending
+        };
+        let failing = Facts {
+            failures: failures(2, NOW),
+            ..healthy(90)
+        };
+        let rows: [(&str, Facts<'_>, Step, Rule, Option<OffsetDateTime>); 5] = [
+            ("imported", imported, Step::None, Rule::NotRenewed, None),
+            (
+                "first issuance",
+                pending,
+                Step::Issue,
+                Rule::FirstIssuance,
+                Some(NOW),
+            ),
+            (
+                "validation records missing",
+                pending_missing_records,
+                Step::Retry,
+                Rule::ValidationLadder,
+                Some(NOW + Duration::seconds(60)),
+            ),
+            (
+                "failing",
+                failing,
+                Step::Retry,
+                Rule::Backoff,
+                Some(super::super::retry(ID, 2, NOW, NOW + Duration::days(90))),
+            ),
+            (
+                "healthy",
+                healthy(90),
+                Step::Renew,
+                Rule::LifetimeClamp,
+                next_step(&healthy(90), &RULES, NOW).own.map(|p| p.at),
+            ),
+        ];
+        for (name, facts, step, rule, at) in rows {
+            let plan = next_step(&facts, &RULES, NOW);
+            assert_eq!((plan.step, plan.rule, plan.at), (step, rule, at), "{name}");
+        }
+        for why in [
+            NotRenewed::Imported,
+            NotRenewed::Revoked,
+            NotRenewed::KeyNotHeld,
+            NotRenewed::ValidationTimedOut,
+        ] {
+            let facts = Facts {
+                renewed: Err(why),
+                failures: failures(5, NOW),
+                ..healthy(90)
+            };
+            let plan = next_step(&facts, &RULES, NOW);
+            assert_eq!((plan.step, plan.not_renewed), (Step::None, Some(why)));
+            assert!(!plan.is_due(NOW + Duration::days(1000)), "never due");
+        }
+        // The first issuance is always due; a deadline a fraction of a second ahead is too
+        // (stored deadlines have whole seconds).
+        assert!(next_step(&pending, &RULES, NOW).is_due(NOW));
+        let mut soon = next_step(&healthy(90), &RULES, NOW);
+        soon.at = Some(NOW + Duration::milliseconds(600));
+        assert!(soon.is_due(NOW));
+        soon.at = Some(NOW + Duration::seconds(2));
+        assert!(!soon.is_due(NOW));
+    }
+
+    /// The CA's window (ARI) against certkeeper's own plan, and the next look at it.
+    #[test]
+    fn ari_window_inside_and_outside_the_own_plan() {
+        let own = next_step(&healthy(90), &RULES, NOW).at.unwrap();
+        let rows = [
+            // The CA's point comes first: it wins.
+            (
+                own - Duration::days(5),
+                own,
+                Step::Renew,
+                Rule::AriWindow,
+                own - Duration::days(5),
+            ),
+            // Ours comes first: ours wins (a window past our time never delays a renewal).
+            (
+                own + Duration::days(5),
+                own + Duration::days(1),
+                Step::Renew,
+                Rule::LifetimeClamp,
+                own,
+            ),
+            // Asking again comes before either renewal: that is the step.
+            (
+                own - Duration::days(5),
+                NOW + Duration::hours(6),
+                Step::CheckRenewalInfo,
+                Rule::AriCheck,
+                NOW + Duration::hours(6),
+            ),
+        ];
+        for (renew_at, next_check, step, rule, at) in rows {
+            let ari = info(renew_at, next_check);
+            let facts = Facts {
+                renewal_info: Some(&ari),
+                ..healthy(90)
+            };
+            let plan = next_step(&facts, &RULES, NOW);
+            assert_eq!(
+                (plan.step, plan.rule, plan.at),
+                (step, rule, Some(at)),
+                "{ari:?}"
+            );
+            assert_eq!(plan.own.map(|p| p.at), Some(own), "own plan reported");
+        }
+        // A CA window that has begun makes the renewal due now.
+        let begun = info(NOW - Duration::minutes(5), NOW + Duration::hours(1));
+        let facts = Facts {
+            renewal_info: Some(&begun),
+            ..healthy(90)
+        };
+        assert!(next_step(&facts, &RULES, NOW).is_due(NOW));
+    }
+
+    #[test]
+    fn maintenance_window_held_and_overridden() {
+        let sunday = window("0 2 * * 0", 2);
+        let yearly = window("0 0 1 1 *", 1);
+        // The global window holds the renewal until a Sunday 02:00.
+        let rules = Rules {
+            window: Some(&sunday),
+            ..RULES
+        };
+        let plan = next_step(&healthy(90), &rules, NOW);
+        assert_eq!((plan.step, plan.rule), (Step::Renew, Rule::Window));
+        let at = plan.at.unwrap();
+        assert_eq!((at.weekday(), at.hour()), (time::Weekday::Sunday, 2));
+        assert!(!plan.window_own);
+        // A certificate's own window wins over the global one; one that would hold the
+        // renewal past the last tenth of the lifetime is overridden.
+        let facts = Facts {
+            window: Some(&yearly),
+            ..healthy(90)
+        };
+        let plan = next_step(&facts, &rules, NOW);
+        assert_eq!((plan.rule, plan.window_own), (Rule::Urgent, true));
+        assert_eq!(plan.at, Some(lifetime(90).not_after - Duration::days(9)));
+        // Inside the last tenth already: due now, window or not.
+        let late = NOW + Duration::days(85);
+        let plan = next_step(&healthy(90), &rules, late);
+        assert_eq!((plan.rule, plan.at), (Rule::Urgent, Some(late)));
+        assert!(plan.is_due(late));
+    }
+
+    #[test]
+    fn failures_back_off_never_past_expiry_and_raise_milestones() {
+        let failure = |at| Failure {
+            at,
+            retry_not_before: None,
+        };
+        // The first failure raises the event (at the days left), later ones only at
+        // milestones; retries grow and are capped.
+        let mut facts = healthy(90);
+        let mut at = NOW + Duration::days(60);
+        let mut milestones = Vec::new();
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            let AfterFailure::Retry {
+                at: retry_at,
+                rule,
+                failures,
+                days_left,
+                milestone,
+            } = after_failure(&facts, failure(at))
+            else {
+                panic!("a renewal never times out");
+            };
+            assert_eq!(rule, Rule::Backoff);
+            assert!(retry_at > at && retry_at <= at + BACKOFF_MAX + BACKOFF_MAX / 10);
+            delays.push(retry_at - at);
+            if let Some(m) = milestone {
+                milestones.push((days_left, m));
+            }
+            facts.failures = Some(Failures {
+                count: failures,
+                last: at,
+                milestone: milestone.or(facts.failures.and_then(|f| f.milestone)),
+            });
+            at = retry_at;
+        }
+        assert_eq!(milestones, [(30, 30)], "first failure at 30 days left");
+        assert!(delays[0] < delays[5] && delays[11] >= BACKOFF_MAX - BACKOFF_MAX / 10);
+
+        // Days later, crossing 15 days left raises the next milestone, once.
+        let AfterFailure::Retry { milestone, .. } = after_failure(
+            &facts,
+            failure(NOW + Duration::days(75) + Duration::hours(1)),
+        ) else {
+            panic!()
+        };
+        assert_eq!(milestone, Some(15));
+
+        // Close to expiry the retry lands before it, never after.
+        let expiring = Facts {
+            failures: Some(Failures {
+                count: 9,
+                last: NOW,
+                milestone: Some(1),
+            }),
+            lifetime: Some(Lifetime {
+                not_before: NOW - Duration::days(89),
+                not_after: NOW + Duration::minutes(30),
+            }),
+            ..healthy(90)
+        };
+        let AfterFailure::Retry { at, .. } = after_failure(&expiring, failure(NOW)) else {
+            panic!()
+        };
+        assert!(at > NOW && at < NOW + Duration::minutes(30), "{at}");
+        let plan = next_step(&expiring, &RULES, NOW);
+        assert!(plan.at.unwrap() < NOW + Duration::minutes(30));
+
+        // A CA's Retry-After holds the retry back beyond the backoff.
+        let until = NOW + Duration::hours(6);
+        let AfterFailure::Retry { at, rule, .. } = after_failure(
+            &healthy(90),
+            Failure {
+                at: NOW,
+                retry_not_before: Some(until),
+            },
+        ) else {
+            panic!()
+        };
+        assert_eq!(rule, Rule::RetryAfter);
+        assert!(at >= until && at <= until + Duration::minutes(5));
+    }
+
+    #[test]
+    fn a_pending_validation_retries_soon_then_times_out_without_milestones() {
+        let deadline = NOW + Duration::hours(72);
+        let pending = Facts {
+            lifetime: None,
+            validation_deadline: Some(deadline),
+            ..healthy(90)
+        };
+        let failure = |at| Failure {
+            at,
+            retry_not_before: None,
+        };
+        assert_eq!(
+            after_failure(&pending, failure(NOW)),
+            AfterFailure::Retry {
+                at: NOW + Duration::seconds(15),
+                rule: Rule::ValidationLadder,
+                failures: 1,
+                days_left: 3650,
+                milestone: None,
+            }
+        );
+        assert_eq!(
+            after_failure(&pending, failure(deadline)),
+            AfterFailure::TimedOut
+        );
+    }
+
+    #[test]
+    fn renewal_time_inside_the_cas_window() {
+        let window = |start: OffsetDateTime, retry_after| SuggestedWindow {
+            start,
+            end: start + Duration::days(2),
+            retry_after,
+            explanation_url: None,
+        };
+        let start = NOW + Duration::days(10);
+        let hour = Some(Duration::HOUR);
+        // The random input decides the point; the window's start and middle.
+        let at = |random| choose_renewal_time(window(start, hour), None, NOW, random).renew_at;
+        assert_eq!(at(0.0), start);
+        assert_eq!(at(0.5), start + Duration::days(1));
+        assert!(at(0.999_999) < start + Duration::days(2));
+        // The same window as before keeps the point chosen then.
+        let first = choose_renewal_time(window(start, hour), None, NOW, 0.25);
+        let again = choose_renewal_time(window(start, hour), Some(&first), NOW, 0.9);
+        assert_eq!(again.renew_at, first.renew_at);
+        // A window that has begun: now.
+        let begun = choose_renewal_time(window(NOW - Duration::hours(1), hour), None, NOW, 0.9);
+        assert_eq!(begun.renew_at, NOW);
+        // The next look follows Retry-After, within a minute and a day.
+        for (retry_after, next) in [
+            (hour, Duration::HOUR),
+            (Some(Duration::seconds(5)), ARI_MIN_CHECK),
+            (Some(Duration::days(3)), ARI_MAX_CHECK),
+            (None, ARI_MAX_CHECK),
+        ] {
+            let info = choose_renewal_time(window(start, retry_after), None, NOW, 0.5);
+            assert_eq!(info.next_check, NOW + next, "{retry_after:?}");
+        }
+        assert_eq!(
+            renewal_info_unavailable(&first, NOW).next_check,
+            NOW + ARI_RETRY
+        );
+    }
+}
