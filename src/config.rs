@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::argv::Argv;
 use crate::events::DetailType;
-use crate::events::sinks::{CommandSink, WebhookSink};
+use crate::events::sinks::{CommandSink, SinkConfigs, WebhookSink};
 use crate::model::{KeyAlgorithm, UnknownValue, check_name};
 use crate::schedule::{Schedule, Window};
 use crate::span::Span;
@@ -341,6 +341,15 @@ pub struct EventsConfig {
 }
 
 impl EventsConfig {
+    /// The sinks' configuration, as event delivery takes it.
+    pub fn sinks(&self) -> SinkConfigs {
+        SinkConfigs {
+            journal: self.journal,
+            webhooks: self.webhooks.clone(),
+            commands: self.commands.clone(),
+        }
+    }
+
     /// Every sink's name, as used for its delivery cursor.
     pub fn sink_names(&self) -> Vec<String> {
         let journal = self.journal.then(|| "journal".to_owned());

@@ -40,5 +40,6 @@ pub mod x509; // facts from parsed certificates, chain links
 pub mod argv; // other programs, run without a shell (sinks, publisher and deploy commands)
 pub mod atomic_file; // files replaced or created atomically (temp file, fsync, rename/link)
 pub mod exit; // process exit codes shared by the daemon and the CLI
+pub mod liveness; // asking a task's loop whether it still goes round (the watchdog's probe)
 pub mod lock; // taking a poisoned std lock, and why that is safe here
 pub mod logging; // journald or stderr, reloadable level

@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::events::{self, Event};
 use crate::inventory::{Inventory, InventoryError};
+use crate::liveness::Probed;
 use crate::model::{CertificateId, rfc3339};
 use crate::policy::{self, AfterFailure, Step};
 use crate::schedule::Schedule;
@@ -37,61 +38,61 @@ const EXPIRY_BATCH: u32 = 500;
 /// (suspend, NTP steps), which `sleep_until` on the monotonic clock does not see.
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(3600);
 
-/// What the lifecycle task needs from the configuration.
-pub struct Plan {
-    pub daily_check: Schedule,
-    /// Renewals running at once.
-    pub concurrency: usize,
-    /// Events older than this are pruned (after every sink has them) with the daily check.
-    pub retention: crate::span::Span,
-    pub sinks: Vec<String>,
-}
-
 /// Runs until `shutdown`, then waits for the renewals in flight (the caller bounds the wait).
-pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationToken) {
-    let Plan {
-        daily_check,
-        concurrency,
-        retention,
-        sinks,
-    } = plan;
+///
+/// The settings it works under (the daily check's schedule, how many renewals run at once,
+/// event retention and the sinks it prunes for) are read from the inventory at every pass, so
+/// a reload (SIGHUP) applies them at the next pass, which the reload's wake-up starts at once.
+/// `probed` answers the watchdog from the loop's `select!`: an answer means the loop goes
+/// round.
+pub async fn run(inventory: Arc<Inventory>, mut probed: Probed, shutdown: CancellationToken) {
     let wake = inventory.wake();
-    let permits = Arc::new(Semaphore::new(concurrency));
+    let settings = inventory.settings();
+    let mut permits = Permits::new(settings.concurrency);
     let renewals = TaskTracker::new();
+    let now = OffsetDateTime::now_utc();
     // Renewals interrupted by a crash or a kill are taken up again at once (an ACME order in
     // flight is resumed) rather than when their lease would have run out.
-    match inventory
-        .store()
-        .release_leases(OffsetDateTime::now_utc())
-        .await
-    {
+    match inventory.store().release_leases(now).await {
         Ok(0) => {}
         Ok(released) => info!(released, "taking up renewals interrupted by the last stop"),
         Err(err) => warn!(error = %err, "releasing stale renewal leases failed"),
     }
     // Catch up on a daily check missed while the daemon was down; the per-day marker in the
     // store keeps it from repeating one already sent today.
-    daily(&inventory, OffsetDateTime::now_utc()).await;
-    let mut next_daily = daily_check.next_after(OffsetDateTime::now_utc());
+    daily(&inventory, now).await;
+    let mut daily_check = settings.daily_check;
+    let mut next_daily = daily_check.next_after(now);
 
     // The earliest expiry of an issued certificate as of the last pass. A change can only
     // bring an earlier one that the next pass's read picks up, so until this time has come
     // there is nothing to mark expired. `None` at first: look once.
     let mut next_expiry: Option<OffsetDateTime> = None;
     let mut looked = false;
-    loop {
+    'passes: loop {
         wake.awake();
+        // The one clock read of the pass: every decision in it is made at this instant; the
+        // sleep after it is measured on the monotonic clock from the same point.
         let now = OffsetDateTime::now_utc();
+        let started = tokio::time::Instant::now();
+        let settings = inventory.settings();
+        permits.resize(settings.concurrency);
+        if !same_schedule(&settings.daily_check, &daily_check) {
+            info!(daily_check = %settings.daily_check.as_str(), "daily expiry check rescheduled");
+            daily_check = settings.daily_check.clone();
+            next_daily = daily_check.next_after(now);
+        }
         if !looked || next_expiry.is_some_and(|at| at <= now) {
             expire_due(&inventory, now).await;
             looked = true;
         }
         if next_daily.is_some_and(|at| at <= now) {
             daily(&inventory, now).await;
-            events::outbox::prune(inventory.store(), &sinks, retention, now).await;
+            events::outbox::prune(inventory.store(), &settings.sinks, settings.retention, now)
+                .await;
             next_daily = daily_check.next_after(now);
         }
-        start_due_renewals(&inventory, &permits, &renewals, &wake, now).await;
+        start_due_renewals(&inventory, &permits.semaphore, &renewals, &wake, now).await;
 
         let deadlines = match inventory.store().next_deadline().await {
             Ok(deadlines) => deadlines,
@@ -104,21 +105,72 @@ pub async fn run(inventory: Arc<Inventory>, plan: Plan, shutdown: CancellationTo
             }
         };
         next_expiry = deadlines.expiry;
-        let now = OffsetDateTime::now_utc();
-        let sleep = sleep_for(now, deadlines, next_daily, permits.available_permits());
+        let sleep = sleep_for(now, deadlines, next_daily, permits.available());
         wake.sleeping_until(now + sleep);
-        tokio::select! {
-            // The earliest deadline arrived (or the guard interval passed): go round again.
-            () = tokio::time::sleep(sleep) => {}
-            // The inventory changed (issuance, renewal, revocation, config): deadlines may have
-            // moved earlier.
-            () = wake.notified() => {}
-            // The daemon is stopping: stop claiming work and let running renewals finish.
-            () = shutdown.cancelled() => break,
+        let sleep = tokio::time::sleep_until(started + sleep);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                // The earliest deadline arrived (or the guard interval passed): go round again.
+                () = &mut sleep => continue 'passes,
+                // The inventory changed (issuance, renewal, revocation, config): deadlines may
+                // have moved earlier.
+                () = wake.notified() => continue 'passes,
+                // The watchdog asks whether the loop goes round: it does; keep sleeping.
+                reply = probed.question() => {
+                    let _ = reply.send(());
+                }
+                // The daemon is stopping: stop claiming work and let running renewals finish.
+                () = shutdown.cancelled() => break 'passes,
+            }
         }
     }
     renewals.close();
     renewals.wait().await;
+}
+
+fn same_schedule(a: &Schedule, b: &Schedule) -> bool {
+    a.as_str() == b.as_str() && a.time_zone() == b.time_zone()
+}
+
+/// The renewal permits, resized when `renewal.concurrency` is reloaded. Permits held by
+/// running renewals cannot be taken back: a smaller size is reached as they come back.
+struct Permits {
+    semaphore: Arc<Semaphore>,
+    size: usize,
+    /// Permits to forget as they come back (the size went down while they were held).
+    owed: usize,
+}
+
+impl Permits {
+    fn new(size: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(size)),
+            size,
+            owed: 0,
+        }
+    }
+
+    fn resize(&mut self, size: usize) {
+        if size > self.size {
+            let more = size - self.size;
+            // Growing first pays back what is owed.
+            let repaid = more.min(self.owed);
+            self.owed -= repaid;
+            self.semaphore.add_permits(more - repaid);
+        } else {
+            self.owed += self.size - size;
+        }
+        if size != self.size {
+            info!(from = self.size, to = size, "renewal concurrency changed");
+            self.size = size;
+        }
+        self.owed -= self.semaphore.forget_permits(self.owed);
+    }
+
+    fn available(&self) -> usize {
+        self.semaphore.available_permits()
+    }
 }
 
 /// How long the loop sleeps: until the earliest action, expiry or daily check, at most

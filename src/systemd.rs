@@ -3,6 +3,7 @@
 //! All of it is a no-op outside systemd (no `NOTIFY_SOCKET`), so the daemon runs the same way
 //! from a terminal and from a unit.
 
+use std::future::Future;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -33,21 +34,36 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// When systemd's watchdog is on (`WATCHDOG_USEC`), pings it at half the interval until
-/// `stop` is cancelled. The pings come from the runtime: if the runtime wedges, they stop and
-/// systemd restarts us, which is the point.
-pub fn spawn_watchdog(stop: CancellationToken) -> Option<Duration> {
-    let interval = sd_notify::watchdog_enabled()? / 2;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tokio::select! {
-                // Shutdown: stop pinging; STOPPING has been sent, so systemd will not expect more.
-                () = stop.cancelled() => return,
-                // Interval elapsed: we are alive.
-                _ = tick.tick() => notify(&[NotifyState::Watchdog]),
+/// The watchdog's ping interval, half of `WATCHDOG_USEC`, when systemd's watchdog is on.
+pub fn watchdog_interval() -> Option<Duration> {
+    Some(sd_notify::watchdog_enabled()? / 2)
+}
+
+/// Pings systemd's watchdog every `interval` while `stuck()` finds every watched part going
+/// round (`None`). While one does not answer, no ping is sent and the part is named in the
+/// log: if it stays stuck, systemd restarts the daemon, which is the point. A bare timer would
+/// keep pinging for a runtime whose scheduler or store writer has wedged. Runs until `stop`.
+pub async fn watchdog<F, Fut>(interval: Duration, stop: CancellationToken, mut stuck: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<&'static str>>,
+{
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            // Shutdown: stop pinging; STOPPING has been sent, so systemd will not expect more.
+            () = stop.cancelled() => return,
+            // Interval elapsed: ask the watched parts.
+            _ = tick.tick() => {}
+        }
+        match stuck().await {
+            None => notify(&[NotifyState::Watchdog]),
+            Some(part) => {
+                tracing::error!(
+                    part,
+                    "not answering: the watchdog is not pinged (systemd restarts the daemon if this lasts)"
+                );
             }
         }
-    });
-    Some(interval)
+    }
 }

@@ -17,9 +17,15 @@ use tracing::{info, warn};
 use super::Event;
 use crate::span::Span;
 
+/// A failure to read or write the outbox.
+pub trait OutboxError: Display + Send {
+    /// Whether the stored data itself is damaged, so that retrying cannot help.
+    fn is_corrupt(&self) -> bool;
+}
+
 /// The outbox: events in commit order (by sequence number), and a cursor per sink.
 pub trait Outbox: Clone + Send + Sync + 'static {
-    type Error: Display + Send;
+    type Error: OutboxError;
 
     /// Notified after every commit that inserted events.
     fn committed(&self) -> Arc<Notify>;

@@ -17,15 +17,17 @@
 //! Sinks: the journal (structured fields), webhooks (JSON POST signed with HMAC-SHA256), and
 //! commands (argv, event JSON on stdin).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, OutboxError};
 use super::{DetailType, Event};
 use crate::argv::Argv;
 use crate::metrics::Metrics;
@@ -56,6 +58,8 @@ pub enum SinkError {
     },
     #[error("webhook {sink}: {0}", sink = .1)]
     Client(reqwest::Error, String),
+    #[error("event sinks: the outbox cannot be read: {0}")]
+    Outbox(String),
 }
 
 /// `[[events.webhook]]`: events POSTed as JSON, signed.
@@ -109,27 +113,23 @@ impl Sink {
 
 /// Builds the sinks named in the config; a secret or CA file that cannot be read is an error
 /// at start, not a surprise at the first event.
-pub fn build(
-    journal: bool,
-    webhooks: &[WebhookSink],
-    commands: &[CommandSink],
-) -> Result<Vec<Sink>, SinkError> {
+fn build(configs: &SinkConfigs) -> Result<Vec<Sink>, SinkError> {
     let mut sinks = Vec::new();
-    if journal {
+    if configs.journal {
         sinks.push(Sink {
             name: "journal".into(),
             detail_types: vec![],
             target: Target::Journal,
         });
     }
-    for hook in webhooks {
+    for hook in &configs.webhooks {
         sinks.push(Sink {
             name: hook.name.clone(),
             detail_types: hook.detail_types.clone(),
             target: webhook(hook)?,
         });
     }
-    for command in commands {
+    for command in &configs.commands {
         sinks.push(Sink {
             name: command.name.clone(),
             detail_types: command.detail_types.clone(),
@@ -179,27 +179,163 @@ pub fn signature(key: &hmac::Key, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Starts every sink; each runs until `shutdown`, then saves its cursor. Wait for the returned
-/// tracker at shutdown so those last saves are made.
-///
-/// Each sink's cursor is settled before this returns (a new sink's at the current end of the
-/// outbox), so every event committed afterwards reaches it: call it before accepting requests.
-pub async fn start<O: Outbox>(
-    sinks: Vec<Sink>,
+/// Every sink's configuration, as the config gives it: what sinks are (re)built from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkConfigs {
+    pub journal: bool,
+    pub webhooks: Vec<WebhookSink>,
+    pub commands: Vec<CommandSink>,
+}
+
+/// Why event delivery stopped while the daemon runs: the daemon then stops too (non-zero), so
+/// that systemd restarts it and the operator sees it, instead of events silently waiting.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkFailure {
+    /// The outbox holds data that does not decode: retrying cannot help.
+    #[error("event sink {sink}: the outbox is damaged: {reason}")]
+    Outbox { sink: String, reason: String },
+    #[error("event sink {sink} panicked")]
+    Panicked { sink: String },
+}
+
+/// A reloaded configuration, and who waits for it to be applied.
+pub type Reload = (SinkConfigs, oneshot::Sender<()>);
+
+/// The running sinks, one task each, restarted as a whole when the configuration is reloaded.
+pub struct Sinks<O: Outbox> {
     outbox: O,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<TaskTracker, O::Error> {
-    let tasks = TaskTracker::new();
-    for sink in sinks {
-        let cursor = start_cursor(&sink, &outbox).await?;
-        info!(sink = %sink.name, cursor, "event sink started");
-        let (outbox, metrics, shutdown) = (outbox.clone(), metrics.clone(), shutdown.clone());
-        let cursor = Cursor::saved_at(cursor);
-        tasks.spawn(async move { run(sink, cursor, outbox, metrics, shutdown).await });
+    running: Generation,
+}
+
+/// One start of the sinks: their tasks and the token that stops just them.
+struct Generation {
+    stop: CancellationToken,
+    tasks: JoinSet<Result<(), SinkFailure>>,
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl<O: Outbox> Sinks<O> {
+    /// Builds the configured sinks and starts them. Each sink's cursor is settled before this
+    /// returns (a new sink's at the current end of the outbox), so every event committed
+    /// afterwards reaches it: call it before accepting requests.
+    pub async fn start(
+        configs: &SinkConfigs,
+        outbox: O,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, SinkError> {
+        let sinks = build(configs)?;
+        let running = Generation::start(sinks, &outbox, &metrics, &shutdown).await?;
+        Ok(Self {
+            outbox,
+            metrics,
+            shutdown,
+            running,
+        })
     }
-    tasks.close();
-    Ok(tasks)
+
+    /// Watches the sinks until the daemon stops, then waits for them to save their cursors.
+    /// A configuration sent on `reloads` restarts them all (secret and CA files are read
+    /// again), and its acknowledgement is sent once the new sinks' cursors are settled, so
+    /// they receive every event committed after it; a configuration that cannot be built is
+    /// refused and the running sinks go on. Ends early only with a sink's fatal failure.
+    pub async fn run(mut self, mut reloads: mpsc::Receiver<Reload>) -> Result<(), SinkFailure> {
+        loop {
+            tokio::select! {
+                // A sink ended: only a fatal failure ends one before the daemon stops.
+                Some(ended) = self.running.tasks.join_next_with_id() => {
+                    self.running.ended(ended)?;
+                }
+                // SIGHUP: the reloaded sinks replace the running ones.
+                Some((configs, done)) = reloads.recv() => {
+                    self.restart(&configs).await?;
+                    let _ = done.send(());
+                }
+                () = self.shutdown.cancelled() => break,
+            }
+        }
+        self.running.stop().await
+    }
+
+    async fn restart(&mut self, configs: &SinkConfigs) -> Result<(), SinkFailure> {
+        let sinks = match build(configs) {
+            Ok(sinks) => sinks,
+            Err(err) => {
+                error!(error = %err, "reloaded event sinks refused; the running ones go on");
+                return Ok(());
+            }
+        };
+        // The old ones save their cursors before the new ones read them.
+        self.running.stop().await?;
+        match Generation::start(sinks, &self.outbox, &self.metrics, &self.shutdown).await {
+            Ok(running) => {
+                self.running = running;
+                info!(
+                    sinks = self.running.names.len(),
+                    "event sinks restarted with the reloaded configuration"
+                );
+                Ok(())
+            }
+            Err(err) => Err(SinkFailure::Outbox {
+                sink: "(all)".to_owned(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+}
+
+impl Generation {
+    async fn start<O: Outbox>(
+        sinks: Vec<Sink>,
+        outbox: &O,
+        metrics: &Arc<Metrics>,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, SinkError> {
+        let stop = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        let mut names = HashMap::new();
+        for sink in sinks {
+            let cursor = start_cursor(&sink, outbox)
+                .await
+                .map_err(|e| SinkError::Outbox(e.to_string()))?;
+            info!(sink = %sink.name, cursor, "event sink started");
+            let name = sink.name.clone();
+            let (outbox, metrics, stop) = (outbox.clone(), metrics.clone(), stop.clone());
+            let cursor = Cursor::saved_at(cursor);
+            let handle = tasks.spawn(async move { run(sink, cursor, outbox, metrics, stop).await });
+            names.insert(handle.id(), name);
+        }
+        Ok(Self { stop, tasks, names })
+    }
+
+    /// A sink that ended: a fatal failure or a panic is the caller's; a clean end (its stop
+    /// token) is not.
+    fn ended(
+        &self,
+        ended: Result<(tokio::task::Id, Result<(), SinkFailure>), tokio::task::JoinError>,
+    ) -> Result<(), SinkFailure> {
+        match ended {
+            Ok((_, result)) => result,
+            Err(err) => Err(SinkFailure::Panicked {
+                sink: self.names.get(&err.id()).cloned().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Stops every sink of this generation and waits for it (each saves its cursor).
+    async fn stop(&mut self) -> Result<(), SinkFailure> {
+        self.stop.cancel();
+        let mut first_failure = Ok(());
+        while let Some(ended) = self.tasks.join_next_with_id().await {
+            if let Err(failure) = self.ended(ended) {
+                error!(error = %failure, "event sink failed while stopping");
+                first_failure = first_failure.and(Err(failure));
+            }
+        }
+        first_failure
+    }
 }
 
 /// A sink's place in the outbox: the last event it has, and what the store has of it.
@@ -239,13 +375,16 @@ impl Cursor {
     }
 }
 
+/// One sink's delivery loop, until `shutdown` (then its cursor is saved). Ends early only when
+/// the outbox is damaged: delivering past an event that does not decode would lose it, and
+/// waiting on it forever would stop every later event without a word.
 async fn run(
     sink: Sink,
     mut cursor: Cursor,
     outbox: impl Outbox,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), SinkFailure> {
     let committed = outbox.committed();
     // Registered before each read, so an event committed between the read and the wait still
     // wakes us.
@@ -268,6 +407,13 @@ async fn run(
         }
         let events = match outbox.events_after(cursor.delivered, BATCH).await {
             Ok(events) => events,
+            Err(err) if err.is_corrupt() => {
+                cursor.save(&sink, &outbox).await;
+                return Err(SinkFailure::Outbox {
+                    sink: sink.name.clone(),
+                    reason: err.to_string(),
+                });
+            }
             Err(err) => {
                 warn!(sink = %sink.name, error = %err, "reading the outbox failed");
                 if sleep_or_stop(BACKOFF_MIN * 5, &shutdown).await {
@@ -297,6 +443,7 @@ async fn run(
         }
     }
     cursor.save(&sink, &outbox).await;
+    Ok(())
 }
 
 enum Woken {

@@ -83,6 +83,10 @@ pub struct Settings {
     /// The configured event sinks, by name.
     pub sinks: Vec<String>,
     pub metrics_per_certificate: bool,
+    /// Renewals running at once.
+    pub concurrency: usize,
+    /// Events older than this are pruned once every sink has them.
+    pub retention: Span,
 }
 
 impl Settings {
@@ -108,6 +112,8 @@ impl Settings {
             daily_check: config.events.daily_check.clone(),
             sinks: config.events.sink_names(),
             metrics_per_certificate: config.metrics_per_certificate,
+            concurrency: config.renewal.concurrency,
+            retention: config.events.retention,
         }
     }
 }
@@ -225,7 +231,8 @@ impl Inventory {
         Ok(())
     }
 
-    fn settings(&self) -> Settings {
+    /// The settings in force (replaced on reload).
+    pub fn settings(&self) -> Settings {
         lock::read(&self.settings).clone()
     }
 

@@ -51,8 +51,26 @@ pub enum StoreError {
     NotFound(String),
     #[error("stored data is invalid: {0}")]
     Invalid(String),
+    /// A stored row does not decode: the database was changed outside certkeeper, or damaged.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the stored data itself is damaged (a row that does not decode, a database file
+    /// SQLite finds corrupt): retrying cannot help.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Database(err) | StoreError::Open { source: err, .. } => matches!(
+                err.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// A certificate to create, with its first version (or none yet: a public certificate waiting
@@ -860,6 +878,13 @@ impl Store {
 
     /// Notified after each commit that inserted events; event sinks wait on it instead of
     /// polling.
+    /// Whether the writer answers within `timeout`: it goes round, between batches (the
+    /// watchdog asks).
+    pub async fn writer_alive(&self, timeout: std::time::Duration) -> bool {
+        let ping = self.write(|reply| Job::Ping { reply });
+        matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)))
+    }
+
     pub fn events_committed(&self) -> Arc<tokio::sync::Notify> {
         self.events_committed.clone()
     }
@@ -957,6 +982,12 @@ fn count(answer: Answer) -> Result<usize, StoreError> {
         ))),
     }
 }
+impl crate::events::outbox::OutboxError for StoreError {
+    fn is_corrupt(&self) -> bool {
+        StoreError::is_corrupt(self)
+    }
+}
+
 /// The outbox, as event delivery sees it ([`crate::events::outbox`]).
 impl crate::events::outbox::Outbox for Store {
     type Error = StoreError;

@@ -305,7 +305,7 @@ impl Db {
             for row in rows {
                 let (seq, body) = row?;
                 let event = serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Invalid(format!("event {seq}: {e}")))?;
+                    .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
                 out.push((seq, event));
             }
             Ok(out)
@@ -363,7 +363,7 @@ impl Db {
             for row in rows {
                 let (kind, id, version, sealed) = row?;
                 let cert_id = |id: &str| {
-                    CertificateId::parse(id).ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))
+                    CertificateId::parse(id).ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))
                 };
                 let record = match kind.as_str() {
                     "ca" => SealedRecord::Ca(id),
@@ -474,7 +474,7 @@ impl Db {
                 let (id, name, origin, domains, serial, nb, na, days, day, managed, renew_before) = row?;
                 out.push(super::ExpiryCandidate {
                     id: CertificateId::parse(&id)
-                        .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
+                        .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
                     name,
                     origin: parse_text(&origin, "origin")?,
                     common_name: first_domain(&domains),
@@ -515,7 +515,7 @@ impl Db {
             for row in rows {
                 let (id, nb, na, rb, window, info) = row?;
                 let id = CertificateId::parse(&id)
-                    .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?;
+                    .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?;
                 out.push(super::Replannable {
                     id,
                     lifetime: crate::policy::Lifetime {
@@ -657,7 +657,7 @@ impl Db {
                 let (id, name, origin, domains, issuer, status, nb, na, next, failures) = row?;
                 out.push(MetricsRow {
                     id: CertificateId::parse(&id)
-                        .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
+                        .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
                     name,
                     origin: parse_text(&origin, "origin")?,
                     common_name: first_domain(&domains),
@@ -877,7 +877,7 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
     let reason: Option<String> = row.get("revocation_reason")?;
     Ok(Certificate {
         id: CertificateId::parse(&id)
-            .ok_or_else(|| StoreError::Invalid(format!("certificate id {id:?}")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
         name: row.get("name")?,
         origin: parse_text(&row.get::<_, String>("origin")?, "origin")?,
         status: effective_status(
@@ -887,7 +887,7 @@ fn certificate_from_row(row: &Row<'_>, now: OffsetDateTime) -> Result<Certificat
         ),
         issuer: row.get("issuer")?,
         domains: serde_json::from_str(&domains)
-            .map_err(|e| StoreError::Invalid(format!("domains of {id}: {e}")))?,
+            .map_err(|e| StoreError::Corrupt(format!("domains of {id}: {e}")))?,
         key_algorithm: parse_text(&row.get::<_, String>("key_algorithm")?, "key_algorithm")?,
         serial: row
             .get::<_, Option<String>>("serial")?
@@ -947,7 +947,7 @@ fn parse_renewal_info(
 ) -> Result<Option<crate::model::RenewalInfo>, StoreError> {
     text.map(|t| serde_json::from_str(&t))
         .transpose()
-        .map_err(|e| StoreError::Invalid(format!("stored renewal info: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("stored renewal info: {e}")))
 }
 
 fn window_from_row(row: &Row<'_>) -> rusqlite::Result<Option<crate::model::WindowSpec>> {
@@ -1008,7 +1008,7 @@ fn ca_from_row(row: &Row<'_>) -> Result<StoredCa, StoreError> {
             .get::<_, Option<i64>>("path_length")?
             .map(|n| n.clamp(0, 255) as u8),
         permitted_dns: serde_json::from_str(&permitted)
-            .map_err(|e| StoreError::Invalid(format!("permitted_dns: {e}")))?,
+            .map_err(|e| StoreError::Corrupt(format!("permitted_dns: {e}")))?,
         serial: serial.as_deref().and_then(Serial::parse),
         not_before: row.get::<_, Option<i64>>("not_before")?.map(from_unix),
         not_after: row.get::<_, Option<i64>>("not_after")?.map(from_unix),
@@ -1034,7 +1034,7 @@ where
     T: FromStr<Err = crate::model::UnknownValue>,
 {
     text.parse()
-        .map_err(|e: crate::model::UnknownValue| StoreError::Invalid(format!("{column}: {e}")))
+        .map_err(|e: crate::model::UnknownValue| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
 /// The first domain of a stored `domains` JSON array, without building the whole list.
@@ -1046,7 +1046,7 @@ fn first_domain(json: &str) -> String {
 }
 
 fn parse_serial(text: &str) -> Result<Serial, StoreError> {
-    Serial::parse(text).ok_or_else(|| StoreError::Invalid(format!("serial {text:?}")))
+    Serial::parse(text).ok_or_else(|| StoreError::Corrupt(format!("serial {text:?}")))
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ pub(super) enum Answer {
 pub(super) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 pub(super) enum Job {
+    /// No change: answered between batches, so an answer says the writer goes round (the
+    /// watchdog asks). Never part of a transaction.
+    Ping {
+        reply: Reply,
+    },
     /// Certificates with their first version's sealed key, all or none.
     InsertCertificates {
         items: Vec<(NewCertificate, Option<Sealed>)>,
@@ -202,7 +207,8 @@ impl Job {
             | Job::SaveAcmeAccount { reply, .. }
             | Job::SaveAcmeOrder { reply, .. }
             | Job::DeleteAcmeOrder { reply, .. }
-            | Job::SetStatus { reply, .. } => reply,
+            | Job::SetStatus { reply, .. }
+            | Job::Ping { reply } => reply,
         }
     }
 }
@@ -230,12 +236,15 @@ pub(super) fn spawn(
         .spawn(move || {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while let Some(first) = rx.blocking_recv() {
-                batch.push(first);
+                answer_or_queue(first, &mut batch);
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(job) => batch.push(job),
+                        Ok(job) => answer_or_queue(job, &mut batch),
                         Err(_) => break,
                     }
+                }
+                if batch.is_empty() {
+                    continue;
                 }
                 inserted.store(false, Ordering::Relaxed);
                 if commit_batch(&mut conn, &mut batch) && inserted.load(Ordering::Relaxed) {
@@ -245,6 +254,16 @@ pub(super) fn spawn(
         })
         .map_err(|e| StoreError::Invalid(format!("cannot start the store writer: {e}")))?;
     Ok(tx)
+}
+
+/// A ping is answered at once; any other job waits for its batch.
+fn answer_or_queue(job: Job, batch: &mut Vec<Job>) {
+    match job {
+        Job::Ping { reply } => {
+            let _ = reply.send(Ok(Answer::Done));
+        }
+        job => batch.push(job),
+    }
 }
 
 /// Runs `batch` in one transaction and answers every job. Empties `batch`. Returns whether
@@ -430,6 +449,8 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             reply,
             set_status(conn, &id, status, from, next_action_at, event.as_ref()).map(Answer::Count),
         ),
+        // Answered before batching; one that got here changes nothing.
+        Job::Ping { reply } => (reply, Ok(Answer::Done)),
     }
 }
 

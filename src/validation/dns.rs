@@ -143,6 +143,14 @@ pub enum DnsError {
         /// What failed.
         reason: String,
     },
+    /// The embedded server stopped serving while the daemon ran.
+    #[error("embedded DNS server for {zone} stopped: {reason}")]
+    Stopped {
+        /// The validation zone.
+        zone: String,
+        /// What ended it.
+        reason: String,
+    },
     /// The publisher command could not be run, timed out, or exited unsuccessfully.
     #[error("publisher command `{command}` failed: {reason}")]
     Command {
@@ -177,6 +185,8 @@ pub struct DnsValidator {
     /// Stops the embedded server when the validator is dropped (it also stops on the
     /// shutdown token given to [`DnsValidator::start`]).
     _server: Option<DropGuard>,
+    /// The task serving the embedded zone, until the daemon takes it to supervise.
+    served: std::sync::Mutex<Option<zone::Served>>,
 }
 
 impl std::fmt::Debug for DnsValidator {
@@ -221,10 +231,13 @@ impl DnsValidator {
         }
         let zone = parse_name(&zone_text)?;
         let resolver = build_resolver(&config.nameservers)?;
+        let mut served = None;
         let (publisher, server) = match &config.publisher {
             Publisher::Embedded { listen } => {
                 let token = shutdown.child_token();
-                let embedded = zone::start(&zone, config.ttl, *listen, token.clone()).await?;
+                let (embedded, task) =
+                    zone::start(&zone, config.ttl, *listen, token.clone()).await?;
+                served = Some(task);
                 (
                     Backend::Embedded(Box::new(embedded)),
                     Some(token.drop_guard()),
@@ -252,7 +265,14 @@ impl DnsValidator {
             resolver,
             publisher,
             _server: server,
+            served: std::sync::Mutex::new(served),
         })
+    }
+
+    /// The task serving the embedded zone (once; `None` for the other publishers), for the
+    /// daemon to supervise: it ends only when the server stops.
+    pub fn take_server(&self) -> Option<tokio::task::JoinHandle<Result<(), DnsError>>> {
+        crate::lock::lock(&self.served).take()
     }
 
     /// The validation zone, absolute and lower case (`acme.example.`).

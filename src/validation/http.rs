@@ -83,15 +83,17 @@ impl Tokens {
 }
 
 /// Serves the in-memory tokens on `listener` until `shutdown`.
-pub fn serve(listener: tokio::net::TcpListener, tokens: Tokens, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tokens: Tokens,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/.well-known/acme-challenge/{token}", get(challenge))
         .with_state(tokens);
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn challenge(State(tokens): State<Tokens>, Path(token): Path<String>) -> Response {

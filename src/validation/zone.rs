@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::dns::DnsError;
 
+/// The task serving the zone.
+pub type Served = tokio::task::JoinHandle<Result<(), DnsError>>;
+
 /// How long the embedded server keeps an idle TCP connection.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,13 +35,14 @@ pub(super) struct EmbeddedZone {
     soa: Mutex<Record>,
 }
 
-/// Builds the zone (SOA, NS) and serves it on `listen`, UDP and TCP, until `stop`.
+/// Builds the zone (SOA, NS) and serves it on `listen`, UDP and TCP, until `stop`. The task
+/// that serves it ends only at `stop`, or with an error if the server ends by itself.
 pub(super) async fn start(
     zone: &Name,
     ttl: u32,
     listen: SocketAddr,
     stop: CancellationToken,
-) -> Result<EmbeddedZone, DnsError> {
+) -> Result<(EmbeddedZone, Served), DnsError> {
     let name = |prefix: &str| {
         Name::from_ascii(prefix)
             .and_then(|n| n.append_domain(zone))
@@ -101,18 +105,32 @@ pub(super) async fn start(
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, 32);
     let zone_text = zone.to_string();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        if let Err(error) = server.shutdown_gracefully().await {
-            tracing::warn!(zone = %zone_text, %error, "embedded DNS server stopped with an error");
-        }
+    let served = tokio::spawn(async move {
+        let shutdown = server.shutdown_token().clone();
+        let done = server.block_until_done();
+        tokio::pin!(done);
+        let result = tokio::select! {
+            // Every socket task ended on its own: the zone is no longer served.
+            result = &mut done => result.map_err(|e| e.to_string()).and(Err("its sockets closed".to_owned())),
+            () = stop.cancelled() => {
+                shutdown.cancel();
+                done.await.map_err(|e| e.to_string())
+            }
+        };
         tracing::debug!(zone = %zone_text, "embedded DNS server stopped");
+        result.map_err(|reason| DnsError::Stopped {
+            zone: zone_text,
+            reason,
+        })
     });
     tracing::info!(zone = %zone, %listen, "embedded DNS server listening (UDP and TCP)");
-    Ok(EmbeddedZone {
-        handler,
-        soa: Mutex::new(soa),
-    })
+    Ok((
+        EmbeddedZone {
+            handler,
+            soa: Mutex::new(soa),
+        },
+        served,
+    ))
 }
 
 impl EmbeddedZone {

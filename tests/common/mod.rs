@@ -301,7 +301,10 @@ pub fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u1
         "{method} {path} HTTP/1.1\r\nhost: certkeeper\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).expect("write request");
+    // A daemon killed between the connect and the write (the kill -9 tests) is unreachable too.
+    if let Err(err) = stream.write_all(head.as_bytes()) {
+        return (0, err.to_string());
+    }
     // The server may answer (e.g. 413) before reading a large body; a broken pipe is fine then.
     let _ = stream.write_all(body);
     let mut response = Vec::new();

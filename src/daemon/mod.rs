@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -19,15 +20,20 @@ use crate::api::{self, AppState, Limits};
 use crate::config::{
     Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, HttpValidation, MasterKeySource,
 };
-use crate::events::sinks;
+use crate::events::sinks::{self, SinkConfigs, Sinks};
 use crate::exit;
 use crate::inventory::{Inventory, InventoryError, Settings};
+use crate::liveness::{self, Probe};
 use crate::logging::Logging;
 use crate::scheduler;
 use crate::store::{Keyring, SealError, Store, StoreError};
 use crate::systemd;
 use crate::validation::dns::{DnsError, DnsValidator};
 use crate::validation::http::{self, Tokens};
+
+mod tasks;
+
+use tasks::{TaskError, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -53,6 +59,8 @@ pub enum DaemonError {
     SocketInUse(PathBuf),
     #[error(transparent)]
     Sink(#[from] sinks::SinkError),
+    #[error("{task} ended while the daemon was running: {reason}")]
+    TaskEnded { task: &'static str, reason: String },
 }
 
 impl DaemonError {
@@ -69,7 +77,9 @@ impl DaemonError {
             DaemonError::Io { .. } => exit::CANT_CREATE,
             DaemonError::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
             DaemonError::Dns(_) => exit::CONFIG,
-            DaemonError::Store(_) | DaemonError::Inventory(_) => exit::SOFTWARE,
+            DaemonError::Store(_) | DaemonError::Inventory(_) | DaemonError::TaskEnded { .. } => {
+                exit::SOFTWARE
+            }
         }
     }
 }
@@ -90,7 +100,8 @@ pub fn load_config(
     Ok((config, env))
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT, or until one of its tasks ends (an error: the
+/// daemon then exits non-zero so that systemd restarts it).
 pub async fn serve(
     mut config: Config,
     env: Environment,
@@ -106,24 +117,55 @@ pub async fn serve(
     let _lock = lock_state_dir(&config.state_dir)?;
     let (tokens, http01) = http01(&config).await?;
     let shutdown = CancellationToken::new();
-    let inventory = open_inventory(&config, tokens, &shutdown).await?;
+    let mut tasks = Tasks::default();
+    let inventory = open_inventory(&config, tokens, &shutdown, &mut tasks).await?;
     if let (Some(listener), Some(tokens)) = (http01, inventory.http_tokens()) {
-        http::serve(listener, tokens, shutdown.clone());
+        tasks.spawn(
+            "HTTP-01 responder",
+            http::serve(listener, tokens, shutdown.clone()),
+        );
     }
     // Background work first: event sinks settle their cursors before any request can commit
-    // an event, and the lifecycle task owns the deadlines.
-    let background = start_background(&config, &inventory, &shutdown).await?;
+    // an event, and the scheduler owns the deadlines.
+    let sinks = start_background(&config, &inventory, &shutdown, &mut tasks).await?;
     let state = Arc::new(AppState { inventory });
-    let server = serve_api(&config, &state, &shutdown).await?;
+    serve_api(&config, &state, &shutdown, &mut tasks).await?;
     systemd::ready();
-    if let Some(interval) = systemd::spawn_watchdog(shutdown.clone()) {
+    if let Some(interval) = systemd::watchdog_interval() {
         info!(
             interval_ms = interval.as_millis() as u64,
             "watchdog enabled"
         );
+        let alive = sinks.probe.clone();
+        let store = state.inventory.store().clone();
+        let stuck = move || {
+            let (alive, store) = (alive.clone(), store.clone());
+            async move {
+                if !alive.answered(interval).await {
+                    Some("scheduler")
+                } else if !store.writer_alive(interval).await {
+                    Some("store writer")
+                } else {
+                    None
+                }
+            }
+        };
+        let stop = shutdown.clone();
+        tasks.spawn("watchdog", async move {
+            systemd::watchdog(interval, stop, stuck).await;
+            Ok::<(), TaskError>(())
+        });
     }
 
-    wait_for_stop(&mut config, &env, &state, logging).await;
+    let ended = tokio::select! {
+        // SIGTERM or SIGINT (SIGHUP reloads and keeps waiting).
+        () = wait_for_stop(&mut config, &env, &state, logging, &sinks.reloads) => None,
+        // A task ended while the daemon runs: part of it is gone.
+        ended = tasks.first_ended() => Some(ended),
+    };
+    if let Some(ended) = &ended {
+        tasks::report(ended);
+    }
 
     info!(
         deadline_s = config.shutdown_timeout.as_secs(),
@@ -135,22 +177,23 @@ pub async fn serve(
     // transaction, so whatever is cut off leaves nothing half-written (a renewal's lease makes
     // the next start retry it). Event sinks save their cursors.
     let drained = tokio::time::timeout(config.shutdown_timeout.std(), async {
-        let served = server.await;
-        let _ = background.lifecycle.await;
-        background.sinks.wait().await;
+        tasks.drain().await;
         state.inventory.drain().await;
-        served
     });
     match drained.await {
-        Ok(Ok(Ok(()))) => info!("stopped"),
-        Ok(Ok(Err(err))) => error!(error = %err, "API server failed"),
-        Ok(Err(err)) => error!(error = %err, "API server task failed"),
+        Ok(()) => info!("stopped"),
         Err(_) => warn!(
             "shutdown deadline passed; abandoning in-flight work (nothing half-written is kept)"
         ),
     }
     let _ = std::fs::remove_file(&config.socket);
-    Ok(())
+    match ended {
+        None => Ok(()),
+        Some(ended) => Err(DaemonError::TaskEnded {
+            task: ended.task,
+            reason: ended.reason,
+        }),
+    }
 }
 
 /// HTTP-01: the tokens' home and, for `validation.http.listen`, the bound listener (bound
@@ -180,6 +223,7 @@ async fn open_inventory(
     config: &Config,
     tokens: Option<Tokens>,
     shutdown: &CancellationToken,
+    tasks: &mut Tasks,
 ) -> Result<Arc<Inventory>, DaemonError> {
     let keyring = load_keyring(config)?;
     let store = Store::open(&config.store_path, config.synchronous, keyring).await?;
@@ -190,6 +234,14 @@ async fn open_inventory(
         (Some(dns), false) => {
             let validator = DnsValidator::start(dns, shutdown.clone()).await?;
             info!(zone = %dns.zone, publisher = ?validator, "DNS-01 validation ready");
+            if let Some(served) = validator.take_server() {
+                tasks.spawn("embedded DNS server", async move {
+                    match served.await {
+                        Ok(result) => result.map_err(TaskError::from),
+                        Err(err) => Err(TaskError::from(err)),
+                    }
+                });
+            }
             Some(Arc::new(validator))
         }
         _ => None,
@@ -212,44 +264,46 @@ async fn open_inventory(
     Ok(inventory)
 }
 
-/// Event sinks and the lifecycle task, to wait for at shutdown.
+/// What the running daemon keeps of its background work: where reloaded sink
+/// configurations go, and how the watchdog asks whether the scheduler goes round.
 struct Background {
-    lifecycle: tokio::task::JoinHandle<()>,
-    sinks: tokio_util::task::TaskTracker,
+    reloads: mpsc::Sender<sinks::Reload>,
+    probe: Probe,
 }
 
+/// Starts the event sinks (their cursors settled before this returns) and the scheduler.
 async fn start_background(
     config: &Config,
     inventory: &Arc<Inventory>,
     shutdown: &CancellationToken,
+    tasks: &mut Tasks,
 ) -> Result<Background, DaemonError> {
-    let events = &config.events;
-    let sinks = sinks::build(events.journal, &events.webhooks, &events.commands)?;
-    let sinks = sinks::start(
-        sinks,
+    let configs = config.events.sinks();
+    let sinks = Sinks::start(
+        &configs,
         inventory.store().clone(),
         inventory.metrics().clone(),
         shutdown.clone(),
     )
     .await?;
-    let plan = scheduler::Plan {
-        daily_check: config.events.daily_check.clone(),
-        concurrency: config.renewal.concurrency,
-        retention: config.events.retention,
-        sinks: config.events.sink_names(),
-    };
-    let lifecycle = tokio::spawn(scheduler::run(inventory.clone(), plan, shutdown.clone()));
-    Ok(Background { lifecycle, sinks })
+    let (reloads, reloaded) = mpsc::channel(1);
+    tasks.spawn("event sinks", sinks.run(reloaded));
+    let (probe, probed) = liveness::channel();
+    let (inventory, stop) = (inventory.clone(), shutdown.clone());
+    tasks.spawn("scheduler", async move {
+        scheduler::run(inventory, probed, stop).await;
+        Ok::<(), TaskError>(())
+    });
+    Ok(Background { reloads, probe })
 }
-
-type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
 /// Binds the API socket (and `metrics.listen`) and serves until `shutdown`.
 async fn serve_api(
     config: &Config,
     state: &Arc<AppState>,
     shutdown: &CancellationToken,
-) -> Result<ServerTask, DaemonError> {
+    tasks: &mut Tasks,
+) -> Result<(), DaemonError> {
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -261,7 +315,7 @@ async fn serve_api(
         info!(%addr, "metrics listening");
         let app = api::metrics_router(state.clone());
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn("metrics listener", async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
@@ -275,11 +329,12 @@ async fn serve_api(
     };
     let app = api::router(state.clone(), limits);
     let stop = shutdown.clone();
-    Ok(tokio::spawn(async move {
+    tasks.spawn("API server", async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
-    }))
+    });
+    Ok(())
 }
 
 /// Handles signals until one asks us to stop. SIGHUP reloads the config; a config that does
@@ -289,6 +344,7 @@ async fn wait_for_stop(
     env: &Environment,
     state: &AppState,
     logging: &Logging,
+    sinks: &mpsc::Sender<sinks::Reload>,
 ) {
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -301,7 +357,7 @@ async fn wait_for_stop(
     loop {
         tokio::select! {
             // SIGHUP: reload, then keep serving.
-            _ = hup.recv() => reload(config, env, state, logging).await,
+            _ = hup.recv() => reload(config, env, state, logging, sinks).await,
             // SIGTERM (systemctl stop) or SIGINT (Ctrl-C): leave the loop and drain.
             _ = term.recv() => return,
             _ = int.recv() => return,
@@ -309,7 +365,13 @@ async fn wait_for_stop(
     }
 }
 
-async fn reload(config: &mut Config, env: &Environment, state: &AppState, logging: &Logging) {
+async fn reload(
+    config: &mut Config,
+    env: &Environment,
+    state: &AppState,
+    logging: &Logging,
+    sinks: &mpsc::Sender<sinks::Reload>,
+) {
     systemd::reloading();
     let Some(source) = config.source.clone() else {
         info!("SIGHUP: running on the built-in default; nothing to reload");
@@ -319,20 +381,13 @@ async fn reload(config: &mut Config, env: &Environment, state: &AppState, loggin
     match Config::load(Some(&source), env) {
         Err(err) => error!(error = %err, "config reload rejected; keeping the running config"),
         Ok(new) => {
-            for (what, changed) in [
-                ("daemon.state-dir", new.state_dir != config.state_dir),
-                ("daemon.socket", new.socket != config.socket),
-                ("store.path", new.store_path != config.store_path),
-                (
-                    "secrets.master-key-file",
-                    new.master_key != config.master_key,
-                ),
-            ] {
-                if changed {
-                    warn!(key = what, "changed; takes effect at the next restart");
-                }
+            for key in restart_only_changes(config, &new) {
+                warn!(key, "changed; takes effect at the next restart");
             }
             logging.set_level(&new.log_level);
+            // Restarted even when unchanged (secret and CA files are read again), and before
+            // the new settings apply, so that new sinks get the events those cause.
+            restart_sinks(sinks, new.events.sinks()).await;
             if let Err(err) = state.inventory.apply(Settings::from_config(&new)).await {
                 error!(error = %err, "applying the reloaded renewal settings failed");
             }
@@ -342,23 +397,81 @@ async fn reload(config: &mut Config, env: &Environment, state: &AppState, loggin
                     .for_each(|name| info!(ca = %name, "created CA")),
                 Err(err) => error!(error = %err, "creating configured CAs failed"),
             }
-            let (state_dir, socket, store_path, master_key) = (
-                config.state_dir.clone(),
-                config.socket.clone(),
-                config.store_path.clone(),
-                config.master_key.clone(),
-            );
-            *config = Config {
-                state_dir,
-                socket,
-                store_path,
-                master_key,
-                ..new
-            };
+            *config = keep_running(config, new);
             info!(config = %source.display(), "config reloaded");
         }
     }
     systemd::reloaded();
+}
+
+/// Hands the reloaded sink configuration to the running sinks and waits until they run it
+/// (or refused it, which they log).
+async fn restart_sinks(sinks: &mpsc::Sender<sinks::Reload>, configs: SinkConfigs) {
+    let (done, applied) = oneshot::channel();
+    if sinks.send((configs, done)).await.is_err() || applied.await.is_err() {
+        // The sinks' task has ended; the supervisor is stopping the daemon already.
+        warn!("event sinks are not running; the reloaded sinks are not applied");
+    }
+}
+
+/// The keys marked `[restart]` in the annotated config that `new` changes: they were bound,
+/// opened or built once at start (sockets, listeners, the store, the master keys, the API
+/// limits, the ACME issuers and validation) and a reload cannot apply them.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("daemon.state-dir", running.state_dir != new.state_dir),
+        ("daemon.socket", running.socket != new.socket),
+        ("daemon.socket-mode", running.socket_mode != new.socket_mode),
+        ("daemon.log", running.log != new.log),
+        (
+            "secrets.master-key-file",
+            running.master_key != new.master_key,
+        ),
+        (
+            "secrets.previous-master-key-files",
+            running.previous_master_keys != new.previous_master_keys,
+        ),
+        ("store.path", running.store_path != new.store_path),
+        ("store.synchronous", running.synchronous != new.synchronous),
+        (
+            "api.request-timeout",
+            running.request_timeout != new.request_timeout,
+        ),
+        (
+            "api.max-request-body",
+            running.max_request_body != new.max_request_body,
+        ),
+        (
+            "metrics.listen",
+            running.metrics_listen != new.metrics_listen,
+        ),
+        ("acme", running.acme != new.acme),
+        ("validation", running.validation != new.validation),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+/// The reloaded config as the daemon now runs it: `new`, with the restart-only keys still as
+/// they were started, so the next reload compares against what really runs.
+fn keep_running(running: &Config, new: Config) -> Config {
+    Config {
+        state_dir: running.state_dir.clone(),
+        socket: running.socket.clone(),
+        socket_mode: running.socket_mode,
+        log: running.log,
+        master_key: running.master_key.clone(),
+        previous_master_keys: running.previous_master_keys.clone(),
+        store_path: running.store_path.clone(),
+        synchronous: running.synchronous,
+        request_timeout: running.request_timeout,
+        max_request_body: running.max_request_body,
+        metrics_listen: running.metrics_listen,
+        acme: running.acme.clone(),
+        validation: running.validation.clone(),
+        ..new
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
