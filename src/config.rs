@@ -18,6 +18,13 @@ use crate::span::Span;
 
 /// Where the shipped unit and packages expect the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
+/// The config file every verb reads (`serve`, `config check`, and the client verbs finding the
+/// API socket): `--config` (or `$CERTKEEPER_CONFIG`), else [`DEFAULT_CONFIG_PATH`] when it
+/// exists, else none, which means the built-in default.
+pub fn locate(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()))
+}
+
 /// The state directory when nothing else names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/certkeeper";
 /// The name of the CA the built-in default creates on first start.

@@ -286,7 +286,7 @@ fn to_quartz(expr: &str) -> Result<Translated, ScheduleError> {
             let day_of_week =
                 crontab_day_of_week(day_of_week).map_err(|reason| ScheduleError::Invalid {
                     expr: expr.to_owned(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
             let text = format!("0 {minute} {hour} {day_of_month} {month} {day_of_week}");
             Ok(translated(text, true))
@@ -366,7 +366,7 @@ fn restricted(field: &str) -> bool {
 
 /// Renumbers a crontab day-of-week field (0-7, 0 and 7 = Sunday) for the crate (1-7, 1 =
 /// Sunday). Numeric items are expanded to the days they name; named items pass through.
-fn crontab_day_of_week(field: &str) -> Result<String, String> {
+fn crontab_day_of_week(field: &str) -> Result<String, DayOfWeekError> {
     if !restricted(field) {
         return Ok(field.to_owned());
     }
@@ -376,13 +376,22 @@ fn crontab_day_of_week(field: &str) -> Result<String, String> {
             items.push(item.to_owned());
             continue;
         }
-        let days = crontab_days(item).map_err(|why| {
-            format!("day-of-week {item:?}: {why} (crontab days are 0-7, 0 and 7 = Sunday)")
+        let days = crontab_days(item).map_err(|why| DayOfWeekError {
+            item: item.to_owned(),
+            why,
         })?;
         // The crate numbers from Sunday = 1.
         items.extend(days.map(|day| (day % 7 + 1).to_string()));
     }
     Ok(items.join(","))
+}
+
+/// A crontab day-of-week item that does not name days.
+#[derive(Debug, thiserror::Error)]
+#[error("day-of-week {item:?}: {why} (crontab days are 0-7, 0 and 7 = Sunday)")]
+struct DayOfWeekError {
+    item: String,
+    why: &'static str,
 }
 
 /// The crontab day numbers one numeric list item names: `3`, `1-5`, `*/2` or `1-5/2`.

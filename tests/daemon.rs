@@ -803,3 +803,45 @@ fn pkcs12_export_opens_with_openssl() {
     );
     assert!(stderr.contains("4 to 1024"), "{stderr}");
 }
+
+/// `serve`, `config check` and the client verbs find the config the same way, so a client
+/// given the daemon's config file (`--config`/`$CERTKEEPER_CONFIG`, no socket) reaches it.
+#[test]
+fn client_verbs_find_the_socket_through_the_config_serve_runs_with() {
+    let daemon = Daemon::start();
+    daemon.ok(&["request", "found.internal"]);
+    let config = daemon.write(
+        "client.toml",
+        format!(
+            "[daemon]\nstate-dir = {:?}\n",
+            daemon.state_dir.display().to_string()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["list", "--output", "json"])
+        .env("CERTKEEPER_CONFIG", &config)
+        .env_remove("CERTKEEPER_SOCKET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("found.internal"));
+
+    // A config that does not load says so, and that it was needed for the socket.
+    let broken = daemon.write("broken.toml", "[daemon]\nnope = 1\n");
+    let out = Command::new(BIN)
+        .args(["list", "--config"])
+        .arg(&broken)
+        .env_remove("CERTKEEPER_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.toml:2:") && stderr.contains("--socket"),
+        "{stderr}"
+    );
+}

@@ -90,19 +90,33 @@ struct Client {
     backoff: Backoff,
 }
 
+/// Why the HTTPS client to a CA cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no CERTIFICATE block in the trusted roots")]
+    NoRoots,
+    #[error("trusted root: {0}")]
+    Root(rustls::Error),
+    #[error("platform certificate verifier: {0}")]
+    Verifier(rustls::Error),
+}
+
 /// An HTTPS client trusting the platform's roots, or only the certificates in `roots_pem`.
-pub fn build(roots_pem: Option<&str>, backoff: Backoff) -> Result<Box<dyn HttpClient>, String> {
+pub fn build(
+    roots_pem: Option<&str>,
+    backoff: Backoff,
+) -> Result<Box<dyn HttpClient>, ClientError> {
     let builder = match roots_pem {
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
             let ders = crate::pem::certificates(pem);
             if ders.is_empty() {
-                return Err("no CERTIFICATE block in the trusted roots".into());
+                return Err(ClientError::NoRoots);
             }
             for der in ders {
                 roots
                     .add(rustls_pki_types::CertificateDer::from(der))
-                    .map_err(|e| format!("trusted root: {e}"))?;
+                    .map_err(ClientError::Root)?;
             }
             HttpsConnectorBuilder::new().with_tls_config(
                 rustls::ClientConfig::builder()
@@ -112,7 +126,7 @@ pub fn build(roots_pem: Option<&str>, backoff: Backoff) -> Result<Box<dyn HttpCl
         }
         None => HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
-            .map_err(|e| format!("platform certificate verifier: {e}"))?,
+            .map_err(ClientError::Verifier)?,
     };
     let connector = builder.https_only().enable_http1().enable_http2().build();
     // certkeeper talks to a CA in bursts hours apart. A connection idle that long may be dead

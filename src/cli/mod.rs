@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::api::types::*;
-use crate::config::{Config, DEFAULT_CONFIG_PATH, Environment};
+use crate::config::{self, Config, DEFAULT_CONFIG_PATH, Environment};
 use crate::exit;
 use crate::export::{ExportFormat, Exported};
 use crate::model::{Certificate, KeyAlgorithm, Origin, RevocationReason, Status, ValidationMethod};
@@ -33,7 +33,8 @@ written; 75 (serve) another daemon holds the state directory or socket; 78 confi
 #[derive(Debug, Parser)]
 #[command(name = "certkeeper", version, about = "Certificate lifecycle daemon and its client", after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The daemon's API socket [default: from the config file, else /run/certkeeper/api.sock].
+    /// The daemon's API socket [default: the config file's daemon.socket; without a config
+    /// file, the built-in default's <state-dir>/api.sock].
     #[arg(long, global = true, env = "CERTKEEPER_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Config file [default: /etc/certkeeper/certkeeper.toml if it exists, else built-in].
@@ -402,19 +403,20 @@ enum ExportFormatArg {
     Pkcs12Legacy,
 }
 
-fn parse_value<T: std::str::FromStr>(s: &str) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse().map_err(|e: T::Err| e.to_string())
+/// A clap value parser for any of our `FromStr` types: the type's own error is the message.
+fn parse_value<T: std::str::FromStr>(s: &str) -> Result<T, T::Err> {
+    s.parse()
 }
 
-fn parse_tag(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+/// A `KEY=VALUE` tag argument.
+fn parse_tag(s: &str) -> Result<(String, String), NotKeyValue> {
+    let (k, v) = s.split_once('=').ok_or_else(|| NotKeyValue(s.to_owned()))?;
     Ok((k.to_owned(), v.to_owned()))
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not KEY=VALUE")]
+struct NotKeyValue(String);
 
 /// A failed CLI run: the message for stderr and the exit code.
 #[derive(Debug)]
@@ -498,27 +500,20 @@ pub fn serve_args(cli: &Cli) -> Option<(Option<PathBuf>, Option<PathBuf>)> {
     }
 }
 
-/// `--socket`/`CERTKEEPER_SOCKET`, else the socket of the config file, else the packaged default.
+/// `--socket`/`CERTKEEPER_SOCKET`, else the socket of the config `serve` would run with (the
+/// same file, found the same way: [`config::locate`]).
 fn socket_path(flag: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, Failure> {
     if let Some(socket) = flag {
         return Ok(socket);
     }
-    let path = config
-        .map(Path::to_owned)
-        .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()));
-    match path {
-        Some(path) => {
-            let config =
-                Config::load(Some(&path), &Environment::from_process(None)).map_err(|e| {
-                    Failure::new(
-                        exit::CONFIG,
-                        format!("{e} (needed to find the API socket; or pass --socket)"),
-                    )
-                })?;
-            Ok(config.socket)
-        }
-        None => Ok(PathBuf::from("/run/certkeeper/api.sock")),
-    }
+    let path = config::locate(config.map(Path::to_owned));
+    let config = Config::load(path.as_deref(), &Environment::from_process(None)).map_err(|e| {
+        Failure::new(
+            exit::CONFIG,
+            format!("{e} (needed to find the API socket; or pass --socket)"),
+        )
+    })?;
+    Ok(config.socket)
 }
 
 async fn run_client(client: &Client, command: Command, format: Format) -> Result<(), Failure> {
@@ -980,10 +975,16 @@ fn show_certificate(cert: &Certificate, format: Format) -> Result<(), Failure> {
     }
 }
 
+/// Checks the config `serve` would run with: the file [`config::locate`] finds, or the
+/// built-in default when there is none.
 fn config_check(path: Option<&Path>, format: Format) -> Result<(), Failure> {
-    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
-    let config = Config::load(Some(path), &Environment::from_process(None))
+    let path = config::locate(path.map(Path::to_owned));
+    let config = Config::load(path.as_deref(), &Environment::from_process(None))
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
+    let shown = path.as_ref().map_or_else(
+        || format!("no config file ({DEFAULT_CONFIG_PATH} does not exist): the built-in default"),
+        |p| p.display().to_string(),
+    );
     if format == Format::Json {
         let summary = serde_json::json!({
             "file": path,
@@ -994,7 +995,7 @@ fn config_check(path: Option<&Path>, format: Format) -> Result<(), Failure> {
         });
         return Ok(output::json(&summary)?);
     }
-    println!("{}: ok", path.display());
+    println!("{shown}: ok");
     Ok(())
 }
 

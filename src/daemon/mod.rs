@@ -17,9 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::acme::Acme;
 use crate::api::{self, AppState, Limits};
-use crate::config::{
-    Config, ConfigError, DEFAULT_CONFIG_PATH, Environment, HttpValidation, MasterKeySource,
-};
+use crate::config::{self, Config, ConfigError, Environment, HttpValidation, MasterKeySource};
 use crate::events::sinks::{self, SinkConfigs, Sinks};
 use crate::exit;
 use crate::inventory::{Inventory, InventoryError, Settings};
@@ -84,19 +82,13 @@ impl DaemonError {
     }
 }
 
-/// The config file `serve` uses: `--config`, else the packaged path if it exists, else none
-/// (the built-in default).
-fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
-    flag.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()))
-}
-
 /// Loads the configuration `serve` runs with (before logging starts, which it configures).
 pub fn load_config(
     config_flag: Option<PathBuf>,
     state_dir_flag: Option<PathBuf>,
 ) -> Result<(Config, Environment), DaemonError> {
     let env = Environment::from_process(state_dir_flag);
-    let config = Config::load(config_path(config_flag).as_deref(), &env)?;
+    let config = Config::load(config::locate(config_flag).as_deref(), &env)?;
     Ok((config, env))
 }
 

@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use super::outbox::{Outbox, OutboxError};
 use super::{DetailType, Event};
-use crate::argv::Argv;
+use crate::argv::{Argv, RunError};
 use crate::metrics::Metrics;
 use crate::span::Span;
 
@@ -532,7 +532,23 @@ async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) -> bool
     }
 }
 
-async fn deliver(sink: &Sink, event: &Event) -> Result<(), String> {
+/// Why one delivery did not succeed; every kind is retried.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("{url}: {source}")]
+    Request { url: String, source: reqwest::Error },
+    #[error("{url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("`{command}` failed: {source}")]
+    Command { command: String, source: RunError },
+}
+
+async fn deliver(sink: &Sink, event: &Event) -> Result<(), DeliveryError> {
     match &sink.target {
         Target::Journal => {
             info!(
@@ -550,7 +566,7 @@ async fn deliver(sink: &Sink, event: &Event) -> Result<(), String> {
                 client,
                 key,
             } = hook.as_ref();
-            let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(event)?;
             let response = client
                 .post(&config.url)
                 .header("content-type", "application/json")
@@ -561,20 +577,26 @@ async fn deliver(sink: &Sink, event: &Event) -> Result<(), String> {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| format!("{}: {e}", config.url))?;
+                .map_err(|source| DeliveryError::Request {
+                    url: config.url.clone(),
+                    source,
+                })?;
             let status = response.status();
             if status.is_success() {
                 Ok(())
             } else {
-                Err(format!("{}: HTTP {status}", config.url))
+                Err(DeliveryError::Status {
+                    url: config.url.clone(),
+                    status,
+                })
             }
         }
         Target::Command(command) => run_command(command, event).await,
     }
 }
 
-async fn run_command(command: &CommandSink, event: &Event) -> Result<(), String> {
-    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+async fn run_command(command: &CommandSink, event: &Event) -> Result<(), DeliveryError> {
+    let body = serde_json::to_vec(event)?;
     let certificates = event.resources.join(",");
     let env = [
         ("CERTKEEPER_EVENT_ID", event.id.as_str()),
@@ -585,7 +607,10 @@ async fn run_command(command: &CommandSink, event: &Event) -> Result<(), String>
         .argv
         .run(&[], &env, Some(&body), command.timeout.std())
         .await
-        .map_err(|e| format!("`{}` failed: {e}", command.argv.shown()))
+        .map_err(|source| DeliveryError::Command {
+            command: command.argv.shown(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ impl Rfc2136 {
             tokio::time::timeout(UPDATE_TIMEOUT, exchange_tcp(self.server, &request, id))
                 .await
                 .map_err(|_| failed(format!("no answer within {}s", UPDATE_TIMEOUT.as_secs())))?
-                .map_err(failed)?;
+                .map_err(|e| failed(e.to_string()))?;
         tracing::debug!(server = %self.server, name, elapsed_ms = started.elapsed().as_millis() as u64, "RFC 2136 update answered");
         let answer = Message::from_vec(&response)
             .map_err(|e| failed(format!("cannot decode the answer: {e}")))?;
@@ -116,36 +116,52 @@ impl Rfc2136 {
     }
 }
 
-fn verify_response(verifier: &mut TSigVerifier, response: &[u8]) -> Result<(), String> {
-    verifier
-        .verify(response)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+fn verify_response(
+    verifier: &mut TSigVerifier,
+    response: &[u8],
+) -> Result<(), hickory_resolver::proto::ProtoError> {
+    verifier.verify(response).map(|_| ())
+}
+
+/// How one TCP exchange with the primary failed.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("the update is too large")]
+    TooLarge,
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("cannot send: {0}")]
+    Send(std::io::Error),
+    #[error("no answer: {0}")]
+    NoAnswer(std::io::Error),
+    #[error("truncated answer: {0}")]
+    Truncated(std::io::Error),
 }
 
 /// Sends one DNS message over TCP (two-byte length prefix) and returns the answer with `id`.
-async fn exchange_tcp(server: SocketAddr, request: &[u8], id: u16) -> Result<Vec<u8>, String> {
-    let length = u16::try_from(request.len()).map_err(|_| "the update is too large".to_owned())?;
+async fn exchange_tcp(
+    server: SocketAddr,
+    request: &[u8],
+    id: u16,
+) -> Result<Vec<u8>, ExchangeError> {
+    let length = u16::try_from(request.len()).map_err(|_| ExchangeError::TooLarge)?;
     let mut stream = tokio::net::TcpStream::connect(server)
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(ExchangeError::Connect)?;
     let mut framed = Vec::with_capacity(request.len() + 2);
     framed.extend_from_slice(&length.to_be_bytes());
     framed.extend_from_slice(request);
     stream
         .write_all(&framed)
         .await
-        .map_err(|e| format!("cannot send: {e}"))?;
+        .map_err(ExchangeError::Send)?;
     loop {
-        let length = stream
-            .read_u16()
-            .await
-            .map_err(|e| format!("no answer: {e}"))?;
+        let length = stream.read_u16().await.map_err(ExchangeError::NoAnswer)?;
         let mut answer = vec![0u8; usize::from(length)];
         stream
             .read_exact(&mut answer)
             .await
-            .map_err(|e| format!("truncated answer: {e}"))?;
+            .map_err(ExchangeError::Truncated)?;
         // The first two bytes are the message ID; skip anything that is not our answer.
         if answer.len() >= 2 && u16::from_be_bytes([answer[0], answer[1]]) == id {
             return Ok(answer);
