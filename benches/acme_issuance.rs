@@ -149,7 +149,7 @@ struct Peers {
 }
 
 impl Peers {
-    fn start() -> Peers {
+    fn start() -> Self {
         let knot = Knot::start(&["customer.test.", "acme.test."]);
         let unbound = Unbound::start(&[("customer.test.", knot.addr), ("acme.test.", knot.addr)]);
         let pebble = Pebble::start(PebbleOptions {
@@ -158,7 +158,7 @@ impl Peers {
             authz_reuse_percent: 0,  // PEBBLE_AUTHZREUSE=0
             ..PebbleOptions::new(unbound.addr)
         });
-        Peers {
+        Self {
             knot,
             unbound,
             pebble,
@@ -279,10 +279,10 @@ struct LogFollower {
 }
 
 impl LogFollower {
-    fn open(path: &Path) -> LogFollower {
+    fn open(path: &Path) -> Self {
         let mut file = std::fs::File::open(path).expect("daemon log");
         file.seek(SeekFrom::End(0)).expect("seek log");
-        LogFollower {
+        Self {
             file,
             partial: String::new(),
         }
@@ -484,7 +484,7 @@ struct Lego {
 }
 
 impl Lego {
-    fn new(peers: &Peers, polling_interval: u64) -> Lego {
+    fn new(peers: &Peers, polling_interval: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let knot = &peers.knot;
         let env = [
@@ -511,7 +511,7 @@ impl Lego {
         .collect();
         let logs = dir.path().join("logs");
         std::fs::create_dir(&logs).expect("lego logs dir");
-        Lego {
+        Self {
             path: dir.path().join("lego"),
             logs,
             env,

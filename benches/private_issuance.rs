@@ -54,7 +54,7 @@ fn args() -> Args {
                 args.requests = it
                     .next()
                     .and_then(|v| v.parse().ok())
-                    .expect("--requests N")
+                    .expect("--requests N");
             }
             "--concurrency" => {
                 args.concurrency = it
@@ -208,8 +208,8 @@ enum Op {
 impl Op {
     fn certificates_per_request(self) -> usize {
         match self {
-            Op::SignBatch(n) => n,
-            Op::Sign | Op::Full => 1,
+            Self::SignBatch(n) => n,
+            Self::Sign | Self::Full => 1,
         }
     }
 }

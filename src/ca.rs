@@ -108,7 +108,7 @@ impl Authority {
         key_pkcs8: &[u8],
         permitted_dns: Vec<String>,
         path_length: Option<u8>,
-    ) -> Result<Authority, CaError> {
+    ) -> Result<Self, CaError> {
         let key = keys::load_pkcs8(key_pkcs8)?;
         let der = pem::certificates(cert_pem)
             .into_iter()
@@ -119,7 +119,7 @@ impl Authority {
             .not_after;
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(der), key)
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(Authority {
+        Ok(Self {
             name: name.to_owned(),
             issuer,
             cert_pem: cert_pem.to_owned(),

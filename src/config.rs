@@ -389,9 +389,7 @@ pub enum MasterKeySource {
 impl MasterKeySource {
     pub fn path(&self) -> &Path {
         match self {
-            MasterKeySource::File(p)
-            | MasterKeySource::Credential(p)
-            | MasterKeySource::StateDir(p) => p,
+            Self::File(p) | Self::Credential(p) | Self::StateDir(p) => p,
         }
     }
 }
@@ -414,7 +412,7 @@ impl Environment {
                 .and_then(|v| std::env::split_paths(&v).next())
                 .filter(|p| !p.as_os_str().is_empty())
         };
-        Environment {
+        Self {
             state_dir_flag,
             state_directory: first_path("STATE_DIRECTORY"),
             credentials_directory: first_path("CREDENTIALS_DIRECTORY"),
@@ -447,28 +445,28 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads `path`, or the built-in default when `path` is `None`.
-    pub fn load(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: &Environment) -> Result<Self, ConfigError> {
         let Some(path) = path else {
-            return Config::from_raw(RawConfig::default(), None, env);
+            return Self::from_raw(RawConfig::default(), None, env);
         };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path, env)
+        Self::parse(&text, path, env)
     }
 
     /// Parses config text; `path` is used for messages and to mark the source.
-    pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|err| syntax_error(text, path, &err))?;
-        Config::from_raw(raw, Some(path), env)
+        Self::from_raw(raw, Some(path), env)
     }
 
     fn from_raw(
         raw: RawConfig,
         source: Option<&Path>,
         env: &Environment,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Self, ConfigError> {
         let origin = source.map_or_else(
             || "built-in default".to_owned(),
             |p| p.display().to_string(),
@@ -566,7 +564,7 @@ impl Config {
         }
 
         let acme = acme_issuers(raw.acme, &cas, &invalid)?;
-        Ok(Config {
+        Ok(Self {
             source: source.map(Path::to_owned),
             store_path: raw
                 .store
@@ -875,8 +873,8 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
 }
 
 impl RawCa {
-    fn default_root() -> RawCa {
-        RawCa {
+    fn default_root() -> Self {
+        Self {
             name: DEFAULT_CA.to_owned(),
             parent: None,
             common_name: None,

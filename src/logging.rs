@@ -14,7 +14,7 @@ pub struct Logging {
 
 impl Logging {
     /// Installs the global subscriber. `RUST_LOG`, when set, overrides the config's level.
-    pub fn init(target: LogTarget, level: &str) -> Logging {
+    pub fn init(target: LogTarget, level: &str) -> Self {
         let (filter, handle) = reload::Layer::new(filter_for(level));
         let journald = match target {
             LogTarget::Stderr => None,
@@ -42,7 +42,7 @@ impl Logging {
             .with(filter)
             .with(output)
             .try_init();
-        Logging {
+        Self {
             filter: handle,
             target: used,
         }

@@ -54,7 +54,7 @@ pub struct Metrics {
 const ORIGINS: [&str; 3] = ["private", "imported", "public"];
 
 impl Metrics {
-    pub fn issued(&self, origin: crate::model::Origin) {
+    pub fn issued(&self, origin: Origin) {
         let i = ORIGINS
             .iter()
             .position(|o| *o == origin.as_str())

@@ -173,15 +173,15 @@ pub enum Domain {
 
 impl Domain {
     pub fn is_wildcard(&self) -> bool {
-        matches!(self, Domain::Dns(name) if name.starts_with("*."))
+        matches!(self, Self::Dns(name) if name.starts_with("*."))
     }
 }
 
 impl fmt::Display for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Domain::Dns(name) => f.write_str(name),
-            Domain::Ip(ip) => write!(f, "{ip}"),
+            Self::Dns(name) => f.write_str(name),
+            Self::Ip(ip) => write!(f, "{ip}"),
         }
     }
 }
@@ -203,7 +203,7 @@ impl FromStr for Domain {
             reason,
         };
         if let Ok(ip) = input.parse::<IpAddr>() {
-            return Ok(Domain::Ip(ip));
+            return Ok(Self::Ip(ip));
         }
         let name = input
             .strip_suffix('.')
@@ -234,7 +234,7 @@ impl FromStr for Domain {
             }
             check_label(label).map_err(fail)?;
         }
-        Ok(Domain::Dns(name))
+        Ok(Self::Dns(name))
     }
 }
 
@@ -309,7 +309,7 @@ impl Serial {
             [0, rest @ ..] if !rest.is_empty() => rest,
             _ => bytes,
         };
-        Serial(trimmed.iter().map(|b| format!("{b:02x}")).collect())
+        Self(trimmed.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     pub fn as_str(&self) -> &str {
@@ -333,7 +333,7 @@ impl Serial {
         let valid = !hex.is_empty()
             && hex.len().is_multiple_of(2)
             && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        valid.then_some(Serial(hex))
+        valid.then_some(Self(hex))
     }
 }
 
@@ -353,14 +353,14 @@ impl CertificateId {
     pub const PREFIX: &'static str = "ck-";
 
     pub fn generate() -> Self {
-        CertificateId(format!("{}{}", Self::PREFIX, uuid::Uuid::now_v7()))
+        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::now_v7()))
     }
 
     /// Accepts only well-formed ids; anything else is treated as a certificate name by callers.
     pub fn parse(text: &str) -> Option<Self> {
         let uuid = text.strip_prefix(Self::PREFIX)?;
         uuid::Uuid::parse_str(uuid).ok()?;
-        Some(CertificateId(text.to_ascii_lowercase()))
+        Some(Self(text.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -115,7 +115,7 @@ impl Schedule {
     /// Parses standard 5-field crontab syntax ("m h dom mon dow"), a shortcut (`@daily`) or the
     /// cron crate's 6/7-field form (seconds first, optional year). `tz` is an IANA name
     /// ("Europe/Berlin") or None for UTC.
-    pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, ScheduleError> {
+    pub fn parse(expr: &str, tz: Option<&str>) -> Result<Self, ScheduleError> {
         let translated = to_quartz(expr)?;
         let cron = cron::Schedule::try_from(translated.quartz.as_str()).map_err(|e| {
             ScheduleError::Invalid {
@@ -142,7 +142,7 @@ impl Schedule {
                     zone: zone.to_owned(),
                 })?,
         };
-        Ok(Schedule {
+        Ok(Self {
             cron,
             text: expr.to_owned(),
             tz,

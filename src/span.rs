@@ -22,11 +22,11 @@ const UNITS: &[(char, u64)] = &[
 
 impl Span {
     pub const fn from_secs(secs: u64) -> Self {
-        Span(std::time::Duration::from_secs(secs))
+        Self(std::time::Duration::from_secs(secs))
     }
 
     pub const fn from_days(days: u64) -> Self {
-        Span::from_secs(days * 86_400)
+        Self::from_secs(days * 86_400)
     }
 
     pub fn as_secs(self) -> u64 {
@@ -88,7 +88,7 @@ impl FromStr for Span {
             total = total.checked_add(part).ok_or_else(|| fail("too large"))?;
             rest = &rest[digits + unit.len_utf8()..];
         }
-        Ok(Span::from_secs(total))
+        Ok(Self::from_secs(total))
     }
 }
 

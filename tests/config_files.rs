@@ -47,7 +47,7 @@ fn table_paths(table: &toml::Table, prefix: Vec<String>, out: &mut Vec<Vec<Strin
     for (key, value) in table {
         match value {
             toml::Value::Table(sub) => {
-                table_paths(sub, [prefix.clone(), vec![key.clone()]].concat(), out)
+                table_paths(sub, [prefix.clone(), vec![key.clone()]].concat(), out);
             }
             toml::Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {

@@ -11,17 +11,17 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
 
 /// A server process we started; killed on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub name: &'static str,
     pub child: Child,
     pub target: Target,
 }
 
 #[derive(Clone)]
-pub enum Target {
+pub(crate) enum Target {
     Unix(PathBuf),
     Tcp(String),
 }
@@ -35,7 +35,7 @@ impl Drop for Server {
 
 impl Server {
     /// User + system CPU time so far, in milliseconds.
-    pub fn cpu_ms(&self) -> f64 {
+    pub(crate) fn cpu_ms(&self) -> f64 {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
@@ -53,7 +53,7 @@ impl Server {
     /// Bytes the process has written through write(2) and friends so far (`wchar` in
     /// /proc/<pid>/io): for the store, its WAL and checkpoint writes.
     #[allow(dead_code)] // not every benchmark reports it
-    pub fn written_bytes(&self) -> f64 {
+    pub(crate) fn written_bytes(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/io", self.child.id()))
             .unwrap_or_default()
             .lines()
@@ -73,16 +73,16 @@ impl Server {
             .unwrap_or(0.0)
     }
 
-    pub fn peak_rss_mib(&self) -> f64 {
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
         self.status_kib("VmHWM:") / 1024.0
     }
 
-    pub fn rss_mib(&self) -> f64 {
+    pub(crate) fn rss_mib(&self) -> f64 {
         self.status_kib("VmRSS:") / 1024.0
     }
 
     /// SIGTERM and wait.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -91,7 +91,7 @@ impl Server {
     }
 }
 
-pub fn wait_for(what: &str, timeout: Duration, ready: impl Fn() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, ready: impl Fn() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
         assert!(
@@ -103,7 +103,7 @@ pub fn wait_for(what: &str, timeout: Duration, ready: impl Fn() -> bool) {
 }
 
 /// Starts `certkeeper serve` on `state` with `config`, stderr to `log` (or inherited).
-pub fn start_certkeeper(
+pub(crate) fn start_certkeeper(
     state: &std::path::Path,
     config: &std::path::Path,
     log: Option<&std::path::Path>,
@@ -140,7 +140,7 @@ pub fn start_certkeeper(
     }
 }
 
-pub async fn connect(target: &Target) -> SendRequest<Full<Bytes>> {
+pub(crate) async fn connect(target: &Target) -> SendRequest<Full<Bytes>> {
     macro_rules! handshake {
         ($stream:expr) => {{
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
@@ -165,7 +165,7 @@ pub async fn connect(target: &Target) -> SendRequest<Full<Bytes>> {
 }
 
 /// One request on a kept-alive connection; panics on a non-2xx answer.
-pub async fn call(
+pub(crate) async fn call(
     sender: &mut SendRequest<Full<Bytes>>,
     method: &str,
     path: &str,
@@ -196,7 +196,7 @@ pub async fn call(
 }
 
 /// `n` distinct P-256 CSRs, PEM.
-pub fn csrs(n: usize) -> Vec<String> {
+pub(crate) fn csrs(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let key = rcgen::KeyPair::generate().expect("key");
@@ -212,7 +212,7 @@ pub fn csrs(n: usize) -> Vec<String> {
 }
 
 /// The value at quantile `q` of sorted samples, in milliseconds.
-pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+pub(crate) fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -102,7 +102,7 @@ impl AcmeError {
     /// When the CA allows the next attempt, if it said.
     pub fn retry_not_before(&self) -> Option<OffsetDateTime> {
         match self {
-            AcmeError::RateLimited { until, .. } => Some(*until),
+            Self::RateLimited { until, .. } => Some(*until),
             _ => None,
         }
     }
@@ -111,8 +111,8 @@ impl AcmeError {
     /// next attempt takes it up again instead of ordering anew.
     fn is_transient(&self) -> bool {
         match self {
-            AcmeError::RateLimited { .. } | AcmeError::Store(_) => true,
-            AcmeError::Protocol { source, .. } => transient(source),
+            Self::RateLimited { .. } | Self::Store(_) => true,
+            Self::Protocol { source, .. } => transient(source),
             _ => false,
         }
     }
@@ -226,7 +226,7 @@ impl Acme {
         validation: ValidationConfig,
         http: Option<http::Tokens>,
         dns: Option<Arc<dns::DnsValidator>>,
-    ) -> Acme {
+    ) -> Self {
         let issuers = issuers
             .iter()
             .map(|config| {
@@ -239,7 +239,7 @@ impl Acme {
                 (config.name.clone(), Arc::new(runtime))
             })
             .collect();
-        Acme {
+        Self {
             store,
             issuers,
             http,
@@ -316,7 +316,7 @@ impl Acme {
             match self.account(runtime).await {
                 Err(err @ AcmeError::Config { .. }) => return Err(err),
                 Err(err) => {
-                    warn!(issuer, error = %err, "cannot reach the ACME CA now; the order will wait for it")
+                    warn!(issuer, error = %err, "cannot reach the ACME CA now; the order will wait for it");
                 }
                 Ok(_) => {}
             }
@@ -673,7 +673,7 @@ impl Acme {
                 // The CA could not be asked: keep the order for the next attempt.
                 Err(err) if transient(&err) => return Err(protocol(err)),
                 Err(err) => {
-                    info!(cert = %cert.id, order = %url, error = %err, "stored ACME order unusable; starting another")
+                    info!(cert = %cert.id, order = %url, error = %err, "stored ACME order unusable; starting another");
                 }
             }
             // That answer may have come with a Retry-After.
@@ -825,8 +825,8 @@ impl Acme {
 impl Solver {
     fn challenge_type(&self) -> ChallengeType {
         match self {
-            Solver::Http(_) => ChallengeType::Http01,
-            Solver::Dns(_) => ChallengeType::Dns01,
+            Self::Http(_) => ChallengeType::Http01,
+            Self::Dns(_) => ChallengeType::Dns01,
         }
     }
 
@@ -840,7 +840,7 @@ impl Solver {
     ) -> Result<Published, AcmeError> {
         let key_authorization = challenge.key_authorization();
         match self {
-            Solver::Http(tokens) => {
+            Self::Http(tokens) => {
                 // The token becomes a file name under a webroot: nothing but base64url.
                 if !http::is_token(&challenge.token) {
                     return Err(AcmeError::Validation {
@@ -855,7 +855,7 @@ impl Solver {
                 tokens.insert(&challenge.token, key_authorization.as_str());
                 Ok(Published::Token(challenge.token.clone()))
             }
-            Solver::Dns(validator) => {
+            Self::Dns(validator) => {
                 let (name, value) = txt_record(validator, base, challenge);
                 validator.publish(&name, &value).await?;
                 Ok(Published::Txt { name, value })
@@ -872,10 +872,10 @@ impl Solver {
         challenge: &instant_acme::ChallengeHandle<'_>,
     ) -> Option<Published> {
         match self {
-            Solver::Http(_) => {
+            Self::Http(_) => {
                 http::is_token(&challenge.token).then(|| Published::Token(challenge.token.clone()))
             }
-            Solver::Dns(validator) => {
+            Self::Dns(validator) => {
                 let (name, value) = txt_record(validator, base, challenge);
                 Some(Published::Txt { name, value })
             }
@@ -886,8 +886,8 @@ impl Solver {
     /// (a stale TXT record is harmless, and the order's outcome matters more).
     async fn withdraw(&self, published: Published) {
         match (self, published) {
-            (Solver::Http(tokens), Published::Token(token)) => tokens.remove(&token),
-            (Solver::Dns(validator), Published::Txt { name, value }) => {
+            (Self::Http(tokens), Published::Token(token)) => tokens.remove(&token),
+            (Self::Dns(validator), Published::Txt { name, value }) => {
                 if let Err(err) = validator.withdraw(&name, &value).await {
                     warn!(%name, error = %err, "could not withdraw a DNS-01 TXT record");
                 }

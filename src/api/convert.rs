@@ -69,7 +69,7 @@ impl TryFrom<SignRequest> for inventory::SignRequest {
 }
 
 /// A batch: each request converted, an error naming the one at fault (`requests[i]`).
-pub fn sign_batch(requests: Vec<SignRequest>) -> Result<Vec<inventory::SignRequest>> {
+pub(super) fn sign_batch(requests: Vec<SignRequest>) -> Result<Vec<inventory::SignRequest>> {
     requests
         .into_iter()
         .enumerate()

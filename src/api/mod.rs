@@ -84,7 +84,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
+        Self {
             status,
             code,
             message: message.into(),
@@ -92,7 +92,7 @@ impl ApiError {
     }
 
     fn invalid(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid-input", message)
+        Self::new(StatusCode::BAD_REQUEST, "invalid-input", message)
     }
 }
 
@@ -114,7 +114,7 @@ impl From<InventoryError> for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %err, "request failed");
         }
-        ApiError::new(status, code, err.to_string())
+        Self::new(status, code, err.to_string())
     }
 }
 
@@ -154,7 +154,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
+            Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
@@ -302,7 +302,7 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
                 filter.tags.push((k, v));
             }
             "expiring_within" => {
-                filter.expiring_within = Some(value.parse::<Span>().map_err(|e| invalid(&e))?)
+                filter.expiring_within = Some(value.parse::<Span>().map_err(|e| invalid(&e))?);
             }
             "limit" => {
                 let limit: u32 = value.parse().map_err(|e| invalid(&e))?;

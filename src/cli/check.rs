@@ -17,7 +17,7 @@ const WARNING: u8 = 1;
 const CRITICAL: u8 = 2;
 const UNKNOWN: u8 = 3;
 
-pub async fn run(
+pub(super) async fn run(
     client: &Client,
     warning: Span,
     critical: Span,

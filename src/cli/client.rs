@@ -28,27 +28,27 @@ pub enum ClientError {
     Protocol(String),
 }
 
-pub struct Client {
+pub(super) struct Client {
     socket: PathBuf,
 }
 
 impl Client {
-    pub fn new(socket: &Path) -> Client {
-        Client {
+    pub(super) fn new(socket: &Path) -> Self {
+        Self {
             socket: socket.to_owned(),
         }
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let bytes = self.call(Method::GET, path, None).await?;
         decode(&bytes)
     }
 
-    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+    pub(super) async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         self.call(Method::GET, path, None).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
+    pub(super) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
@@ -58,7 +58,7 @@ impl Client {
         decode(&bytes)
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(
+    pub(super) async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
@@ -68,7 +68,7 @@ impl Client {
         decode(&bytes)
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    pub(super) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let bytes = self.call(Method::DELETE, path, None).await?;
         decode(&bytes)
     }
@@ -137,7 +137,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
 
 /// Percent-encodes one path segment or query value (ids and names are mostly safe already;
 /// wildcard names carry '*').
-pub fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

@@ -427,7 +427,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure {
+        Self {
             code,
             message: message.into(),
         }
@@ -447,13 +447,13 @@ impl From<ClientError> for Failure {
             ClientError::Api { .. } => exit::FAILED,
             ClientError::Protocol(_) => exit::SOFTWARE,
         };
-        Failure::new(code, err.to_string())
+        Self::new(code, err.to_string())
     }
 }
 
 impl From<std::io::Error> for Failure {
     fn from(err: std::io::Error) -> Self {
-        Failure::new(exit::IO, format!("cannot write output: {err}"))
+        Self::new(exit::IO, format!("cannot write output: {err}"))
     }
 }
 

@@ -9,21 +9,21 @@ use crate::api::types::{CaDetails, CertificateList};
 use crate::model::{CaInfo, Certificate};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(super) enum Format {
     /// Aligned tables and key: value lines.
     Table,
     /// One JSON document per invocation.
     Json,
 }
 
-pub fn json<T: Serialize>(value: &T) -> std::io::Result<()> {
+pub(super) fn json<T: Serialize>(value: &T) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -50,16 +50,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn date(t: OffsetDateTime) -> String {
+pub(super) fn date(t: OffsetDateTime) -> String {
     crate::model::rfc3339(t)
 }
 
 /// A time that may not exist yet (before a certificate's first version): "-".
-pub fn maybe_date(t: Option<OffsetDateTime>) -> String {
+pub(super) fn maybe_date(t: Option<OffsetDateTime>) -> String {
     t.map_or_else(|| "-".to_owned(), date)
 }
 
-pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
+pub(super) fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = list
         .certificates
         .iter()
@@ -88,7 +88,7 @@ pub fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn certificate(c: &Certificate) -> std::io::Result<()> {
+pub(super) fn certificate(c: &Certificate) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut field = |k: &str, v: String| writeln!(out, "{:<18}{v}", format!("{k}:"));
     field("id", c.id.to_string())?;
@@ -183,7 +183,7 @@ pub fn certificate(c: &Certificate) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn ca_list(cas: &[CaInfo]) -> std::io::Result<()> {
+pub(super) fn ca_list(cas: &[CaInfo]) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = cas
         .iter()
         .map(|ca| {
@@ -216,7 +216,7 @@ pub fn ca_list(cas: &[CaInfo]) -> std::io::Result<()> {
     )
 }
 
-pub fn ca(details: &CaDetails) -> std::io::Result<()> {
+pub(super) fn ca(details: &CaDetails) -> std::io::Result<()> {
     let ca = &details.ca;
     let mut out = std::io::stdout().lock();
     let mut field = |k: &str, v: String| writeln!(out, "{:<16}{v}", format!("{k}:"));
@@ -259,7 +259,7 @@ pub fn ca(details: &CaDetails) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn explanation(e: &crate::api::types::Explanation) -> std::io::Result<()> {
+pub(super) fn explanation(e: &crate::api::types::Explanation) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} ({}), {}", e.id, e.name, e.status)?;
     match e.next_action_at {

@@ -66,18 +66,14 @@ impl DaemonError {
     /// including a master key that does not open the stored keys.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::MasterKey(_) | DaemonError::Sink(_) => {
-                exit::CONFIG
-            }
-            DaemonError::Store(StoreError::Seal(_)) => exit::CONFIG,
-            DaemonError::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
-            DaemonError::AlreadyRunning(_) | DaemonError::SocketInUse(_) => exit::TEMP_FAIL,
-            DaemonError::Io { .. } => exit::CANT_CREATE,
-            DaemonError::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
-            DaemonError::Dns(_) => exit::CONFIG,
-            DaemonError::Store(_) | DaemonError::Inventory(_) | DaemonError::TaskEnded { .. } => {
-                exit::SOFTWARE
-            }
+            Self::Config(_) | Self::MasterKey(_) | Self::Sink(_) => exit::CONFIG,
+            Self::Store(StoreError::Seal(_)) => exit::CONFIG,
+            Self::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
+            Self::AlreadyRunning(_) | Self::SocketInUse(_) => exit::TEMP_FAIL,
+            Self::Io { .. } => exit::CANT_CREATE,
+            Self::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
+            Self::Dns(_) => exit::CONFIG,
+            Self::Store(_) | Self::Inventory(_) | Self::TaskEnded { .. } => exit::SOFTWARE,
         }
     }
 }

@@ -14,16 +14,16 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{error, warn};
 
 /// Why a task ended.
-pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Default)]
-pub struct Tasks {
+pub(super) struct Tasks {
     set: JoinSet<Result<(), TaskError>>,
     names: HashMap<Id, &'static str>,
 }
 
 /// A task that ended, and how.
-pub struct Ended {
+pub(super) struct Ended {
     pub task: &'static str,
     /// Its error, or why ending at all is one.
     pub reason: String,
@@ -31,7 +31,7 @@ pub struct Ended {
 
 impl Tasks {
     /// Runs `task` in the set under `name`.
-    pub fn spawn<E: Into<TaskError>>(
+    pub(super) fn spawn<E: Into<TaskError>>(
         &mut self,
         name: &'static str,
         task: impl Future<Output = Result<(), E>> + Send + 'static,
@@ -44,7 +44,7 @@ impl Tasks {
 
     /// The first task to end. While the daemon runs, any end is a failure. Pending forever
     /// when the set is empty.
-    pub async fn first_ended(&mut self) -> Ended {
+    pub(super) async fn first_ended(&mut self) -> Ended {
         match self.set.join_next_with_id().await {
             Some(joined) => self.ended(joined),
             None => std::future::pending().await,
@@ -52,7 +52,7 @@ impl Tasks {
     }
 
     /// After shutdown: waits for every task, logging the ones that failed as they stopped.
-    pub async fn drain(&mut self) {
+    pub(super) async fn drain(&mut self) {
         while let Some(joined) = self.set.join_next_with_id().await {
             let failed = matches!(&joined, Ok((_, Err(_))) | Err(_));
             if failed {
@@ -75,7 +75,7 @@ impl Tasks {
 }
 
 /// Logs the end of a task while the daemon runs, as the error it is.
-pub fn report(ended: &Ended) {
+pub(super) fn report(ended: &Ended) {
     error!(task = ended.task, error = %ended.reason, "task ended while the daemon was running; stopping so that systemd restarts certkeeper");
 }
 

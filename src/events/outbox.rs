@@ -60,9 +60,8 @@ pub trait Outbox: Clone + Send + Sync + 'static {
 /// Prunes events older than `retention` that every sink in `sinks` has acknowledged. A sink
 /// without a cursor yet (or a failed read) prunes nothing: what it may still need stays.
 pub async fn prune(outbox: &impl Outbox, sinks: &[String], retention: Span, now: OffsetDateTime) {
-    let mut max_seq = match outbox.last_seq().await {
-        Ok(seq) => seq,
-        Err(_) => return,
+    let Ok(mut max_seq) = outbox.last_seq().await else {
+        return;
     };
     for name in sinks {
         match outbox.cursor(name).await {

@@ -346,8 +346,8 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn saved_at(seq: i64) -> Cursor {
-        Cursor {
+    fn saved_at(seq: i64) -> Self {
+        Self {
             delivered: seq,
             saved: seq,
             saved_when: Instant::now(),

@@ -433,9 +433,8 @@ impl Inventory {
         // The CA's window for the new certificate; without one (no ARI, or the CA could not
         // be asked just now) the renewal follows certkeeper's own rule.
         let renewal_info = match acme.renewal_window(&cert.issuer, &issued.cert_pem).await {
-            Ok(window) => window.map(|w| {
-                policy::choose_renewal_time(w, None, now, super::renewal::random_fraction())
-            }),
+            Ok(window) => window
+                .map(|w| policy::choose_renewal_time(w, None, now, renewal::random_fraction())),
             Err(err) => {
                 tracing::warn!(cert = %cert.id, error = %err, "renewal information unavailable; renewing on certkeeper's own schedule");
                 None
@@ -669,7 +668,7 @@ fn resolve_name(name: Option<Name>, domains: &[Domain]) -> Result<(String, bool)
 
 /// The most CSRs one `sign_batch` takes: its transaction stays short, its body under the
 /// default request limit (a P-256 CSR is about 0.5 KiB).
-pub const MAX_SIGN_BATCH: usize = 1000;
+pub(super) const MAX_SIGN_BATCH: usize = 1000;
 
 /// What a signed certificate is answered with besides its record.
 struct SignedPem {

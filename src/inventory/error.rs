@@ -92,10 +92,7 @@ pub enum InventoryError {
     Store(StoreError),
     /// One request of a batch failed: which, and how.
     #[error("requests[{index}]: {error}")]
-    InRequest {
-        index: usize,
-        error: Box<InventoryError>,
-    },
+    InRequest { index: usize, error: Box<Self> },
     /// Something on our side failed that no input can cause (cryptography, a worker thread).
     #[error("internal error: {0}")]
     Internal(Internal),

@@ -103,8 +103,8 @@ impl Settings {
         format!("renew-before {}; window {window}", self.renew_before)
     }
 
-    pub fn from_config(config: &Config) -> Settings {
-        Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
             defaults: config.defaults.clone(),
             renew_before: config.renewal.renew_before,
             window: config.renewal.window.clone(),
@@ -124,8 +124,8 @@ const DAYS_BEFORE_EXPIRY: &str = "days-before-expiry";
 const RENEWAL_POLICY: &str = "renewal-policy";
 
 impl Inventory {
-    pub fn new(store: Store, settings: Settings, acme: Option<Arc<Acme>>) -> Inventory {
-        Inventory {
+    pub fn new(store: Store, settings: Settings, acme: Option<Arc<Acme>>) -> Self {
+        Self {
             store,
             authorities: RwLock::new(HashMap::new()),
             settings: RwLock::new(settings),

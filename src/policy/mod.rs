@@ -75,17 +75,17 @@ pub enum Rule {
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Rule::RenewBefore => "renew-before",
-            Rule::LifetimeClamp => "lifetime clamp",
-            Rule::Window => "maintenance window",
-            Rule::Urgent => "expiry near: maintenance window overridden",
-            Rule::Backoff => "retry backoff after a failure",
-            Rule::RetryAfter => "retry backoff: the CA asked to wait (Retry-After)",
-            Rule::AriWindow => "ari-window",
-            Rule::AriCheck => "ari",
-            Rule::FirstIssuance => "first issuance",
-            Rule::ValidationLadder => "waiting for validation records",
-            Rule::NotRenewed => "not managed",
+            Self::RenewBefore => "renew-before",
+            Self::LifetimeClamp => "lifetime clamp",
+            Self::Window => "maintenance window",
+            Self::Urgent => "expiry near: maintenance window overridden",
+            Self::Backoff => "retry backoff after a failure",
+            Self::RetryAfter => "retry backoff: the CA asked to wait (Retry-After)",
+            Self::AriWindow => "ari-window",
+            Self::AriCheck => "ari",
+            Self::FirstIssuance => "first issuance",
+            Self::ValidationLadder => "waiting for validation records",
+            Self::NotRenewed => "not managed",
         })
     }
 }

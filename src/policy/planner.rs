@@ -470,7 +470,7 @@ mod tests {
                 failing,
                 Step::Retry,
                 Rule::Backoff,
-                Some(super::super::retry(ID, 2, NOW, NOW + Duration::days(90))),
+                Some(retry(ID, 2, NOW, NOW + Duration::days(90))),
             ),
             (
                 "healthy",

@@ -63,8 +63,8 @@ impl StoreError {
     /// SQLite finds corrupt): retrying cannot help.
     pub fn is_corrupt(&self) -> bool {
         match self {
-            StoreError::Corrupt(_) => true,
-            StoreError::Database(err) | StoreError::Open { source: err, .. } => matches!(
+            Self::Corrupt(_) => true,
+            Self::Database(err) | Self::Open { source: err, .. } => matches!(
                 err.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
             ),
@@ -321,14 +321,14 @@ impl Store {
         path: &Path,
         synchronous: Synchronous,
         keyring: Keyring,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<Self, StoreError> {
         let path = path.to_owned();
         let (db, conn) = tokio::task::spawn_blocking(move || sqlite::Db::open(&path, synchronous))
             .await
             .map_err(|e| StoreError::Invalid(format!("open task failed: {e}")))??;
         let events_committed = Arc::new(tokio::sync::Notify::new());
         let writer = writer::spawn(conn, events_committed.clone())?;
-        Ok(Store {
+        Ok(Self {
             db,
             writer,
             keyring: Arc::new(keyring),
@@ -950,10 +950,10 @@ pub(crate) enum SealedRecord {
 impl SealedRecord {
     fn name(&self) -> String {
         match self {
-            SealedRecord::Version(id, v) => version_record(id, *v),
-            SealedRecord::Ca(name) => ca_record(name),
-            SealedRecord::AcmeAccount(issuer) => acme_account_record(issuer),
-            SealedRecord::AcmeOrder(id) => acme_order_record(id),
+            Self::Version(id, v) => version_record(id, *v),
+            Self::Ca(name) => ca_record(name),
+            Self::AcmeAccount(issuer) => acme_account_record(issuer),
+            Self::AcmeOrder(id) => acme_order_record(id),
         }
     }
 }
@@ -984,7 +984,7 @@ fn count(answer: Answer) -> Result<usize, StoreError> {
 }
 impl crate::events::outbox::OutboxError for StoreError {
     fn is_corrupt(&self) -> bool {
-        StoreError::is_corrupt(self)
+        Self::is_corrupt(self)
     }
 }
 
@@ -997,7 +997,7 @@ impl crate::events::outbox::Outbox for Store {
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, Event)>, StoreError> {
-        Store::events_after(self, after, limit).await
+        Self::events_after(self, after, limit).await
     }
 
     async fn cursor(&self, sink: &str) -> Result<Option<i64>, StoreError> {

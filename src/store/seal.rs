@@ -56,7 +56,7 @@ impl MasterKey {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        MasterKey { kid, bytes }
+        Self { kid, bytes }
     }
 }
 
@@ -75,7 +75,7 @@ pub struct Sealed {
 
 impl Keyring {
     pub fn new(current: [u8; KEY_LEN], previous: Vec<[u8; KEY_LEN]>) -> Self {
-        Keyring {
+        Self {
             current: MasterKey::new(Zeroizing::new(current)),
             previous: previous
                 .into_iter()
@@ -90,7 +90,7 @@ impl Keyring {
         current: &Path,
         create: bool,
         previous: &[PathBuf],
-    ) -> Result<(Keyring, bool), SealError> {
+    ) -> Result<(Self, bool), SealError> {
         let created = create && !current.exists();
         if created {
             write_new_key_file(current)?;
@@ -99,7 +99,7 @@ impl Keyring {
         for path in previous {
             old.push(*read_key_file(path)?);
         }
-        Ok((Keyring::new(*read_key_file(current)?, old), created))
+        Ok((Self::new(*read_key_file(current)?, old), created))
     }
 
     pub fn current_kid(&self) -> &str {

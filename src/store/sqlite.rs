@@ -69,7 +69,7 @@ impl Db {
     pub(super) fn open(
         path: &Path,
         synchronous: Synchronous,
-    ) -> Result<(Db, Connection), StoreError> {
+    ) -> Result<(Self, Connection), StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -89,7 +89,7 @@ impl Db {
             available: tokio::sync::Semaphore::new(READERS),
         };
         Ok((
-            Db {
+            Self {
                 readers: Arc::new(readers),
             },
             writer,

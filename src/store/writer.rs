@@ -184,31 +184,31 @@ pub(super) enum Job {
 impl Job {
     fn reply(self) -> Reply {
         match self {
-            Job::InsertCertificates { reply, .. }
-            | Job::AddVersion { reply, .. }
-            | Job::Revoke { reply, .. }
-            | Job::Delete { reply, .. }
-            | Job::SetTags { reply, .. }
-            | Job::InsertCa { reply, .. }
-            | Job::InstallCa { reply, .. }
-            | Job::SaveCrl { reply, .. }
-            | Job::Rewrap { reply, .. }
-            | Job::ClaimDue { reply, .. }
-            | Job::RenewalFailed { reply, .. }
-            | Job::ReleaseLeases { reply, .. }
-            | Job::SetRenewalInfo { reply, .. }
-            | Job::MarkExpired { reply, .. }
-            | Job::ExpiryEvents { reply, .. }
-            | Job::SetNextAction { reply, .. }
-            | Job::SetSetting { reply, .. }
-            | Job::SetCaDisabled { reply, .. }
-            | Job::SetSinkCursor { reply, .. }
-            | Job::PruneEvents { reply, .. }
-            | Job::SaveAcmeAccount { reply, .. }
-            | Job::SaveAcmeOrder { reply, .. }
-            | Job::DeleteAcmeOrder { reply, .. }
-            | Job::SetStatus { reply, .. }
-            | Job::Ping { reply } => reply,
+            Self::InsertCertificates { reply, .. }
+            | Self::AddVersion { reply, .. }
+            | Self::Revoke { reply, .. }
+            | Self::Delete { reply, .. }
+            | Self::SetTags { reply, .. }
+            | Self::InsertCa { reply, .. }
+            | Self::InstallCa { reply, .. }
+            | Self::SaveCrl { reply, .. }
+            | Self::Rewrap { reply, .. }
+            | Self::ClaimDue { reply, .. }
+            | Self::RenewalFailed { reply, .. }
+            | Self::ReleaseLeases { reply, .. }
+            | Self::SetRenewalInfo { reply, .. }
+            | Self::MarkExpired { reply, .. }
+            | Self::ExpiryEvents { reply, .. }
+            | Self::SetNextAction { reply, .. }
+            | Self::SetSetting { reply, .. }
+            | Self::SetCaDisabled { reply, .. }
+            | Self::SetSinkCursor { reply, .. }
+            | Self::PruneEvents { reply, .. }
+            | Self::SaveAcmeAccount { reply, .. }
+            | Self::SaveAcmeOrder { reply, .. }
+            | Self::DeleteAcmeOrder { reply, .. }
+            | Self::SetStatus { reply, .. }
+            | Self::Ping { reply } => reply,
         }
     }
 }

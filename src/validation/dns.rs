@@ -222,7 +222,7 @@ impl DnsValidator {
     pub async fn start(
         config: &DnsValidation,
         shutdown: CancellationToken,
-    ) -> Result<DnsValidator, DnsError> {
+    ) -> Result<Self, DnsError> {
         let zone_text = absolute(&config.zone);
         if zone_text == "." {
             return Err(DnsError::Config(
@@ -259,7 +259,7 @@ impl DnsValidator {
             }
             Publisher::Command { argv } => (Backend::Command(argv.clone()), None),
         };
-        Ok(DnsValidator {
+        Ok(Self {
             zone,
             ttl: config.ttl,
             resolver,

@@ -37,16 +37,16 @@ pub enum Tokens {
 }
 
 impl Tokens {
-    pub fn memory() -> Tokens {
-        Tokens::Memory(Arc::new(RwLock::new(HashMap::new())))
+    pub fn memory() -> Self {
+        Self::Memory(Arc::new(RwLock::new(HashMap::new())))
     }
 
     pub fn insert(&self, token: &str, key_authorization: &str) {
         match self {
-            Tokens::Memory(map) => {
+            Self::Memory(map) => {
                 lock::write(map).insert(token.to_owned(), key_authorization.to_owned());
             }
-            Tokens::Webroot(root) => {
+            Self::Webroot(root) => {
                 let dir = root.join(".well-known/acme-challenge");
                 let written = std::fs::create_dir_all(&dir).and_then(|()| {
                     crate::atomic_file::replace(
@@ -65,10 +65,10 @@ impl Tokens {
 
     pub fn remove(&self, token: &str) {
         match self {
-            Tokens::Memory(map) => {
+            Self::Memory(map) => {
                 lock::write(map).remove(token);
             }
-            Tokens::Webroot(root) => {
+            Self::Webroot(root) => {
                 let _ = std::fs::remove_file(root.join(".well-known/acme-challenge").join(token));
             }
         }
@@ -76,8 +76,8 @@ impl Tokens {
 
     fn get(&self, token: &str) -> Option<String> {
         match self {
-            Tokens::Memory(map) => lock::read(map).get(token).cloned(),
-            Tokens::Webroot(_) => None,
+            Self::Memory(map) => lock::read(map).get(token).cloned(),
+            Self::Webroot(_) => None,
         }
     }
 }

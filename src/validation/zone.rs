@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::dns::DnsError;
 
 /// The task serving the zone.
-pub type Served = tokio::task::JoinHandle<Result<(), DnsError>>;
+pub(super) type Served = tokio::task::JoinHandle<Result<(), DnsError>>;
 
 /// How long the embedded server keeps an idle TCP connection.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);

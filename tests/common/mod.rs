@@ -3,18 +3,18 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 #![allow(dead_code)]
 
-pub mod peers;
-pub mod pki;
-pub mod webhook;
+pub(crate) mod peers;
+pub(crate) mod pki;
+pub(crate) mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_certkeeper");
 
 /// Polls `f` every 200 ms until it gives a value; fails the test after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = f() {
@@ -30,7 +30,7 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 
 /// Makes `{stem}.key` and a P-256 CSR `{stem}.csr` in `dir` for `cn` with `san` (openssl
 /// syntax, e.g. `DNS:a.internal,IP:10.0.0.1`).
-pub fn make_csr(dir: &Path, stem: &str, cn: &str, san: &str) {
+pub(crate) fn make_csr(dir: &Path, stem: &str, cn: &str, san: &str) {
     openssl(
         dir,
         &[
@@ -54,7 +54,7 @@ pub fn make_csr(dir: &Path, stem: &str, cn: &str, san: &str) {
 }
 
 /// A running daemon with its own state directory.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub dir: tempfile::TempDir,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
@@ -65,12 +65,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts on the built-in default (no config file).
-    pub fn start() -> Daemon {
-        Daemon::start_with(None)
+    pub(crate) fn start() -> Self {
+        Self::start_with(None)
     }
 
     /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
-    pub fn start_with(config: Option<&str>) -> Daemon {
+    pub(crate) fn start_with(config: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
         let config_path = config.map(|text| {
@@ -78,7 +78,7 @@ impl Daemon {
             std::fs::write(&path, text).expect("write config");
             path
         });
-        let mut daemon = Daemon {
+        let mut daemon = Self {
             socket: state_dir.join("api.sock"),
             log: dir.path().join("daemon.log"),
             state_dir,
@@ -91,14 +91,14 @@ impl Daemon {
     }
 
     /// Starts the process again on the same state directory (after `stop` or `kill`).
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = self.command().spawn().expect("spawn certkeeper serve");
         self.child = Some(child);
         self.wait_ready();
     }
 
     /// The `serve` command this daemon runs, for tests that want to inspect a failing start.
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -142,11 +142,11 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())
@@ -156,7 +156,7 @@ impl Daemon {
     }
 
     /// SIGTERM and wait; returns the exit status and how long the stop took.
-    pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+    pub(crate) fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
         let started = Instant::now();
         self.signal("TERM");
         let status = self.child.take().expect("running").wait().expect("wait");
@@ -164,19 +164,19 @@ impl Daemon {
     }
 
     /// SIGKILL: no chance to clean up.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Runs a CLI verb against this daemon.
-    pub fn ck(&self, args: &[&str]) -> Output {
+    pub(crate) fn ck(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env("CERTKEEPER_SOCKET", &self.socket)
@@ -187,7 +187,7 @@ impl Daemon {
     }
 
     /// Runs a verb that must succeed, returning stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.ck(args);
         assert!(
             out.status.success(),
@@ -200,7 +200,7 @@ impl Daemon {
     }
 
     /// Runs a verb with `--output json` that must succeed and parses its output.
-    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         let text = self.ok(&all);
@@ -209,7 +209,7 @@ impl Daemon {
     }
 
     /// Runs a verb that must fail with `code`, returning stderr.
-    pub fn fails(&self, args: &[&str], code: i32) -> String {
+    pub(crate) fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.ck(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(
@@ -222,7 +222,7 @@ impl Daemon {
     }
 
     /// Number of certificates in the inventory.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         let list = self.json(&["list", "--all", "--limit", "1000"]);
         list["certificates"]
             .as_array()
@@ -231,11 +231,11 @@ impl Daemon {
     }
 
     /// A path inside this daemon's temp dir.
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, contents).expect("write test file");
         path
@@ -249,7 +249,7 @@ impl Drop for Daemon {
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its output on failure.
-pub fn openssl(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -265,7 +265,7 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
 }
 
 /// Like [`openssl`] but returns whether it succeeded and its combined output.
-pub fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -280,14 +280,14 @@ pub fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
 }
 
 /// The id of a certificate from its JSON.
-pub fn id(cert: &serde_json::Value) -> String {
+pub(crate) fn id(cert: &serde_json::Value) -> String {
     cert["id"].as_str().expect("id").to_owned()
 }
 
 /// One raw HTTP/1.1 request over the API socket; returns the status code and body, or status 0
 /// when the daemon cannot be reached. For tests of the API itself (error shapes, limits) and
 /// for load that would be slow through the CLI.
-pub fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+pub(crate) fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
         Ok(stream) => stream,

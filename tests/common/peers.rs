@@ -21,17 +21,17 @@ use base64::Engine as _;
 use tempfile::TempDir;
 
 /// How long a peer may take to answer after it was spawned.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The TSIG algorithm of [`Knot`]'s key.
-pub const TSIG_ALGORITHM: &str = "hmac-sha256";
+pub(crate) const TSIG_ALGORITHM: &str = "hmac-sha256";
 
 /// Ports handed out by [`free_port`] in this process, so two peers never get the same one.
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A loopback port that is free for both TCP and UDP right now (bind 127.0.0.1:0, read the port,
 /// check UDP on the same port, drop both). Never returns the same port twice in one process.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed_out = handed_out.get_or_insert_with(HashSet::new);
     for _ in 0..1000 {
@@ -48,12 +48,12 @@ pub fn free_port() -> u16 {
 }
 
 /// `127.0.0.1:port`.
-pub fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 /// The last `lines` lines of a log file (or a note that it cannot be read).
-pub fn log_tail(path: &Path, lines: usize) -> String {
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
@@ -92,7 +92,7 @@ struct Running {
 
 impl Running {
     /// Spawns `cmd` with stdin closed and stdout + stderr appended to `log`.
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Running {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,7 +104,7 @@ impl Running {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {name} ({cmd:?}): {e}"));
-        Running { name, child, log }
+        Self { name, child, log }
     }
 
     /// Polls `ready` until it returns true; panics with the log tail when the process exits
@@ -174,7 +174,7 @@ fn absolute(zone: &str) -> String {
 
 /// One resource record of an answer section, in presentation format.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     /// Owner name, absolute (`lbl.acme.test.`).
     pub name: String,
     /// Type mnemonic (`TXT`, `CNAME`, ...).
@@ -187,7 +187,7 @@ pub struct Record {
 
 /// A DNS response as `kdig` saw it.
 #[derive(Clone, Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The response code: 0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, 5 REFUSED, ...
     pub rcode: u16,
     /// The answer section in order (a CNAME chain comes first, then the target's records).
@@ -196,7 +196,7 @@ pub struct Answer {
 
 impl Answer {
     /// The response code's name (`NOERROR`, `NXDOMAIN`, ...).
-    pub fn rcode_name(&self) -> String {
+    pub(crate) fn rcode_name(&self) -> String {
         match self.rcode {
             0 => "NOERROR".into(),
             1 => "FORMERR".into(),
@@ -210,12 +210,12 @@ impl Answer {
     }
 
     /// Every answer record's rdata, in order.
-    pub fn rdata(&self) -> Vec<String> {
+    pub(crate) fn rdata(&self) -> Vec<String> {
         self.records.iter().map(|r| r.rdata.clone()).collect()
     }
 
     /// The TXT records' values, unquoted (character-strings of one record are concatenated).
-    pub fn txt(&self) -> Vec<String> {
+    pub(crate) fn txt(&self) -> Vec<String> {
         self.records
             .iter()
             .filter(|r| r.rtype == "TXT")
@@ -226,7 +226,7 @@ impl Answer {
 
 /// Concatenates the quoted character-strings of a TXT rdata (`"a" "b"` → `ab`), undoing
 /// backslash escapes (`\"`, `\\`, `\DDD`).
-pub fn unquote_txt(rdata: &str) -> String {
+pub(crate) fn unquote_txt(rdata: &str) -> String {
     let mut bytes = Vec::new();
     let mut chars = rdata.bytes().peekable();
     let mut quoted = false;
@@ -256,7 +256,7 @@ pub fn unquote_txt(rdata: &str) -> String {
 /// Sends one query for `name`/`rtype` to `server` with `kdig` (UDP, recursion desired, 2 s
 /// timeout, one retry) and parses its JSON (RFC 8427) output. Panics when no response comes
 /// back; an NXDOMAIN or SERVFAIL is a response (see [`Answer::rcode`]).
-pub fn dns_lookup(server: SocketAddr, name: &str, rtype: &str) -> Answer {
+pub(crate) fn dns_lookup(server: SocketAddr, name: &str, rtype: &str) -> Answer {
     let out = Command::new(program("kdig"))
         .arg(format!("@{}", server.ip()))
         .args(["-p", &server.port().to_string(), name, rtype])
@@ -307,7 +307,7 @@ pub fn dns_lookup(server: SocketAddr, name: &str, rtype: &str) -> Answer {
 
 /// A running Knot DNS server (authoritative) on `127.0.0.1:port`, UDP and TCP, accepting
 /// RFC 2136 dynamic updates signed with its TSIG key ([`TSIG_ALGORITHM`]).
-pub struct Knot {
+pub(crate) struct Knot {
     /// Where it answers, UDP and TCP.
     pub addr: SocketAddr,
     /// The zones it serves, absolute (`customer.test.`).
@@ -330,7 +330,7 @@ impl Knot {
     /// Each zone has a SOA (serial 1, minimum TTL 60), `NS ns.<zone>` and `ns.<zone> A
     /// 127.0.0.1`, and accepts dynamic updates signed with the TSIG key (hmac-sha256). Returns
     /// once every zone answers its SOA.
-    pub fn start(zones: &[&str]) -> Knot {
+    pub(crate) fn start(zones: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("knot-")
             .tempdir()
@@ -380,7 +380,7 @@ impl Knot {
         let mut cmd = Command::new(program("knotd"));
         cmd.arg("-c").arg(&config_path).current_dir(root);
         let process = Running::spawn("knotd", cmd, log.clone());
-        let mut knot = Knot {
+        let mut knot = Self {
             addr: loopback(port),
             zones,
             tsig_name,
@@ -405,7 +405,7 @@ impl Knot {
     /// are nsupdate lines such as `"update add _acme-challenge.www.customer.test. 60 CNAME
     /// abc.acme.test."` (`server`, `zone` and `send` are added). Panics with nsupdate's output
     /// when the update fails (e.g. `NOTAUTH(BADSIG)`, `REFUSED`).
-    pub fn nsupdate(&self, zone: &str, commands: &[&str]) {
+    pub(crate) fn nsupdate(&self, zone: &str, commands: &[&str]) {
         let out = self.nsupdate_with_secret(zone, commands, &self.tsig_secret_b64);
         assert!(
             out.status.success(),
@@ -419,7 +419,12 @@ impl Knot {
 
     /// Like [`Knot::nsupdate`] with another secret (standard base64) and no assertion: for
     /// tests of what a wrong key gets.
-    pub fn nsupdate_with_secret(&self, zone: &str, commands: &[&str], secret_b64: &str) -> Output {
+    pub(crate) fn nsupdate_with_secret(
+        &self,
+        zone: &str,
+        commands: &[&str],
+        secret_b64: &str,
+    ) -> Output {
         let mut script = format!(
             "server {} {}\nzone {}\n",
             self.addr.ip(),
@@ -443,27 +448,27 @@ impl Knot {
 
     /// Queries Knot directly with `kdig`: the answer records' rdata in presentation format
     /// (Knot answers a CNAME without following it into another zone).
-    pub fn query(&self, name: &str, rtype: &str) -> Vec<String> {
+    pub(crate) fn query(&self, name: &str, rtype: &str) -> Vec<String> {
         self.lookup(name, rtype).rdata()
     }
 
     /// The full answer of [`Knot::query`] (response code and records).
-    pub fn lookup(&self, name: &str, rtype: &str) -> Answer {
+    pub(crate) fn lookup(&self, name: &str, rtype: &str) -> Answer {
         dns_lookup(self.addr, name, rtype)
     }
 
     /// knotd's pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.child.id()
     }
 
     /// The last lines of knotd's log.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         self.process.log_tail()
     }
 
     /// The temp dir holding the config, zone files, database and log.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -473,7 +478,7 @@ impl Knot {
 
 /// A running nginx serving a document root over plain HTTP on `127.0.0.1:port`: the web server
 /// an HTTP-01 webroot belongs to. Its access log records every request.
-pub struct Nginx {
+pub(crate) struct Nginx {
     pub port: u16,
     pub root: PathBuf,
     pub access_log: PathBuf,
@@ -485,7 +490,7 @@ impl Nginx {
     /// Starts `nginx -p DIR -c DIR/nginx.conf` in the foreground (`daemon off`, per PEERS.md)
     /// serving `DIR/www` on `port`. Workers run as root so they can read a root inside a 0700
     /// temp dir.
-    pub fn start(port: u16) -> Nginx {
+    pub(crate) fn start(port: u16) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("nginx-")
             .tempdir()
@@ -517,7 +522,7 @@ impl Nginx {
             .arg(&log);
         let mut process = Running::spawn("nginx", cmd, log);
         process.wait_ready(|| tcp_answers(loopback(port)));
-        Nginx {
+        Self {
             port,
             root,
             access_log,
@@ -527,7 +532,7 @@ impl Nginx {
     }
 
     /// The requests nginx logged so far, one line each.
-    pub fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
@@ -554,7 +559,7 @@ impl Drop for Nginx {
 
 /// A running unbound (recursive resolver) on `127.0.0.1:port`, UDP and TCP, resolving only
 /// its stub zones (no cache: every query goes to the authoritative servers).
-pub struct Unbound {
+pub(crate) struct Unbound {
     /// Where it answers, UDP and TCP.
     pub addr: SocketAddr,
     /// unbound's stdout and stderr.
@@ -569,7 +574,7 @@ impl Unbound {
     /// zones, does no DNSSEC validation, and caches nothing (`cache-max-ttl: 0`,
     /// `cache-max-negative-ttl: 0`), so a record changed on the authoritative server is
     /// visible at once. Settings per PEERS.md.
-    pub fn start(stubs: &[(&str, SocketAddr)]) -> Unbound {
+    pub(crate) fn start(stubs: &[(&str, SocketAddr)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("unbound-")
             .tempdir()
@@ -621,7 +626,7 @@ impl Unbound {
         let mut cmd = Command::new(program("unbound"));
         cmd.arg("-d").arg("-c").arg(&config_path).current_dir(root);
         let process = Running::spawn("unbound", cmd, log.clone());
-        let mut unbound = Unbound {
+        let mut unbound = Self {
             addr: loopback(port),
             log,
             process,
@@ -634,27 +639,27 @@ impl Unbound {
 
     /// Resolves `name`/`rtype` through unbound: the answer records' rdata in presentation
     /// format, the CNAME chain first (`["lbl.acme.test.", "\"hello\""]`).
-    pub fn query(&self, name: &str, rtype: &str) -> Vec<String> {
+    pub(crate) fn query(&self, name: &str, rtype: &str) -> Vec<String> {
         self.lookup(name, rtype).rdata()
     }
 
     /// The full answer of [`Unbound::query`] (response code and records).
-    pub fn lookup(&self, name: &str, rtype: &str) -> Answer {
+    pub(crate) fn lookup(&self, name: &str, rtype: &str) -> Answer {
         dns_lookup(self.addr, name, rtype)
     }
 
     /// unbound's pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.child.id()
     }
 
     /// The last lines of unbound's log.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         self.process.log_tail()
     }
 
     /// The temp dir holding the config and log.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -665,7 +670,7 @@ impl Unbound {
 /// How to run [`Pebble`]. Start from [`PebbleOptions::new`] and change fields:
 /// `PebbleOptions { validity_secs: Some(300), ..PebbleOptions::new(unbound.addr) }`.
 #[derive(Clone, Debug)]
-pub struct PebbleOptions {
+pub(crate) struct PebbleOptions {
     /// The resolver Pebble's VA uses for DNS-01 and for the addresses of HTTP-01/TLS-ALPN-01
     /// names (`-dnsserver`); normally an [`Unbound`] in front of a [`Knot`].
     pub dns_server: SocketAddr,
@@ -690,8 +695,8 @@ pub struct PebbleOptions {
 impl PebbleOptions {
     /// Deterministic defaults: no EAB, no badNonce, no VA sleep, no authz reuse, default
     /// validity.
-    pub fn new(dns_server: SocketAddr) -> PebbleOptions {
-        PebbleOptions {
+    pub(crate) fn new(dns_server: SocketAddr) -> Self {
+        Self {
             dns_server,
             eab: None,
             nonce_reject_percent: 0,
@@ -705,7 +710,7 @@ impl PebbleOptions {
 }
 
 /// A fresh EAB credential: `("kid-<hex>", <32 random bytes, base64url without padding>)`.
-pub fn random_eab() -> (String, String) {
+pub(crate) fn random_eab() -> (String, String) {
     let kid: String = random_bytes::<6>()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -716,7 +721,7 @@ pub fn random_eab() -> (String, String) {
 
 /// A running Pebble (ACME test CA). All state is in memory: each start has a new issuance root
 /// and no accounts.
-pub struct Pebble {
+pub(crate) struct Pebble {
     /// `https://127.0.0.1:<port>/dir`.
     pub directory_url: String,
     /// The CA (PEM file) that signed Pebble's HTTPS listener certificate (for `localhost`,
@@ -740,7 +745,7 @@ pub struct Pebble {
 impl Pebble {
     /// Starts Pebble on free 127.0.0.1 ports with a fresh TLS certificate, and returns once
     /// its directory answers over HTTPS.
-    pub fn start(options: PebbleOptions) -> Pebble {
+    pub(crate) fn start(options: PebbleOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pebble-")
             .tempdir()
@@ -805,7 +810,7 @@ impl Pebble {
         .env("PEBBLE_AUTHZREUSE", options.authz_reuse_percent.to_string())
         .envs(options.env.iter().map(|(k, v)| (k, v)));
         let process = Running::spawn("pebble", cmd, log.clone());
-        let mut pebble = Pebble {
+        let mut pebble = Self {
             directory_url: format!("https://127.0.0.1:{listen}/dir"),
             tls_root_pem,
             management_url: format!("https://127.0.0.1:{management}"),
@@ -828,7 +833,7 @@ impl Pebble {
 
     /// GETs `url` (absolute, or a path on the management API such as `/roots/0`) trusting
     /// [`Pebble::tls_root_pem`]; panics unless it answers 2xx. Returns the body.
-    pub fn get(&self, url: &str) -> String {
+    pub(crate) fn get(&self, url: &str) -> String {
         let url = if url.starts_with('/') {
             format!("{}{url}", self.management_url)
         } else {
@@ -843,18 +848,18 @@ impl Pebble {
     }
 
     /// The directory, parsed.
-    pub fn directory(&self) -> serde_json::Value {
+    pub(crate) fn directory(&self) -> serde_json::Value {
         let body = self.get(&self.directory_url);
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad directory JSON ({e}):\n{body}"))
     }
 
     /// The root that signs issued certificates (`/roots/0`, PEM). New on each start.
-    pub fn issuance_root_pem(&self) -> String {
+    pub(crate) fn issuance_root_pem(&self) -> String {
         self.pem("/roots/0")
     }
 
     /// The intermediate that signs issued certificates (`/intermediates/0`, PEM).
-    pub fn intermediate_pem(&self) -> String {
+    pub(crate) fn intermediate_pem(&self) -> String {
         self.pem("/intermediates/0")
     }
 
@@ -868,17 +873,17 @@ impl Pebble {
     }
 
     /// Pebble's pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.child.id()
     }
 
     /// The last lines of Pebble's log.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         self.process.log_tail()
     }
 
     /// The temp dir holding the config, TLS files and log.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -941,7 +946,7 @@ fn curl(ca: &Path, url: &str) -> Result<String, String> {
 /// `tests/peers/ari_proxy.py` in front of a [`Pebble`]: the same CA, plus ACME renewal
 /// information (RFC 9773) and profiles, which Debian's Pebble lacks. It serves HTTPS with
 /// Pebble's certificate, so clients trust [`Pebble::tls_root_pem`] for it too.
-pub struct AriProxy {
+pub(crate) struct AriProxy {
     /// `https://127.0.0.1:<port>/dir`.
     pub directory_url: String,
     /// One JSON object per line: `{"new-order": <payload>}` or `{"renewal-info": <certID>}`.
@@ -959,7 +964,7 @@ impl AriProxy {
     /// answers with `renewalInfo`. A certificate's suggested window is, by default, [now − 60
     /// s, now + 60 s] (renew now) from the first time it is asked about, with `Retry-After:
     /// 3600`; change that with [`AriProxy::control`].
-    pub fn start(pebble: &Pebble) -> AriProxy {
+    pub(crate) fn start(pebble: &Pebble) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ari-proxy-")
             .tempdir()
@@ -985,7 +990,7 @@ impl AriProxy {
             .arg(&requests);
         let process = Running::spawn("ari_proxy.py", cmd, log.clone());
         let base_url = format!("https://127.0.0.1:{port}");
-        let mut proxy = AriProxy {
+        let mut proxy = Self {
             directory_url: format!("{base_url}/dir"),
             requests,
             log,
@@ -1006,7 +1011,7 @@ impl AriProxy {
     /// `{"forget": true}` (certificates get new windows), `{"retry_after": s}`,
     /// `{"reject_replaces": n}` (refuse the next n orders carrying `replaces` with
     /// alreadyReplaced).
-    pub fn control(&self, settings: serde_json::Value) {
+    pub(crate) fn control(&self, settings: serde_json::Value) {
         let out = Command::new(program("curl"))
             .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
             .arg("--cacert")
@@ -1025,7 +1030,7 @@ impl AriProxy {
     }
 
     /// The newOrder payloads and renewal-info requests seen so far, in order.
-    pub fn seen(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn seen(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.requests)
             .unwrap_or_default()
             .lines()
@@ -1033,7 +1038,7 @@ impl AriProxy {
             .collect()
     }
 
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         self.process.log_tail()
     }
 }

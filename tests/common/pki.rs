@@ -8,7 +8,7 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
 /// The PEM blocks of `text`, each with its BEGIN and END lines.
-pub fn pem_blocks(text: &str) -> Vec<String> {
+pub(crate) fn pem_blocks(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
@@ -24,19 +24,19 @@ pub fn pem_blocks(text: &str) -> Vec<String> {
     out
 }
 
-pub fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
+pub(crate) fn ders(pem: &str) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| panic!("bad PEM ({e:?}):\n{pem}"))
 }
 
-pub fn parse(der: &[u8]) -> X509Certificate<'_> {
+pub(crate) fn parse(der: &[u8]) -> X509Certificate<'_> {
     let (rest, cert) = X509Certificate::from_der(der).expect("certificate parses");
     assert!(rest.is_empty(), "trailing data after certificate");
     cert
 }
 
-pub fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+pub(crate) fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     cert.extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
@@ -45,7 +45,7 @@ pub fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
         })
 }
 
-pub fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+pub(crate) fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     cert.extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
@@ -59,7 +59,7 @@ pub fn aki(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
         })
 }
 
-pub fn webpki_verify(
+pub(crate) fn webpki_verify(
     leaf: &CertificateDer<'_>,
     root: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -79,7 +79,7 @@ pub fn webpki_verify(
     .map(|_| ())
 }
 
-pub fn webpki_name(leaf: &CertificateDer<'_>, name: &str) -> Result<(), webpki::Error> {
+pub(crate) fn webpki_name(leaf: &CertificateDer<'_>, name: &str) -> Result<(), webpki::Error> {
     let ee = webpki::EndEntityCert::try_from(leaf)?;
     let server_name = ServerName::try_from(name).expect("valid server name");
     ee.verify_is_valid_for_subject_name(&server_name)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// One delivery as the receiver saw it.
 #[derive(Clone, Debug)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub id: String,
     pub detail_type: String,
     pub idempotency_key: String,
@@ -19,7 +19,7 @@ pub struct Delivery {
     pub body: serde_json::Value,
 }
 
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub url: String,
     down: Arc<AtomicBool>,
     accepted: Arc<Mutex<Vec<Delivery>>>,
@@ -28,12 +28,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn start(secret: &[u8]) -> Receiver {
-        Receiver::start_with(secret, None)
+    pub(crate) fn start(secret: &[u8]) -> Self {
+        Self::start_with(secret, None)
     }
 
     /// An HTTPS receiver presenting `cert_chain_pem` with `key_pem` (rustls).
-    pub fn start_tls(secret: &[u8], cert_chain_pem: &[u8], key_pem: &[u8]) -> Receiver {
+    pub(crate) fn start_tls(secret: &[u8], cert_chain_pem: &[u8], key_pem: &[u8]) -> Self {
         use rustls_pki_types::pem::PemObject;
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert_chain_pem)
@@ -44,10 +44,10 @@ impl Receiver {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .expect("TLS config");
-        Receiver::start_with(secret, Some(Arc::new(config)))
+        Self::start_with(secret, Some(Arc::new(config)))
     }
 
-    fn start_with(secret: &[u8], tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+    fn start_with(secret: &[u8], tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}/hook", listener.local_addr().expect("addr"));
@@ -73,7 +73,7 @@ impl Receiver {
                 });
             }
         });
-        Receiver {
+        Self {
             url,
             down,
             accepted,
@@ -81,16 +81,16 @@ impl Receiver {
         }
     }
 
-    pub fn set_down(&self, down: bool) {
+    pub(crate) fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    pub fn deliveries(&self) -> Vec<Delivery> {
+    pub(crate) fn deliveries(&self) -> Vec<Delivery> {
         self.accepted.lock().expect("lock").clone()
     }
 
     /// Waits until `count` distinct event ids have arrived; panics after `timeout`.
-    pub fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Delivery> {
+    pub(crate) fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Delivery> {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.deliveries();
