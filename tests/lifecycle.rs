@@ -204,13 +204,7 @@ fn imported_certificates_get_expiry_events_and_are_never_renewed() {
         "--name",
         "issued-elsewhere",
     ]);
-    let leaf = signed
-        .split("-----END CERTIFICATE-----")
-        .next()
-        .unwrap()
-        .to_owned()
-        + "-----END CERTIFICATE-----\n";
-    daemon.write("imp.pem", leaf);
+    daemon.write("imp.pem", common::first_certificate(&signed));
     let cert = id(&daemon.json(&[
         "import",
         "--certificate",

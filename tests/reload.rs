@@ -44,13 +44,7 @@ fn import_expiring(daemon: &Daemon) -> String {
     let dir = daemon.dir.path();
     common::make_csr(dir, "soon", "soon.internal", "DNS:soon.internal");
     let signed = daemon.ok(&["sign", "--csr", "soon.csr", "--validity", "2d"]);
-    let leaf = signed
-        .split("-----END CERTIFICATE-----")
-        .next()
-        .unwrap()
-        .to_owned()
-        + "-----END CERTIFICATE-----\n";
-    daemon.write("soon.pem", leaf);
+    daemon.write("soon.pem", common::first_certificate(&signed));
     id(&daemon.json(&[
         "import",
         "--certificate",

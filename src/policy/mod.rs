@@ -349,18 +349,20 @@ mod tests {
         }
     }
 
+    /// DESIGN.md §4's table: (lifetime days, renews this many days before expiry, the rule).
+    pub(crate) const DESIGN_ROWS: [(i64, f64, Rule); 6] = [
+        (395, 60.0, Rule::RenewBefore),
+        (198, 60.0, Rule::RenewBefore),
+        (100, 100.0 / 3.0, Rule::LifetimeClamp),
+        (90, 30.0, Rule::LifetimeClamp),
+        (45, 15.0, Rule::LifetimeClamp),
+        (6, 3.0, Rule::LifetimeClamp),
+    ];
+
     /// DESIGN.md §4's table: how long before expiry each lifetime renews.
     #[test]
     fn renewal_window_table() {
-        let cases = [
-            (395, 60.0, Rule::RenewBefore),
-            (198, 60.0, Rule::RenewBefore),
-            (100, 100.0 / 3.0, Rule::LifetimeClamp),
-            (90, 30.0, Rule::LifetimeClamp),
-            (45, 15.0, Rule::LifetimeClamp),
-            (6, 3.0, Rule::LifetimeClamp),
-        ];
-        for (days, expected_days, rule) in cases {
+        for (days, expected_days, rule) in DESIGN_ROWS {
             let (effective, got) =
                 effective_renew_before(DEFAULT_RENEW_BEFORE, lifetime(days).length());
             let got_days = effective.as_seconds_f64() / 86_400.0;

@@ -394,15 +394,7 @@ mod tests {
     /// DESIGN.md §4: how long before expiry each lifetime renews, through the planner.
     #[test]
     fn design_rows_renew_at_the_clamped_time() {
-        let rows = [
-            (395, 60.0, Rule::RenewBefore),
-            (198, 60.0, Rule::RenewBefore),
-            (100, 100.0 / 3.0, Rule::LifetimeClamp),
-            (90, 30.0, Rule::LifetimeClamp),
-            (45, 15.0, Rule::LifetimeClamp),
-            (6, 3.0, Rule::LifetimeClamp),
-        ];
-        for (days, before_days, rule) in rows {
+        for (days, before_days, rule) in crate::policy::tests::DESIGN_ROWS {
             let plan = next_step(&healthy(days), &RULES, NOW);
             assert_eq!((plan.step, plan.rule), (Step::Renew, rule), "{days} days");
             let effective = Duration::seconds_f64(before_days * 86_400.0);

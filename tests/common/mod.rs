@@ -284,6 +284,12 @@ pub(crate) fn id(cert: &serde_json::Value) -> String {
     cert["id"].as_str().expect("id").to_owned()
 }
 
+/// The first certificate of a PEM bundle (as `sign` prints it: the leaf, then its chain).
+pub(crate) fn first_certificate(pem: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    pem.split(END).next().unwrap_or_default().to_owned() + END + "\n"
+}
+
 /// One raw HTTP/1.1 request over the API socket; returns the status code and body, or status 0
 /// when the daemon cannot be reached. For tests of the API itself (error shapes, limits) and
 /// for load that would be slow through the CLI.
