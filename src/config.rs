@@ -197,6 +197,7 @@ struct RawDefaults {
     ca: Option<String>,
     key_algorithm: Option<KeyAlgorithm>,
     validity: Option<Span>,
+    minimum_validity: Option<Span>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +374,32 @@ pub struct Defaults {
     pub ca: String,
     pub key_algorithm: KeyAlgorithm,
     pub validity: Span,
+    /// The shortest validity a private certificate may be requested with.
+    pub minimum_validity: Span,
+}
+
+impl Defaults {
+    /// `validity`, or the default, checked against the minimum.
+    pub fn validity(&self, requested: Option<Span>) -> Result<Span, ValidityTooShort> {
+        let validity = requested.unwrap_or(self.validity);
+        if validity < self.minimum_validity {
+            return Err(ValidityTooShort {
+                validity,
+                minimum: self.minimum_validity,
+            });
+        }
+        Ok(validity)
+    }
+}
+
+/// A requested validity under `defaults.minimum-validity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "validity {validity} is below defaults.minimum-validity ({minimum}): a certificate that short-lived renews every few minutes"
+)]
+pub struct ValidityTooShort {
+    pub validity: Span,
+    pub minimum: Span,
 }
 
 /// Where the master key comes from, in the order the daemon looks.
@@ -520,11 +547,24 @@ impl Config {
             ca: raw.defaults.ca.unwrap_or_else(|| DEFAULT_CA.to_owned()),
             key_algorithm: raw.defaults.key_algorithm.unwrap_or(KeyAlgorithm::EcP256),
             validity: raw.defaults.validity.unwrap_or(Span::from_days(395)),
+            minimum_validity: raw
+                .defaults
+                .minimum_validity
+                .unwrap_or(Span::from_secs(3600)),
         };
-        if defaults.validity.as_secs() < 60 {
+        if defaults.minimum_validity.as_secs() < 60 {
+            return Err(invalid(
+                "defaults.minimum-validity",
+                "must be at least 1m".to_owned(),
+            ));
+        }
+        if defaults.validity < defaults.minimum_validity {
             return Err(invalid(
                 "defaults.validity",
-                "must be at least 1m".to_owned(),
+                format!(
+                    "{} is below defaults.minimum-validity ({})",
+                    defaults.validity, defaults.minimum_validity
+                ),
             ));
         }
 

@@ -52,10 +52,12 @@ fn public_key(daemon: &Daemon, cert: &str, version: u64) -> String {
 /// about ten seconds after issuance (not-before is backdated five minutes, so the lifetime is
 /// 6.5 minutes and the clamp to half of it does not apply).
 const SHORT: [&str; 4] = ["--validity", "90s", "--renew-before", "80s"];
+/// Lets requests ask for the short validities these tests run on in real time.
+const SHORT_LIVED: &str = "[defaults]\nminimum-validity = \"1m\"\n";
 
 #[test]
 fn renews_by_itself_and_resumes_after_a_restart() {
-    let mut daemon = Daemon::start();
+    let mut daemon = Daemon::start_with(Some(SHORT_LIVED));
     let mut args = vec!["request", "auto.internal"];
     args.extend(SHORT);
     let cert = id(&daemon.json(&args));
@@ -105,7 +107,7 @@ fn renews_by_itself_and_resumes_after_a_restart() {
 
 #[test]
 fn a_failing_renewal_backs_off_raises_action_required_and_recovers() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with(Some(SHORT_LIVED));
     daemon.ok(&["ca", "create", "team", "--parent", "default"]);
     let mut args = vec!["request", "fragile.internal", "--ca", "team"];
     args.extend(SHORT);
@@ -191,7 +193,9 @@ fn check(daemon: &Daemon, args: &[&str]) -> (i32, String) {
 #[test]
 fn imported_certificates_get_expiry_events_and_are_never_renewed() {
     // The daily check every two seconds instead of daily, to see it work in real time.
-    let daemon = Daemon::start_with(Some("[events]\ndaily-check = \"*/2 * * * * *\"\n"));
+    let daemon = Daemon::start_with(Some(&format!(
+        "{SHORT_LIVED}[events]\ndaily-check = \"*/2 * * * * *\"\n"
+    )));
     let dir = daemon.dir.path();
     common::make_csr(dir, "imp", "imported.internal", "DNS:imported.internal");
     // A certificate from elsewhere (here: our CA, through sign), living 70 seconds.
@@ -780,4 +784,49 @@ fn a_certificate_window_holds_its_renewal() {
         65,
     );
     assert!(stderr.contains("0 3 * *"), "{stderr}");
+}
+
+/// H1 of the security review: a validity shorter than the five minutes certkeeper backdates by
+/// used to make every new version due at once (thousands of versions and events a minute). A
+/// new version now waits until it has served two fifths of its real life; and by default such
+/// validities are refused, naming the setting.
+#[test]
+fn a_three_minute_certificate_does_not_renew_in_a_loop() {
+    let daemon = Daemon::start_with(Some(SHORT_LIVED));
+    let cert = daemon.json(&["request", "brief.internal", "--validity", "3m"]);
+    let created = at(&cert["created_at"]);
+    let next = at(&cert["next_renewal_at"]);
+    assert!(
+        next >= created + time::Duration::seconds(60),
+        "the first renewal waits for the floor: created {created}, next {next}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        version(&daemon, &id(&cert)),
+        1,
+        "no renewal in the first seconds"
+    );
+    let explained = daemon.json(&["explain", &id(&cert)]);
+    assert_eq!(explained["next_action"], "renew", "{explained}");
+    assert!(
+        explained["rule"]
+            .as_str()
+            .unwrap()
+            .contains("renewal floor"),
+        "{explained}"
+    );
+
+    // Under the default minimum (1h) the same request is refused.
+    let strict = Daemon::start();
+    let stderr = strict.fails(&["request", "brief.internal", "--validity", "3m"], 65);
+    assert!(stderr.contains("defaults.minimum-validity"), "{stderr}");
+    assert_eq!(strict.count(), 0, "nothing stored");
+}
+
+fn at(value: &serde_json::Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(
+        value.as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
 }

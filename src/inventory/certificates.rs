@@ -21,10 +21,12 @@ impl Inventory {
         let defaults = self.defaults();
         let domains = req.domains;
         let name = resolve_name(req.name, &domains)?;
-        let ca_name = ca.unwrap_or(defaults.ca);
+        let ca_name = ca.unwrap_or_else(|| defaults.ca.clone());
         let authority = self.authority(&ca_name)?;
         let algorithm = req.key_algorithm.unwrap_or(defaults.key_algorithm);
-        let validity = validity.unwrap_or(defaults.validity);
+        let validity = defaults
+            .validity(validity)
+            .map_err(|e| InventoryError::invalid("validity", e))?;
         let now = OffsetDateTime::now_utc();
 
         let (issued, key) = {
@@ -60,7 +62,7 @@ impl Inventory {
             lifetime,
             (new.renew_before, new.maintenance_window.as_ref()),
             None,
-            now,
+            (now, now),
         );
         let cert = self.insert(new).await?;
         self.metrics.issued(cert.origin);
@@ -344,7 +346,7 @@ impl Inventory {
                 lifetime,
                 (cert.renew_before, cert.maintenance_window.as_ref()),
                 None,
-                now,
+                (now, now),
             ),
             renewal_info: None,
         };
@@ -457,7 +459,7 @@ impl Inventory {
                 lifetime,
                 (cert.renew_before, cert.maintenance_window.as_ref()),
                 renewal_info.as_ref(),
-                now,
+                (now, now),
             ),
             renewal_info,
         };
@@ -696,7 +698,9 @@ fn sign_one(
 ) -> Result<(NewCertificate, SignedPem)> {
     let csr = ca::parse_csr(&req.csr)?;
     let name = resolve_name(req.name, &csr.domains)?;
-    let validity = req.validity.unwrap_or(defaults.validity);
+    let validity = defaults
+        .validity(req.validity)
+        .map_err(|e| InventoryError::invalid("validity", e))?;
     let request = LeafRequest {
         domains: &csr.domains,
         validity,

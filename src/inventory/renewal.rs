@@ -22,7 +22,7 @@ impl Inventory {
         lifetime: Lifetime,
         (renew_before, window): (Option<Span>, Option<&WindowSpec>),
         renewal_info: Option<&RenewalInfo>,
-        now: OffsetDateTime,
+        (issued_at, now): (OffsetDateTime, OffsetDateTime),
     ) -> Option<OffsetDateTime> {
         let settings = self.settings();
         let window = own_window(window);
@@ -30,6 +30,7 @@ impl Inventory {
             id: id.as_str(),
             renewed: Ok(()),
             lifetime: Some(lifetime),
+            issued_at: Some(issued_at),
             validation_deadline: None,
             failures: None,
             renewal_info,
@@ -51,7 +52,7 @@ impl Inventory {
                     r.lifetime,
                     (r.renew_before, r.window.as_ref()),
                     r.renewal_info.as_ref(),
-                    now,
+                    (r.issued_at.unwrap_or(r.lifetime.not_before), now),
                 );
                 (r.id, at)
             })
@@ -178,6 +179,11 @@ fn facts<'a>(cert: &'a Certificate, window: Option<&'a Window>) -> Facts<'a> {
         id: cert.id.as_str(),
         renewed,
         lifetime: cert.lifetime(),
+        issued_at: cert
+            .versions
+            .iter()
+            .find(|v| v.version == cert.current_version)
+            .map(|v| v.created_at),
         validation_deadline: cert
             .validation_deadline
             .filter(|_| cert.status == Status::PendingValidation),

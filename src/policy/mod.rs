@@ -26,7 +26,7 @@ use crate::schedule::Window;
 pub use planner::{
     ARI_MAX_CHECK, ARI_MIN_CHECK, ARI_RETRY, AfterFailure, Facts, Failure, Failures, NotRenewed,
     Plan, Rules, Step, SuggestedWindow, after_failure, choose_renewal_time, next_step,
-    renewal_info_unavailable,
+    renewal_floor, renewal_info_unavailable,
 };
 
 /// ACM's rule: renew 60 days before expiry (clamped for short lifetimes).
@@ -70,6 +70,8 @@ pub enum Rule {
     ValidationLadder,
     /// certkeeper does not renew the certificate.
     NotRenewed,
+    /// Held back until the version has served two fifths of its real life (from issuance).
+    Floor,
 }
 
 impl fmt::Display for Rule {
@@ -86,6 +88,7 @@ impl fmt::Display for Rule {
             Self::FirstIssuance => "first issuance",
             Self::ValidationLadder => "waiting for validation records",
             Self::NotRenewed => "not managed",
+            Self::Floor => "renewal floor: not before two fifths of the real lifetime",
         })
     }
 }

@@ -100,6 +100,10 @@ pub struct Facts<'a> {
     pub renewed: Result<(), NotRenewed>,
     /// The current version's validity; `None` before the first version.
     pub lifetime: Option<Lifetime>,
+    /// When the current version was really issued. CAs backdate not-before (ours by five
+    /// minutes), so the lifetime overstates how long a version has existed; `None` takes
+    /// not-before.
+    pub issued_at: Option<OffsetDateTime>,
     /// Waiting for its first validation until then (`pending-validation`).
     pub validation_deadline: Option<OffsetDateTime>,
     pub failures: Option<Failures>,
@@ -185,7 +189,41 @@ pub fn next_step(facts: &Facts<'_>, rules: &Rules<'_>, now: OffsetDateTime) -> P
             Rule::Backoff,
             own,
         ),
-        (None, None, Some(own)) => healthy(own, facts.renewal_info, plan),
+        (None, None, Some(own)) => {
+            let decided = healthy(own, facts.renewal_info, plan);
+            floored(decided, facts)
+        }
+    }
+}
+
+/// The earliest a healthy version renews: once it has served two fifths of the life it really
+/// has, counted from its issuance. Without it a validity shorter than the CA's backdating (or a
+/// CA's renewal window that lies in the past) would make every new version due at once, and
+/// the certificate would renew in a loop; with it, a version renews at most once and never
+/// before it has served that part of its life. Two fifths, not a half: short lifetimes renew at
+/// half their life minus a jitter of up to 5% of that, and the floor must not take the jitter's
+/// spread away. It binds only when the backdating is a large part of the lifetime (minutes),
+/// and for renewal windows a CA places earlier.
+pub fn renewal_floor(lifetime: Lifetime, issued_at: Option<OffsetDateTime>) -> OffsetDateTime {
+    let issued = issued_at
+        .unwrap_or(lifetime.not_before)
+        .clamp(lifetime.not_before, lifetime.not_after);
+    issued + (lifetime.not_after - issued) * 2 / 5
+}
+
+/// `plan` held back to the renewal floor when it would renew earlier.
+fn floored(plan: Plan, facts: &Facts<'_>) -> Plan {
+    let (Some(at), Some(lifetime), Step::Renew) = (plan.at, facts.lifetime, plan.step) else {
+        return plan;
+    };
+    let floor = renewal_floor(lifetime, facts.issued_at);
+    if at >= floor {
+        return plan;
+    }
+    Plan {
+        at: Some(floor),
+        rule: Rule::Floor,
+        ..plan
     }
 }
 
@@ -360,6 +398,7 @@ mod tests {
             id: ID,
             renewed: Ok(()),
             lifetime: Some(lifetime(days)),
+            issued_at: Some(NOW),
             validation_deadline: None,
             failures: None,
             renewal_info: None,
@@ -545,13 +584,64 @@ mod tests {
             );
             assert_eq!(plan.own.map(|p| p.at), Some(own), "own plan reported");
         }
-        // A CA window that has begun makes the renewal due now.
-        let begun = info(NOW - Duration::minutes(5), NOW + Duration::hours(1));
+        // A CA window that has begun makes the renewal due now, once the version has served
+        // two fifths of its life; a version younger than that waits for it (a CA whose
+        // window always lies in the past cannot make certkeeper renew in a loop).
+        let later = NOW + Duration::days(40);
+        let begun = info(later - Duration::minutes(5), later + Duration::hours(1));
         let facts = Facts {
             renewal_info: Some(&begun),
             ..healthy(90)
         };
-        assert!(next_step(&facts, &RULES, NOW).is_due(NOW));
+        assert!(next_step(&facts, &RULES, later).is_due(later));
+        let early = NOW + Duration::days(1);
+        let begun = info(early - Duration::minutes(5), early + Duration::hours(1));
+        let facts = Facts {
+            renewal_info: Some(&begun),
+            ..healthy(90)
+        };
+        let plan = next_step(&facts, &RULES, early);
+        assert_eq!(plan.rule, Rule::Floor);
+        assert_eq!(plan.at, Some(NOW + Duration::days(36)));
+    }
+
+    /// H1: whatever the validity and the CA's backdating, a new version is never due at once,
+    /// and renews after its floor; the floor never takes away the jitter of lifetimes of days.
+    #[test]
+    fn no_validity_renews_a_new_version_at_once() {
+        let backdate = Duration::minutes(5);
+        for secs in [
+            60,
+            90,
+            180,
+            299,
+            300,
+            301,
+            600,
+            3600,
+            86_400,
+            6 * 86_400,
+            90 * 86_400,
+        ] {
+            let issued = NOW;
+            let lifetime = Lifetime {
+                not_before: issued - backdate,
+                not_after: issued + Duration::seconds(secs),
+            };
+            let facts = Facts {
+                lifetime: Some(lifetime),
+                issued_at: Some(issued),
+                ..healthy(90)
+            };
+            let plan = next_step(&facts, &RULES, issued);
+            let at = plan.at.unwrap();
+            assert!(at > issued && at < lifetime.not_after, "{secs}s: {at}");
+            assert!(!plan.is_due(issued), "{secs}s");
+            assert!(at >= renewal_floor(lifetime, Some(issued)), "{secs}s");
+            if secs >= 86_400 {
+                assert_ne!(plan.rule, Rule::Floor, "{secs}s: the floor does not bind");
+            }
+        }
     }
 
     #[test]

@@ -207,6 +207,8 @@ pub struct Replannable {
     pub window: Option<crate::model::WindowSpec>,
     /// The CA's renewal window (ARI): the plan never goes past its deadline.
     pub renewal_info: Option<crate::model::RenewalInfo>,
+    /// When the current version was stored: its real issuance time.
+    pub issued_at: Option<OffsetDateTime>,
 }
 
 /// An ACME account as stored (its credentials are sealed separately).

@@ -496,7 +496,9 @@ impl Db {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, not_before, not_after, renew_before, maintenance_window, \
-                 maintenance_window_seconds, maintenance_window_tz, renewal_info FROM certificates \
+                 maintenance_window_seconds, maintenance_window_tz, renewal_info, \
+                 (SELECT created_at FROM versions v WHERE v.certificate_id = certificates.id \
+                  AND v.version = certificates.current_version) AS issued_at FROM certificates \
                  WHERE next_action_at IS NOT NULL AND renewal_failures = 0 \
                  AND not_before IS NOT NULL AND not_after IS NOT NULL \
                  AND (renewal_status IS NULL OR renewal_status <> 'pending-auto-renewal')",
@@ -509,11 +511,12 @@ impl Db {
                     row.get::<_, Option<i64>>(3)?,
                     window_from_row(row)?,
                     row.get::<_, Option<String>>("renewal_info")?,
+                    row.get::<_, Option<i64>>("issued_at")?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, nb, na, rb, window, info) = row?;
+                let (id, nb, na, rb, window, info, issued_at) = row?;
                 let id = CertificateId::parse(&id)
                     .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?;
                 out.push(super::Replannable {
@@ -525,6 +528,7 @@ impl Db {
                     renew_before: rb.map(|s| Span::from_secs(s.max(0) as u64)),
                     window,
                     renewal_info: parse_renewal_info(info)?,
+                    issued_at: issued_at.map(from_unix),
                 });
             }
             Ok(out)
