@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with a file holding `bytes`, created with `mode`.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
@@ -49,10 +50,13 @@ fn temporary(path: &Path) -> std::io::Result<(&Path, PathBuf)> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
+    // Unique within this process too: two writers of one path must not share a temporary file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     // Left over by a crash of an earlier process with the same pid: never ours to keep.
     let _ = std::fs::remove_file(&tmp);

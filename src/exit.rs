@@ -7,7 +7,8 @@ pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 /// Command-line usage error (clap).
 pub const USAGE: u8 = 2;
-/// The input was rejected as invalid (bad PEM, CSR, names, ...).
+/// The input was rejected as invalid (bad PEM, CSR, names, ...); for `serve`: data in the
+/// store does not decode (the unit does not restart on it: the same data would stop it again).
 pub const DATA: u8 = 65;
 /// A file named on the command line cannot be read.
 pub const NO_INPUT: u8 = 66;

@@ -37,10 +37,6 @@ pub enum ExportFormat {
 pub enum ExportError {
     #[error("passphrase must be {MIN_PASSPHRASE} to {MAX_PASSPHRASE} characters")]
     Passphrase,
-    #[error(
-        "certkeeper does not hold the private key of this certificate (it was signed from a CSR)"
-    )]
-    NoKey,
     #[error("encryption failed: {0}")]
     Crypto(String),
 }

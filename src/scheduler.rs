@@ -264,9 +264,14 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId, now: OffsetDateTim
         }
     };
     let plan = inventory.plan(&cert, now);
-    let due = plan.is_due(now);
+    if plan.holds_a_claim(now) {
+        if let Err(err) = inventory.reschedule(&cert, plan.at).await {
+            warn!(error = %err, "rescheduling failed; the lease will retry it");
+        }
+        return;
+    }
     let step = match plan.step {
-        Step::CheckRenewalInfo if due => match inventory.check_renewal_info(&cert, now).await {
+        Step::CheckRenewalInfo => match inventory.check_renewal_info(&cert, now).await {
             Ok(false) => return,
             Ok(true) => Step::Renew,
             Err(err) => {
@@ -274,14 +279,6 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId, now: OffsetDateTim
                 Step::Renew
             }
         },
-        // Claimed before its time (the stored deadline and the plan disagree, as after a
-        // policy change), or no longer renewed: only the deadline moves.
-        _ if !due => {
-            if let Err(err) = inventory.reschedule(&cert, plan.at).await {
-                warn!(error = %err, "rescheduling failed; the lease will retry it");
-            }
-            return;
-        }
         step => step,
     };
     debug!(%step, rule = %plan.rule, "due");

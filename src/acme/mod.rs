@@ -1,7 +1,7 @@
 //! Public certificates from ACME CAs (RFC 8555), through instant-acme.
 //!
 //! One [`Acme`] holds every configured issuer. Issuing (first issuance or renewal, the same
-//! path) runs as a lifecycle task and goes:
+//! path) runs as a scheduler task and goes:
 //!
 //! 1. the issuer's account: loaded from the store (sealed, it holds the account key), or
 //!    created on first use (with EAB when configured) and stored before anything else;

@@ -25,8 +25,8 @@ use output::Format;
 /// The exit codes ([`crate::exit`]), as `--help` and the README list them.
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 the daemon refused the operation (not found, conflict); 2 usage error; \
-65 input rejected as invalid; 66 a named file cannot be read; 69 daemon unreachable; \
-70 internal error; 73 (serve) a socket, listener or file cannot be created; 74 output cannot be \
+65 input rejected as invalid (serve: stored data does not decode); 66 a named file cannot be \
+read; 69 daemon unreachable; 70 internal error (serve: one of its tasks ended); 73 (serve) a socket, listener or file cannot be created; 74 output cannot be \
 written; 75 (serve) another daemon holds the state directory or socket; 78 configuration error. \
 `check` uses the monitoring-plugin codes instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.";
 

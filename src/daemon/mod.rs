@@ -5,6 +5,7 @@
 //! configured CAs exist, and the API socket accepts connections. On SIGTERM the socket stops
 //! accepting, in-flight requests get until `daemon.shutdown-timeout` to finish (each change is
 //! one store transaction, so an abandoned request leaves nothing half-done), then we exit 0.
+//! A task that ends while the daemon runs stops it the same way, with a non-zero exit.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,7 +59,11 @@ pub enum DaemonError {
     #[error(transparent)]
     Sink(#[from] sinks::SinkError),
     #[error("{task} ended while the daemon was running: {reason}")]
-    TaskEnded { task: &'static str, reason: String },
+    TaskEnded {
+        task: &'static str,
+        reason: String,
+        damaged_data: bool,
+    },
 }
 
 impl DaemonError {
@@ -66,6 +71,8 @@ impl DaemonError {
     /// including a master key that does not open the stored keys.
     pub fn exit_code(&self) -> u8 {
         match self {
+            // The outbox could not be read at start: the store's trouble, not the config's.
+            Self::Sink(sinks::SinkError::Outbox(_)) => exit::SOFTWARE,
             Self::Config(_) | Self::MasterKey(_) | Self::Sink(_) => exit::CONFIG,
             Self::Store(StoreError::Seal(_)) => exit::CONFIG,
             Self::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
@@ -73,6 +80,9 @@ impl DaemonError {
             Self::Io { .. } => exit::CANT_CREATE,
             Self::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
             Self::Dns(_) => exit::CONFIG,
+            Self::TaskEnded {
+                damaged_data: true, ..
+            } => exit::DATA,
             Self::Store(_) | Self::Inventory(_) | Self::TaskEnded { .. } => exit::SOFTWARE,
         }
     }
@@ -126,15 +136,16 @@ pub async fn serve(
         );
         let alive = sinks.probe.clone();
         let store = state.inventory.store().clone();
+        // Both are asked at once, within half an interval: a ping then comes at most 1.5
+        // intervals after the last, inside systemd's 2 (the interval is half of WatchdogSec).
+        let budget = interval / 2;
         let stuck = move || {
             let (alive, store) = (alive.clone(), store.clone());
             async move {
-                if !alive.answered(interval).await {
-                    Some("scheduler")
-                } else if !store.writer_alive(interval).await {
-                    Some("store writer")
-                } else {
-                    None
+                match tokio::join!(alive.answered(budget), store.writer_alive(budget)) {
+                    (false, _) => Some("scheduler"),
+                    (_, false) => Some("store writer"),
+                    (true, true) => None,
                 }
             }
         };
@@ -180,6 +191,7 @@ pub async fn serve(
         Some(ended) => Err(DaemonError::TaskEnded {
             task: ended.task,
             reason: ended.reason,
+            damaged_data: ended.damaged_data,
         }),
     }
 }

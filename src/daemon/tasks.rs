@@ -13,6 +13,8 @@ use std::future::Future;
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{error, warn};
 
+use crate::events::sinks::SinkFailure;
+
 /// Why a task ended.
 pub(super) type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,6 +29,9 @@ pub(super) struct Ended {
     pub task: &'static str,
     /// Its error, or why ending at all is one.
     pub reason: String,
+    /// It ended on data the store holds that does not decode: restarting would meet the same
+    /// data again, so the daemon stops with an exit code systemd does not restart on.
+    pub damaged_data: bool,
 }
 
 impl Tasks {
@@ -63,15 +68,27 @@ impl Tasks {
     }
 
     fn ended(&mut self, joined: Result<(Id, Result<(), TaskError>), JoinError>) -> Ended {
-        let (id, reason) = match joined {
-            Ok((id, Ok(()))) => (id, "it stopped on its own".to_owned()),
-            Ok((id, Err(err))) => (id, err.to_string()),
-            Err(err) if err.is_panic() => (err.id(), "it panicked".to_owned()),
-            Err(err) => (err.id(), err.to_string()),
+        let (id, reason, damaged_data) = match joined {
+            Ok((id, Ok(()))) => (id, "it stopped on its own".to_owned(), false),
+            Ok((id, Err(err))) => (id, err.to_string(), damaged(&*err)),
+            Err(err) if err.is_panic() => (err.id(), "it panicked".to_owned(), false),
+            Err(err) => (err.id(), err.to_string(), false),
         };
         let task = self.names.remove(&id).unwrap_or("a task");
-        Ended { task, reason }
+        Ended {
+            task,
+            reason,
+            damaged_data,
+        }
     }
+}
+
+/// Whether a task's error says the stored data is damaged.
+fn damaged(err: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        err.downcast_ref::<SinkFailure>(),
+        Some(SinkFailure::Outbox { .. })
+    )
 }
 
 /// Logs the end of a task while the daemon runs, as the error it is.

@@ -269,19 +269,34 @@ impl<O: Outbox> Sinks<O> {
         };
         // The old ones save their cursors before the new ones read them.
         self.running.stop().await?;
-        match Generation::start(sinks, &self.outbox, &self.metrics, &self.shutdown).await {
-            Ok(running) => {
-                self.running = running;
-                info!(
-                    sinks = self.running.names.len(),
-                    "event sinks restarted with the reloaded configuration"
-                );
-                Ok(())
+        let mut sinks = sinks;
+        loop {
+            match Generation::start(sinks, &self.outbox, &self.metrics, &self.shutdown).await {
+                Ok(running) => {
+                    self.running = running;
+                    info!(
+                        sinks = self.running.names.len(),
+                        "event sinks restarted with the reloaded configuration"
+                    );
+                    return Ok(());
+                }
+                // The cursors could not be read or settled just now: events wait in the
+                // outbox meanwhile; try again shortly (they were built a moment ago, so
+                // building them again succeeds).
+                Err(err) => {
+                    error!(error = %err, "starting the reloaded event sinks failed; trying again in 5s");
+                    if sleep_or_stop(BACKOFF_MIN * 5, &self.shutdown).await {
+                        return Ok(());
+                    }
+                    match build(configs) {
+                        Ok(rebuilt) => sinks = rebuilt,
+                        Err(err) => {
+                            error!(error = %err, "reloaded event sinks refused");
+                            return Ok(());
+                        }
+                    }
+                }
             }
-            Err(err) => Err(SinkFailure::Outbox {
-                sink: "(all)".to_owned(),
-                reason: err.to_string(),
-            }),
         }
     }
 }

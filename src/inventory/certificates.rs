@@ -356,7 +356,7 @@ impl Inventory {
     }
 
     /// Accepts a public certificate: it waits in `pending-validation` (with an event listing
-    /// the records to create) and the lifecycle task orders it from the ACME CA.
+    /// the records to create) and the scheduler orders it from the ACME CA.
     async fn request_public(
         &self,
         req: CertificateRequest,
@@ -386,7 +386,7 @@ impl Inventory {
             renew_before: req.renew_before,
             days_before_expiry: req.days_before_expiry,
             maintenance_window: req.window,
-            // Due now: the lifecycle task checks validation and orders at once.
+            // Due now: the scheduler checks validation and orders at once.
             next_action_at: Some(now),
             validation: Some((method, deadline)),
             version: None,

@@ -205,12 +205,6 @@ impl InventoryError {
             _ => None,
         }
     }
-
-    /// Whether the validation records are what is missing (the certificate waits for the user,
-    /// not for the CA).
-    pub fn is_validation_pending(&self) -> bool {
-        matches!(self, Self::ValidationPending(_))
-    }
 }
 
 impl From<StoreError> for InventoryError {
@@ -228,16 +222,15 @@ impl From<StoreError> for InventoryError {
 impl From<CaError> for InventoryError {
     fn from(err: CaError) -> Self {
         match err {
-            CaError::Sign(_) | CaError::Key(KeyError::Generation(_)) => {
-                Self::Internal(Internal::Ca(err))
-            }
+            // No input makes key generation fail. A signing failure can come from input rcgen
+            // refuses (a name, an installed CA's certificate): it stays the CA's refusal.
+            CaError::Key(KeyError::Generation(_)) => Self::Internal(Internal::Ca(err)),
             refused => Self::CaRefused(refused),
         }
     }
 }
 
 impl From<ExportError> for InventoryError {
-    /// `NoKey` is not converted here: only the caller knows which certificate it is about.
     fn from(err: ExportError) -> Self {
         match err {
             ExportError::Passphrase => Self::invalid("passphrase", err),

@@ -63,7 +63,7 @@ pub struct Inventory {
     authorities: RwLock<HashMap<String, Slot>>,
     /// Reloadable with SIGHUP.
     settings: RwLock<Settings>,
-    /// Wakes the lifecycle task when deadlines may have moved.
+    /// Wakes the scheduler when deadlines may have moved.
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     /// ACME issuers, when any are configured.
@@ -175,7 +175,7 @@ impl Inventory {
         &self.metrics
     }
 
-    /// The notifier the lifecycle task waits on.
+    /// The notifier the scheduler waits on.
     pub fn wake(&self) -> Arc<Wake> {
         self.wake.clone()
     }
@@ -184,7 +184,7 @@ impl Inventory {
         self.wake.changed();
     }
 
-    /// Stores a new certificate and tells the lifecycle task about its deadlines.
+    /// Stores a new certificate and tells the scheduler about its deadlines.
     async fn insert(&self, new: NewCertificate) -> Result<Certificate> {
         let mut stored = self.insert_all(vec![new]).await?;
         stored
@@ -192,7 +192,7 @@ impl Inventory {
             .ok_or(InventoryError::Internal(Internal::NothingStored))
     }
 
-    /// Stores new certificates in one transaction (all or none) and tells the lifecycle task
+    /// Stores new certificates in one transaction (all or none) and tells the scheduler
     /// about their deadlines.
     async fn insert_all(&self, news: Vec<NewCertificate>) -> Result<Vec<Certificate>, StoreError> {
         let deadlines: Vec<_> = news.iter().map(NewCertificate::deadlines).collect();

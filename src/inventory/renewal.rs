@@ -129,7 +129,8 @@ impl Inventory {
         match decided {
             AfterFailure::TimedOut => {
                 let event = events::validation_timed_out(cert, &reason, at);
-                self.store
+                let timed_out = self
+                    .store
                     .set_status(
                         &cert.id,
                         Status::PendingValidation,
@@ -138,6 +139,12 @@ impl Inventory {
                         Some(event),
                     )
                     .await?;
+                // No longer waiting (issued or deleted meanwhile): nothing timed out.
+                if !timed_out {
+                    return Err(InventoryError::NotFound(Missing::Certificate(
+                        cert.id.to_string(),
+                    )));
+                }
             }
             AfterFailure::Retry {
                 at: retry_at,

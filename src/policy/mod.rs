@@ -113,14 +113,6 @@ pub struct RenewalInfo {
     pub explanation_url: Option<String>,
 }
 
-impl RenewalInfo {
-    /// The scheduler's deadline as far as the CA's window goes: the chosen renewal time, or
-    /// the next check when that comes first.
-    pub fn deadline(&self) -> OffsetDateTime {
-        self.renew_at.min(self.next_check)
-    }
-}
-
 /// What the renewal rules need to know about one certificate.
 #[derive(Clone, Copy, Debug)]
 pub struct Lifetime {

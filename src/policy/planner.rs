@@ -5,8 +5,8 @@
 //! The scheduler carries the decision out, `certkeeper explain` prints it, and the inventory
 //! stores its time as the certificate's deadline, so the three cannot disagree.
 //!
-//! - [`next_step`]: the next [`Step`] (issue, renew, retry, check renewal information, time out,
-//!   or nothing), its time, and the [`Rule`] that decided it;
+//! - [`next_step`]: the next [`Step`] (issue, renew, retry, check renewal information, or
+//!   nothing), its time, and the [`Rule`] that decided it;
 //! - [`after_failure`]: what a failed attempt leads to (the retry time, the Renewal Action
 //!   Required milestone, or the validation time-out);
 //! - [`choose_renewal_time`]: the point inside a CA's suggested renewal window (ARI).
@@ -43,8 +43,6 @@ pub enum Step {
     Retry,
     /// Ask the CA for its renewal window again (ACME renewal information).
     CheckRenewalInfo,
-    /// Stop waiting for validation: the certificate becomes `validation-timed-out`.
-    TimeOut,
     /// Nothing: certkeeper does not renew this certificate.
     None,
 }
@@ -57,7 +55,6 @@ impl Step {
             Self::Renew => "renew",
             Self::Retry => "retry",
             Self::CheckRenewalInfo => "check-renewal-info",
-            Self::TimeOut => "time-out",
             Self::None => "none",
         }
     }
@@ -146,6 +143,16 @@ impl Plan {
     pub fn is_due(&self, now: OffsetDateTime) -> bool {
         self.at.is_some_and(|at| at <= now + DUE_SLACK)
     }
+
+    /// For a certificate the scheduler claimed (its stored deadline came): whether the plan
+    /// holds it back instead of carrying the step out. The stored deadline is the plan made
+    /// when it was set, and it stands: a renewal claimed after its maintenance window closed
+    /// (a long queue, a daemon that was down) renews now, not a window later. Only two things
+    /// hold a claim: the certificate is no longer renewed, or its version has not served its
+    /// floor yet.
+    pub fn holds_a_claim(&self, now: OffsetDateTime) -> bool {
+        self.step == Step::None || (self.rule == Rule::Floor && !self.is_due(now))
+    }
 }
 
 /// The next step for a certificate, at `now`.
@@ -190,7 +197,7 @@ pub fn next_step(facts: &Facts<'_>, rules: &Rules<'_>, now: OffsetDateTime) -> P
             own,
         ),
         (None, None, Some(own)) => {
-            let decided = healthy(own, facts.renewal_info, plan);
+            let decided = healthy(own, facts.renewal_info, now, plan);
             floored(decided, facts)
         }
     }
@@ -228,14 +235,17 @@ fn floored(plan: Plan, facts: &Facts<'_>) -> Plan {
 }
 
 /// A healthy certificate renews at certkeeper's own time or the CA's chosen point, whichever
-/// is first; when the next look at the CA's window comes before both, that is the step.
+/// is first; when the next look at the CA's window comes before both, that is the step,
+/// unless one of them has already come (then the renewal is due, without asking again).
 fn healthy(
     own: Planned,
     info: Option<&RenewalInfo>,
+    now: OffsetDateTime,
     plan: impl Fn(Step, Option<OffsetDateTime>, Rule, Option<Planned>) -> Plan,
 ) -> Plan {
+    let renewal_came = |info: &RenewalInfo| info.renew_at.min(own.at) <= now;
     match info {
-        Some(info) if info.next_check < info.renew_at.min(own.at) => plan(
+        Some(info) if info.next_check < info.renew_at.min(own.at) && !renewal_came(info) => plan(
             Step::CheckRenewalInfo,
             Some(info.next_check),
             Rule::AriCheck,
@@ -603,6 +613,38 @@ mod tests {
         let plan = next_step(&facts, &RULES, early);
         assert_eq!(plan.rule, Rule::Floor);
         assert_eq!(plan.at, Some(NOW + Duration::days(36)));
+    }
+
+    /// A claimed certificate is held back only when it is not renewed or not past its floor.
+    #[test]
+    fn a_claim_is_held_only_by_the_floor_or_no_renewal() {
+        let sunday = window("0 2 * * 0", 2);
+        let rules = Rules {
+            window: Some(&sunday),
+            ..RULES
+        };
+        // Planned now, the renewal would wait for the next window: a claim still renews.
+        let plan = next_step(&healthy(90), &rules, NOW + Duration::days(61));
+        assert_eq!(plan.rule, Rule::Window);
+        assert!(!plan.holds_a_claim(NOW + Duration::days(61)));
+        // No longer renewed: held.
+        let imported = Facts {
+            renewed: Err(NotRenewed::Imported),
+            ..healthy(90)
+        };
+        assert!(next_step(&imported, &RULES, NOW).holds_a_claim(NOW));
+        // A version that has not served its floor: held until then, not after.
+        let brief = Facts {
+            lifetime: Some(Lifetime {
+                not_before: NOW - Duration::minutes(5),
+                not_after: NOW + Duration::minutes(3),
+            }),
+            ..healthy(90)
+        };
+        let plan = next_step(&brief, &RULES, NOW);
+        assert_eq!(plan.rule, Rule::Floor);
+        assert!(plan.holds_a_claim(NOW));
+        assert!(!plan.holds_a_claim(plan.at.unwrap()));
     }
 
     /// H1: whatever the validity and the CA's backdating, a new version is never due at once,

@@ -878,8 +878,6 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Notified after each commit that inserted events; event sinks wait on it instead of
-    /// polling.
     /// Whether the writer answers within `timeout`: it goes round, between batches (the
     /// watchdog asks).
     pub async fn writer_alive(&self, timeout: std::time::Duration) -> bool {
@@ -887,6 +885,8 @@ impl Store {
         matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)))
     }
 
+    /// Notified after each commit that inserted events; event sinks wait on it instead of
+    /// polling.
     pub fn events_committed(&self) -> Arc<tokio::sync::Notify> {
         self.events_committed.clone()
     }

@@ -889,20 +889,26 @@ fn release_leases(conn: &Connection, now: OffsetDateTime) -> Result<usize, Store
     Ok(released)
 }
 
+/// Records a failed renewal and its event; a certificate deleted meanwhile gets neither (its
+/// event would announce a certificate that no longer exists).
 fn renewal_failed(conn: &Connection, failure: &RenewalFailure) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE certificates SET renewal_status = 'failed', renewal_reason = ?, \
+    let changed = conn
+        .prepare_cached(
+            "UPDATE certificates SET renewal_status = 'failed', renewal_reason = ?, \
          renewal_failures = renewal_failures + 1, renewal_failed_at = ?, \
          next_action_at = CASE WHEN status = 'revoked' THEN NULL ELSE ? END, \
          action_required_days = COALESCE(?, action_required_days) WHERE id = ?",
-    )?
-    .execute(params![
-        failure.reason,
-        unix(failure.failed_at),
-        failure.next_action_at.map(unix),
-        failure.action_required_days,
-        failure.id.as_str(),
-    ])?;
+        )?
+        .execute(params![
+            failure.reason,
+            unix(failure.failed_at),
+            failure.next_action_at.map(unix),
+            failure.action_required_days,
+            failure.id.as_str(),
+        ])?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!("certificate {}", failure.id)));
+    }
     if let Some(event) = &failure.event {
         insert_event(conn, event)?;
     }
