@@ -109,13 +109,23 @@ fn renews_by_itself_and_resumes_after_a_restart() {
 fn a_failing_renewal_backs_off_raises_action_required_and_recovers() {
     let daemon = Daemon::start_with(Some(SHORT_LIVED));
     daemon.ok(&["ca", "create", "team", "--parent", "default"]);
-    let mut args = vec!["request", "fragile.internal", "--ca", "team"];
-    args.extend(SHORT);
+    // Three minutes: the first attempt comes at the renewal floor (72 s, two fifths of the real
+    // life), leaving more than the first backoff before expiry.
+    let args = [
+        "request",
+        "fragile.internal",
+        "--ca",
+        "team",
+        "--validity",
+        "3m",
+        "--renew-before",
+        "170s",
+    ];
     let cert = id(&daemon.json(&args));
     // The CA's key becomes unavailable: every renewal through it fails.
     daemon.ok(&["ca", "disable", "team"]);
 
-    let failed = wait_until(Duration::from_secs(60), "a failed renewal", || {
+    let failed = wait_until(Duration::from_secs(120), "a failed renewal", || {
         let c = daemon.json(&["describe", &cert]);
         (c["renewal"]["status"] == "failed").then_some(c)
     });
@@ -150,7 +160,7 @@ fn a_failing_renewal_backs_off_raises_action_required_and_recovers() {
         explained["rule"].as_str().unwrap().contains("backoff"),
         "{explained}"
     );
-    // Thresholds below the certificate's 90 s lifetime, so only the failure counts.
+    // Thresholds below the certificate's three-minute lifetime, so only the failure counts.
     let (code, line) = check(&daemon, &["--warning", "1s", "--critical", "1s"]);
     assert_eq!(code, 1, "a failing renewal is a WARNING: {line}");
     assert!(line.contains("renewal(s) failing"), "{line}");

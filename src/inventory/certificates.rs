@@ -58,7 +58,7 @@ impl Inventory {
         let lifetime = issued.lifetime();
         let mut new = issuance.record(issued, Some(key), now);
         new.next_action_at = self.deadline_of_new_version(
-            &new.id,
+            (&new.id, 1),
             lifetime,
             (new.renew_before, new.maintenance_window.as_ref()),
             None,
@@ -342,7 +342,7 @@ impl Inventory {
             event: Some(event),
             names: None,
             next_action_at: self.deadline_of_new_version(
-                &cert.id,
+                (&cert.id, cert.current_version + 1),
                 lifetime,
                 (cert.renew_before, cert.maintenance_window.as_ref()),
                 None,
@@ -455,7 +455,7 @@ impl Inventory {
             event: Some(event),
             names: None,
             next_action_at: self.deadline_of_new_version(
-                &cert.id,
+                (&cert.id, cert.current_version + 1),
                 lifetime,
                 (cert.renew_before, cert.maintenance_window.as_ref()),
                 renewal_info.as_ref(),

@@ -18,7 +18,7 @@ impl Inventory {
     /// replanned): healthy, under its own settings and the CA's window when there is one.
     pub(super) fn deadline_of_new_version(
         &self,
-        id: &CertificateId,
+        (id, version): (&CertificateId, u32),
         lifetime: Lifetime,
         (renew_before, window): (Option<Span>, Option<&WindowSpec>),
         renewal_info: Option<&RenewalInfo>,
@@ -30,6 +30,7 @@ impl Inventory {
             id: id.as_str(),
             renewed: Ok(()),
             lifetime: Some(lifetime),
+            version,
             issued_at: Some(issued_at),
             validation_deadline: None,
             failures: None,
@@ -48,7 +49,7 @@ impl Inventory {
             .into_iter()
             .map(|r| {
                 let at = self.deadline_of_new_version(
-                    &r.id,
+                    (&r.id, r.version),
                     r.lifetime,
                     (r.renew_before, r.window.as_ref()),
                     r.renewal_info.as_ref(),
@@ -186,6 +187,7 @@ fn facts<'a>(cert: &'a Certificate, window: Option<&'a Window>) -> Facts<'a> {
         id: cert.id.as_str(),
         renewed,
         lifetime: cert.lifetime(),
+        version: cert.current_version,
         issued_at: cert
             .versions
             .iter()

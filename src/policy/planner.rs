@@ -97,6 +97,8 @@ pub struct Facts<'a> {
     pub renewed: Result<(), NotRenewed>,
     /// The current version's validity; `None` before the first version.
     pub lifetime: Option<Lifetime>,
+    /// The current version's number (1 for the first issuance).
+    pub version: u32,
     /// When the current version was really issued. CAs backdate not-before (ours by five
     /// minutes), so the lifetime overstates how long a version has existed; `None` takes
     /// not-before.
@@ -218,11 +220,17 @@ pub fn renewal_floor(lifetime: Lifetime, issued_at: Option<OffsetDateTime>) -> O
     issued + (lifetime.not_after - issued) * 2 / 5
 }
 
-/// `plan` held back to the renewal floor when it would renew earlier.
+/// `plan` held back to the renewal floor when it would renew earlier. A CA's renewal window
+/// may bring the renewal of a first version before the floor (the CA may know of a coming
+/// revocation); a version a renewal created waits for its floor even then, so a CA whose
+/// windows always lie in the past cannot make certkeeper order in a loop.
 fn floored(plan: Plan, facts: &Facts<'_>) -> Plan {
     let (Some(at), Some(lifetime), Step::Renew) = (plan.at, facts.lifetime, plan.step) else {
         return plan;
     };
+    if plan.rule == Rule::AriWindow && facts.version <= 1 {
+        return plan;
+    }
     let floor = renewal_floor(lifetime, facts.issued_at);
     if at >= floor {
         return plan;
@@ -408,6 +416,7 @@ mod tests {
             id: ID,
             renewed: Ok(()),
             lifetime: Some(lifetime(days)),
+            version: 2,
             issued_at: Some(NOW),
             validation_deadline: None,
             failures: None,
@@ -613,6 +622,14 @@ mod tests {
         let plan = next_step(&facts, &RULES, early);
         assert_eq!(plan.rule, Rule::Floor);
         assert_eq!(plan.at, Some(NOW + Duration::days(36)));
+        // A first version may go early on the CA's word (a revocation may be coming): once.
+        let first = Facts {
+            version: 1,
+            ..facts
+        };
+        let plan = next_step(&first, &RULES, early);
+        assert_eq!(plan.rule, Rule::AriWindow);
+        assert!(plan.is_due(early));
     }
 
     /// A claimed certificate is held back only when it is not renewed or not past its floor.

@@ -209,6 +209,8 @@ pub struct Replannable {
     pub renewal_info: Option<crate::model::RenewalInfo>,
     /// When the current version was stored: its real issuance time.
     pub issued_at: Option<OffsetDateTime>,
+    /// The current version's number.
+    pub version: u32,
 }
 
 /// An ACME account as stored (its credentials are sealed separately).

@@ -496,7 +496,7 @@ impl Db {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, not_before, not_after, renew_before, maintenance_window, \
-                 maintenance_window_seconds, maintenance_window_tz, renewal_info, \
+                 maintenance_window_seconds, maintenance_window_tz, renewal_info, current_version, \
                  (SELECT created_at FROM versions v WHERE v.certificate_id = certificates.id \
                   AND v.version = certificates.current_version) AS issued_at FROM certificates \
                  WHERE next_action_at IS NOT NULL AND renewal_failures = 0 \
@@ -512,11 +512,12 @@ impl Db {
                     window_from_row(row)?,
                     row.get::<_, Option<String>>("renewal_info")?,
                     row.get::<_, Option<i64>>("issued_at")?,
+                    row.get::<_, u32>("current_version")?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, nb, na, rb, window, info, issued_at) = row?;
+                let (id, nb, na, rb, window, info, issued_at, version) = row?;
                 let id = CertificateId::parse(&id)
                     .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?;
                 out.push(super::Replannable {
@@ -529,6 +530,7 @@ impl Db {
                     window,
                     renewal_info: parse_renewal_info(info)?,
                     issued_at: issued_at.map(from_unix),
+                    version,
                 });
             }
             Ok(out)
