@@ -66,6 +66,9 @@ pub enum ImportError {
         "private key uses legacy OpenSSL PEM encryption; convert it with `openssl pkcs8 -topk8` first"
     )]
     LegacyEncryption,
+    /// The encrypted key asks for more key-derivation work than certkeeper does for anyone.
+    #[error("private key encryption asks for {asked}; certkeeper derives at most {limit}")]
+    KdfTooCostly { asked: String, limit: String },
     #[error("private key {0}")]
     Key(KeyError),
     #[error("private key does not match the certificate's public key")]
@@ -285,6 +288,16 @@ fn private_key(input: &[u8], passphrase: Option<&str>) -> Result<keys::ParsedKey
     keys::parse_private_key(&key).map_err(ImportError::Key)
 }
 
+/// The most PBKDF2 iterations an encrypted key may ask for: about a second of one core here,
+/// a hundred times OpenSSL's default (the review's u32::MAX took 7 minutes, past every timeout).
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+/// The most memory scrypt may take (128·r·N bytes): 256 MiB, sixteen times OpenSSL's default.
+/// The parameters come from the file, and scrypt allocates what they ask for at once (the
+/// review's N = 2^40 asked for a petabyte and aborted the daemon).
+pub const MAX_SCRYPT_MEMORY: u64 = 256 << 20;
+/// The most scrypt work (N·r·p): sixteen times the default's, so `p` cannot stand in for memory.
+pub const MAX_SCRYPT_WORK: u64 = 16 * (1 << 14) * 8;
+
 fn decrypt(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ImportError> {
     let passphrase = passphrase.ok_or(ImportError::PassphraseRequired)?;
     let info =
@@ -292,10 +305,47 @@ fn decrypt(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static
             input: "private key",
             expected: "encrypted private key",
         })?;
+    check_kdf(&info.encryption_algorithm)?;
     let plain = info
         .decrypt(passphrase)
         .map_err(|_| ImportError::WrongPassphrase)?;
     Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
+}
+
+/// Refuses key-derivation parameters beyond the bounds above, before any work is done.
+fn check_kdf(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<(), ImportError> {
+    use pkcs8::pkcs5::pbes2::Kdf;
+    let Some(params) = scheme.pbes2() else {
+        // PBES1 is not decrypted at all: the decryption reports it.
+        return Ok(());
+    };
+    let too_costly = |asked: String, limit: String| ImportError::KdfTooCostly { asked, limit };
+    match &params.kdf {
+        Kdf::Pbkdf2(p) if p.iteration_count > MAX_PBKDF2_ITERATIONS => Err(too_costly(
+            format!("{} PBKDF2 iterations", p.iteration_count),
+            format!("{MAX_PBKDF2_ITERATIONS} iterations"),
+        )),
+        Kdf::Scrypt(s) => {
+            let (n, r, p) = (
+                s.cost_parameter,
+                u64::from(s.block_size),
+                u64::from(s.parallelization),
+            );
+            let memory = n.saturating_mul(r).saturating_mul(128);
+            let work = n.saturating_mul(r).saturating_mul(p);
+            if memory > MAX_SCRYPT_MEMORY || work > MAX_SCRYPT_WORK {
+                return Err(too_costly(
+                    format!("scrypt with N={n}, r={r}, p={p}"),
+                    format!(
+                        "{} MiB of memory and N·r·p = {MAX_SCRYPT_WORK}",
+                        MAX_SCRYPT_MEMORY >> 20
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks that the certificate is signed by chain element 1, element 1 by element 2, and so on,

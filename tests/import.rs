@@ -965,3 +965,93 @@ fn imported_key_is_not_stored_in_plaintext() {
         "the daemon log holds the private key"
     );
 }
+
+/// An openssl-encrypted `leaf.key` with its KDF parameters rewritten by `change`, as a PEM
+/// `ENCRYPTED PRIVATE KEY`: what a hostile or careless file can ask for.
+fn reencrypted(d: &Daemon, kdf: &str, change: impl Fn(&mut pkcs8::pkcs5::pbes2::Kdf)) -> String {
+    use pkcs8::der::{Decode, Encode};
+    let out = format!("leaf.{kdf}.der");
+    let mut args = vec!["pkcs8", "-topk8", "-v2", "aes-256-cbc"];
+    if kdf == "scrypt" {
+        args.push("-scrypt");
+    }
+    args.extend([
+        "-in", "leaf.key", "-passout", "pass:x", "-outform", "DER", "-out", &out,
+    ]);
+    ossl(d, &args);
+    let der = read(d, &out);
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::from_der(&der).unwrap();
+    let mut scheme = info.encryption_algorithm.clone();
+    let pkcs8::pkcs5::EncryptionScheme::Pbes2(params) = &mut scheme else {
+        panic!("openssl -v2 makes PBES2")
+    };
+    change(&mut params.kdf);
+    let hostile = pkcs8::EncryptedPrivateKeyInfoRef {
+        encryption_algorithm: scheme,
+        encrypted_data: info.encrypted_data,
+    }
+    .to_der()
+    .unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, hostile);
+    format!("-----BEGIN ENCRYPTED PRIVATE KEY-----\n{b64}\n-----END ENCRYPTED PRIVATE KEY-----\n")
+}
+
+/// H2 and M3 of the security review: an encrypted key's KDF parameters come from the file.
+/// scrypt with N = 2^40 allocated a petabyte and aborted the daemon; PBKDF2 with u32::MAX
+/// iterations pinned a core for minutes, past the request timeout. Both are refused before
+/// any derivation, with a message, and the daemon serves on.
+#[test]
+fn encrypted_keys_asking_for_unbounded_kdf_work_are_refused_before_deriving() {
+    use pkcs8::pkcs5::pbes2::Kdf;
+    let d = Daemon::start();
+    ca_pair(&d, "");
+    leaf(&d, "", "leaf", P256);
+    d.write("x.pass", "x\n");
+    let cases: [(&str, Box<dyn Fn(&mut Kdf)>, &str); 3] = [
+        (
+            "scrypt",
+            Box::new(|kdf| {
+                if let Kdf::Scrypt(s) = kdf {
+                    s.cost_parameter = 1 << 40;
+                }
+            }),
+            "scrypt with N=1099511627776",
+        ),
+        (
+            "scrypt",
+            Box::new(|kdf| {
+                if let Kdf::Scrypt(s) = kdf {
+                    s.parallelization = 4096;
+                }
+            }),
+            "p=4096",
+        ),
+        (
+            "pbkdf2",
+            Box::new(|kdf| {
+                if let Kdf::Pbkdf2(p) = kdf {
+                    p.iteration_count = u32::MAX;
+                }
+            }),
+            "4294967295 PBKDF2 iterations",
+        ),
+    ];
+    for (kdf, change, asked) in cases {
+        d.write("hostile.key", reencrypted(&d, kdf, change));
+        let args = [
+            files(&d, "leaf.pem", "hostile.key"),
+            vec!["--passphrase-file".into(), path(&d, "x.pass")],
+        ]
+        .concat();
+        rejected(&d, &strs(&args), &[asked, "certkeeper derives at most"]);
+        assert_eq!(d.count(), 0, "nothing stored");
+    }
+    // Still serving, and an ordinary scrypt key (openssl's N = 2^14) still imports.
+    d.write("plain.key", reencrypted(&d, "scrypt", |_| {}));
+    let args = [
+        files(&d, "leaf.pem", "plain.key"),
+        vec!["--passphrase-file".into(), path(&d, "x.pass")],
+    ]
+    .concat();
+    assert_eq!(import_json(&d, &args)["status"], "issued");
+}

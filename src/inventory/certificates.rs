@@ -171,15 +171,35 @@ impl Inventory {
     /// Brings in a certificate issued elsewhere, or a new version of one imported before.
     pub async fn import(&self, req: ImportRequest) -> Result<Certificate> {
         let now = OffsetDateTime::now_utc();
-        let input = import::Input {
-            certificate: &req.certificate,
-            private_key: &req.private_key,
-            chain: req.chain.as_deref(),
-            passphrase: req.passphrase.as_deref().map(String::as_str),
-            allow_expired: req.allow_expired,
+        // Decrypting a passphrase-protected key runs a deliberately slow KDF (bounded by the
+        // import checks): on the blocking pool, so the request's deadline can still answer, and
+        // at most a few at once, so imports cannot take every core from signing and renewals.
+        let files = (
+            req.certificate,
+            req.private_key,
+            req.chain,
+            req.passphrase,
+            req.allow_expired,
+        );
+        let checked = {
+            let _permit = self
+                .kdf
+                .acquire()
+                .await
+                .map_err(|_| InventoryError::ShuttingDown)?;
+            blocking(move || {
+                let (certificate, private_key, chain, passphrase, allow_expired) = files;
+                let input = import::Input {
+                    certificate: &certificate,
+                    private_key: &private_key,
+                    chain: chain.as_deref(),
+                    passphrase: passphrase.as_deref().map(String::as_str),
+                    allow_expired,
+                };
+                import::check(&input, now)
+            })
+            .await??
         };
-        // Decrypting a passphrase-protected key runs a deliberately slow KDF.
-        let checked = blocking_scoped(|| import::check(&input, now))?;
         let version = NewVersion {
             serial: checked.info.serial.clone(),
             issuer_ca: None,

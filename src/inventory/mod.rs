@@ -68,7 +68,12 @@ pub struct Inventory {
     metrics: Arc<Metrics>,
     /// ACME issuers, when any are configured.
     acme: Option<Arc<Acme>>,
+    /// Key derivations (decrypting imported keys) running at once.
+    kdf: tokio::sync::Semaphore,
 }
+
+/// How many imported keys are decrypted at once.
+const KDF_CONCURRENCY: usize = 2;
 
 /// The configuration the inventory works with, replaced on reload.
 #[derive(Clone, Debug)]
@@ -132,6 +137,7 @@ impl Inventory {
             wake: Arc::new(Wake::default()),
             metrics: Arc::new(Metrics::default()),
             acme,
+            kdf: tokio::sync::Semaphore::new(KDF_CONCURRENCY),
         }
     }
 
@@ -316,10 +322,4 @@ impl Inventory {
 /// Runs CPU-heavy work (key generation, KDFs) on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     Ok(tokio::task::spawn_blocking(f).await?)
-}
-
-/// Like [`blocking`] for work that borrows from the caller: runs it in place, telling the
-/// runtime this worker thread may block for a while.
-fn blocking_scoped<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
