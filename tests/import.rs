@@ -1007,7 +1007,8 @@ fn encrypted_keys_asking_for_unbounded_kdf_work_are_refused_before_deriving() {
     ca_pair(&d, "");
     leaf(&d, "", "leaf", P256);
     d.write("x.pass", "x\n");
-    let cases: [(&str, Box<dyn Fn(&mut Kdf)>, &str); 3] = [
+    type Change = Box<dyn Fn(&mut Kdf)>;
+    let cases: [(&str, Change, &str); 3] = [
         (
             "scrypt",
             Box::new(|kdf| {
