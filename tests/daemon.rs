@@ -845,3 +845,53 @@ fn client_verbs_find_the_socket_through_the_config_serve_runs_with() {
         "{stderr}"
     );
 }
+
+/// H3 of the security review: idle connections, or ones that never finish their headers, used
+/// to stay open forever on every listener, until the process ran out of descriptors (remotely,
+/// through the HTTP-01 port). Now each is closed after the listener's header timeout (10 s on
+/// the API socket, 5 s on the public HTTP-01 port), and the daemon answers on.
+#[test]
+fn idle_connections_are_closed_on_the_api_socket_and_the_http01_port() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let daemon = Daemon::start_with(Some(&format!(
+        "[[acme]]\nname = \"nowhere\"\ndirectory = \"https://127.0.0.1:9/directory\"\n\
+         [validation.http]\nlisten = \"127.0.0.1:{port}\"\n"
+    )));
+    let closed = |stream: &mut dyn Read| {
+        let mut buf = [0u8; 256];
+        // Within the client's 60 s read timeout, the server closes the connection (0 bytes);
+        // before the fix the read timed out instead.
+        stream.read(&mut buf).map(|n| n == 0).unwrap_or(false)
+    };
+    let mut idle = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut partial = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    partial
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    partial
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let mut public = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    public
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert!(closed(&mut idle), "an idle API connection is closed");
+    assert!(closed(&mut partial), "an unfinished head is closed");
+    assert!(closed(&mut public), "an idle HTTP-01 connection is closed");
+    // The listeners still serve.
+    daemon.ok(&["list"]);
+    let mut challenge = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    challenge
+        .write_all(b"GET /.well-known/acme-challenge/nope HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    challenge.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}

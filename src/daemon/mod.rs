@@ -25,6 +25,7 @@ use crate::inventory::{Inventory, InventoryError, Settings};
 use crate::liveness::{self, Probe};
 use crate::logging::Logging;
 use crate::scheduler;
+use crate::serve;
 use crate::store::{Keyring, SealError, Store, StoreError};
 use crate::systemd;
 use crate::validation::dns::{DnsError, DnsValidator};
@@ -314,12 +315,10 @@ async fn serve_api(
             })?;
         info!(%addr, "metrics listening");
         let app = api::metrics_router(state.clone());
-        let stop = shutdown.clone();
-        tasks.spawn("metrics listener", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        tasks.spawn(
+            "metrics listener",
+            serve::serve(listener, app, serve::Limits::METRICS, shutdown.clone()),
+        );
     }
     let listener = bind_socket(&config.socket, config.socket_mode)?;
     info!(socket = %config.socket.display(), "API listening");
@@ -328,12 +327,10 @@ async fn serve_api(
         timeout: config.request_timeout.std(),
     };
     let app = api::router(state.clone(), limits);
-    let stop = shutdown.clone();
-    tasks.spawn("API server", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    tasks.spawn(
+        "API server",
+        serve::serve(listener, app, serve::Limits::API, shutdown.clone()),
+    );
     Ok(())
 }
 

@@ -91,9 +91,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/.well-known/acme-challenge/{token}", get(challenge))
         .with_state(tokens);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    crate::serve::serve(listener, app, crate::serve::Limits::PUBLIC, shutdown).await
 }
 
 async fn challenge(State(tokens): State<Tokens>, Path(token): Path<String>) -> Response {
