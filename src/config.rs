@@ -604,12 +604,26 @@ impl Config {
         }
 
         let acme = acme_issuers(raw.acme, &cas, &invalid)?;
+        let store_path = raw
+            .store
+            .path
+            .unwrap_or_else(|| state_dir.join("certkeeper.db"));
+        // The socket is replaced at every start and removed at stop: it must not be a file the
+        // daemon keeps (M4 of the security review: it deleted the database).
+        for (other, key) in [
+            (&store_path, "store.path"),
+            (&master_key.path().to_owned(), "secrets.master-key-file"),
+        ] {
+            if &socket == other {
+                return Err(invalid(
+                    "daemon.socket",
+                    format!("{} is also {key}", socket.display()),
+                ));
+            }
+        }
         Ok(Self {
             source: source.map(Path::to_owned),
-            store_path: raw
-                .store
-                .path
-                .unwrap_or_else(|| state_dir.join("certkeeper.db")),
+            store_path,
             synchronous: raw.store.synchronous.unwrap_or(Synchronous::Full),
             socket,
             socket_mode,

@@ -16,10 +16,18 @@ fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
 
-/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr).
+/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr). One that
+/// starts instead is killed after a minute (exit code `None`), so the test fails, not hangs.
 fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
     let mut cmd = daemon.command();
-    let child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = child.wait_with_output().expect("wait");
     (
         out.status.code(),
@@ -894,4 +902,42 @@ fn idle_connections_are_closed_on_the_api_socket_and_the_http01_port() {
     let mut answer = String::new();
     challenge.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}
+
+/// M4 of the security review: a `daemon.socket` naming an existing regular file made the
+/// daemon delete it (the review's deleted its own database). Now only a socket is replaced;
+/// anything else at the path stops the start with exit 78 and stays as it was, and a socket
+/// path that is the store or the master key is a config error.
+#[test]
+fn a_socket_path_naming_a_file_deletes_nothing() {
+    let mut daemon = Daemon::start();
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+    let precious = daemon.write("precious.txt", "keep me\n");
+    daemon.config = Some(daemon.write(
+        "socket.toml",
+        format!("[daemon]\nsocket = {:?}\n", precious.display().to_string()),
+    ));
+    let (code, stderr) = failed_start(&daemon);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+
+    let db = daemon.state_dir.join("certkeeper.db");
+    let before = std::fs::read(&db).unwrap();
+    daemon.config = Some(daemon.write(
+        "socket.toml",
+        format!("[daemon]\nsocket = {:?}\n", db.display().to_string()),
+    ));
+    let (code, stderr) = failed_start(&daemon);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("daemon.socket") && stderr.contains("is also store.path"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the store is untouched"
+    );
 }

@@ -57,6 +57,10 @@ pub enum DaemonError {
     AlreadyRunning(PathBuf),
     #[error("another process is serving the API socket {0}")]
     SocketInUse(PathBuf),
+    #[error(
+        "daemon.socket {0} exists and is not a socket; certkeeper replaces only a socket there"
+    )]
+    NotASocket(PathBuf),
     #[error(transparent)]
     Sink(#[from] sinks::SinkError),
     #[error("{task} ended while the daemon was running: {reason}")]
@@ -74,7 +78,9 @@ impl DaemonError {
         match self {
             // The outbox could not be read at start: the store's trouble, not the config's.
             Self::Sink(sinks::SinkError::Outbox(_)) => exit::SOFTWARE,
-            Self::Config(_) | Self::MasterKey(_) | Self::Sink(_) => exit::CONFIG,
+            Self::Config(_) | Self::MasterKey(_) | Self::Sink(_) | Self::NotASocket(_) => {
+                exit::CONFIG
+            }
             Self::Store(StoreError::Seal(_)) => exit::CONFIG,
             Self::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
             Self::AlreadyRunning(_) | Self::SocketInUse(_) => exit::TEMP_FAIL,
@@ -540,7 +546,12 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
         path: path.to_owned(),
         source,
     };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ours to replace: anything else at the path is somebody's file.
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(DaemonError::NotASocket(path.to_owned()));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(DaemonError::SocketInUse(path.to_owned()));
         }
