@@ -81,11 +81,20 @@ impl Argv {
                 program: self.program.clone(),
                 source,
             })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A command that ignores its input may close stdin early; that is its business.
-            let _ = pipe.write_all(input).await;
-        }
-        let output = tokio::time::timeout(timeout, child.wait_with_output())
+        let input = stdin.zip(child.stdin.take());
+        // The input is written inside the timeout too: a command that does not read a large
+        // input (more than the pipe holds) would otherwise hold us for as long as it runs
+        // (L6 of the security review).
+        let run = async move {
+            if let Some((input, mut pipe)) = input {
+                // A command that ignores its input may close stdin early; that is its business.
+                let _ = pipe.write_all(input).await;
+                // Closed here, so that a command reading to the end sees it.
+                drop(pipe);
+            }
+            child.wait_with_output().await
+        };
+        let output = tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| RunError::Timeout { after: timeout })?
             .map_err(RunError::Wait)?;
@@ -195,6 +204,15 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "still running after 100ms (killed)");
+
+        // A large input the command never reads does not hold the timeout back.
+        let deaf = argv(&["sleep", "30"]);
+        let big = vec![b'x'; 1 << 20];
+        let err = deaf
+            .run(&[], &[], Some(&big), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::Timeout { .. }), "{err}");
 
         let missing = argv(&["/nonexistent/certkeeper-test"]);
         let err = missing
