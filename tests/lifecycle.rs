@@ -840,3 +840,36 @@ fn at(value: &serde_json::Value) -> time::OffsetDateTime {
     )
     .unwrap()
 }
+
+/// L5 of the security review: a webhook receiver answering 307 made certkeeper re-send the
+/// signed event to the location it named, and count that as delivered. A redirect is now a
+/// failed delivery, retried at the configured URL; the other location never hears of it.
+#[test]
+fn webhooks_do_not_follow_redirects() {
+    let receiver = Receiver::start(b"hook secret");
+    let elsewhere = Receiver::start(b"hook secret");
+    receiver.set_redirect(Some(&elsewhere.url));
+    let staging = tempfile::tempdir().unwrap();
+    let secret = staging.path().join("hook.secret");
+    std::fs::write(&secret, "hook secret\n").unwrap();
+    let daemon = Daemon::start_with(Some(&format!(
+        "[[events.webhook]]\nname = \"ops\"\nurl = {:?}\nsecret-file = {:?}\n",
+        receiver.url,
+        secret.display().to_string()
+    )));
+    daemon.json(&["request", "redirected.internal"]);
+    wait_until(
+        Duration::from_secs(30),
+        "two delivery attempts answered with a redirect",
+        || (*receiver.refused.lock().unwrap() >= 2).then_some(()),
+    );
+    assert!(
+        elsewhere.deliveries().is_empty(),
+        "the redirect's target got the event: {:?}",
+        elsewhere.deliveries()
+    );
+    receiver.set_redirect(None);
+    let got = receiver.wait_for(1, Duration::from_secs(60));
+    assert_eq!(got[0].detail_type, "Certificate Available");
+    assert!(elsewhere.deliveries().is_empty());
+}

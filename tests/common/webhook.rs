@@ -22,6 +22,8 @@ pub(crate) struct Delivery {
 pub(crate) struct Receiver {
     pub url: String,
     down: Arc<AtomicBool>,
+    /// Answer 307 to this location instead of accepting.
+    redirect: Arc<Mutex<Option<String>>>,
     accepted: Arc<Mutex<Vec<Delivery>>>,
     /// Requests answered 503 while down.
     pub refused: Arc<Mutex<u32>>,
@@ -53,9 +55,14 @@ impl Receiver {
         let url = format!("{scheme}://{}/hook", listener.local_addr().expect("addr"));
         let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
         let down = Arc::new(AtomicBool::new(false));
+        let redirect = Arc::new(Mutex::new(None));
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(0));
-        let (d, a, r) = (down.clone(), accepted.clone(), refused.clone());
+        let (d, a, r) = (
+            (down.clone(), redirect.clone()),
+            accepted.clone(),
+            refused.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (key, d, a, r, tls) =
@@ -76,6 +83,7 @@ impl Receiver {
         Self {
             url,
             down,
+            redirect,
             accepted,
             refused,
         }
@@ -83,6 +91,11 @@ impl Receiver {
 
     pub(crate) fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While set, every request is answered `307` to `location` (and counted as refused).
+    pub(crate) fn set_redirect(&self, location: Option<&str>) {
+        *self.redirect.lock().expect("lock") = location.map(str::to_owned);
     }
 
     pub(crate) fn deliveries(&self) -> Vec<Delivery> {
@@ -113,7 +126,7 @@ impl Receiver {
 fn serve(
     stream: impl Read + Write,
     key: &aws_lc_rs::hmac::Key,
-    down: &AtomicBool,
+    (down, redirect): &(Arc<AtomicBool>, Arc<Mutex<Option<String>>>),
     accepted: &Mutex<Vec<Delivery>>,
     refused: &Mutex<u32>,
 ) -> std::io::Result<()> {
@@ -145,9 +158,13 @@ fn serve(
         let length: usize = header("content-length").parse().unwrap_or(0);
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        let status = if down.load(Ordering::SeqCst) {
+        let location = redirect.lock().expect("lock").clone();
+        let status = if let Some(location) = location {
             *refused.lock().expect("lock") += 1;
-            "503 Service Unavailable"
+            format!("307 Temporary Redirect\r\nlocation: {location}")
+        } else if down.load(Ordering::SeqCst) {
+            *refused.lock().expect("lock") += 1;
+            "503 Service Unavailable".to_owned()
         } else {
             let expected = aws_lc_rs::hmac::sign(key, &body);
             let hex: String = expected
@@ -163,7 +180,7 @@ fn serve(
                 signature_ok: header("x-certkeeper-signature") == format!("sha256={hex}"),
                 body: json,
             });
-            "200 OK"
+            "200 OK".to_owned()
         };
         let writer = reader.get_mut();
         write!(writer, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n")?;
