@@ -1056,3 +1056,20 @@ fn encrypted_keys_asking_for_unbounded_kdf_work_are_refused_before_deriving() {
     .concat();
     assert_eq!(import_json(&d, &args)["status"], "issued");
 }
+
+/// L4 of the security review: the answer to a request or import said `key_held: false` while
+/// describe said true (the key was taken out for sealing before the answer was built).
+#[test]
+fn creation_answers_say_whether_the_key_is_held() {
+    let d = Daemon::start();
+    ca_pair(&d, "");
+    leaf(&d, "", "leaf", P256);
+    let imported = import_json(&d, &files(&d, "leaf.pem", "leaf.key"));
+    assert_eq!(imported["versions"][0]["key_held"], true, "{imported:#}");
+    let requested = d.json(&["request", "held.internal"]);
+    assert_eq!(requested["versions"][0]["key_held"], true, "{requested:#}");
+    for cert in [&imported, &requested] {
+        let described = d.json(&["describe", cert["id"].as_str().unwrap()]);
+        assert_eq!(described["versions"][0]["key_held"], true);
+    }
+}

@@ -372,9 +372,10 @@ impl Store {
         // hot path, and the only thing the writer may change is a name.
         let mut certs = Vec::with_capacity(news.len());
         for mut new in news {
+            // The answer first, while the version still has its key (it says `key_held`).
+            certs.push(new.certificate(now));
             let key = new.version.as_mut().and_then(|v| v.key.take());
             let sealed = self.seal_version_key(&new.id, 1, key)?;
-            certs.push(new.certificate(now));
             items.push((new, sealed));
         }
         let answer = self
