@@ -189,7 +189,7 @@ struct RequestArgs {
     /// ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096, ed25519 [default: [defaults] key-algorithm].
     #[arg(long, value_parser = parse_value::<KeyAlgorithm>)]
     key_algorithm: Option<KeyAlgorithm>,
-    /// Lifetime, e.g. 90d [default: [defaults] validity].
+    /// Lifetime, e.g. 90d [default: [defaults] validity; at least defaults.minimum-validity, 1h].
     #[arg(long, value_parser = parse_value::<Span>)]
     validity: Option<Span>,
     /// Also allow TLS client authentication.
@@ -280,7 +280,8 @@ struct SignArgs {
     /// The CA that signs [default: defaults.ca, `default` out of the box].
     #[arg(long)]
     ca: Option<String>,
-    /// Lifetime, e.g. 90d or 12h [default: defaults.validity, 395d out of the box].
+    /// Lifetime, e.g. 90d or 12h [default: defaults.validity, 395d out of the box; at least
+    /// defaults.minimum-validity, 1h].
     #[arg(long, value_parser = parse_value::<Span>)]
     validity: Option<Span>,
     /// Add the client-auth extended key usage (server auth is always there).
