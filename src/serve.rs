@@ -15,11 +15,11 @@
 //! At shutdown the listener stops accepting and every connection finishes its request in
 //! flight, then closes (graceful shutdown); the caller bounds how long that may take.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// How much one listener takes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,33 +63,10 @@ impl Limits {
     };
 }
 
-/// A listener whose connections can be served.
-pub trait Accept: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-
-    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
-}
-
-impl Accept for tokio::net::TcpListener {
-    type Io = tokio::net::TcpStream;
-
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        Self::accept(self).await.map(|(stream, _)| stream)
-    }
-}
-
-impl Accept for tokio::net::UnixListener {
-    type Io = tokio::net::UnixStream;
-
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        Self::accept(self).await.map(|(stream, _)| stream)
-    }
-}
-
 /// Serves `router` on `listener` within `limits` until `shutdown`, then waits for the
 /// connections to finish their requests.
 pub async fn serve(
-    listener: impl Accept,
+    mut listener: impl Listener,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
@@ -107,16 +84,10 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // axum's listeners retry accept errors themselves (skipping a connection reset,
+        // waiting a second when out of descriptors).
         let io = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(io) => io,
-                Err(err) => {
-                    // Out of descriptors or memory for a moment: wait rather than spin.
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            (io, _) = listener.accept() => io,
             () = shutdown.cancelled() => break,
         };
         let (router, stop) = (router.clone(), shutdown.clone());
