@@ -307,7 +307,7 @@ fn breakdown(dir: &Path) {
     };
     let key = certkeeper::keys::generate(KeyAlgorithm::EcP256).expect("key");
     let csr = csrs(1).remove(0);
-    let ring = certkeeper::store::Keyring::new([7; 32], vec![]);
+    let ring = certkeeper::store::Keyring::from_bytes(&[7; 32]);
     let pkcs8 = key.serialize_der();
     let n = 2000;
     let keygen = time_us(n, || drop(certkeeper::keys::generate(KeyAlgorithm::EcP256)));

@@ -164,6 +164,8 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     socket_mode: Option<String>,
+    read_only_socket: Option<PathBuf>,
+    read_only_socket_mode: Option<String>,
     shutdown_timeout: Option<Span>,
     log: Option<LogTarget>,
     log_level: Option<String>,
@@ -189,6 +191,7 @@ struct RawStore {
 struct RawApi {
     request_timeout: Option<Span>,
     max_request_body: Option<usize>,
+    audit_retention: Option<Span>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,6 +246,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub socket_mode: u32,
+    /// A second socket that serves only reads (list, describe, explain, events, metrics,
+    /// health): for monitoring, which must not be able to export keys.
+    pub read_only_socket: Option<PathBuf>,
+    pub read_only_socket_mode: u32,
     pub shutdown_timeout: Span,
     pub log: LogTarget,
     pub log_level: String,
@@ -252,6 +259,8 @@ pub struct Config {
     pub synchronous: Synchronous,
     pub request_timeout: Span,
     pub max_request_body: usize,
+    /// How long audit records are kept (`certkeeper audit`).
+    pub audit_retention: Span,
     pub defaults: Defaults,
     /// CAs created at start when missing (existing ones are never changed by config).
     pub cas: Vec<crate::model::CaSpec>,
@@ -514,15 +523,28 @@ impl Config {
             .daemon
             .socket
             .unwrap_or_else(|| state_dir.join("api.sock"));
-        let socket_mode = match raw.daemon.socket_mode.as_deref() {
-            None => 0o660,
-            Some(text) => parse_mode(text).ok_or_else(|| {
-                invalid(
-                    "daemon.socket-mode",
-                    format!("{text:?} is not an octal file mode such as \"0660\""),
-                )
-            })?,
-        };
+        let socket_mode =
+            parse_socket_mode(raw.daemon.socket_mode.as_deref(), "daemon.socket-mode")
+                .map_err(|message| invalid("daemon.socket-mode", message))?
+                .unwrap_or(0o660);
+        // Whoever can connect to the API socket can export every key: no mode may open it
+        // to every local user (L12 of the security review). Monitoring has its own socket.
+        if socket_mode & 0o002 != 0 {
+            return Err(invalid(
+                "daemon.socket-mode",
+                format!(
+                    "{socket_mode:04o} lets every local user issue, export and delete; \
+                     use daemon.read-only-socket for monitoring"
+                ),
+            ));
+        }
+        let read_only_socket = raw.daemon.read_only_socket;
+        let read_only_socket_mode = parse_socket_mode(
+            raw.daemon.read_only_socket_mode.as_deref(),
+            "daemon.read-only-socket-mode",
+        )
+        .map_err(|message| invalid("daemon.read-only-socket-mode", message))?
+        .unwrap_or(0o666);
         let log_level = raw.daemon.log_level.unwrap_or_else(|| "info".to_owned());
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| invalid("daemon.log-level", format!("{log_level:?}: {e}")))?;
@@ -535,6 +557,16 @@ impl Config {
             (None, _) => MasterKeySource::StateDir(state_dir.join("master-key")),
         };
 
+        let audit_retention = raw
+            .api
+            .audit_retention
+            .unwrap_or(crate::audit::DEFAULT_RETENTION);
+        if !(Span::from_days(1)..=Span::from_days(36500)).contains(&audit_retention) {
+            return Err(invalid(
+                "api.audit-retention",
+                format!("{audit_retention} is outside 1d..=36500d"),
+            ));
+        }
         let max_request_body = raw.api.max_request_body.unwrap_or(1 << 20);
         if !(4096..=64 << 20).contains(&max_request_body) {
             return Err(invalid(
@@ -610,10 +642,19 @@ impl Config {
             .unwrap_or_else(|| state_dir.join("certkeeper.db"));
         // The socket is replaced at every start and removed at stop: it must not be a file the
         // daemon keeps (M4 of the security review: it deleted the database).
-        for (other, key) in [
+        let files = [
             (&store_path, "store.path"),
             (&master_key.path().to_owned(), "secrets.master-key-file"),
-        ] {
+        ];
+        for (path, key) in files.iter().chain([(&socket, "daemon.socket")].iter()) {
+            if read_only_socket.as_ref() == Some(path) {
+                return Err(invalid(
+                    "daemon.read-only-socket",
+                    format!("{} is also {key}", path.display()),
+                ));
+            }
+        }
+        for (other, key) in files {
             if &socket == other {
                 return Err(invalid(
                     "daemon.socket",
@@ -627,6 +668,8 @@ impl Config {
             synchronous: raw.store.synchronous.unwrap_or(Synchronous::Full),
             socket,
             socket_mode,
+            read_only_socket,
+            read_only_socket_mode,
             shutdown_timeout: raw.daemon.shutdown_timeout.unwrap_or(Span::from_secs(20)),
             log: raw.daemon.log.unwrap_or(LogTarget::Auto),
             log_level,
@@ -634,6 +677,7 @@ impl Config {
             previous_master_keys: raw.secrets.previous_master_key_files,
             request_timeout: raw.api.request_timeout.unwrap_or(Span::from_secs(60)),
             max_request_body,
+            audit_retention,
             defaults,
             cas,
             renewal: renewal_config(raw.renewal, &invalid)?,
@@ -953,6 +997,21 @@ impl RawCa {
             permitted_dns: self.permitted_dns,
         }
     }
+}
+
+/// An optional socket mode from `key`; the error names what was wrong, not the key.
+fn parse_socket_mode(text: Option<&str>, key: &str) -> Result<Option<u32>, String> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let mode = parse_mode(text)
+        .ok_or_else(|| format!("{text:?} is not an octal file mode such as \"0660\""))?;
+    // connect(2) needs write permission on the socket: a mode the owner cannot write would
+    // shut out the daemon's own CLI.
+    if mode & 0o200 == 0 {
+        return Err(format!("{mode:04o}: {key} must be writable by its owner"));
+    }
+    Ok(Some(mode))
 }
 
 fn parse_mode(text: &str) -> Option<u32> {

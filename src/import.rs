@@ -262,12 +262,18 @@ fn private_key(input: &[u8], passphrase: Option<&str>) -> Result<keys::ParsedKey
             hint: "",
         });
     };
-    let der: Zeroizing<Vec<u8>> = block.der.clone();
+    // Every form borrows the block's (zeroized) bytes or the decrypted (zeroized) copy: a key
+    // built from a plain Vec would leave its plaintext in freed memory (M1).
+    let der = block.der.as_slice();
+    let decrypted: Zeroizing<Vec<u8>>;
     let key = match block.label.as_deref() {
-        Some("PRIVATE KEY") => PrivateKeyDer::Pkcs8(der.to_vec().into()),
-        Some("EC PRIVATE KEY") => PrivateKeyDer::Sec1(der.to_vec().into()),
-        Some("RSA PRIVATE KEY") => PrivateKeyDer::Pkcs1(der.to_vec().into()),
-        Some("ENCRYPTED PRIVATE KEY") => decrypt(&der, passphrase)?,
+        Some("PRIVATE KEY") => PrivateKeyDer::Pkcs8(der.into()),
+        Some("EC PRIVATE KEY") => PrivateKeyDer::Sec1(der.into()),
+        Some("RSA PRIVATE KEY") => PrivateKeyDer::Pkcs1(der.into()),
+        Some("ENCRYPTED PRIVATE KEY") => {
+            decrypted = decrypt(der, passphrase)?;
+            PrivateKeyDer::Pkcs8(decrypted.as_slice().into())
+        }
         Some(label) => {
             return Err(ImportError::WrongLabel {
                 input: "private key",
@@ -275,14 +281,15 @@ fn private_key(input: &[u8], passphrase: Option<&str>) -> Result<keys::ParsedKey
                 expected: "PRIVATE KEY, EC PRIVATE KEY, RSA PRIVATE KEY or ENCRYPTED PRIVATE KEY",
             });
         }
-        None => match pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice()) {
-            Ok(_) => decrypt(&der, passphrase)?,
-            Err(_) => {
-                PrivateKeyDer::try_from(der.to_vec()).map_err(|_| ImportError::NotPemOrDer {
-                    input: "private key",
-                    expected: "private key",
-                })?
+        None => match pkcs8::EncryptedPrivateKeyInfoRef::try_from(der) {
+            Ok(_) => {
+                decrypted = decrypt(der, passphrase)?;
+                PrivateKeyDer::Pkcs8(decrypted.as_slice().into())
             }
+            Err(_) => PrivateKeyDer::try_from(der).map_err(|_| ImportError::NotPemOrDer {
+                input: "private key",
+                expected: "private key",
+            })?,
         },
     };
     keys::parse_private_key(&key).map_err(ImportError::Key)
@@ -298,7 +305,7 @@ pub const MAX_SCRYPT_MEMORY: u64 = 256 << 20;
 /// The most scrypt work (N·r·p): sixteen times the default's, so `p` cannot stand in for memory.
 pub const MAX_SCRYPT_WORK: u64 = 16 * (1 << 14) * 8;
 
-fn decrypt(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ImportError> {
+fn decrypt(der: &[u8], passphrase: Option<&str>) -> Result<Zeroizing<Vec<u8>>, ImportError> {
     let passphrase = passphrase.ok_or(ImportError::PassphraseRequired)?;
     let info =
         pkcs8::EncryptedPrivateKeyInfoRef::try_from(der).map_err(|_| ImportError::NotPemOrDer {
@@ -309,7 +316,7 @@ fn decrypt(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static
     let plain = info
         .decrypt(passphrase)
         .map_err(|_| ImportError::WrongPassphrase)?;
-    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
+    Ok(Zeroizing::new(plain.as_bytes().to_vec()))
 }
 
 /// Refuses key-derivation parameters beyond the bounds above, before any work is done.

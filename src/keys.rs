@@ -47,7 +47,8 @@ pub fn generate(alg: KeyAlgorithm) -> Result<KeyPair, KeyError> {
 
 /// Loads a key we stored ourselves (PKCS#8 DER).
 pub fn load_pkcs8(der: &[u8]) -> Result<KeyPair, KeyError> {
-    let key = PrivateKeyDer::Pkcs8(der.to_vec().into());
+    // Borrowed, not copied: a copy in a plain Vec would stay in freed memory (M1).
+    let key = PrivateKeyDer::Pkcs8(der.into());
     KeyPair::try_from(&key).map_err(|_| KeyError::Unparsable)
 }
 

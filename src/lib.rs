@@ -5,6 +5,7 @@
 
 // The daemon and its interfaces
 pub mod api; // HTTP/JSON API under /v1 on the Unix socket; types shared with the CLI
+pub mod audit; // who changed what or exported which key: records, to the log and the store
 pub mod cli; // verbs, socket client, output formatting
 pub mod daemon; // lifecycle only: load, bind, spawn and supervise tasks, notify, signals, drain
 pub mod metrics; // Prometheus text exposition: counters and per-certificate gauges
@@ -44,3 +45,4 @@ pub mod exit; // process exit codes shared by the daemon and the CLI
 pub mod liveness; // asking a task's loop whether it still goes round (the watchdog's probe)
 pub mod lock; // taking a poisoned std lock, and why that is safe here
 pub mod logging; // journald or stderr, reloadable level
+pub mod process; // once at start: no core dumps, the daemon's private umask

@@ -50,9 +50,17 @@ pub fn blocks(input: &[u8]) -> Result<Vec<Block>, PemError> {
             der: Zeroizing::new(input.to_vec()),
         }]);
     }
-    let text = String::from_utf8_lossy(input);
+    let replaced: Zeroizing<String>;
+    let text: &str = match String::from_utf8_lossy(input) {
+        std::borrow::Cow::Borrowed(text) => text,
+        // Not UTF-8: the copy with replacement characters holds the key's text as well (M1).
+        std::borrow::Cow::Owned(text) => {
+            replaced = Zeroizing::new(text);
+            &replaced
+        }
+    };
     let mut out = Vec::new();
-    let mut rest: &str = &text;
+    let mut rest: &str = text;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after_begin = &rest[start + "-----BEGIN ".len()..];
         let label_end = after_begin
@@ -64,11 +72,14 @@ pub fn blocks(input: &[u8]) -> Result<Vec<Block>, PemError> {
         let body_len = body_start
             .find(&end_marker)
             .ok_or_else(|| PemError::Unterminated(label.clone()))?;
-        let body: String = body_start[..body_len]
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-        let body = Zeroizing::new(body);
+        // Sized once: a String grown by collecting leaves each outgrown buffer behind, with
+        // part of the key's base64 in it.
+        let mut body = Zeroizing::new(String::with_capacity(body_len));
+        body.extend(
+            body_start[..body_len]
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace()),
+        );
         let der = base64::engine::general_purpose::STANDARD
             .decode(body.as_bytes())
             .map_err(|_| PemError::BadBase64(label.clone()))?;

@@ -12,6 +12,10 @@
 //! A request that has sent its head is bounded by the router's own deadline (the API's
 //! `request-timeout`).
 //!
+//! Each request carries the [`Peer`] of its connection as an extension: on a Unix socket the
+//! kernel's word for who connected (uid, gid, pid, from `SO_PEERCRED`), on TCP the address.
+//! The audit log records it.
+//!
 //! At shutdown the listener stops accepting and every connection finishes its request in
 //! flight, then closes (graceful shutdown); the caller bounds how long that may take.
 
@@ -63,14 +67,59 @@ impl Limits {
     };
 }
 
+/// Who is at the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Peer {
+    /// A local process, as the kernel saw it when it connected. `pid` is `None` when the peer
+    /// is in another PID namespace.
+    Local {
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+    },
+    /// A TCP client.
+    Remote { address: std::net::SocketAddr },
+    /// The kernel would not say.
+    Unknown,
+}
+
+/// A connection that can name its [`Peer`].
+pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn peer(&self) -> Peer;
+}
+
+impl Connection for tokio::net::UnixStream {
+    fn peer(&self) -> Peer {
+        match self.peer_cred() {
+            Ok(cred) => Peer::Local {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            },
+            Err(_) => Peer::Unknown,
+        }
+    }
+}
+
+impl Connection for tokio::net::TcpStream {
+    fn peer(&self) -> Peer {
+        self.peer_addr()
+            .map_or(Peer::Unknown, |address| Peer::Remote { address })
+    }
+}
+
 /// Serves `router` on `listener` within `limits` until `shutdown`, then waits for the
 /// connections to finish their requests.
-pub async fn serve(
-    mut listener: impl Listener,
+pub async fn serve<L>(
+    mut listener: L,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: Listener<Io: Connection>,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -102,12 +151,14 @@ pub async fn serve(
 }
 
 async fn serve_connection(
-    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    io: impl Connection,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let peer = io.peer();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(peer);
         router.clone().oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -4,6 +4,7 @@
 //! that does not parse, is too large, or a request that takes too long, comes back as
 //! `{"error": {"code", "message"}}` with a fitting status, so clients need one error path.
 
+mod audit;
 mod convert;
 pub mod types;
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,8 @@ use types::*;
 /// What every handler can reach.
 pub struct AppState {
     pub inventory: Arc<Inventory>,
+    /// How long audit records are kept (`api.audit-retention`).
+    pub audit_retention: Span,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -63,14 +66,52 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/events", get(events))
         .route("/master-key/rotate", post(rotate))
         .route("/acme/accounts", get(acme_accounts))
-        .route("/acme/{issuer}/key-rollover", post(acme_key_rollover));
-    Router::new()
+        .route("/acme/{issuer}/key-rollover", post(acme_key_rollover))
+        .route("/audit", get(audit_log));
+    let routes = Router::new()
         .nest("/v1", v1)
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        // Outside the deadline, so a call that timed out is recorded with its answer.
         .layer(middleware::from_fn_with_state(limits, deadline))
-        .layer(DefaultBodyLimit::max(limits.max_body))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record));
+    with_body_limit(routes, limits).with_state(state)
+}
+
+fn with_body_limit(routes: Router<Arc<AppState>>, limits: Limits) -> Router<Arc<AppState>> {
+    routes.layer(DefaultBodyLimit::max(limits.max_body))
+}
+
+/// The routes of `daemon.read-only-socket` (M8 of the security review): what monitoring
+/// needs (`list`, `describe`, `explain`, `events`, `metrics`, `check`, `health`) and nothing
+/// that changes state or hands out a key. Everything else, including other methods on these
+/// paths, is refused with 403 `read-only`, so a script learns why rather than guessing from a
+/// 404.
+pub fn read_only_router(state: Arc<AppState>, limits: Limits) -> Router {
+    let v1 = Router::new()
+        .route("/health", get(health).fallback(read_only))
+        .route("/certificates", get(list).fallback(read_only))
+        .route("/certificates/{id}", get(describe).fallback(read_only))
+        .route(
+            "/certificates/{id}/explain",
+            get(explain).fallback(read_only),
+        )
+        .route("/events", get(events).fallback(read_only));
+    let routes = Router::new()
+        .nest("/v1", v1)
+        .route("/metrics", get(metrics).fallback(read_only))
+        .fallback(read_only)
+        .layer(middleware::from_fn_with_state(limits, deadline));
+    with_body_limit(routes, limits).with_state(state)
+}
+
+async fn read_only() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "read-only",
+        "this is the read-only socket: it serves health, list, describe, explain, events and \
+         metrics; use daemon.socket for anything else",
+    )
 }
 
 // --- errors ---------------------------------------------------------------------------------
@@ -104,7 +145,11 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(audit::ErrorCode(self.code));
+        response
     }
 }
 
@@ -329,15 +374,34 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
 async fn request(
     State(state): Shared,
     Body(req): Body<RequestCertificate>,
-) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        Extension<audit::Created>,
+        Json<crate::model::Certificate>,
+    ),
+    ApiError,
+> {
     let cert = state.inventory.request(req.try_into()?).await?;
-    Ok((StatusCode::CREATED, Json(cert)))
+    Ok((StatusCode::CREATED, created(&cert.id), Json(cert)))
+}
+
+/// What a creating call tells the audit log it made.
+fn created(id: &impl ToString) -> Extension<audit::Created> {
+    Extension(audit::Created(id.to_string()))
 }
 
 async fn import(
     State(state): Shared,
     Body(req): Body<ImportCertificate>,
-) -> Result<(StatusCode, Json<crate::model::Certificate>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        Extension<audit::Created>,
+        Json<crate::model::Certificate>,
+    ),
+    ApiError,
+> {
     let reimport = req.certificate_id.is_some();
     let cert = state.inventory.import(req.try_into()?).await?;
     Ok((
@@ -346,6 +410,7 @@ async fn import(
         } else {
             StatusCode::CREATED
         },
+        created(&cert.id),
         Json(cert),
     ))
 }
@@ -353,18 +418,30 @@ async fn import(
 async fn sign(
     State(state): Shared,
     Body(req): Body<SignRequest>,
-) -> Result<(StatusCode, Json<Signed>), ApiError> {
+) -> Result<(StatusCode, Extension<audit::Created>, Json<Signed>), ApiError> {
     let signed = state.inventory.sign(req.try_into()?).await?;
-    Ok((StatusCode::CREATED, Json(signed)))
+    Ok((
+        StatusCode::CREATED,
+        created(&signed.certificate.id),
+        Json(signed),
+    ))
 }
 
 async fn sign_batch(
     State(state): Shared,
     Body(batch): Body<SignBatch>,
-) -> Result<(StatusCode, Json<SignedBatch>), ApiError> {
+) -> Result<(StatusCode, Extension<audit::Created>, Json<SignedBatch>), ApiError> {
     let requests = convert::sign_batch(batch.requests)?;
     let signed = state.inventory.sign_batch(requests).await?;
-    Ok((StatusCode::CREATED, Json(SignedBatch { signed })))
+    let ids: Vec<String> = signed
+        .iter()
+        .map(|s| s.certificate.id.to_string())
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        created(&ids.join(",")),
+        Json(SignedBatch { signed }),
+    ))
 }
 
 async fn describe(
@@ -400,8 +477,9 @@ async fn export(
     State(state): Shared,
     Path(id): Path<String>,
     Body(req): Body<ExportRequest>,
-) -> ApiResult<crate::export::Exported> {
-    Ok(Json(state.inventory.export(&id, req.try_into()?).await?))
+) -> Result<(Extension<audit::CarriesKey>, Json<crate::export::Exported>), ApiError> {
+    let exported = state.inventory.export(&id, req.try_into()?).await?;
+    Ok((Extension(audit::CarriesKey), Json(exported)))
 }
 
 async fn renew(
@@ -458,11 +536,9 @@ async fn ca_list(State(state): Shared) -> ApiResult<CaList> {
 async fn ca_create(
     State(state): Shared,
     Body(req): Body<CreateCa>,
-) -> Result<(StatusCode, Json<CaDetails>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.inventory.create_ca(req.try_into()?).await?),
-    ))
+) -> Result<(StatusCode, Extension<audit::Created>, Json<CaDetails>), ApiError> {
+    let ca = state.inventory.create_ca(req.try_into()?).await?;
+    Ok((StatusCode::CREATED, created(&ca.ca.name), Json(ca)))
 }
 
 async fn ca_describe(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
@@ -515,25 +591,34 @@ async fn ca_crl(
 
 // --- events and keys ------------------------------------------------------------------------
 
+/// A page of a log read in order (events, audit): the entries after `after`, at most `limit`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+struct PageQuery {
     #[serde(default)]
     after: i64,
     #[serde(default)]
     limit: Option<u32>,
 }
 
+impl PageQuery {
+    fn from(query: Result<Query<Self>, QueryRejection>) -> Result<(i64, u32), ApiError> {
+        let Query(query) = query.map_err(query_rejection)?;
+        Ok((
+            query.after,
+            query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
+        ))
+    }
+}
+
 async fn events(
     State(state): Shared,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult<EventList> {
-    let Query(query) = query.map_err(query_rejection)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let rows = state
-        .inventory
-        .store()
-        .events_after(query.after, limit)
+    let (after, limit) = PageQuery::from(query)?;
+    let store = state.inventory.store();
+    let rows = store
+        .events_after(after, limit)
         .await
         .map_err(InventoryError::from)?;
     Ok(Json(EventList {
@@ -542,6 +627,20 @@ async fn events(
             .map(|(cursor, event)| EventEntry { cursor, event })
             .collect(),
     }))
+}
+
+/// The audit log, oldest first, a page at a time (`after` = the last `seq` seen).
+async fn audit_log(
+    State(state): Shared,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<AuditList> {
+    let (after, limit) = PageQuery::from(query)?;
+    let store = state.inventory.store();
+    let records = store
+        .audit_after(after, limit)
+        .await
+        .map_err(InventoryError::from)?;
+    Ok(Json(AuditList { records }))
 }
 
 async fn acme_accounts(State(state): Shared) -> ApiResult<Vec<AcmeIssuerView>> {

@@ -179,6 +179,13 @@ pub struct CaList {
     pub cas: Vec<CaInfo>,
 }
 
+/// `GET /v1/audit`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Oldest first; pass the last `seq` as `after` to continue.
+    pub records: Vec<crate::audit::Entry>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventList {
     /// Each event with its cursor; pass the last cursor as `after` to continue.

@@ -130,6 +130,13 @@ enum Command {
     },
     /// Print the Prometheus metrics (what /metrics serves).
     Metrics,
+    /// Show the audit log: every call that changed state or exported a key, with the uid and
+    /// pid of the caller, oldest first.
+    Audit {
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
     /// Explain what happens next to a certificate, when, and which rule decided it.
     Explain { certificate: String },
     /// Monitoring check (Nagios/Icinga plugin convention): exit 0 OK, 1 WARNING, 2 CRITICAL,
@@ -469,7 +476,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             critical,
             certificate,
         } => {
-            let socket = socket_path(cli.socket, cli.config.as_deref())?;
+            let socket = socket_path(cli.socket, cli.config.as_deref(), true)?;
             check::run(
                 &Client::new(&socket),
                 warning,
@@ -482,7 +489,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             master_key_generate(out.as_deref())
         }
         command => {
-            let socket = socket_path(cli.socket, cli.config.as_deref())?;
+            let socket = socket_path(cli.socket, cli.config.as_deref(), reads_only(&command))?;
             let client = Client::new(&socket);
             run_client(&client, command, format).await
         }
@@ -502,8 +509,14 @@ pub fn serve_args(cli: &Cli) -> Option<(Option<PathBuf>, Option<PathBuf>)> {
 }
 
 /// `--socket`/`CERTKEEPER_SOCKET`, else the socket of the config `serve` would run with (the
-/// same file, found the same way: [`config::locate`]).
-fn socket_path(flag: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, Failure> {
+/// same file, found the same way: [`config::locate`]). A verb that only reads (`reads_only`)
+/// falls back to `daemon.read-only-socket` when the caller may not use the main socket, so a
+/// monitoring user runs `certkeeper check` with no flags.
+fn socket_path(
+    flag: Option<PathBuf>,
+    config: Option<&Path>,
+    reads_only: bool,
+) -> Result<PathBuf, Failure> {
     if let Some(socket) = flag {
         return Ok(socket);
     }
@@ -514,7 +527,32 @@ fn socket_path(flag: Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, 
             format!("{e} (needed to find the API socket; or pass --socket)"),
         )
     })?;
-    Ok(config.socket)
+    match config.read_only_socket {
+        Some(read_only) if reads_only && !may_connect(&config.socket) => Ok(read_only),
+        _ => Ok(config.socket),
+    }
+}
+
+/// Whether connect(2) to `socket` would pass the permission check: it needs write access to
+/// the socket file (and search access to its directories).
+fn may_connect(socket: &Path) -> bool {
+    !matches!(
+        std::os::unix::net::UnixStream::connect(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied
+    )
+}
+
+/// The verbs the read-only socket serves.
+fn reads_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::List(_)
+            | Command::Describe { .. }
+            | Command::Explain { .. }
+            | Command::Events { .. }
+            | Command::Metrics
+            | Command::Check { .. }
+    )
 }
 
 async fn run_client(client: &Client, command: Command, format: Format) -> Result<(), Failure> {
@@ -729,6 +767,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
             }
             Ok(())
         }
+        Command::Audit { after } => audit(client, after, format).await,
         Command::Metrics => {
             let text = client.get_bytes("/metrics").await?;
             write_output(None, &text, 0o644)
@@ -967,6 +1006,33 @@ async fn events(
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
+}
+
+async fn audit(client: &Client, mut after: i64, format: Format) -> Result<(), Failure> {
+    let mut rows = Vec::new();
+    loop {
+        let page: AuditList = client
+            .get(&format!("/v1/audit?after={after}&limit=1000"))
+            .await?;
+        let Some(last) = page.records.last() else {
+            break;
+        };
+        after = last.seq;
+        if format == Format::Json {
+            for entry in &page.records {
+                println!("{}", serde_json::to_string(entry).unwrap_or_default());
+            }
+        } else {
+            rows.extend(page.records.iter().map(output::audit_row));
+        }
+    }
+    if format == Format::Table {
+        output::table(
+            &["SEQ", "TIME", "CALLER", "OPERATION", "TARGET", "RESULT"],
+            &rows,
+        )?;
+    }
+    Ok(())
 }
 
 fn show_certificate(cert: &Certificate, format: Format) -> Result<(), Failure> {

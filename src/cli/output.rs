@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use crate::api::types::{CaDetails, CertificateList};
 use crate::model::{CaInfo, Certificate};
+use crate::serve::Peer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Format {
@@ -48,6 +49,31 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()
         line(&mut out, &mut row.iter().map(String::as_str))?;
     }
     Ok(())
+}
+
+/// One row of `certkeeper audit`.
+pub(super) fn audit_row(entry: &crate::audit::Entry) -> Vec<String> {
+    let r = &entry.record;
+    let caller = match r.peer {
+        Peer::Local { uid, pid, .. } => match pid {
+            Some(pid) => format!("uid {uid} pid {pid}"),
+            None => format!("uid {uid}"),
+        },
+        Peer::Remote { address } => address.to_string(),
+        Peer::Unknown => "unknown".to_owned(),
+    };
+    let result = match &r.code {
+        Some(code) => format!("{} {code}", r.status),
+        None => r.status.to_string(),
+    };
+    vec![
+        entry.seq.to_string(),
+        date(r.time),
+        caller,
+        r.operation.clone(),
+        r.target.clone().unwrap_or_else(|| "-".to_owned()),
+        result,
+    ]
 }
 
 pub(super) fn date(t: OffsetDateTime) -> String {

@@ -61,6 +61,16 @@ pub enum DaemonError {
         "daemon.socket {0} exists and is not a socket; certkeeper replaces only a socket there"
     )]
     NotASocket(PathBuf),
+    #[error(
+        "the state directory {path} is mode {mode:04o} and owned by uid {owner}, not by this \
+         daemon: it holds the database and the master key, so it must be private (chmod 0700 \
+         and chown it to the daemon's user)"
+    )]
+    StateDirShared {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+    },
     #[error(transparent)]
     Sink(#[from] sinks::SinkError),
     #[error("{task} ended while the daemon was running: {reason}")]
@@ -78,9 +88,11 @@ impl DaemonError {
         match self {
             // The outbox could not be read at start: the store's trouble, not the config's.
             Self::Sink(sinks::SinkError::Outbox(_)) => exit::SOFTWARE,
-            Self::Config(_) | Self::MasterKey(_) | Self::Sink(_) | Self::NotASocket(_) => {
-                exit::CONFIG
-            }
+            Self::Config(_)
+            | Self::MasterKey(_)
+            | Self::Sink(_)
+            | Self::NotASocket(_)
+            | Self::StateDirShared { .. } => exit::CONFIG,
             Self::Store(StoreError::Seal(_)) => exit::CONFIG,
             Self::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
             Self::AlreadyRunning(_) | Self::SocketInUse(_) => exit::TEMP_FAIL,
@@ -119,6 +131,7 @@ pub async fn serve(
         "starting certkeeper {}", env!("CARGO_PKG_VERSION")
     );
     create_private_dir(&config.state_dir)?;
+    keep_private(&config.state_dir)?;
     let _lock = lock_state_dir(&config.state_dir)?;
     let (tokens, http01) = http01(&config).await?;
     let shutdown = CancellationToken::new();
@@ -133,7 +146,10 @@ pub async fn serve(
     // Background work first: event sinks settle their cursors before any request can commit
     // an event, and the scheduler owns the deadlines.
     let sinks = start_background(&config, &inventory, &shutdown, &mut tasks).await?;
-    let state = Arc::new(AppState { inventory });
+    let state = Arc::new(AppState {
+        inventory,
+        audit_retention: config.audit_retention,
+    });
     serve_api(&config, &state, &shutdown, &mut tasks).await?;
     systemd::ready();
     if let Some(interval) = systemd::watchdog_interval() {
@@ -193,6 +209,9 @@ pub async fn serve(
         ),
     }
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(path) = &config.read_only_socket {
+        let _ = std::fs::remove_file(path);
+    }
     match ended {
         None => Ok(()),
         Some(ended) => Err(DaemonError::TaskEnded {
@@ -326,12 +345,22 @@ async fn serve_api(
             serve::serve(listener, app, serve::Limits::METRICS, shutdown.clone()),
         );
     }
-    let listener = bind_socket(&config.socket, config.socket_mode)?;
-    info!(socket = %config.socket.display(), "API listening");
     let limits = Limits {
         max_body: config.max_request_body,
         timeout: config.request_timeout.std(),
     };
+    if let Some(path) = &config.read_only_socket {
+        let listener = bind_socket(path, config.read_only_socket_mode)?;
+        info!(socket = %path.display(), "read-only API listening");
+        warn_if_unreachable(path);
+        let app = api::read_only_router(state.clone(), limits);
+        tasks.spawn(
+            "read-only API server",
+            serve::serve(listener, app, serve::Limits::API, shutdown.clone()),
+        );
+    }
+    let listener = bind_socket(&config.socket, config.socket_mode)?;
+    info!(socket = %config.socket.display(), "API listening");
     let app = api::router(state.clone(), limits);
     tasks.spawn(
         "API server",
@@ -425,6 +454,14 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         ("daemon.state-dir", running.state_dir != new.state_dir),
         ("daemon.socket", running.socket != new.socket),
         ("daemon.socket-mode", running.socket_mode != new.socket_mode),
+        (
+            "daemon.read-only-socket",
+            running.read_only_socket != new.read_only_socket,
+        ),
+        (
+            "daemon.read-only-socket-mode",
+            running.read_only_socket_mode != new.read_only_socket_mode,
+        ),
         ("daemon.log", running.log != new.log),
         (
             "secrets.master-key-file",
@@ -445,6 +482,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
             running.max_request_body != new.max_request_body,
         ),
         (
+            "api.audit-retention",
+            running.audit_retention != new.audit_retention,
+        ),
+        (
             "metrics.listen",
             running.metrics_listen != new.metrics_listen,
         ),
@@ -463,6 +504,8 @@ fn keep_running(running: &Config, new: Config) -> Config {
         state_dir: running.state_dir.clone(),
         socket: running.socket.clone(),
         socket_mode: running.socket_mode,
+        read_only_socket: running.read_only_socket.clone(),
+        read_only_socket_mode: running.read_only_socket_mode,
         log: running.log,
         master_key: running.master_key.clone(),
         previous_master_keys: running.previous_master_keys.clone(),
@@ -470,6 +513,7 @@ fn keep_running(running: &Config, new: Config) -> Config {
         synchronous: running.synchronous,
         request_timeout: running.request_timeout,
         max_request_body: running.max_request_body,
+        audit_retention: running.audit_retention,
         metrics_listen: running.metrics_listen,
         acme: running.acme.clone(),
         validation: running.validation.clone(),
@@ -491,6 +535,34 @@ fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
             path: dir.to_owned(),
             source,
         })
+}
+
+/// An existing state directory that others may enter is made private when it is ours, and
+/// refused when it is not (L12 of the security review: a 0755 directory was used as it was,
+/// and its 0660 socket let the operator's group in).
+fn keep_private(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |what, source| DaemonError::Io {
+        what,
+        path: dir.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| io("cannot read state directory", e))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(DaemonError::StateDirShared {
+            path: dir.to_owned(),
+            mode,
+            owner: meta.uid(),
+        });
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("cannot make the state directory private", e))?;
+    warn!(dir = %dir.display(), was = %format!("{mode:04o}"), "state directory was open to others; made it 0700");
+    Ok(())
 }
 
 /// One daemon per state directory: two writers on one database would corrupt each other's view
@@ -535,6 +607,24 @@ fn load_keyring(config: &Config) -> Result<Keyring, DaemonError> {
         info!(path = %config.master_key.path().display(), key_id = keyring.current_kid(), "master key loaded");
     }
     Ok(keyring)
+}
+
+/// The read-only socket is for users outside the daemon's group: say so when its directory
+/// keeps them out.
+fn warn_if_unreachable(socket: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = socket.parent() else {
+        return;
+    };
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o001 == 0
+    {
+        warn!(
+            socket = %socket.display(),
+            dir = %dir.display(),
+            "other users cannot reach daemon.read-only-socket: its directory is not searchable by them"
+        );
+    }
 }
 
 /// Binds the API socket. A leftover socket file from a crash is replaced; one that still

@@ -926,6 +926,30 @@ impl Store {
         )
     }
 
+    /// Stores one audit record, dropping a few of the oldest from before `prune_before`.
+    pub async fn audit(
+        &self,
+        record: crate::audit::Record,
+        prune_before: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| Job::Audit {
+            record: Box::new(record),
+            prune_before,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Audit records after `after` (a seq; 0 for the first), oldest first.
+    pub async fn audit_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError> {
+        self.db.audit_after(after, limit).await
+    }
+
     /// Events waiting for delivery to `sink` (after its cursor).
     pub async fn outbox_depth(&self, sink: &str) -> Result<i64, StoreError> {
         let cursor = self.sink_cursor(sink).await?.unwrap_or(0);

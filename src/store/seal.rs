@@ -38,19 +38,28 @@ pub enum SealError {
     Crypto,
 }
 
+/// A master key's bytes, on the heap from the moment they are read: moving a key around moves
+/// the pointer, never the bytes (a moved array leaves a copy behind on the stack, M1).
+pub type KeyBytes = Box<Zeroizing<[u8; KEY_LEN]>>;
+
+/// A zeroed key to fill in place.
+fn key_bytes() -> KeyBytes {
+    Box::new(Zeroizing::new([0u8; KEY_LEN]))
+}
+
 /// One master key with its id. The bytes never leave this module.
 struct MasterKey {
     kid: String,
-    bytes: Zeroizing<[u8; KEY_LEN]>,
+    bytes: KeyBytes,
 }
 
 impl MasterKey {
-    fn new(bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
+    fn new(bytes: KeyBytes) -> Self {
         // The id is a hash of the key under a fixed label: stable, short, and it reveals
         // nothing about the key.
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(b"certkeeper master key id\0");
-        ctx.update(bytes.as_ref());
+        ctx.update(bytes.as_slice());
         let hash = ctx.finish();
         let kid = hash.as_ref()[..8]
             .iter()
@@ -74,14 +83,18 @@ pub struct Sealed {
 }
 
 impl Keyring {
-    pub fn new(current: [u8; KEY_LEN], previous: Vec<[u8; KEY_LEN]>) -> Self {
+    pub fn new(current: KeyBytes, previous: Vec<KeyBytes>) -> Self {
         Self {
-            current: MasterKey::new(Zeroizing::new(current)),
-            previous: previous
-                .into_iter()
-                .map(|k| MasterKey::new(Zeroizing::new(k)))
-                .collect(),
+            current: MasterKey::new(current),
+            previous: previous.into_iter().map(MasterKey::new).collect(),
         }
+    }
+
+    /// A keyring of one key given as bytes (tests and benchmarks).
+    pub fn from_bytes(current: &[u8; KEY_LEN]) -> Self {
+        let mut bytes = key_bytes();
+        bytes.copy_from_slice(current);
+        Self::new(bytes, Vec::new())
     }
 
     /// Loads the current key from `current` (creating it when `create` is set and the file
@@ -97,9 +110,9 @@ impl Keyring {
         }
         let mut old = Vec::with_capacity(previous.len());
         for path in previous {
-            old.push(*read_key_file(path)?);
+            old.push(read_key_file(path)?);
         }
-        Ok((Self::new(*read_key_file(current)?, old), created))
+        Ok((Self::new(read_key_file(current)?, old), created))
     }
 
     pub fn current_kid(&self) -> &str {
@@ -212,7 +225,7 @@ fn split_blob(blob: &[u8]) -> Option<BlobParts<'_>> {
 }
 
 fn wrap(master: &MasterKey, data_key: &[u8]) -> Result<Vec<u8>, SealError> {
-    let kek = AesKek::new(&AES_256, master.bytes.as_ref()).map_err(|_| SealError::Crypto)?;
+    let kek = AesKek::new(&AES_256, master.bytes.as_slice()).map_err(|_| SealError::Crypto)?;
     let mut out = vec![0u8; KEY_LEN + 16];
     let len = kek
         .wrap_with_padding(data_key, &mut out)
@@ -223,7 +236,7 @@ fn wrap(master: &MasterKey, data_key: &[u8]) -> Result<Vec<u8>, SealError> {
 }
 
 fn unwrap(master: &MasterKey, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    let kek = AesKek::new(&AES_256, master.bytes.as_ref()).ok()?;
+    let kek = AesKek::new(&AES_256, master.bytes.as_slice()).ok()?;
     let mut out = Zeroizing::new(vec![0u8; wrapped.len()]);
     let len = kek
         .unwrap_with_padding(wrapped, out.as_mut_slice())
@@ -244,7 +257,7 @@ pub fn new_key_text() -> Result<Zeroizing<String>, SealError> {
 
 /// Reads a master key: 32 raw bytes, or 32 bytes as base64 or hex text (a trailing newline is
 /// fine). Refuses files that group or others can read: a key anyone can read protects nothing.
-fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
+fn read_key_file(path: &Path) -> Result<KeyBytes, SealError> {
     use std::os::unix::fs::PermissionsExt;
     let fail = |reason: String| SealError::KeyFile {
         path: path.to_owned(),
@@ -262,27 +275,28 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
         .ok_or_else(|| fail("expected 32 bytes, raw or as base64 or hex text".to_owned()))
 }
 
-fn decode_key(raw: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+/// Decodes straight into the key's own buffer (and a zeroized scratch buffer for base64), so
+/// no partial copy of the key is left in freed memory.
+fn decode_key(raw: &[u8]) -> Option<KeyBytes> {
+    let mut key = key_bytes();
     if raw.len() == KEY_LEN {
         key.copy_from_slice(raw);
         return Some(key);
     }
     let text = std::str::from_utf8(raw).ok()?.trim();
-    let decoded = Zeroizing::new(
-        if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-                .collect::<Option<Vec<u8>>>()?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .ok()?
-        },
-    );
-    (decoded.len() == KEY_LEN).then(|| {
-        key.copy_from_slice(&decoded);
+    if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        return Some(key);
+    }
+    // Room for base64's estimate of a 32-byte key (and a little more, to tell a longer key).
+    let mut scratch = Zeroizing::new([0u8; 2 * KEY_LEN]);
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(text, scratch.as_mut_slice())
+        .ok()?;
+    (len == KEY_LEN).then(|| {
+        key.copy_from_slice(&scratch[..KEY_LEN]);
         key
     })
 }
@@ -302,7 +316,7 @@ mod tests {
     use super::*;
 
     fn keyring(byte: u8) -> Keyring {
-        Keyring::new([byte; KEY_LEN], vec![])
+        Keyring::from_bytes(&[byte; KEY_LEN])
     }
 
     #[test]
@@ -360,7 +374,10 @@ mod tests {
     fn rotation_rewraps_under_the_new_key() {
         let old = keyring(1);
         let sealed = old.seal("r", b"secret").unwrap();
-        let both = Keyring::new([2; KEY_LEN], vec![[1; KEY_LEN]]);
+        let both = Keyring::new(
+            Box::new(Zeroizing::new([2; KEY_LEN])),
+            vec![Box::new(Zeroizing::new([1; KEY_LEN]))],
+        );
         let rewrapped = both.rewrap("r", &sealed).unwrap();
         assert_eq!(rewrapped.kid, both.current_kid());
         assert_eq!(

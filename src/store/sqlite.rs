@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
     include_str!("../../migrations/sqlite/0003_acme.sql"),
     include_str!("../../migrations/sqlite/0004_indexes.sql"),
+    include_str!("../../migrations/sqlite/0005_audit.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -295,20 +296,34 @@ impl Db {
         limit: u32,
     ) -> Result<Vec<(i64, Event)>, StoreError> {
         self.read_quick(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            log_page(
+                conn,
                 "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                after,
+                limit,
+                "event",
+            )
+        })
+        .await
+    }
+
+    pub(super) async fn audit_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError> {
+        self.read_quick(move |conn| {
+            let rows = log_page(
+                conn,
+                "SELECT seq, body FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                after,
+                limit,
+                "audit record",
             )?;
-            let rows = stmt.query_map(params![after, limit], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, body) = row?;
-                let event = serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
-                out.push((seq, event));
-            }
-            Ok(out)
+            Ok(rows
+                .into_iter()
+                .map(|(seq, record)| crate::audit::Entry { seq, record })
+                .collect())
         })
         .await
     }
@@ -704,6 +719,29 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.execute_batch("PRAGMA cache_size = -16384;")?;
     Ok(conn)
+}
+
+/// A page of an append-only log table: `(seq, body)` rows, each body decoded from JSON. A body
+/// that does not decode is reported as corruption, naming the row (`what` and its seq).
+fn log_page<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    after: i64,
+    limit: u32,
+    what: &str,
+) -> Result<Vec<(i64, T)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![after, limit], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, body) = row?;
+        let value = serde_json::from_str(&body)
+            .map_err(|e| StoreError::Corrupt(format!("{what} {seq}: {e}")))?;
+        out.push((seq, value));
+    }
+    Ok(out)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -154,6 +154,12 @@ pub(super) enum Job {
         max_seq: i64,
         reply: Reply,
     },
+    /// One audit record; the oldest records before `prune_before` go, a few per record.
+    Audit {
+        record: Box<crate::audit::Record>,
+        prune_before: OffsetDateTime,
+        reply: Reply,
+    },
     SaveAcmeAccount {
         account: Box<super::AcmeAccount>,
         credentials: Sealed,
@@ -204,6 +210,7 @@ impl Job {
             | Self::SetCaDisabled { reply, .. }
             | Self::SetSinkCursor { reply, .. }
             | Self::PruneEvents { reply, .. }
+            | Self::Audit { reply, .. }
             | Self::SaveAcmeAccount { reply, .. }
             | Self::SaveAcmeOrder { reply, .. }
             | Self::DeleteAcmeOrder { reply, .. }
@@ -414,6 +421,11 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             reply,
             prune_events(conn, before, max_seq).map(Answer::Count),
         ),
+        Job::Audit {
+            record,
+            prune_before,
+            reply,
+        } => (reply, none(audit(conn, &record, prune_before))),
         Job::SaveAcmeAccount {
             account,
             credentials,
@@ -998,6 +1010,33 @@ fn prune_events(
         "DELETE FROM events WHERE time < ? AND seq <= ?",
         params![unix(before), max_seq],
     )?)
+}
+
+/// How many of the oldest audit records one new record may take with it: enough to keep up
+/// with any rate of calls (each removes more than it adds), few enough to cost nothing.
+const AUDIT_PRUNE_STEP: i64 = 4;
+
+fn audit(
+    conn: &Connection,
+    record: &crate::audit::Record,
+    prune_before: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_string(record)
+        .map_err(|e| StoreError::Invalid(format!("audit record: {e}")))?;
+    conn.prepare_cached("INSERT INTO audit (time, operation, target, body) VALUES (?, ?, ?, ?)")?
+        .execute(params![
+            unix(record.time),
+            record.operation,
+            record.target,
+            body
+        ])?;
+    // The oldest rows by seq are the oldest by time (both grow together), so looking at the
+    // first few by primary key finds every expired row without an index on time.
+    conn.prepare_cached(
+        "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit ORDER BY seq LIMIT ?) AND time < ?",
+    )?
+    .execute(params![AUDIT_PRUNE_STEP, unix(prune_before)])?;
+    Ok(())
 }
 
 fn save_acme_account(

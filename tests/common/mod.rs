@@ -71,7 +71,11 @@ impl Daemon {
 
     /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
     pub(crate) fn start_with(config: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config)
+    }
+
+    /// Starts in `dir` (state in `dir/state`), for a config that names paths inside it.
+    pub(crate) fn start_in(dir: tempfile::TempDir, config: Option<&str>) -> Self {
         let state_dir = dir.path().join("state");
         let config_path = config.map(|text| {
             let path = dir.path().join("certkeeper.toml");
