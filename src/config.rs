@@ -12,9 +12,9 @@ use serde::Deserialize;
 use crate::argv::Argv;
 use crate::events::DetailType;
 use crate::events::sinks::{CommandSink, SinkConfigs, WebhookSink};
-use crate::model::{KeyAlgorithm, UnknownValue, check_name};
+use crate::model::{KeyAlgorithm, UnknownValue, check_common_name, check_name};
 use crate::schedule::{Schedule, Window};
-use crate::span::Span;
+use crate::span::{Bounds, Span, bounds};
 
 /// Where the shipped unit and packages expect the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
@@ -340,7 +340,7 @@ pub struct RenewalConfig {
 pub struct EventsConfig {
     pub daily_check: Schedule,
     /// The initial account-wide threshold; `certkeeper config set days-before-expiry` overrides it.
-    pub days_before_expiry: u32,
+    pub days_before_expiry: crate::model::DaysBeforeExpiry,
     /// Events older than this are pruned once every sink has them.
     pub retention: Span,
     pub journal: bool,
@@ -552,12 +552,12 @@ impl Config {
                 .minimum_validity
                 .unwrap_or(Span::from_secs(3600)),
         };
-        if defaults.minimum_validity.as_secs() < 60 {
-            return Err(invalid(
-                "defaults.minimum-validity",
-                "must be at least 1m".to_owned(),
-            ));
-        }
+        within(
+            &invalid,
+            "defaults.minimum-validity",
+            defaults.minimum_validity,
+            bounds::VALIDITY,
+        )?;
         if defaults.validity < defaults.minimum_validity {
             return Err(invalid(
                 "defaults.validity",
@@ -573,6 +573,12 @@ impl Config {
         for (i, raw_ca) in raw_cas.into_iter().enumerate() {
             let key = |field: &str| format!("ca[{i}].{field}");
             check_name("CA", &raw_ca.name).map_err(|e| invalid(&key("name"), e.to_string()))?;
+            if let Some(cn) = &raw_ca.common_name {
+                check_common_name(cn).map_err(|e| invalid(&key("common-name"), e.to_string()))?;
+            }
+            if let Some(validity) = raw_ca.validity {
+                within(&invalid, &key("validity"), validity, bounds::VALIDITY)?;
+            }
             if cas
                 .iter()
                 .any(|c: &crate::model::CaSpec| c.name == raw_ca.name)
@@ -627,12 +633,22 @@ impl Config {
             synchronous: raw.store.synchronous.unwrap_or(Synchronous::Full),
             socket,
             socket_mode,
-            shutdown_timeout: raw.daemon.shutdown_timeout.unwrap_or(Span::from_secs(20)),
+            shutdown_timeout: within(
+                &invalid,
+                "daemon.shutdown-timeout",
+                raw.daemon.shutdown_timeout.unwrap_or(Span::from_secs(20)),
+                bounds::TIMEOUT,
+            )?,
             log: raw.daemon.log.unwrap_or(LogTarget::Auto),
             log_level,
             master_key,
             previous_master_keys: raw.secrets.previous_master_key_files,
-            request_timeout: raw.api.request_timeout.unwrap_or(Span::from_secs(60)),
+            request_timeout: within(
+                &invalid,
+                "api.request-timeout",
+                raw.api.request_timeout.unwrap_or(Span::from_secs(60)),
+                bounds::TIMEOUT,
+            )?,
             max_request_body,
             defaults,
             cas,
@@ -649,6 +665,16 @@ impl Config {
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
+/// `span` when it is inside its key's `bounds` (the table in [`crate::span::bounds`]).
+fn within(
+    invalid: Invalid<'_>,
+    key: &str,
+    span: Span,
+    bounds: Bounds,
+) -> Result<Span, ConfigError> {
+    bounds.check(span).map_err(|e| invalid(key, e.to_string()))
+}
+
 fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig, ConfigError> {
     let concurrency = raw.concurrency.unwrap_or(4);
     if !(1..=256).contains(&concurrency) {
@@ -662,12 +688,12 @@ fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig
         (Some(expr), Some(duration)) => {
             let schedule = Schedule::parse(&expr, raw.time_zone.as_deref())
                 .map_err(|e| invalid("renewal.window", e.to_string()))?;
-            if duration.as_secs() < 60 {
-                return Err(invalid(
-                    "renewal.window-duration",
-                    "must be at least 1m".into(),
-                ));
-            }
+            let duration = within(
+                invalid,
+                "renewal.window-duration",
+                duration,
+                bounds::WINDOW_DURATION,
+            )?;
             Some(Window {
                 schedule,
                 duration: duration.std(),
@@ -687,7 +713,12 @@ fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig
         }
     };
     Ok(RenewalConfig {
-        renew_before: raw.renew_before.unwrap_or(Span::from_days(60)),
+        renew_before: within(
+            invalid,
+            "renewal.renew-before",
+            raw.renew_before.unwrap_or(Span::from_days(60)),
+            bounds::RENEW_BEFORE,
+        )?,
         concurrency,
         window,
     })
@@ -833,7 +864,12 @@ fn validation_config(
         }
     };
     Ok(ValidationConfig {
-        timeout: raw.timeout.unwrap_or(Span::from_secs(72 * 3600)),
+        timeout: within(
+            invalid,
+            "validation.timeout",
+            raw.timeout.unwrap_or(Span::from_secs(72 * 3600)),
+            bounds::VALIDATION_TIMEOUT,
+        )?,
         dns,
         http,
     })
@@ -866,13 +902,9 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
     let expr = raw.daily_check.as_deref().unwrap_or("0 9 * * *");
     let daily_check = Schedule::parse(expr, raw.time_zone.as_deref())
         .map_err(|e| invalid("events.daily-check", e.to_string()))?;
-    let days_before_expiry = raw.days_before_expiry.unwrap_or(45);
-    if !(1..=365).contains(&days_before_expiry) {
-        return Err(invalid(
-            "events.days-before-expiry",
-            format!("{days_before_expiry} is outside 1..=365"),
-        ));
-    }
+    let days_before_expiry =
+        crate::model::DaysBeforeExpiry::new(raw.days_before_expiry.unwrap_or(45))
+            .map_err(|e| invalid("events.days-before-expiry", e.to_string()))?;
     let mut seen: Vec<String> = Vec::new();
     let mut webhooks = Vec::new();
     for (i, w) in raw.webhook.into_iter().enumerate() {
@@ -894,7 +926,12 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
             url: w.url,
             secret_file: w.secret_file,
             detail_types,
-            timeout: w.timeout.unwrap_or(Span::from_secs(10)),
+            timeout: within(
+                invalid,
+                &format!("events.webhook[{i}].timeout"),
+                w.timeout.unwrap_or(Span::from_secs(10)),
+                bounds::TIMEOUT,
+            )?,
             ca_file: w.ca_file,
         });
     }
@@ -913,13 +950,23 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
             name: c.name,
             argv,
             detail_types,
-            timeout: c.timeout.unwrap_or(Span::from_secs(30)),
+            timeout: within(
+                invalid,
+                &format!("events.command[{i}].timeout"),
+                c.timeout.unwrap_or(Span::from_secs(30)),
+                bounds::TIMEOUT,
+            )?,
         });
     }
     Ok(EventsConfig {
         daily_check,
         days_before_expiry,
-        retention: raw.retention.unwrap_or(Span::from_days(90)),
+        retention: within(
+            invalid,
+            "events.retention",
+            raw.retention.unwrap_or(Span::from_days(90)),
+            bounds::RETENTION,
+        )?,
         journal: raw.journal.unwrap_or(true),
         webhooks,
         commands,
@@ -1031,7 +1078,7 @@ mod tests {
         let config =
             parse("[renewal]\nwindow = \"0 2 * * 0\"\nwindow-duration = \"4h\"\n").unwrap();
         assert!(config.renewal.window.is_some());
-        assert_eq!(config.events.days_before_expiry, 45);
+        assert_eq!(config.events.days_before_expiry.get(), 45);
         assert_eq!(config.events.sink_names(), vec!["journal"]);
         let cases = [
             (
