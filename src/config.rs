@@ -1007,20 +1007,78 @@ fn parse_mode(text: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
 }
 
-/// Turns a TOML error into "file:line:column: message", keeping toml's own wording (which
-/// names the unknown or mistyped key) but dropping its multi-line source excerpt.
+/// Turns a TOML error into "file:line:column: key: message", keeping toml's own wording but
+/// dropping its multi-line source excerpt and any value it quotes: a value given the wrong
+/// type is often a secret in the wrong place (`command = "dnsctl --token ..."`), and the
+/// message lands in the journal (security review L13).
 fn syntax_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
     let offset = err.span().map_or(0, |span| span.start);
-    let before = &text[..offset.min(text.len())];
+    // `span` is a byte offset from toml; a bad one must not slice inside a character.
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    let message = err.message().trim().replace('\n', " ");
+    let message = without_value(err.message().trim()).replace('\n', " ");
+    let message = match key_at(before) {
+        Some(key) => format!("{key}: {message}"),
+        None => message,
+    };
     ConfigError::Syntax {
         path: path.to_owned(),
         line,
         column,
         message,
     }
+}
+
+/// serde's "invalid type: string \"...\", expected a sequence" without the value: what was
+/// found (its kind) and what was expected are enough to fix the file.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        // The value is quoted (Debug) before the last ", expected ", which no expectation holds.
+        let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+            continue;
+        };
+        let kind = found.split(['"', '`']).next().unwrap_or_default().trim();
+        return format!("{prefix}{kind}, expected {expected}");
+    }
+    message.to_owned()
+}
+
+/// The key whose value starts at the end of `before` (the text up to the error), with the
+/// table it sits in: `validation.dns.command`, `events.webhook[1].timeout`. `None` when the
+/// error is not at a value (an unknown key, a syntax error: toml's message names those).
+fn key_at(before: &str) -> Option<String> {
+    let (lines, current) = before.rsplit_once('\n').unwrap_or(("", before));
+    let (left, value) = current.rsplit_once('=')?;
+    if value.contains(['"', '\'']) {
+        return None; // the '=' is inside a string on this line
+    }
+    let key = left.rsplit(['{', ',']).next()?.trim();
+    if key.is_empty() {
+        return None;
+    }
+    let Some(header) = lines
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+    else {
+        return Some(key.to_owned());
+    };
+    let table = header.trim_matches(|c| c == '[' || c == ']').trim();
+    if !header.starts_with("[[") {
+        return Some(format!("{table}.{key}"));
+    }
+    // An array of tables: which element, counting its headers so far.
+    let index = lines
+        .lines()
+        .filter(|l| l.trim().trim_matches(|c| c == '[' || c == ']').trim() == table)
+        .count()
+        .saturating_sub(1);
+    Some(format!("{table}[{index}].{key}"))
 }
 
 #[cfg(test)]
@@ -1117,6 +1175,78 @@ mod tests {
             ),
         ];
         for (text, key) in cases {
+            let err = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"))
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key_but_not_the_value() {
+        let secret = "SUPERSECRETTOKEN123";
+        let text = format!(
+            "[validation.dns]\nzone = \"v.example\"\npublisher = \"command\"\ncommand = \"/usr/bin/dnsctl --token {secret}\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.toml:4:11: validation.dns.command: invalid type: string, expected a sequence"
+        );
+        let text = format!(
+            "[[events.command]]\nname = \"a\"\nargv = [\"x\"]\n[[events.command]]\nname = \"b\"\nargv = \"{secret}\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("events.command[1].argv: invalid type: string, expected a sequence")
+                && !err.contains(secret),
+            "{err}"
+        );
+        let err = parse("[api]\nmax-request-body = \"1M\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api.max-request-body: invalid type: string, expected"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_are_range_checked() {
+        for (text, key) in [
+            ("[events]\nretention = \"5000000d\"\n", "100 years"),
+            (
+                "[events]\nretention = \"3651d\"\n",
+                "events.retention: 3651d is outside 1s..=3650d",
+            ),
+            (
+                "[renewal]\nrenew-before = \"3651d\"\n",
+                "renewal.renew-before",
+            ),
+            (
+                "[renewal]\nwindow = \"0 2 * * 0\"\nwindow-duration = \"32d\"\n",
+                "renewal.window-duration",
+            ),
+            (
+                "[daemon]\nshutdown-timeout = \"2h\"\n",
+                "daemon.shutdown-timeout",
+            ),
+            ("[api]\nrequest-timeout = \"0s\"\n", "api.request-timeout"),
+            ("[validation]\ntimeout = \"31d\"\n", "validation.timeout"),
+            (
+                "[[events.command]]\nname = \"a\"\nargv = [\"x\"]\ntimeout = \"2h\"\n",
+                "events.command[0].timeout",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\nvalidity = \"30s\"\n",
+                "ca[0].validity",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ncommon-name = \"a\\u001b[2J\"\n",
+                "ca[0].common-name",
+            ),
+        ] {
             let err = parse(text)
                 .err()
                 .unwrap_or_else(|| panic!("accepted: {text}"))
