@@ -304,16 +304,28 @@ impl Authority {
         if validity.as_secs() < 60 {
             return Err(CaError::ValidityTooShort);
         }
-        let not_after = now + validity.time();
-        if not_after > self.not_after {
+        // A date past what `time` holds certainly outlives the CA.
+        let not_after = now.checked_add(validity.time());
+        let Some(not_after) = not_after.filter(|end| *end <= self.not_after) else {
             return Err(CaError::OutlivesCa {
                 ca: self.name.clone(),
                 validity,
                 ca_not_after: crate::model::rfc3339(self.not_after),
             });
-        }
+        };
         Ok((now - BACKDATE, not_after))
     }
+}
+
+/// When a CA created `now` with `spec` expires. Spans are bounded when parsed, so this fails
+/// only for a spec built past those bounds; it must not panic then either.
+fn end_of(spec: &CaSpec, now: OffsetDateTime) -> Result<OffsetDateTime, CaError> {
+    now.checked_add(spec.validity.time()).ok_or_else(|| {
+        CaError::Sign(format!(
+            "a validity of {} ends past year 9999",
+            spec.validity
+        ))
+    })
 }
 
 /// Creates a self-signed root CA.
@@ -322,7 +334,7 @@ pub fn create_root(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaEr
         return Err(CaError::ValidityTooShort);
     }
     let key = keys::generate(spec.key_algorithm)?;
-    let params = ca_params(spec, now - BACKDATE, now + spec.validity.time())?;
+    let params = ca_params(spec, now - BACKDATE, end_of(spec, now)?)?;
     let cert = params
         .self_signed(&key)
         .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -332,7 +344,7 @@ pub fn create_root(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaEr
 /// Creates the key and CSR of a CA to be signed by a root outside certkeeper.
 pub fn create_external(spec: &CaSpec, now: OffsetDateTime) -> Result<CreatedCa, CaError> {
     let key = keys::generate(spec.key_algorithm)?;
-    let mut params = ca_params(spec, now, now + spec.validity.time())?;
+    let mut params = ca_params(spec, now, end_of(spec, now)?)?;
     // A CSR carries only what the requester may ask for: the external root picks the serial,
     // adds its own key identifier and decides on constraints (ours are still enforced by our
     // own policy check before every signature).
@@ -493,10 +505,12 @@ pub fn parse_csr(input: &[u8]) -> Result<Csr, CaError> {
     if !rest.is_empty() {
         return Err(bad("has trailing data".into()));
     }
-    csr.verify_signature()
-        .map_err(|_| bad("signature does not verify against its own public key".into()))?;
+    // The key type first: the signature of a key we do not support cannot be checked, and
+    // "does not verify" would hide what is really wrong (RSA-1024, P-521, secp256k1).
     let info = &csr.certification_request_info;
     let key_algorithm = keys::algorithm_of(&info.subject_pki).map_err(|e| bad(e.to_string()))?;
+    csr.verify_signature()
+        .map_err(|_| bad("signature does not verify against its own public key".into()))?;
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
         .map_err(|e| bad(format!("public key: {e}")))?;
 

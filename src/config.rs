@@ -12,9 +12,9 @@ use serde::Deserialize;
 use crate::argv::Argv;
 use crate::events::DetailType;
 use crate::events::sinks::{CommandSink, SinkConfigs, WebhookSink};
-use crate::model::{KeyAlgorithm, UnknownValue, check_name};
+use crate::model::{KeyAlgorithm, UnknownValue, check_common_name, check_name};
 use crate::schedule::{Schedule, Window};
-use crate::span::Span;
+use crate::span::{Bounds, Span, bounds};
 
 /// Where the shipped unit and packages expect the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certkeeper/certkeeper.toml";
@@ -349,7 +349,7 @@ pub struct RenewalConfig {
 pub struct EventsConfig {
     pub daily_check: Schedule,
     /// The initial account-wide threshold; `certkeeper config set days-before-expiry` overrides it.
-    pub days_before_expiry: u32,
+    pub days_before_expiry: crate::model::DaysBeforeExpiry,
     /// Events older than this are pruned once every sink has them.
     pub retention: Span,
     pub journal: bool,
@@ -557,16 +557,14 @@ impl Config {
             (None, _) => MasterKeySource::StateDir(state_dir.join("master-key")),
         };
 
-        let audit_retention = raw
-            .api
-            .audit_retention
-            .unwrap_or(crate::audit::DEFAULT_RETENTION);
-        if !(Span::from_days(1)..=Span::from_days(36500)).contains(&audit_retention) {
-            return Err(invalid(
-                "api.audit-retention",
-                format!("{audit_retention} is outside 1d..=36500d"),
-            ));
-        }
+        let audit_retention = within(
+            &invalid,
+            "api.audit-retention",
+            raw.api
+                .audit_retention
+                .unwrap_or(crate::audit::DEFAULT_RETENTION),
+            bounds::AUDIT_RETENTION,
+        )?;
         let max_request_body = raw.api.max_request_body.unwrap_or(1 << 20);
         if !(4096..=64 << 20).contains(&max_request_body) {
             return Err(invalid(
@@ -584,12 +582,12 @@ impl Config {
                 .minimum_validity
                 .unwrap_or(Span::from_secs(3600)),
         };
-        if defaults.minimum_validity.as_secs() < 60 {
-            return Err(invalid(
-                "defaults.minimum-validity",
-                "must be at least 1m".to_owned(),
-            ));
-        }
+        within(
+            &invalid,
+            "defaults.minimum-validity",
+            defaults.minimum_validity,
+            bounds::VALIDITY,
+        )?;
         if defaults.validity < defaults.minimum_validity {
             return Err(invalid(
                 "defaults.validity",
@@ -605,6 +603,12 @@ impl Config {
         for (i, raw_ca) in raw_cas.into_iter().enumerate() {
             let key = |field: &str| format!("ca[{i}].{field}");
             check_name("CA", &raw_ca.name).map_err(|e| invalid(&key("name"), e.to_string()))?;
+            if let Some(cn) = &raw_ca.common_name {
+                check_common_name(cn).map_err(|e| invalid(&key("common-name"), e.to_string()))?;
+            }
+            if let Some(validity) = raw_ca.validity {
+                within(&invalid, &key("validity"), validity, bounds::VALIDITY)?;
+            }
             if cas
                 .iter()
                 .any(|c: &crate::model::CaSpec| c.name == raw_ca.name)
@@ -670,12 +674,22 @@ impl Config {
             socket_mode,
             read_only_socket,
             read_only_socket_mode,
-            shutdown_timeout: raw.daemon.shutdown_timeout.unwrap_or(Span::from_secs(20)),
+            shutdown_timeout: within(
+                &invalid,
+                "daemon.shutdown-timeout",
+                raw.daemon.shutdown_timeout.unwrap_or(Span::from_secs(20)),
+                bounds::TIMEOUT,
+            )?,
             log: raw.daemon.log.unwrap_or(LogTarget::Auto),
             log_level,
             master_key,
             previous_master_keys: raw.secrets.previous_master_key_files,
-            request_timeout: raw.api.request_timeout.unwrap_or(Span::from_secs(60)),
+            request_timeout: within(
+                &invalid,
+                "api.request-timeout",
+                raw.api.request_timeout.unwrap_or(Span::from_secs(60)),
+                bounds::TIMEOUT,
+            )?,
             max_request_body,
             audit_retention,
             defaults,
@@ -693,6 +707,16 @@ impl Config {
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
+/// `span` when it is inside its key's `bounds` (the table in [`crate::span::bounds`]).
+fn within(
+    invalid: Invalid<'_>,
+    key: &str,
+    span: Span,
+    bounds: Bounds,
+) -> Result<Span, ConfigError> {
+    bounds.check(span).map_err(|e| invalid(key, e.to_string()))
+}
+
 fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig, ConfigError> {
     let concurrency = raw.concurrency.unwrap_or(4);
     if !(1..=256).contains(&concurrency) {
@@ -706,12 +730,12 @@ fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig
         (Some(expr), Some(duration)) => {
             let schedule = Schedule::parse(&expr, raw.time_zone.as_deref())
                 .map_err(|e| invalid("renewal.window", e.to_string()))?;
-            if duration.as_secs() < 60 {
-                return Err(invalid(
-                    "renewal.window-duration",
-                    "must be at least 1m".into(),
-                ));
-            }
+            let duration = within(
+                invalid,
+                "renewal.window-duration",
+                duration,
+                bounds::WINDOW_DURATION,
+            )?;
             Some(Window {
                 schedule,
                 duration: duration.std(),
@@ -731,7 +755,12 @@ fn renewal_config(raw: RawRenewal, invalid: Invalid<'_>) -> Result<RenewalConfig
         }
     };
     Ok(RenewalConfig {
-        renew_before: raw.renew_before.unwrap_or(Span::from_days(60)),
+        renew_before: within(
+            invalid,
+            "renewal.renew-before",
+            raw.renew_before.unwrap_or(Span::from_days(60)),
+            bounds::RENEW_BEFORE,
+        )?,
         concurrency,
         window,
     })
@@ -877,7 +906,12 @@ fn validation_config(
         }
     };
     Ok(ValidationConfig {
-        timeout: raw.timeout.unwrap_or(Span::from_secs(72 * 3600)),
+        timeout: within(
+            invalid,
+            "validation.timeout",
+            raw.timeout.unwrap_or(Span::from_secs(72 * 3600)),
+            bounds::VALIDATION_TIMEOUT,
+        )?,
         dns,
         http,
     })
@@ -910,13 +944,9 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
     let expr = raw.daily_check.as_deref().unwrap_or("0 9 * * *");
     let daily_check = Schedule::parse(expr, raw.time_zone.as_deref())
         .map_err(|e| invalid("events.daily-check", e.to_string()))?;
-    let days_before_expiry = raw.days_before_expiry.unwrap_or(45);
-    if !(1..=365).contains(&days_before_expiry) {
-        return Err(invalid(
-            "events.days-before-expiry",
-            format!("{days_before_expiry} is outside 1..=365"),
-        ));
-    }
+    let days_before_expiry =
+        crate::model::DaysBeforeExpiry::new(raw.days_before_expiry.unwrap_or(45))
+            .map_err(|e| invalid("events.days-before-expiry", e.to_string()))?;
     let mut seen: Vec<String> = Vec::new();
     let mut webhooks = Vec::new();
     for (i, w) in raw.webhook.into_iter().enumerate() {
@@ -938,7 +968,12 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
             url: w.url,
             secret_file: w.secret_file,
             detail_types,
-            timeout: w.timeout.unwrap_or(Span::from_secs(10)),
+            timeout: within(
+                invalid,
+                &format!("events.webhook[{i}].timeout"),
+                w.timeout.unwrap_or(Span::from_secs(10)),
+                bounds::TIMEOUT,
+            )?,
             ca_file: w.ca_file,
         });
     }
@@ -957,13 +992,23 @@ fn events_config(raw: RawEvents, invalid: Invalid<'_>) -> Result<EventsConfig, C
             name: c.name,
             argv,
             detail_types,
-            timeout: c.timeout.unwrap_or(Span::from_secs(30)),
+            timeout: within(
+                invalid,
+                &format!("events.command[{i}].timeout"),
+                c.timeout.unwrap_or(Span::from_secs(30)),
+                bounds::TIMEOUT,
+            )?,
         });
     }
     Ok(EventsConfig {
         daily_check,
         days_before_expiry,
-        retention: raw.retention.unwrap_or(Span::from_days(90)),
+        retention: within(
+            invalid,
+            "events.retention",
+            raw.retention.unwrap_or(Span::from_days(90)),
+            bounds::RETENTION,
+        )?,
         journal: raw.journal.unwrap_or(true),
         webhooks,
         commands,
@@ -1019,20 +1064,78 @@ fn parse_mode(text: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
 }
 
-/// Turns a TOML error into "file:line:column: message", keeping toml's own wording (which
-/// names the unknown or mistyped key) but dropping its multi-line source excerpt.
+/// Turns a TOML error into "file:line:column: key: message", keeping toml's own wording but
+/// dropping its multi-line source excerpt and any value it quotes: a value given the wrong
+/// type is often a secret in the wrong place (`command = "dnsctl --token ..."`), and the
+/// message lands in the journal (security review L13).
 fn syntax_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
     let offset = err.span().map_or(0, |span| span.start);
-    let before = &text[..offset.min(text.len())];
+    // `span` is a byte offset from toml; a bad one must not slice inside a character.
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    let message = err.message().trim().replace('\n', " ");
+    let message = without_value(err.message().trim()).replace('\n', " ");
+    let message = match key_at(before) {
+        Some(key) => format!("{key}: {message}"),
+        None => message,
+    };
     ConfigError::Syntax {
         path: path.to_owned(),
         line,
         column,
         message,
     }
+}
+
+/// serde's "invalid type: string \"...\", expected a sequence" without the value: what was
+/// found (its kind) and what was expected are enough to fix the file.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        // The value is quoted (Debug) before the last ", expected ", which no expectation holds.
+        let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+            continue;
+        };
+        let kind = found.split(['"', '`']).next().unwrap_or_default().trim();
+        return format!("{prefix}{kind}, expected {expected}");
+    }
+    message.to_owned()
+}
+
+/// The key whose value starts at the end of `before` (the text up to the error), with the
+/// table it sits in: `validation.dns.command`, `events.webhook[1].timeout`. `None` when the
+/// error is not at a value (an unknown key, a syntax error: toml's message names those).
+fn key_at(before: &str) -> Option<String> {
+    let (lines, current) = before.rsplit_once('\n').unwrap_or(("", before));
+    let (left, value) = current.rsplit_once('=')?;
+    if value.contains(['"', '\'']) {
+        return None; // the '=' is inside a string on this line
+    }
+    let key = left.rsplit(['{', ',']).next()?.trim();
+    if key.is_empty() {
+        return None;
+    }
+    let Some(header) = lines
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+    else {
+        return Some(key.to_owned());
+    };
+    let table = header.trim_matches(|c| c == '[' || c == ']').trim();
+    if !header.starts_with("[[") {
+        return Some(format!("{table}.{key}"));
+    }
+    // An array of tables: which element, counting its headers so far.
+    let index = lines
+        .lines()
+        .filter(|l| l.trim().trim_matches(|c| c == '[' || c == ']').trim() == table)
+        .count()
+        .saturating_sub(1);
+    Some(format!("{table}[{index}].{key}"))
 }
 
 #[cfg(test)]
@@ -1090,7 +1193,7 @@ mod tests {
         let config =
             parse("[renewal]\nwindow = \"0 2 * * 0\"\nwindow-duration = \"4h\"\n").unwrap();
         assert!(config.renewal.window.is_some());
-        assert_eq!(config.events.days_before_expiry, 45);
+        assert_eq!(config.events.days_before_expiry.get(), 45);
         assert_eq!(config.events.sink_names(), vec!["journal"]);
         let cases = [
             (
@@ -1129,6 +1232,78 @@ mod tests {
             ),
         ];
         for (text, key) in cases {
+            let err = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"))
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key_but_not_the_value() {
+        let secret = "SUPERSECRETTOKEN123";
+        let text = format!(
+            "[validation.dns]\nzone = \"v.example\"\npublisher = \"command\"\ncommand = \"/usr/bin/dnsctl --token {secret}\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.toml:4:11: validation.dns.command: invalid type: string, expected a sequence"
+        );
+        let text = format!(
+            "[[events.command]]\nname = \"a\"\nargv = [\"x\"]\n[[events.command]]\nname = \"b\"\nargv = \"{secret}\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("events.command[1].argv: invalid type: string, expected a sequence")
+                && !err.contains(secret),
+            "{err}"
+        );
+        let err = parse("[api]\nmax-request-body = \"1M\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api.max-request-body: invalid type: string, expected"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_are_range_checked() {
+        for (text, key) in [
+            ("[events]\nretention = \"5000000d\"\n", "100 years"),
+            (
+                "[events]\nretention = \"3651d\"\n",
+                "events.retention: 3651d is outside 1s..=3650d",
+            ),
+            (
+                "[renewal]\nrenew-before = \"3651d\"\n",
+                "renewal.renew-before",
+            ),
+            (
+                "[renewal]\nwindow = \"0 2 * * 0\"\nwindow-duration = \"32d\"\n",
+                "renewal.window-duration",
+            ),
+            (
+                "[daemon]\nshutdown-timeout = \"2h\"\n",
+                "daemon.shutdown-timeout",
+            ),
+            ("[api]\nrequest-timeout = \"0s\"\n", "api.request-timeout"),
+            ("[validation]\ntimeout = \"31d\"\n", "validation.timeout"),
+            (
+                "[[events.command]]\nname = \"a\"\nargv = [\"x\"]\ntimeout = \"2h\"\n",
+                "events.command[0].timeout",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\nvalidity = \"30s\"\n",
+                "ca[0].validity",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ncommon-name = \"a\\u001b[2J\"\n",
+                "ca[0].common-name",
+            ),
+        ] {
             let err = parse(text)
                 .err()
                 .unwrap_or_else(|| panic!("accepted: {text}"))

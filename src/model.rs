@@ -234,6 +234,17 @@ impl FromStr for Domain {
             }
             check_label(label).map_err(fail)?;
         }
+        // "1.2.3.4." or "010.1.1.1" are not IP addresses to `IpAddr` but are to many resolvers
+        // and browsers (inet_aton reads octal and short forms): no TLD is all digits, so such a
+        // name can only be an address in disguise (RFC 1123 §2.1, RFC 3696 §2).
+        if labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(fail(
+                "the last label is all digits, which reads as an IP address: give the address itself",
+            ));
+        }
         Ok(Self::Dns(name))
     }
 }
@@ -273,9 +284,19 @@ impl<'de> Deserialize<'de> for Domain {
     }
 }
 
+/// The most names one certificate we issue may cover. Each name rides in every event for the
+/// certificate (10,000 names made 200 kB events); public CAs stop at 100 too.
+pub const MAX_DOMAINS: usize = 100;
+
 /// Parses a list of names, rejecting duplicates: the first name becomes the common name, and a
-/// duplicate is almost always a typo the user wants to hear about.
+/// duplicate is almost always a typo the user wants to hear about. At most [`MAX_DOMAINS`].
 pub fn parse_domains<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<Domain>, DomainError> {
+    if inputs.len() > MAX_DOMAINS {
+        return Err(DomainError {
+            input: format!("{} names", inputs.len()),
+            reason: "a certificate covers at most 100 names",
+        });
+    }
     let mut domains: Vec<Domain> = Vec::with_capacity(inputs.len());
     for input in inputs {
         let domain: Domain = input.as_ref().parse()?;
@@ -383,7 +404,8 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
             name: name.to_owned(),
         });
     }
-    if name.starts_with(CertificateId::PREFIX) {
+    // "." and ".." read as paths wherever a name ends up in one (a script's `--out-dir`).
+    if name.starts_with(CertificateId::PREFIX) || name.bytes().all(|b| b == b'.') {
         return Err(NameError {
             what,
             name: name.to_owned(),
@@ -394,11 +416,80 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid {what} name {name:?}: use 1-128 characters from letters, digits, '-', '_', '.', '*', not starting with \"ck-\""
+    "invalid {what} name {name:?}: use 1-128 characters from letters, digits, '-', '_', '.', '*', not only dots, not starting with \"ck-\""
 )]
 pub struct NameError {
     pub what: &'static str,
     pub name: String,
+}
+
+/// The longest common name: X.520's upper bound (RFC 5280 appendix A, `ub-common-name`).
+pub const MAX_COMMON_NAME: usize = 64;
+
+/// A CA's common name: free text, but one line of at most [`MAX_COMMON_NAME`] characters with
+/// no control characters, since it is printed in terminals and logs and written into every
+/// certificate the CA signs.
+pub fn check_common_name(name: &str) -> Result<(), CommonNameError> {
+    let reason = if name.trim().is_empty() {
+        "it is empty"
+    } else if name.chars().count() > MAX_COMMON_NAME {
+        "it is longer than 64 characters"
+    } else if name.chars().any(|c| c.is_control()) {
+        "it holds a control character (NUL, newline, ESC, ...)"
+    } else {
+        return Ok(());
+    };
+    Err(CommonNameError {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid common name {name:?}: {reason}")]
+pub struct CommonNameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// How many days before expiry "Approaching Expiration" events start (ACM's
+/// `DaysBeforeExpiry`): 1 to 365, as ACM allows. One type for the account setting, the config
+/// and every request, so no path stores a number the expiry arithmetic cannot take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DaysBeforeExpiry(u32);
+
+/// A `days_before_expiry` outside 1..=365.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is outside 1..=365 days")]
+pub struct DaysOutOfRange(pub u32);
+
+impl DaysBeforeExpiry {
+    pub const MIN: u32 = 1;
+    pub const MAX: u32 = 365;
+
+    pub fn new(days: u32) -> Result<Self, DaysOutOfRange> {
+        if (Self::MIN..=Self::MAX).contains(&days) {
+            Ok(Self(days))
+        } else {
+            Err(DaysOutOfRange(days))
+        }
+    }
+
+    /// A value read back from the store, brought into range: rows written before requests
+    /// were checked may hold anything (4294967295 made `explain` panic).
+    pub fn from_stored(days: u32) -> Self {
+        Self(days.clamp(Self::MIN, Self::MAX))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for DaysBeforeExpiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A tag key and value, as ACM has them.
@@ -698,6 +789,9 @@ mod tests {
             "exa mple.com",
             "bücher.de",
             "x",
+            "1.2.3.4.",
+            "010.1.1.1",
+            "host.123",
         ] {
             assert!(bad.parse::<Domain>().is_err(), "{bad:?} should be rejected");
         }
@@ -710,6 +804,32 @@ mod tests {
         let err = parse_domains(&["a.example", "A.example."]).unwrap_err();
         assert_eq!(err.reason, "listed twice");
         assert!(parse_domains::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn at_most_a_hundred_domains() {
+        let names: Vec<String> = (0..=MAX_DOMAINS).map(|i| format!("h{i}.example")).collect();
+        assert!(parse_domains(&names[..MAX_DOMAINS]).is_ok());
+        let err = parse_domains(&names).unwrap_err().to_string();
+        assert!(
+            err.contains("101 names") && err.contains("at most 100"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_and_common_names_are_printable() {
+        for bad in ["..", ".", "ck-x", "a b"] {
+            assert!(check_name("CA", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("certificate", "a.b..c").is_ok());
+        assert!(check_common_name("Team CA (2026)").is_ok());
+        for bad in ["esc\u{1b}[2J", "nul\0", "two\nlines", "", &"x".repeat(65)] {
+            let err = check_common_name(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid common name"), "{err}");
+        }
+        assert!(DaysBeforeExpiry::new(0).is_err() && DaysBeforeExpiry::new(366).is_err());
+        assert_eq!(DaysBeforeExpiry::from_stored(u32::MAX).get(), 365);
     }
 
     #[test]

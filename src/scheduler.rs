@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::events::{self, Event};
 use crate::inventory::{Inventory, InventoryError};
 use crate::liveness::Probed;
-use crate::model::{CertificateId, rfc3339};
+use crate::model::{CertificateId, DaysBeforeExpiry, rfc3339};
 use crate::policy::{self, AfterFailure, Step};
 use crate::schedule::Schedule;
 use crate::store::{Deadlines, ExpiryCandidate};
@@ -387,7 +387,7 @@ async fn daily(inventory: &Inventory, now: OffsetDateTime) -> usize {
 fn approaching(
     inventory: &Inventory,
     c: &ExpiryCandidate,
-    account_days: u32,
+    account_days: DaysBeforeExpiry,
     today: i64,
     now: OffsetDateTime,
 ) -> Option<Event> {
@@ -399,8 +399,10 @@ fn approaching(
         not_after: c.not_after,
     };
     let care = inventory.care(c.managed, c.renew_before, lifetime);
-    let threshold =
-        policy::expiry_threshold(c.days_before_expiry.unwrap_or(account_days), care, lifetime);
+    let days = c
+        .days_before_expiry
+        .map_or(account_days, DaysBeforeExpiry::from_stored);
+    let threshold = policy::expiry_threshold(days.get(), care, lifetime);
     if !policy::approaching_expiration_due(now, c.not_after, threshold, None) {
         return None;
     }

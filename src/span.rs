@@ -3,6 +3,11 @@
 //! Config files, CLI flags and API fields all use this one spelling, so a value can be copied
 //! from one to the other. Months and years are deliberately absent: they have no fixed length,
 //! and a certificate's validity must be exact.
+//!
+//! Every span parsed from outside (config, API, CLI) is at most [`Span::MAX`], so adding one to
+//! any date certkeeper handles stays inside `time`'s range; each field then has its own sane
+//! range ([`Bounds`], the table in [`bounds`]), checked where the field is read, so the error
+//! names the field.
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +26,12 @@ const UNITS: &[(char, u64)] = &[
 ];
 
 impl Span {
+    /// The longest span certkeeper parses: 100 years (36525d). Longer values are typing
+    /// mistakes, and they would push dates past what `time` and X.509 can hold.
+    pub const MAX: Self = Self::from_days(36_525);
+
+    /// A span from a count of seconds. For constants and stored values: input from outside goes
+    /// through `FromStr`, which enforces [`Span::MAX`].
     pub const fn from_secs(secs: u64) -> Self {
         Self(std::time::Duration::from_secs(secs))
     }
@@ -88,8 +99,69 @@ impl FromStr for Span {
             total = total.checked_add(part).ok_or_else(|| fail("too large"))?;
             rest = &rest[digits + unit.len_utf8()..];
         }
+        if total > Self::MAX.as_secs() {
+            return Err(fail(
+                "longer than 36525d (100 years), the most certkeeper takes",
+            ));
+        }
         Ok(Self::from_secs(total))
     }
+}
+
+/// The range one field's span must fall in (inclusive), so that every timeout, window and
+/// threshold is one a person could mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: Span,
+    pub max: Span,
+}
+
+/// A span outside its field's [`Bounds`]. The caller names the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{span} is outside {}..={}", .bounds.min, .bounds.max)]
+pub struct OutOfBounds {
+    pub span: Span,
+    pub bounds: Bounds,
+}
+
+impl Bounds {
+    pub const fn new(min: Span, max: Span) -> Self {
+        Self { min, max }
+    }
+
+    /// `span` when it is inside these bounds.
+    pub fn check(self, span: Span) -> Result<Span, OutOfBounds> {
+        if (self.min..=self.max).contains(&span) {
+            Ok(span)
+        } else {
+            Err(OutOfBounds { span, bounds: self })
+        }
+    }
+}
+
+/// The range of every duration field, config and API alike (README "Limits" and the comments of
+/// config/certkeeper.toml state them; keep the three in step).
+pub mod bounds {
+    use super::{Bounds, Span};
+
+    const MINUTE: Span = Span::from_secs(60);
+    const HOUR: Span = Span::from_secs(3_600);
+
+    /// `daemon.shutdown-timeout`, `api.request-timeout`, and each event sink's `timeout`.
+    pub const TIMEOUT: Bounds = Bounds::new(Span::from_secs(1), HOUR);
+    /// `renewal.renew-before` and a certificate's `renew_before`: past ten years it only means
+    /// "renew at once", which the planner's floor turns into a loop of early renewals anyway.
+    pub const RENEW_BEFORE: Bounds = Bounds::new(Span::from_secs(1), Span::from_days(3_650));
+    /// `renewal.window-duration` and a certificate's `window_duration`.
+    pub const WINDOW_DURATION: Bounds = Bounds::new(MINUTE, Span::from_days(31));
+    /// `api.audit-retention`: at least a day, so a record outlives the call it describes.
+    pub const AUDIT_RETENTION: Bounds = Bounds::new(Span::from_days(1), Span::from_days(36_500));
+    /// `events.retention`.
+    pub const RETENTION: Bounds = Bounds::new(Span::from_secs(1), Span::from_days(3_650));
+    /// `validation.timeout`: how long a public certificate waits for its records.
+    pub const VALIDATION_TIMEOUT: Bounds = Bounds::new(Span::from_secs(10), Span::from_days(30));
+    /// Certificate and CA validity (`validity`, `defaults.*validity`, `[[ca]] validity`).
+    pub const VALIDITY: Bounds = Bounds::new(MINUTE, Span::MAX);
 }
 
 impl fmt::Display for Span {
@@ -165,5 +237,25 @@ mod tests {
         }
         let err = "90y".parse::<Span>().unwrap_err().to_string();
         assert!(err.contains("unknown unit") && err.contains("90y"), "{err}");
+    }
+
+    #[test]
+    fn longer_than_a_hundred_years_is_refused() {
+        assert_eq!("36525d".parse::<Span>().unwrap(), Span::MAX);
+        for too_long in ["36525d1s", "3000000d", "30000000000000w", "5000000d"] {
+            let err = too_long.parse::<Span>().unwrap_err().to_string();
+            assert!(err.contains(too_long) && err.contains("100 years"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bounds_name_the_range() {
+        let err = bounds::RETENTION
+            .check("5000d".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "5000d is outside 1s..=3650d");
+        assert!(bounds::WINDOW_DURATION.check(Span::from_secs(60)).is_ok());
+        assert!(bounds::WINDOW_DURATION.check(Span::from_secs(59)).is_err());
     }
 }

@@ -133,3 +133,68 @@ fn an_unknown_key_in_any_table_is_rejected() {
     }
     assert!(tried >= 10, "only {tried} tables checked");
 }
+
+/// Security review L13: a value of the wrong type is often a secret in the wrong place. The
+/// error names the file, line, key and expected type, never the value.
+#[test]
+fn a_type_error_names_the_key_but_not_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[validation.dns]\nzone = \"v.example\"\npublisher = \"command\"\ncommand = \"/usr/bin/dnsctl --token SUPERSECRETTOKEN123\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = check(&bad);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:4:")
+            && stderr.contains("validation.dns.command: invalid type: string, expected a sequence"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SUPERSECRETTOKEN123"), "{stderr}");
+}
+
+/// Security review M2/L1: `events.retention = "5000000d"` stopped the lifecycle task with an
+/// overflow panic; now it, and every duration out of its field's range, is refused at load.
+#[test]
+fn durations_out_of_range_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("long.toml");
+    for (text, needle) in [
+        ("[events]\nretention = \"5000000d\"\n", "100 years"),
+        (
+            "[events]\nretention = \"3651d\"\n",
+            "events.retention: 3651d is outside 1s..=3650d",
+        ),
+        (
+            "[renewal]\nrenew-before = \"3000000d\"\n",
+            "renewal.renew-before",
+        ),
+        (
+            "[validation]\ntimeout = \"31d\"\n",
+            "validation.timeout: 31d is outside 10s..=30d",
+        ),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let (code, stderr) = check(&bad);
+        assert_eq!(code, Some(78), "{text}: {stderr}");
+        assert!(
+            stderr.contains("long.toml:") && stderr.contains(needle),
+            "{text}: {stderr}"
+        );
+    }
+    // The daemon refuses it the same way before it starts anything.
+    std::fs::write(&bad, "[events]\nretention = \"5000000d\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&bad)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("events.retention"), "{stderr}");
+}

@@ -166,3 +166,31 @@ fn a_task_that_dies_stops_the_daemon_non_zero_with_an_error_naming_it() {
         "{error_line}"
     );
 }
+
+/// Security review L13: a reload rejected for a value of the wrong type logs the file, key and
+/// expected type, not the value (here a token where an argv belongs).
+#[test]
+fn a_rejected_reload_does_not_log_the_value() {
+    let daemon = Daemon::start_with(Some("[events]\ndaily-check = \"0 0 1 1 *\"\n"));
+    std::fs::write(
+        daemon.config.as_ref().unwrap(),
+        "[[events.command]]\nname = \"hook\"\nargv = \"/usr/bin/notify --token SUPERSECRETTOKEN123\"\n",
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    let line = wait_until(Duration::from_secs(60), "the rejected reload", || {
+        daemon
+            .log_text()
+            .lines()
+            .find(|l| l.contains("config reload rejected"))
+            .map(str::to_owned)
+    });
+    assert!(
+        line.contains("certkeeper.toml:3:")
+            && line.contains("events.command[0].argv: invalid type: string, expected a sequence"),
+        "{line}"
+    );
+    assert!(!daemon.log_text().contains("SUPERSECRETTOKEN123"));
+    // The running config is kept.
+    daemon.json(&["list"]);
+}

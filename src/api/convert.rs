@@ -11,6 +11,7 @@ use super::types::{
     TagsRequest, file_bytes,
 };
 use crate::inventory::{self, InventoryError, Name, Passphrase, Source, Tags, requests};
+use crate::span::bounds;
 
 type Result<T> = std::result::Result<T, InventoryError>;
 
@@ -35,7 +36,7 @@ impl TryFrom<RequestCertificate> for inventory::CertificateRequest {
             }
             None => Source::Private {
                 ca: req.ca,
-                validity: req.validity,
+                validity: requests::span_within("validity", req.validity, bounds::VALIDITY)?,
                 client_auth: req.client_auth,
             },
         };
@@ -46,8 +47,15 @@ impl TryFrom<RequestCertificate> for inventory::CertificateRequest {
             name: req.name.map(Name::certificate).transpose()?,
             source,
             key_algorithm: req.key_algorithm,
-            renew_before: req.renew_before,
-            days_before_expiry: req.days_before_expiry,
+            renew_before: requests::span_within(
+                "renew_before",
+                req.renew_before,
+                bounds::RENEW_BEFORE,
+            )?,
+            days_before_expiry: req
+                .days_before_expiry
+                .map(requests::days_before_expiry)
+                .transpose()?,
         })
     }
 }
@@ -61,9 +69,12 @@ impl TryFrom<SignRequest> for inventory::SignRequest {
             name: req.name.map(Name::certificate).transpose()?,
             csr: file_bytes(&req.csr),
             ca: req.ca,
-            validity: req.validity,
+            validity: requests::span_within("validity", req.validity, bounds::VALIDITY)?,
             client_auth: req.client_auth,
-            days_before_expiry: req.days_before_expiry,
+            days_before_expiry: req
+                .days_before_expiry
+                .map(requests::days_before_expiry)
+                .transpose()?,
         })
     }
 }
@@ -90,7 +101,10 @@ impl TryFrom<ImportCertificate> for inventory::ImportRequest {
             passphrase: req.passphrase.map(Zeroizing::new),
             allow_expired: req.allow_expired,
             reimport: req.certificate_id,
-            days_before_expiry: req.days_before_expiry,
+            days_before_expiry: req
+                .days_before_expiry
+                .map(requests::days_before_expiry)
+                .transpose()?,
         })
     }
 }
@@ -126,9 +140,9 @@ impl TryFrom<CreateCa> for inventory::CaRequest {
             name: Name::ca(req.name)?,
             parent: req.parent,
             external: req.external,
-            common_name: req.common_name,
+            common_name: requests::common_name(req.common_name)?,
             key_algorithm: req.key_algorithm,
-            validity: req.validity,
+            validity: requests::span_within("validity", req.validity, bounds::VALIDITY)?,
             path_length: req.path_length,
             permitted_dns: req.permitted_dns,
         }

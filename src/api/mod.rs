@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::inventory::{Inventory, InventoryError};
 use crate::model::{CertificateId, Origin, Status};
@@ -75,11 +76,16 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         // Outside the deadline, so a call that timed out is recorded with its answer.
         .layer(middleware::from_fn_with_state(limits, deadline))
         .layer(middleware::from_fn_with_state(state.clone(), audit::record));
-    with_body_limit(routes, limits).with_state(state)
+    with_common_layers(routes, limits).with_state(state)
 }
 
-fn with_body_limit(routes: Router<Arc<AppState>>, limits: Limits) -> Router<Arc<AppState>> {
-    routes.layer(DefaultBodyLimit::max(limits.max_body))
+/// The layers every API router has, outermost last: the body limit, JSON for a 405, and a
+/// panicking handler answered with a generic 500.
+fn with_common_layers(routes: Router<Arc<AppState>>, limits: Limits) -> Router<Arc<AppState>> {
+    routes
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(CatchPanicLayer::custom(panicked))
 }
 
 /// The routes of `daemon.read-only-socket` (M8 of the security review): what monitoring
@@ -102,7 +108,7 @@ pub fn read_only_router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/metrics", get(metrics).fallback(read_only))
         .fallback(read_only)
         .layer(middleware::from_fn_with_state(limits, deadline));
-    with_body_limit(routes, limits).with_state(state)
+    with_common_layers(routes, limits).with_state(state)
 }
 
 async fn read_only() -> ApiError {
@@ -153,14 +159,56 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a 500 says: the cause (a store error, a worker's panic message) is for the log, where
+/// the operator reads it, not for every client (security review L1).
+const INTERNAL_MESSAGE: &str = "internal error; the daemon's log has the details";
+
 impl From<InventoryError> for ApiError {
     fn from(err: InventoryError) -> Self {
         let (status, code) = status_of(&err);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %err, "request failed");
+            return Self::new(status, code, INTERNAL_MESSAGE);
         }
         Self::new(status, code, err.to_string())
     }
+}
+
+/// A handler that panicked: a 500 like any other, instead of a dropped connection.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        INTERNAL_MESSAGE,
+    )
+    .into_response()
+}
+
+/// axum answers a known path with an unknown method by an empty 405: give it the JSON body
+/// every other error has.
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut answer = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("this endpoint does not take {method}"),
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 /// Each inventory error's status and code, once. The codes are part of the API: scripts match
@@ -286,6 +334,9 @@ async fn health(State(state): Shared) -> ApiResult<Health> {
 
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
+/// The most `tag=` filters one list takes: no certificate carries more tags than this, and
+/// each filter is a subquery (3,000 of them made SQLite give up with a 500).
+const MAX_TAG_FILTERS: usize = crate::inventory::requests::MAX_TAGS;
 
 async fn list(
     State(state): Shared,
@@ -325,18 +376,17 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
         let invalid =
             |e: &dyn std::fmt::Display| ApiError::invalid(format!("query parameter {key}: {e}"));
         match key.as_str() {
+            // Each value once: there are only a few, however often a query repeats them.
             "status" => {
                 for part in value.split(',') {
-                    filter
-                        .statuses
-                        .push(part.parse::<Status>().map_err(|e| invalid(&e))?);
+                    let status = part.parse::<Status>().map_err(|e| invalid(&e))?;
+                    push_new(&mut filter.statuses, status);
                 }
             }
             "origin" => {
                 for part in value.split(',') {
-                    filter
-                        .origins
-                        .push(part.parse::<Origin>().map_err(|e| invalid(&e))?);
+                    let origin = part.parse::<Origin>().map_err(|e| invalid(&e))?;
+                    push_new(&mut filter.origins, origin);
                 }
             }
             "tag" => {
@@ -344,7 +394,14 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
                     Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
                     None => (value.clone(), None),
                 };
-                filter.tags.push((k, v));
+                push_new(&mut filter.tags, (k, v));
+                if filter.tags.len() > MAX_TAG_FILTERS {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "too-many-filters",
+                        format!("query parameter tag: at most {MAX_TAG_FILTERS} tag filters"),
+                    ));
+                }
             }
             "expiring_within" => {
                 filter.expiring_within = Some(value.parse::<Span>().map_err(|e| invalid(&e))?);
@@ -369,6 +426,12 @@ fn list_filter(pairs: &[(String, String)]) -> Result<ListFilter, ApiError> {
         }
     }
     Ok(filter)
+}
+
+fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
 }
 
 async fn request(
@@ -511,18 +574,14 @@ async fn explain(State(state): Shared, Path(id): Path<String>) -> ApiResult<Expl
 
 async fn account(State(state): Shared) -> ApiResult<Account> {
     Ok(Json(Account {
-        days_before_expiry: state.inventory.days_before_expiry(),
+        days_before_expiry: state.inventory.days_before_expiry().get(),
     }))
 }
 
 async fn set_account(State(state): Shared, Body(req): Body<Account>) -> ApiResult<Account> {
-    state
-        .inventory
-        .set_days_before_expiry(req.days_before_expiry)
-        .await?;
-    Ok(Json(Account {
-        days_before_expiry: state.inventory.days_before_expiry(),
-    }))
+    let days = crate::inventory::requests::days_before_expiry(req.days_before_expiry)?;
+    state.inventory.set_days_before_expiry(days).await?;
+    account(State(state)).await
 }
 
 // --- certificate authorities ----------------------------------------------------------------

@@ -177,7 +177,8 @@ enum AcmeCommand {
 
 #[derive(Debug, Args)]
 struct RequestArgs {
-    /// Names to cover; the first is the common name. DNS names, wildcards, IP addresses.
+    /// Names to cover (at most 100); the first is the common name. DNS names, wildcards, IP
+    /// addresses.
     #[arg(required = true)]
     domains: Vec<String>,
     /// Unique name [default: the first domain].
@@ -205,8 +206,8 @@ struct RequestArgs {
     /// KEY=VALUE, repeatable.
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
-    /// Renew this long before expiry, e.g. 30d [default: renewal.renew-before; always clamped
-    /// to a third of the lifetime, a half below 10 days].
+    /// Renew this long before expiry, e.g. 30d (1s to 3650d) [default: renewal.renew-before;
+    /// always clamped to a third of the lifetime, a half below 10 days].
     #[arg(long, value_parser = parse_value::<Span>)]
     renew_before: Option<Span>,
     /// Expiry events start this many days before expiry (1-365) [default: the account setting].
@@ -216,7 +217,7 @@ struct RequestArgs {
     /// renewal.window]. Renewals wait for it unless expiry is near.
     #[arg(long, requires = "window_duration")]
     window: Option<String>,
-    /// How long the window stays open, e.g. 4h.
+    /// How long the window stays open, e.g. 4h (1m to 31d).
     #[arg(long, value_parser = parse_value::<Span>, requires = "window")]
     window_duration: Option<Span>,
     /// The window's time zone (IANA name) [default: UTC].
@@ -328,6 +329,8 @@ enum CaCommand {
         /// Print a CSR for an outside root; complete with `ca install`.
         #[arg(long)]
         external: bool,
+        /// Subject common name, 1-64 characters without control characters [default:
+        /// "certkeeper NAME CA"].
         #[arg(long)]
         common_name: Option<String>,
         #[arg(long, value_parser = parse_value::<KeyAlgorithm>)]

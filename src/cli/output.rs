@@ -1,5 +1,10 @@
 //! Output for people (aligned tables, key: value blocks) and for scripts (one JSON document).
+//!
+//! Text for people goes through [`clean`]: much of it comes from outside (an imported
+//! certificate's issuer DN, a CA's error text, names stored by older versions), and a terminal
+//! must not act on an escape sequence hidden in it. JSON needs nothing: serde escapes controls.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde::Serialize;
@@ -17,6 +22,27 @@ pub(super) enum Format {
     Json,
 }
 
+/// `text` with control characters (NUL, newline, ESC, ...) and the invisible characters that
+/// reorder text (bidi overrides) written as `\u{..}` escapes, so it prints as one inert line.
+pub(super) fn clean(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 pub(super) fn json<T: Serialize>(value: &T) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
@@ -25,8 +51,12 @@ pub(super) fn json<T: Serialize>(value: &T) -> std::io::Result<()> {
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| clean(cell).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
@@ -45,7 +75,7 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()
             writeln!(out, "{}", text.trim_end())
         };
     line(&mut out, &mut header.iter().copied())?;
-    for row in rows {
+    for row in &rows {
         line(&mut out, &mut row.iter().map(String::as_str))?;
     }
     Ok(())
@@ -116,7 +146,7 @@ pub(super) fn certificate_list(list: &CertificateList) -> std::io::Result<()> {
 
 pub(super) fn certificate(c: &Certificate) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let mut field = |k: &str, v: String| writeln!(out, "{:<18}{v}", format!("{k}:"));
+    let mut field = |k: &str, v: String| writeln!(out, "{:<18}{}", format!("{k}:"), clean(&v));
     field("id", c.id.to_string())?;
     field("name", c.name.clone())?;
     field("status", c.status.to_string())?;
@@ -245,7 +275,7 @@ pub(super) fn ca_list(cas: &[CaInfo]) -> std::io::Result<()> {
 pub(super) fn ca(details: &CaDetails) -> std::io::Result<()> {
     let ca = &details.ca;
     let mut out = std::io::stdout().lock();
-    let mut field = |k: &str, v: String| writeln!(out, "{:<16}{v}", format!("{k}:"));
+    let mut field = |k: &str, v: String| writeln!(out, "{:<16}{}", format!("{k}:"), clean(&v));
     field("name", ca.name.clone())?;
     field("kind", ca.kind.to_string())?;
     field("state", ca.state.to_string())?;
@@ -278,7 +308,7 @@ pub(super) fn ca(details: &CaDetails) -> std::io::Result<()> {
         writeln!(
             out,
             "\nHave this CSR signed by the external root, then run `certkeeper ca install {} --certificate FILE`:\n",
-            ca.name
+            clean(&ca.name)
         )?;
         write!(out, "{csr}")?;
     }
@@ -287,7 +317,7 @@ pub(super) fn ca(details: &CaDetails) -> std::io::Result<()> {
 
 pub(super) fn explanation(e: &crate::api::types::Explanation) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{} ({}), {}", e.id, e.name, e.status)?;
+    writeln!(out, "{} ({}), {}", e.id, clean(&e.name), e.status)?;
     match e.next_action_at {
         Some(at) => writeln!(
             out,
@@ -316,7 +346,23 @@ pub(super) fn explanation(e: &crate::api::types::Explanation) -> std::io::Result
         )?,
     }
     for reason in &e.reasons {
-        writeln!(out, "  - {reason}")?;
+        writeln!(out, "  - {}", clean(reason))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_print_as_escapes() {
+        assert!(matches!(clean("Team CA, O=Example"), Cow::Borrowed(_)));
+        assert_eq!(
+            clean("esc\u{1b}[2J\u{1b}]0;pwned\u{7}"),
+            "esc\\u{1b}[2J\\u{1b}]0;pwned\\u{7}"
+        );
+        assert_eq!(clean("a\nb\0c\u{202e}d"), "a\\u{a}b\\u{0}c\\u{202e}d");
+        assert_eq!(clean("bücher"), "bücher");
+    }
 }

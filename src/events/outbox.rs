@@ -69,7 +69,11 @@ pub async fn prune(outbox: &impl Outbox, sinks: &[String], retention: Span, now:
             _ => return,
         }
     }
-    match outbox.prune(now - retention.time(), max_seq).await {
+    // Saturating: a retention reaching before year -9999 keeps everything, it does not panic.
+    match outbox
+        .prune(now.saturating_sub(retention.time()), max_seq)
+        .await
+    {
         Ok(0) => {}
         Ok(n) => info!(pruned = n, "old events pruned"),
         Err(err) => warn!(error = %err, "pruning events failed"),

@@ -52,7 +52,7 @@ impl Inventory {
             client_auth,
             tags: req.tags.into_inner(),
             renew_before: req.renew_before,
-            days_before_expiry: req.days_before_expiry,
+            days_before_expiry: req.days_before_expiry.map(DaysBeforeExpiry::get),
             maintenance_window: req.window,
         };
         let lifetime = issued.lifetime();
@@ -240,7 +240,7 @@ impl Inventory {
                     client_auth: false,
                     tags: req.tags.into_inner(),
                     renew_before: None,
-                    days_before_expiry: req.days_before_expiry,
+                    days_before_expiry: req.days_before_expiry.map(DaysBeforeExpiry::get),
                     maintenance_window: None,
                     next_action_at: None,
                     validation: None,
@@ -390,7 +390,7 @@ impl Inventory {
         acme.check_request(&issuer, method, algorithm, &domains)
             .await?;
         let now = OffsetDateTime::now_utc();
-        let deadline = now + acme.validation().timeout.time();
+        let deadline = now.saturating_add(acme.validation().timeout.time());
         let mut new = NewCertificate {
             id: CertificateId::generate(),
             name,
@@ -404,7 +404,7 @@ impl Inventory {
             client_auth: false,
             tags: req.tags.into_inner(),
             renew_before: req.renew_before,
-            days_before_expiry: req.days_before_expiry,
+            days_before_expiry: req.days_before_expiry.map(DaysBeforeExpiry::get),
             maintenance_window: req.window,
             // Due now: the scheduler checks validation and orders at once.
             next_action_at: Some(now),
@@ -740,7 +740,7 @@ fn sign_one(
         client_auth: req.client_auth,
         tags: req.tags.into_inner(),
         renew_before: None,
-        days_before_expiry: req.days_before_expiry,
+        days_before_expiry: req.days_before_expiry.map(DaysBeforeExpiry::get),
         maintenance_window: None,
     };
     Ok((issuance.record(issued, None, now), pem))

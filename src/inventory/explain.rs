@@ -65,13 +65,14 @@ impl Inventory {
         let managed = cert.next_renewal_at.is_some();
         let days = cert
             .days_before_expiry
-            .unwrap_or(settings.days_before_expiry);
+            .map_or(settings.days_before_expiry, DaysBeforeExpiry::from_stored);
         let threshold = policy::expiry_threshold(
-            days,
+            days.get(),
             self.care(managed, cert.renew_before, lifetime),
             lifetime,
         );
-        let from = lifetime.not_after - threshold;
+        // Saturating: an imported certificate's dates can sit at either end of what X.509 holds.
+        let from = lifetime.not_after.saturating_sub(threshold);
         let reason = format!(
             "expiry events: days-before-expiry {days}{}; daily from {}",
             if managed {
@@ -85,7 +86,7 @@ impl Inventory {
             .then(|| {
                 settings
                     .daily_check
-                    .next_after(from.max(now) - time::Duration::SECOND)
+                    .next_after(from.max(now).saturating_sub(time::Duration::SECOND))
             })
             .flatten()
             .filter(|at| *at < lifetime.not_after);

@@ -40,8 +40,8 @@ use crate::import;
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::model::{
-    CaInfo, CaSpec, CaState, Certificate, CertificateId, Domain, KeyAlgorithm, Origin,
-    RevocationReason, Status, ValidationMethod, WindowSpec, rfc3339,
+    CaInfo, CaSpec, CaState, Certificate, CertificateId, DaysBeforeExpiry, Domain, KeyAlgorithm,
+    Origin, RevocationReason, Status, ValidationMethod, WindowSpec, rfc3339,
 };
 use crate::policy::{self, Lifetime, RenewalInfo};
 use crate::schedule::{Schedule, Window};
@@ -83,7 +83,7 @@ pub struct Settings {
     pub window: Option<Window>,
     /// The account-wide expiry-event threshold: the stored setting when one was made through
     /// the API, else the config's `events.days-before-expiry`.
-    pub days_before_expiry: u32,
+    pub days_before_expiry: DaysBeforeExpiry,
     pub daily_check: Schedule,
     /// The configured event sinks, by name.
     pub sinks: Vec<String>,
@@ -273,25 +273,19 @@ impl Inventory {
     }
 
     /// The account-wide expiry-event threshold in days.
-    pub fn days_before_expiry(&self) -> u32 {
+    pub fn days_before_expiry(&self) -> DaysBeforeExpiry {
         self.settings().days_before_expiry
     }
 
-    async fn stored_days_before_expiry(&self) -> Result<Option<u32>> {
+    async fn stored_days_before_expiry(&self) -> Result<Option<DaysBeforeExpiry>> {
         let Some(text) = self.store.setting(DAYS_BEFORE_EXPIRY).await? else {
             return Ok(None);
         };
-        Ok(text.parse().ok())
+        Ok(text.parse().ok().map(DaysBeforeExpiry::from_stored))
     }
 
     /// `certkeeper config set days-before-expiry N` (ACM's account configuration).
-    pub async fn set_days_before_expiry(&self, days: u32) -> Result<()> {
-        if !(1..=365).contains(&days) {
-            return Err(InventoryError::invalid(
-                "days_before_expiry",
-                format!("days-before-expiry {days} is outside 1..=365"),
-            ));
-        }
+    pub async fn set_days_before_expiry(&self, days: DaysBeforeExpiry) -> Result<()> {
         self.store
             .set_setting(DAYS_BEFORE_EXPIRY, &days.to_string())
             .await?;

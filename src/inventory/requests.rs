@@ -13,9 +13,10 @@ use zeroize::Zeroizing;
 use super::InventoryError;
 use crate::export::{self, ExportFormat};
 use crate::model::{
-    Domain, KeyAlgorithm, ValidationMethod, WindowSpec, check_name, check_tag, parse_domains,
+    DaysBeforeExpiry, Domain, KeyAlgorithm, ValidationMethod, WindowSpec, check_common_name,
+    check_name, check_tag, parse_domains,
 };
-use crate::span::Span;
+use crate::span::{Bounds, Span, bounds};
 
 type Result<T> = std::result::Result<T, InventoryError>;
 
@@ -74,8 +75,30 @@ pub fn domains<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<Domain>> {
     parse_domains(inputs).map_err(|e| InventoryError::invalid("domains", e))
 }
 
+/// A duration field inside its [`Bounds`] (see [`crate::span::bounds`]), or an error naming it.
+pub fn span_within(field: &str, span: Option<Span>, bounds: Bounds) -> Result<Option<Span>> {
+    span.map(|s| bounds.check(s))
+        .transpose()
+        .map_err(|e| InventoryError::invalid(field, format!("{field}: {e}")))
+}
+
+/// A `days_before_expiry`, of a request or the account: 1 to 365.
+pub fn days_before_expiry(days: u32) -> Result<DaysBeforeExpiry> {
+    DaysBeforeExpiry::new(days).map_err(|e| {
+        InventoryError::invalid("days_before_expiry", format!("days_before_expiry: {e}"))
+    })
+}
+
+/// A CA's common name, when one is given.
+pub fn common_name(name: Option<String>) -> Result<Option<String>> {
+    if let Some(name) = &name {
+        check_common_name(name).map_err(|e| InventoryError::invalid("common_name", e))?;
+    }
+    Ok(name)
+}
+
 /// A per-certificate maintenance window from its three fields: cron expression and duration
-/// both or neither (a time zone alone means nothing), at least a minute long, and parsing.
+/// both or neither (a time zone alone means nothing), 1m to 31d long, and parsing.
 pub fn window(
     schedule: Option<String>,
     duration: Option<Span>,
@@ -95,12 +118,11 @@ pub fn window(
             ));
         }
     };
-    if spec.duration.as_secs() < 60 {
-        return Err(InventoryError::invalid(
-            "window_duration",
-            "window_duration must be at least 1m",
-        ));
-    }
+    span_within(
+        "window_duration",
+        Some(spec.duration),
+        bounds::WINDOW_DURATION,
+    )?;
     spec.window()
         .map_err(|e| InventoryError::invalid("window", e))?;
     Ok(Some(spec))
@@ -131,7 +153,7 @@ pub struct CertificateRequest {
     pub key_algorithm: Option<KeyAlgorithm>,
     pub tags: Tags,
     pub renew_before: Option<Span>,
-    pub days_before_expiry: Option<u32>,
+    pub days_before_expiry: Option<DaysBeforeExpiry>,
     pub window: Option<WindowSpec>,
 }
 
@@ -145,7 +167,7 @@ pub struct SignRequest {
     pub client_auth: bool,
     pub name: Option<Name>,
     pub tags: Tags,
-    pub days_before_expiry: Option<u32>,
+    pub days_before_expiry: Option<DaysBeforeExpiry>,
 }
 
 /// `import`: a certificate and its key from elsewhere.
@@ -159,7 +181,7 @@ pub struct ImportRequest {
     pub reimport: Option<String>,
     pub name: Option<Name>,
     pub tags: Tags,
-    pub days_before_expiry: Option<u32>,
+    pub days_before_expiry: Option<DaysBeforeExpiry>,
 }
 
 /// An export passphrase, of an acceptable length, wiped when dropped.

@@ -820,7 +820,7 @@ fn list_query(filter: &ListFilter, now: OffsetDateTime) -> (String, Vec<Value>) 
     }
     if let Some(within) = filter.expiring_within {
         sql.push_str(" AND +c.not_after <= ?");
-        values.push(Value::Integer(unix(now + within.time())));
+        values.push(Value::Integer(unix(now.saturating_add(within.time()))));
     }
     for (key, value) in &filter.tags {
         sql.push_str(
