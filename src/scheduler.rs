@@ -398,10 +398,9 @@ fn approaching(
         not_before: c.not_before,
         not_after: c.not_after,
     };
-    let care = inventory.care(c.managed, c.renew_before, lifetime);
-    let threshold =
-        policy::expiry_threshold(c.days_before_expiry.unwrap_or(account_days), care, lifetime);
-    if !policy::approaching_expiration_due(now, c.not_after, threshold, None) {
+    let care = inventory.care(c.renewal, c.renew_before, lifetime, now);
+    let days = c.days_before_expiry.unwrap_or(account_days);
+    if !policy::approaching_expiration_due(now, lifetime, days, care, None) {
         return None;
     }
     Some(events::approaching_expiration(
