@@ -668,6 +668,15 @@ impl Certificate {
         })
     }
 
+    /// Its renewal as `check` and the expiry events weigh it; `None` when certkeeper does not
+    /// renew it (no next action: imported, revoked, a key certkeeper does not hold).
+    pub fn renewal_state(&self) -> Option<crate::policy::RenewalState> {
+        Some(crate::policy::RenewalState {
+            next_action_at: self.next_renewal_at?,
+            failures: self.renewal.as_ref().map_or(0, |r| r.failures),
+        })
+    }
+
     pub fn common_name(&self) -> String {
         self.domains
             .first()

@@ -398,12 +398,11 @@ fn approaching(
         not_before: c.not_before,
         not_after: c.not_after,
     };
-    let care = inventory.care(c.managed, c.renew_before, lifetime);
+    let care = inventory.care(c.renewal, c.renew_before, lifetime, now);
     let days = c
         .days_before_expiry
         .map_or(account_days, DaysBeforeExpiry::from_stored);
-    let threshold = policy::expiry_threshold(days.get(), care, lifetime);
-    if !policy::approaching_expiration_due(now, c.not_after, threshold, None) {
+    if !policy::approaching_expiration_due(now, lifetime, days.get(), care, None) {
         return None;
     }
     Some(events::approaching_expiration(

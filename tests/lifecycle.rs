@@ -105,25 +105,30 @@ fn renews_by_itself_and_resumes_after_a_restart() {
     assert_eq!(explained["next_action"], "renew", "{explained}");
 }
 
-#[test]
-fn a_failing_renewal_backs_off_raises_action_required_and_recovers() {
-    let daemon = Daemon::start_with(Some(SHORT_LIVED));
+/// `fragile.internal`, three minutes from CA `team`, which is then disabled: every renewal
+/// fails. The first attempt comes at the renewal floor (72 s, two fifths of the real life),
+/// leaving more than the first backoff before expiry.
+fn fragile(daemon: &Daemon, args: &[&str]) -> String {
     daemon.ok(&["ca", "create", "team", "--parent", "default"]);
-    // Three minutes: the first attempt comes at the renewal floor (72 s, two fifths of the real
-    // life), leaving more than the first backoff before expiry.
-    let args = [
+    let mut all = vec![
         "request",
         "fragile.internal",
         "--ca",
         "team",
         "--validity",
         "3m",
-        "--renew-before",
-        "170s",
     ];
-    let cert = id(&daemon.json(&args));
+    all.extend(args);
+    let cert = id(&daemon.json(&all));
     // The CA's key becomes unavailable: every renewal through it fails.
     daemon.ok(&["ca", "disable", "team"]);
+    cert
+}
+
+#[test]
+fn a_failing_renewal_backs_off_raises_action_required_and_recovers() {
+    let daemon = Daemon::start_with(Some(SHORT_LIVED));
+    let cert = fragile(&daemon, &["--renew-before", "170s"]);
 
     let failed = wait_until(Duration::from_secs(120), "a failed renewal", || {
         let c = daemon.json(&["describe", &cert]);
@@ -178,6 +183,74 @@ fn a_failing_renewal_backs_off_raises_action_required_and_recovers() {
         metrics.contains("certkeeper_renewals_total{result=\"failure\"} "),
         "{metrics}"
     );
+}
+
+/// Issue 9: short lifetimes must not page anyone. Healthy certificates of 24 hours to 395 days
+/// are quiet in `check`; one whose renewal a maintenance window holds until the last tenth of
+/// its life sends no Approaching Expiration (it is on schedule); one whose renewal fails is a
+/// WARNING with the event, then CRITICAL once under a tenth of its life is left.
+#[test]
+fn check_and_expiry_events_follow_the_renewal_plan() {
+    let daemon = Daemon::start_with(Some(&format!(
+        "{SHORT_LIVED}[events]\ndaily-check = \"*/2 * * * * *\"\n"
+    )));
+    // Eight minutes of life (backdated five): inside its last tenth 48 s before expiry.
+    let fragile = fragile(&daemon, &[]);
+    // Held for a yearly window: renewed when a tenth of its six minutes is left, inside the
+    // quarter that is its expiry-event threshold.
+    let held = id(&daemon.json(&[
+        "request",
+        "held.internal",
+        "--validity",
+        "1m",
+        "--window",
+        "0 0 1 1 *",
+        "--window-duration",
+        "1h",
+    ]));
+    for validity in ["24h", "6d", "45d", "90d", "395d"] {
+        daemon.json(&[
+            "request",
+            &format!("v{validity}.internal"),
+            "--validity",
+            validity,
+        ]);
+    }
+    let (code, line) = check(&daemon, &[]);
+    assert_eq!(code, 0, "all on schedule: {line}");
+    assert!(line.contains("7 certificates"), "{line}");
+
+    wait_until(Duration::from_secs(120), "the held renewal", || {
+        (version(&daemon, &held) > 1).then_some(())
+    });
+    assert_eq!(
+        events_for(&daemon, &held, "Certificate Approaching Expiration"),
+        Vec::<serde_json::Value>::new(),
+        "renewed on schedule: no expiry event"
+    );
+
+    let failing = check_until(&daemon, 1, "a failing renewal");
+    assert!(
+        failing.contains("1 renewal(s) failing (fragile.internal: "),
+        "{failing}"
+    );
+    wait_until(Duration::from_secs(60), "an expiry event", || {
+        let e = events_for(&daemon, &fragile, "Certificate Approaching Expiration");
+        (!e.is_empty()).then_some(())
+    });
+    let critical = check_until(&daemon, 2, "under a tenth of the life left");
+    assert!(
+        critical.starts_with("CERTKEEPER CRITICAL - 1 expiring unrenewed (fragile.internal in "),
+        "{critical}"
+    );
+}
+
+/// Runs `certkeeper check` until it exits with `code`; its status line.
+fn check_until(daemon: &Daemon, code: i32, what: &str) -> String {
+    wait_until(Duration::from_secs(120), what, || {
+        let (got, line) = check(daemon, &[]);
+        (got == code).then_some(line)
+    })
 }
 
 fn time_of(value: &serde_json::Value) -> i64 {
@@ -416,17 +489,22 @@ fn metrics_parse_with_promtool_and_check_exit_codes_follow_the_plugin_convention
     assert!(text.contains(&format!("certkeeper_certificate_status{{id=\"{ok}\",name=\"fine.internal\",origin=\"private\",common_name=\"fine.internal\",issuer=\"default\",status=\"issued\"}} 1")), "{text}");
 
     assert_eq!(check(&daemon, &[]).0, 0);
+    // Renewed certificates follow their renewal plan; --fixed-thresholds weighs them against
+    // the spans like certificates nobody renews.
     daemon.json(&["request", "soon.internal", "--validity", "20d"]);
-    let (code, line) = check(&daemon, &["--warning", "30d", "--critical", "7d"]);
+    let fixed = ["--warning", "30d", "--critical", "7d", "--fixed-thresholds"];
+    let (code, line) = check(&daemon, &fixed);
     assert_eq!(code, 1, "{line}");
     assert!(
         line.starts_with("CERTKEEPER WARNING - 1 expiring within 30d (soon.internal in 19 days)"),
         "{line}"
     );
     daemon.json(&["request", "urgent.internal", "--validity", "3d"]);
-    let (code, line) = check(&daemon, &[]);
+    let (code, line) = check(&daemon, &["--fixed-thresholds"]);
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("| certificates=3"), "{line}");
+    let (code, line) = check(&daemon, &[]);
+    assert_eq!(code, 0, "renewed on schedule: {line}");
     assert_eq!(
         check(&daemon, &["--certificate", &ok]).0,
         0,

@@ -141,13 +141,22 @@ enum Command {
     Explain { certificate: String },
     /// Monitoring check (Nagios/Icinga plugin convention): exit 0 OK, 1 WARNING, 2 CRITICAL,
     /// 3 UNKNOWN, with one status line and perfdata.
+    ///
+    /// Certificates certkeeper renews follow their renewal plan: WARNING while the renewal is
+    /// failing or over an hour overdue, CRITICAL when it is failing or overdue with under a
+    /// tenth of the lifetime left, or expired. --warning and --critical apply to the others
+    /// (imported, signed from a CSR), or to all with --fixed-thresholds.
     Check {
-        /// WARNING when a certificate expires within this span, or a renewal is failing.
+        /// WARNING when a certificate certkeeper does not renew expires within this span.
         #[arg(long, value_parser = parse_value::<Span>, default_value = "30d")]
         warning: Span,
-        /// CRITICAL when a certificate expires within this span, or has expired.
+        /// CRITICAL when a certificate certkeeper does not renew expires within this span.
         #[arg(long, value_parser = parse_value::<Span>, default_value = "7d")]
         critical: Span,
+        /// Weigh every certificate against --warning and --critical, renewed ones too, instead
+        /// of their renewal plan (a 6-day certificate is then always inside a 7-day threshold).
+        #[arg(long)]
+        fixed_thresholds: bool,
         /// Check only this certificate (id or name).
         #[arg(long)]
         certificate: Option<String>,
@@ -477,16 +486,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check {
             warning,
             critical,
+            fixed_thresholds,
             certificate,
         } => {
             let socket = socket_path(cli.socket, cli.config.as_deref(), true)?;
-            check::run(
-                &Client::new(&socket),
+            let thresholds = check::Thresholds {
                 warning,
                 critical,
-                certificate.as_deref(),
-            )
-            .await
+                fixed: fixed_thresholds,
+            };
+            check::run(&Client::new(&socket), thresholds, certificate.as_deref()).await
         }
         Command::MasterKey(MasterKeyCommand::Generate { out }) => {
             master_key_generate(out.as_deref())

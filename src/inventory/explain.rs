@@ -62,27 +62,27 @@ impl Inventory {
         settings: &Settings,
         now: OffsetDateTime,
     ) -> ExpiryEvents {
-        let managed = cert.next_renewal_at.is_some();
         let days = cert
             .days_before_expiry
             .map_or(settings.days_before_expiry, DaysBeforeExpiry::from_stored);
-        let threshold = policy::expiry_threshold(
-            days.get(),
-            self.care(managed, cert.renew_before, lifetime),
-            lifetime,
-        );
+        let care = self.care(cert.renewal_state(), cert.renew_before, lifetime, now);
+        let threshold = policy::expiry_threshold(days.get(), care, lifetime);
         // Saturating: an imported certificate's dates can sit at either end of what X.509 holds.
         let from = lifetime.not_after.saturating_sub(threshold);
+        let (cap, reported) = match care {
+            policy::Care::Watched => (String::new(), true),
+            policy::Care::Renewed { standing, .. } => (
+                format!(
+                    " capped at a quarter of the lifetime and at the renewal time, and sent only while the renewal is failing or overdue (now: {standing})"
+                ),
+                standing != policy::Standing::OnSchedule,
+            ),
+        };
         let reason = format!(
-            "expiry events: days-before-expiry {days}{}; daily from {}",
-            if managed {
-                " capped at a quarter of the lifetime and at the renewal time (renewal would be overdue)"
-            } else {
-                ""
-            },
+            "expiry events: days-before-expiry {days}{cap}; daily from {}",
             rfc3339(from)
         );
-        let next = (cert.status == Status::Issued && now < lifetime.not_after)
+        let next = (reported && cert.status == Status::Issued && now < lifetime.not_after)
             .then(|| {
                 settings
                     .daily_check

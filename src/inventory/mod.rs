@@ -293,18 +293,23 @@ impl Inventory {
         Ok(())
     }
 
-    /// How a certificate is looked after, for its expiry-event threshold.
+    /// How a certificate is looked after, for its expiry events: watched, or renewed (`renewal`
+    /// is `Some`) under its own or the configured renew-before, standing where it does at `now`.
     pub fn care(
         &self,
-        renewed: bool,
+        renewal: Option<policy::RenewalState>,
         renew_before: Option<Span>,
         lifetime: Lifetime,
+        now: OffsetDateTime,
     ) -> policy::Care {
-        if !renewed {
+        let Some(renewal) = renewal else {
             return policy::Care::Watched;
-        }
+        };
         let configured = renew_before.unwrap_or(self.settings().renew_before).time();
-        policy::Care::Renewed(policy::effective_renew_before(configured, lifetime.length()).0)
+        policy::Care::Renewed {
+            renew_before: policy::effective_renew_before(configured, lifetime.length()).0,
+            standing: policy::standing(lifetime, renewal, now),
+        }
     }
 
     pub async fn rotate_master_key(&self) -> Result<(u64, BTreeMap<String, u64>)> {

@@ -8,7 +8,11 @@
 //!   unless less than a tenth of the lifetime would remain.
 //! - **Failure backoff**: exponential from one minute to four hours, never past expiry.
 //! - **Expiry events**: `days-before-expiry` (default 45); for certificates we renew, the event
-//!   means "renewal is overdue", so the threshold is `min(days, lifetime / 4)`.
+//!   means "renewal is overdue", so the threshold is `min(days, lifetime / 4)`, and it is sent
+//!   only while the renewal is failing or overdue.
+//! - **Standing**: a renewed certificate is on schedule, failing, overdue (its planned time an
+//!   hour past), unrenewed (failing or overdue inside the last tenth of its life) or expired:
+//!   what `certkeeper check` and the alert rules report instead of fixed days-left thresholds.
 //! - **Renewal Action Required**: at the first failure, then as 45/30/15/7/3/1 days remain.
 //!
 //! [`planner`] composes these into the one decision the scheduler carries out and `explain`
@@ -273,13 +277,17 @@ pub fn validation_retry(attempts: u32, failed_at: OffsetDateTime) -> OffsetDateT
     failed_at + delay
 }
 
-/// How a certificate is looked after, for its expiry-event threshold.
+/// How a certificate is looked after, for its expiry events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Care {
     /// Watched only (imported, or a key certkeeper does not hold).
     Watched,
-    /// Renewed by certkeeper, this long before expiry (the effective, clamped renew-before).
-    Renewed(Duration),
+    /// Renewed by certkeeper this long before expiry (the effective, clamped renew-before),
+    /// and how that renewal stands.
+    Renewed {
+        renew_before: Duration,
+        standing: Standing,
+    },
 }
 
 /// The expiry-event threshold: `days` for certificates we only watch; for ones we renew the
@@ -289,7 +297,7 @@ pub fn expiry_threshold(days_before_expiry: u32, care: Care, lifetime: Lifetime)
     let days = Duration::days(i64::from(days_before_expiry));
     match care {
         Care::Watched => days,
-        Care::Renewed(renew_before) => days.min(lifetime.length() / 4).min(renew_before),
+        Care::Renewed { renew_before, .. } => days.min(lifetime.length() / 4).min(renew_before),
     }
 }
 
@@ -299,15 +307,92 @@ pub fn days_to_expiry(now: OffsetDateTime, not_after: OffsetDateTime) -> i64 {
 }
 
 /// Whether an `Approaching Expiration` event is due today: inside the threshold, not yet
-/// expired, and not already sent on this UTC day.
+/// expired, not already sent on this UTC day, and, for a certificate certkeeper renews, only
+/// while its renewal is failing or overdue. A renewal held for a maintenance window may
+/// legitimately come inside the threshold (up to the last tenth of the lifetime): a
+/// certificate renewed on schedule never reports, whatever its lifetime.
 pub fn approaching_expiration_due(
     now: OffsetDateTime,
-    not_after: OffsetDateTime,
-    threshold: Duration,
+    lifetime: Lifetime,
+    days_before_expiry: u32,
+    care: Care,
     last_sent: Option<OffsetDateTime>,
 ) -> bool {
-    let inside = not_after - now <= threshold && now < not_after;
-    inside && last_sent.is_none_or(|sent| sent.date() < now.date())
+    let threshold = expiry_threshold(days_before_expiry, care, lifetime);
+    let inside = lifetime.not_after - now <= threshold && now < lifetime.not_after;
+    let reported = match care {
+        Care::Watched => true,
+        Care::Renewed { standing, .. } => standing != Standing::OnSchedule,
+    };
+    inside && reported && last_sent.is_none_or(|sent| sent.date() < now.date())
+}
+
+/// How long after its planned time a renewal that has not happened counts as overdue: an
+/// hour, or a tenth of the lifetime when that is shorter. The scheduler takes a due renewal up
+/// at once and pushes its deadline out by its lease while it runs, so a planned time an hour
+/// past means the scheduler is not getting to it, not that it is busy.
+pub const OVERDUE_GRACE: Duration = Duration::HOUR;
+
+/// What is known from outside about the renewal of a certificate certkeeper renews: the next
+/// time the scheduler acts on it (the planner's renewal or retry time, stored as its deadline)
+/// and the consecutive failures so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenewalState {
+    pub next_action_at: OffsetDateTime,
+    pub failures: u32,
+}
+
+/// Where a renewed certificate stands against its renewal plan. `certkeeper check`, the
+/// shipped alert rules and the expiry events report this instead of fixed days-left
+/// thresholds, which a healthy 6-day certificate would be inside all its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The renewal is planned, or became due less than [`overdue_grace`] ago: nothing to say.
+    OnSchedule,
+    /// The last attempt failed; retries are planned (WARNING).
+    Failing,
+    /// The planned time passed more than [`overdue_grace`] ago without an attempt (WARNING).
+    Overdue,
+    /// Failing or overdue with less than a tenth of the lifetime left ([`URGENT_FRACTION`],
+    /// the part in which the planner overrides maintenance windows): it may expire (CRITICAL).
+    Unrenewed,
+    Expired,
+}
+
+impl fmt::Display for Standing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OnSchedule => "on schedule",
+            Self::Failing => "failing",
+            Self::Overdue => "overdue",
+            Self::Unrenewed => "not renewed with under a tenth of the lifetime left",
+            Self::Expired => "expired",
+        })
+    }
+}
+
+/// [`OVERDUE_GRACE`], or a tenth of the lifetime when that is shorter.
+pub fn overdue_grace(lifetime: Lifetime) -> Duration {
+    OVERDUE_GRACE.min(lifetime.length() / URGENT_FRACTION)
+}
+
+/// Where a certificate with `lifetime` and `renewal` stands at `now`.
+pub fn standing(lifetime: Lifetime, renewal: RenewalState, now: OffsetDateTime) -> Standing {
+    if now >= lifetime.not_after {
+        return Standing::Expired;
+    }
+    let troubled = if renewal.failures > 0 {
+        Standing::Failing
+    } else if now - renewal.next_action_at > overdue_grace(lifetime) {
+        Standing::Overdue
+    } else {
+        return Standing::OnSchedule;
+    };
+    if lifetime.not_after - now < lifetime.length() / URGENT_FRACTION {
+        Standing::Unrenewed
+    } else {
+        troubled
+    }
 }
 
 /// Whether a failing renewal should raise `Renewal Action Required` now, given the milestone
@@ -507,6 +592,14 @@ mod tests {
         assert_eq!(delays, [15, 30, 60, 120, 240, 480, 900, 900]);
     }
 
+    /// A renewed certificate's care, as the daily check weighs it.
+    fn renewed(lifetime: Lifetime, standing: Standing) -> Care {
+        Care::Renewed {
+            renew_before: effective_renew_before(DEFAULT_RENEW_BEFORE, lifetime.length()).0,
+            standing,
+        }
+    }
+
     #[test]
     fn expiry_threshold_table() {
         // (lifetime days, managed, expected threshold days)
@@ -523,7 +616,7 @@ mod tests {
         for (days, managed, expected) in cases {
             let lt = lifetime(days);
             let care = if managed {
-                Care::Renewed(effective_renew_before(DEFAULT_RENEW_BEFORE, lt.length()).0)
+                renewed(lt, Standing::Failing)
             } else {
                 Care::Watched
             };
@@ -534,46 +627,165 @@ mod tests {
                 "{days} days managed={managed}: {got}"
             );
         }
+        let care = |renew_before| Care::Renewed {
+            renew_before,
+            standing: Standing::Failing,
+        };
         assert_eq!(
-            expiry_threshold(10, Care::Renewed(Duration::days(60)), lifetime(395)),
+            expiry_threshold(10, care(Duration::days(60)), lifetime(395)),
             Duration::days(10)
         );
         // A renew-before shorter than a quarter of the lifetime: events only once overdue.
         assert_eq!(
-            expiry_threshold(45, Care::Renewed(Duration::days(7)), lifetime(90)),
+            expiry_threshold(45, care(Duration::days(7)), lifetime(90)),
             Duration::days(7)
         );
     }
 
     #[test]
     fn approaching_expiration_fires_once_per_day_inside_the_threshold() {
-        let not_after = NOW + Duration::days(10);
-        let threshold = Duration::days(45);
-        assert!(approaching_expiration_due(NOW, not_after, threshold, None));
-        assert!(!approaching_expiration_due(
-            NOW,
-            not_after,
-            threshold,
-            Some(NOW - Duration::hours(3))
-        ));
-        assert!(approaching_expiration_due(
-            NOW,
-            not_after,
-            threshold,
-            Some(NOW - Duration::days(1))
-        ));
-        assert!(
-            !approaching_expiration_due(NOW, not_after, Duration::days(9), None),
-            "outside the threshold"
-        );
-        assert!(
-            approaching_expiration_due(NOW, not_after, Duration::days(10), None),
-            "exactly at it"
-        );
-        assert!(
-            !approaching_expiration_due(not_after, not_after, threshold, None),
-            "expired"
-        );
+        let lt = |days| Lifetime {
+            not_before: NOW - Duration::days(300),
+            not_after: NOW + Duration::days(days),
+        };
+        let due = |days_left, threshold, sent| {
+            approaching_expiration_due(NOW, lt(days_left), threshold, Care::Watched, sent)
+        };
+        assert!(due(10, 45, None));
+        assert!(!due(10, 45, Some(NOW - Duration::hours(3))));
+        assert!(due(10, 45, Some(NOW - Duration::days(1))));
+        assert!(!due(10, 9, None), "outside the threshold");
+        assert!(due(10, 10, None), "exactly at it");
+        assert!(!due(0, 45, None), "expired");
+    }
+
+    /// A certificate with `lifetime_days` of life and `left` of it remaining at `NOW`.
+    fn living(lifetime_days: i64, left: Duration) -> Lifetime {
+        Lifetime {
+            not_before: NOW + left - Duration::days(lifetime_days),
+            not_after: NOW + left,
+        }
+    }
+
+    /// The lifetimes of issue 9: 24 hours, 6, 45, 90 and 395 days.
+    const LIFETIMES: [i64; 5] = [1, 6, 45, 90, 395];
+
+    /// Healthy (on schedule: quiet, also when a maintenance window held the renewal inside the
+    /// expiry threshold), failing, overdue, unrenewed near expiry, expired: for every lifetime,
+    /// the standing and whether the daily check sends Approaching Expiration.
+    #[test]
+    fn standing_and_expiry_events_follow_the_renewal_plan() {
+        for days in LIFETIMES {
+            let length = Duration::days(days);
+            let renew_before = effective_renew_before(DEFAULT_RENEW_BEFORE, length).0;
+            let tenth = length / URGENT_FRACTION;
+            let threshold = expiry_threshold(
+                45,
+                renewed(lifetime(days), Standing::Failing),
+                lifetime(days),
+            );
+            let state = |next: Duration, failures: u32| RenewalState {
+                next_action_at: NOW + next,
+                failures,
+            };
+            // (what, time left, renewal, standing, Approaching Expiration sent)
+            let rows = [
+                (
+                    "fresh",
+                    length * 9 / 10,
+                    state(length / 3, 0),
+                    Standing::OnSchedule,
+                    false,
+                ),
+                (
+                    "renewal just due",
+                    renew_before,
+                    state(-Duration::MINUTE, 0),
+                    Standing::OnSchedule,
+                    false,
+                ),
+                (
+                    "held by a window",
+                    tenth + Duration::MINUTE,
+                    state(Duration::MINUTE, 0),
+                    Standing::OnSchedule,
+                    false,
+                ),
+                (
+                    "failing",
+                    renew_before - Duration::MINUTE,
+                    state(Duration::MINUTE, 1),
+                    Standing::Failing,
+                    false,
+                ),
+                (
+                    "failing inside the threshold",
+                    threshold - Duration::MINUTE,
+                    state(Duration::MINUTE, 9),
+                    Standing::Failing,
+                    true,
+                ),
+                (
+                    "overdue",
+                    renew_before - Duration::HOUR * 2,
+                    state(-Duration::HOUR * 2, 0),
+                    Standing::Overdue,
+                    false,
+                ),
+                (
+                    "failing near expiry",
+                    tenth - Duration::MINUTE,
+                    state(Duration::MINUTE, 20),
+                    Standing::Unrenewed,
+                    true,
+                ),
+                (
+                    "overdue near expiry",
+                    tenth / 2,
+                    state(tenth / 2 - renew_before, 0),
+                    Standing::Unrenewed,
+                    true,
+                ),
+                (
+                    "expired",
+                    -Duration::MINUTE,
+                    state(Duration::MINUTE, 30),
+                    Standing::Expired,
+                    false,
+                ),
+            ];
+            for (what, left, renewal, expected, event) in rows {
+                let lt = living(days, left);
+                let got = standing(lt, renewal, NOW);
+                assert_eq!(got, expected, "{days}-day certificate, {what}");
+                let care = renewed(lt, got);
+                assert_eq!(
+                    approaching_expiration_due(NOW, lt, 45, care, None),
+                    event,
+                    "{days}-day certificate, {what}: event"
+                );
+            }
+            // Imported ones keep the fixed threshold, whatever their lifetime.
+            let imported = living(days, Duration::days(45.min(days)) - Duration::MINUTE);
+            assert!(approaching_expiration_due(
+                NOW,
+                imported,
+                45,
+                Care::Watched,
+                None
+            ));
+        }
+    }
+
+    #[test]
+    fn overdue_waits_an_hour_or_a_tenth_of_short_lifetimes() {
+        assert_eq!(overdue_grace(lifetime(1)), Duration::HOUR);
+        assert_eq!(overdue_grace(lifetime(395)), Duration::HOUR);
+        let brief = Lifetime {
+            not_before: NOW,
+            not_after: NOW + Duration::minutes(30),
+        };
+        assert_eq!(overdue_grace(brief), Duration::minutes(3));
     }
 
     #[test]

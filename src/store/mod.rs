@@ -244,8 +244,9 @@ pub struct ExpiryCandidate {
     pub renew_before: Option<crate::span::Span>,
     /// UTC day number of the last "Approaching Expiration" event.
     pub expiry_event_day: Option<i64>,
-    /// Renewed by the scheduler (it has a next action): the event then means "overdue".
-    pub managed: bool,
+    /// `Some` when the scheduler renews it (it has a next action): the event then means
+    /// "overdue", and is sent only while the renewal is failing or overdue.
+    pub renewal: Option<crate::policy::RenewalState>,
 }
 
 /// A version as read back for `get` and `export`.

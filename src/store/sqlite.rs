@@ -466,7 +466,7 @@ impl Db {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, name, origin, domains, serial, not_before, not_after, days_before_expiry, \
-                 expiry_event_day, next_action_at IS NOT NULL, renew_before FROM certificates \
+                 expiry_event_day, next_action_at, renew_before, renewal_failures FROM certificates \
                  WHERE status = 'issued' AND not_after > ? AND not_after <= ?",
             )?;
             let rows = stmt.query_map(params![unix(now), unix(now + horizon)], |row| {
@@ -480,13 +480,15 @@ impl Db {
                     row.get::<_, i64>(6)?,
                     row.get::<_, Option<i64>>(7)?,
                     row.get::<_, Option<i64>>(8)?,
-                    row.get::<_, bool>(9)?,
+                    row.get::<_, Option<i64>>(9)?,
                     row.get::<_, Option<i64>>(10)?,
+                    row.get::<_, i64>(11)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, name, origin, domains, serial, nb, na, days, day, managed, renew_before) = row?;
+                let (id, name, origin, domains, serial, nb, na, days, day, next, renew_before, failures) =
+                    row?;
                 out.push(super::ExpiryCandidate {
                     id: CertificateId::parse(&id)
                         .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
@@ -499,7 +501,10 @@ impl Db {
                     days_before_expiry: days.map(|d| d.clamp(0, i64::from(u32::MAX)) as u32),
                     expiry_event_day: day,
                     renew_before: renew_before.map(|s| Span::from_secs(s.max(0) as u64)),
-                    managed,
+                    renewal: next.map(|at| crate::policy::RenewalState {
+                        next_action_at: from_unix(at),
+                        failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
+                    }),
                 });
             }
             Ok(out)
