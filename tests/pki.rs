@@ -8,10 +8,11 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::peers::free_port;
 use common::pki::{pem_blocks, pkilint};
-use common::{Daemon, id, openssl, openssl_try};
+use common::{Daemon, id, openssl, openssl_try, wait_until};
 
 /// A daemon publishing under `http://127.0.0.1:PORT/pki/` and serving it on PORT; returns it
 /// and the base URL.
@@ -222,4 +223,24 @@ fn an_unusable_base_url_is_a_config_error_naming_it() {
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
+}
+
+#[test]
+fn a_reloaded_base_url_waits_for_a_restart() {
+    let (d, base) = publishing_daemon();
+    let config = d.config.as_ref().unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, text.replace(&base, "http://pki.example.com/")).unwrap();
+    d.signal("HUP");
+    let log = wait_until(Duration::from_secs(60), "the reload", || {
+        Some(d.log_text()).filter(|log| log.contains("config reloaded"))
+    });
+    let warned = log
+        .lines()
+        .any(|l| l.contains("takes effect at the next restart") && l.contains("pki"));
+    assert!(warned, "{log}");
+    // What the running listener serves is still what certificates say.
+    let cert = d.json(&["request", "after-reload.internal"]);
+    d.write("leaf.pem", d.ok(&["get", &id(&cert), "--part", "cert"]));
+    assert_points_at(&text_of(d.dir.path(), "leaf.pem"), &base, "default");
 }
