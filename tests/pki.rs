@@ -208,14 +208,10 @@ fn an_unusable_base_url_is_a_config_error_naming_it() {
             &["serve", "--state-dir", state][..],
             &["config", "check"][..],
         ] {
-            let out = Command::new(common::BIN)
-                .arg("--config")
-                .arg(&config)
-                .args(verb)
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(78), "{verb:?} {url}: {stderr}");
+            let mut cmd = Command::new(common::BIN);
+            cmd.arg("--config").arg(&config).args(verb);
+            let (code, stderr) = common::must_exit(cmd);
+            assert_eq!(code, Some(78), "{verb:?} {url}: {stderr}");
             assert!(
                 stderr.contains("pki.base-url") && stderr.contains(url) && stderr.contains(says),
                 "{verb:?} {url}: {stderr}"
