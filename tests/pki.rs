@@ -240,3 +240,16 @@ fn a_reloaded_base_url_waits_for_a_restart() {
     d.write("leaf.pem", d.ok(&["get", &id(&cert), "--part", "cert"]));
     assert_points_at(&text_of(d.dir.path(), "leaf.pem"), &base, "default");
 }
+
+#[test]
+fn the_listener_closes_a_connection_that_sends_nothing() {
+    use std::io::Read;
+    let (_d, base) = publishing_daemon();
+    let addr = base.trim_start_matches("http://").trim_end_matches("/pki/");
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    // Far longer than the listener's header timeout: a read that ends in 0 was closed by it.
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(idle.read(&mut buf).unwrap(), 0, "closed by the server");
+}
