@@ -1,6 +1,10 @@
 //! certkeeper's own certificate authorities: creating roots and subordinates, issuing leaf
 //! certificates (from our keys or a caller's CSR), and CRLs.
 //!
+//! A CA whose CRL and certificate are published (`[pki]`, see `src/pki.rs`) puts where to
+//! fetch them into everything it signs: cRLDistributionPoints and authorityInfoAccess
+//! caIssuers. rcgen has a field for the first; the second is DER we encode here.
+//!
 //! rcgen signs whatever it is given; the policy is ours and lives here: a CA only signs names
 //! inside its DNS name constraints, never past its own expiry, and never more levels of CAs than
 //! its path length allows. Everything here is pure computation on keys and parameters; storing
@@ -10,9 +14,9 @@ use std::net::IpAddr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CidrSubnet,
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyIdMethod,
-    KeyPair, KeyUsagePurpose, NameConstraints, PublicKeyData, RevokedCertParams, SanType,
-    SerialNumber,
+    CrlDistributionPoint, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, NameConstraints,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -70,6 +74,16 @@ pub struct Authority {
     pub permitted_dns: Vec<String>,
     pub path_length: Option<u8>,
     pub not_after: OffsetDateTime,
+    /// Where this CA's CRL and certificate are published, when they are.
+    published: Option<Published>,
+}
+
+/// Where relying parties fetch what they need to check a certificate a CA signed: the CA's
+/// CRL and the CA's own certificate (to build the chain). Both are `http://` URLs, ASCII.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub crl: String,
+    pub ca_issuers: String,
 }
 
 /// A freshly created CA, before it is stored.
@@ -127,7 +141,14 @@ impl Authority {
             permitted_dns,
             path_length,
             not_after,
+            published: None,
         })
+    }
+
+    /// This CA, putting `published` into every certificate it signs from now on.
+    pub fn with_published(mut self, published: Option<Published>) -> Self {
+        self.published = published;
+        self
     }
 
     /// The full chain a leaf of this CA needs: this CA, then its issuers.
@@ -169,6 +190,7 @@ impl Authority {
         }
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
+        self.point_to_published(&mut params);
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -224,7 +246,8 @@ impl Authority {
         };
         let (not_before, not_after) = self.validity_window(spec.validity, now)?;
         let key = keys::generate(spec.key_algorithm)?;
-        let params = ca_params(&child, not_before, not_after)?;
+        let mut params = ca_params(&child, not_before, not_after)?;
+        self.point_to_published(&mut params);
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -259,6 +282,20 @@ impl Authority {
             .signed_by(&self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(crl.der().to_vec())
+    }
+
+    /// Adds where to fetch this CA's CRL and certificate to a certificate it signs. A root
+    /// gets none: nothing signs it, so there is nothing to fetch for it.
+    fn point_to_published(&self, params: &mut CertificateParams) {
+        let Some(published) = &self.published else {
+            return;
+        };
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![published.crl.clone()],
+        }];
+        params
+            .custom_extensions
+            .push(ca_issuers_extension(&published.ca_issuers));
     }
 
     fn check_names(&self, domains: &[Domain]) -> Result<(), CaError> {
@@ -451,6 +488,42 @@ fn san(domain: &Domain) -> Result<SanType, CaError> {
         ),
         Domain::Ip(ip) => SanType::IpAddress(*ip),
     })
+}
+
+/// id-pe-authorityInfoAccess (RFC 5280 §4.2.2.1).
+const AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+/// id-ad-caIssuers (1.3.6.1.5.5.7.48.2) as a DER OBJECT IDENTIFIER: tag, length, the arcs.
+const CA_ISSUERS_OID: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
+/// The context tag of GeneralName's uniformResourceIdentifier: `[6] IMPLICIT IA5String`,
+/// primitive.
+const URI_TAG: u8 = 0x86;
+const SEQUENCE_TAG: u8 = 0x30;
+
+/// A non-critical authorityInfoAccess extension (as RFC 5280 requires) with one caIssuers
+/// access description pointing at `url`:
+/// `SEQUENCE OF SEQUENCE { accessMethod OID, accessLocation GeneralName }`.
+fn ca_issuers_extension(url: &str) -> CustomExtension {
+    let location = der(URI_TAG, url.as_bytes());
+    let description = der(SEQUENCE_TAG, &[&CA_ISSUERS_OID[..], &location].concat());
+    CustomExtension::from_oid_content(AUTHORITY_INFO_ACCESS, der(SEQUENCE_TAG, &description))
+}
+
+/// One DER TLV: short-form length under 128, else long form (0x80 | number of length bytes,
+/// then the length big-endian without leading zeros).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match u8::try_from(content.len()) {
+        Ok(short) if short < 0x80 => out.push(short),
+        _ => {
+            let length = content.len().to_be_bytes();
+            let significant = length.iter().skip_while(|b| **b == 0).count();
+            // At most 8 length bytes for a usize: 0x88 at most, a valid long form.
+            out.push(0x80 | significant as u8);
+            out.extend_from_slice(&length[length.len() - significant..]);
+        }
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 fn crl_reason(reason: RevocationReason) -> rcgen::RevocationReason {
@@ -668,6 +741,122 @@ mod tests {
         let mut child = spec("corp", &["corp.example"], None);
         child.validity = Span::from_days(30);
         assert!(root.create_subordinate(&child, now).is_ok());
+    }
+
+    fn published(ca: &str) -> Published {
+        Published {
+            crl: format!("http://pki.example/ca/{ca}.crl"),
+            ca_issuers: format!("http://pki.example/ca/{ca}.der"),
+        }
+    }
+
+    /// The CRL distribution point URIs and the caIssuers URIs of `pem`'s certificate, and
+    /// whether its authorityInfoAccess is critical.
+    fn pointers(pem: &str) -> (Vec<String>, Vec<String>, bool) {
+        use x509_parser::extensions::DistributionPointName;
+        let der = pem::certificates(pem).remove(0);
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+        let uri = |name: &GeneralName<'_>| match name {
+            GeneralName::URI(uri) => (*uri).to_owned(),
+            other => panic!("not a URI: {other:?}"),
+        };
+        let (mut crl, mut issuers, mut critical) = (Vec::new(), Vec::new(), false);
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::CRLDistributionPoints(points) => {
+                    for point in points.iter() {
+                        if let Some(DistributionPointName::FullName(names)) =
+                            &point.distribution_point
+                        {
+                            crl.extend(names.iter().map(uri));
+                        }
+                    }
+                }
+                ParsedExtension::AuthorityInfoAccess(aia) => {
+                    critical = ext.critical;
+                    for desc in aia.iter() {
+                        assert_eq!(
+                            desc.access_method,
+                            x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS
+                        );
+                        issuers.push(uri(&desc.access_location));
+                    }
+                }
+                ParsedExtension::UnsupportedExtension { .. } => {
+                    panic!("an extension x509-parser cannot parse: {:?}", ext.oid)
+                }
+                _ => {}
+            }
+        }
+        (crl, issuers, critical)
+    }
+
+    fn issue_leaf(ca: &Authority, now: OffsetDateTime) -> Issued {
+        let key = keys::generate(KeyAlgorithm::EcP256).unwrap();
+        let d = domains(&["a.example"]);
+        let request = LeafRequest {
+            domains: &d,
+            validity: Span::from_days(30),
+            client_auth: false,
+        };
+        ca.issue(&request, &key, now).unwrap()
+    }
+
+    #[test]
+    fn a_published_ca_points_its_certificates_at_its_crl_and_certificate() {
+        let now = OffsetDateTime::now_utc();
+        let root_spec = spec("root", &[], None);
+        let created = create_root(&root_spec, now).unwrap();
+        // A root points nowhere: nothing signs it.
+        assert_eq!(
+            pointers(created.cert_pem.as_deref().unwrap()),
+            (vec![], vec![], false)
+        );
+        let unpublished = authority(&root_spec, &created);
+        assert_eq!(
+            pointers(&issue_leaf(&unpublished, now).cert_pem),
+            (vec![], vec![], false)
+        );
+
+        let root = authority(&root_spec, &created).with_published(Some(published("root")));
+        let leaf = issue_leaf(&root, now);
+        assert_eq!(
+            pointers(&leaf.cert_pem),
+            (
+                vec!["http://pki.example/ca/root.crl".to_owned()],
+                vec!["http://pki.example/ca/root.der".to_owned()],
+                false
+            )
+        );
+        // A subordinate's own certificate points at its parent's.
+        let mut child = spec("child", &[], None);
+        child.validity = Span::from_days(365);
+        let sub = root.create_subordinate(&child, now).unwrap();
+        assert_eq!(
+            pointers(sub.cert_pem.as_deref().unwrap()),
+            pointers(&leaf.cert_pem)
+        );
+    }
+
+    #[test]
+    fn long_urls_use_long_form_der_lengths() {
+        let now = OffsetDateTime::now_utc();
+        let root_spec = spec("root", &[], None);
+        let created = create_root(&root_spec, now).unwrap();
+        // 100 bytes: a short-form URI in a long-form SEQUENCE; 300: two length bytes each.
+        for len in [100, 300] {
+            let url = format!("http://pki.example/{}", "a".repeat(len));
+            let root = authority(&root_spec, &created).with_published(Some(Published {
+                crl: url.clone(),
+                ca_issuers: url.clone(),
+            }));
+            let (crl, issuers, _) = pointers(&issue_leaf(&root, now).cert_pem);
+            assert_eq!((crl, issuers), (vec![url.clone()], vec![url]));
+        }
+        assert_eq!(der(0x04, &[7; 3]), [0x04, 3, 7, 7, 7]);
+        assert_eq!(&der(0x04, &[0; 127])[..2], [0x04, 0x7f]);
+        assert_eq!(&der(0x04, &[0; 128])[..3], [0x04, 0x81, 0x80]);
+        assert_eq!(&der(0x04, &[0; 256])[..4], [0x04, 0x82, 0x01, 0x00]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::argv::Argv;
 use crate::events::DetailType;
 use crate::events::sinks::{CommandSink, SinkConfigs, WebhookSink};
 use crate::model::{KeyAlgorithm, UnknownValue, check_common_name, check_name};
+use crate::pki::{BaseUrl, PkiConfig};
 use crate::schedule::{Schedule, Window};
 use crate::span::{Bounds, Span, bounds};
 
@@ -58,6 +59,14 @@ struct RawConfig {
     acme: Vec<RawAcme>,
     #[serde(default)]
     validation: RawValidation,
+    pki: Option<RawPki>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPki {
+    base_url: String,
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +282,8 @@ pub struct Config {
     /// ACME issuers, by name.
     pub acme: Vec<AcmeIssuer>,
     pub validation: ValidationConfig,
+    /// Where the CAs' CRLs and certificates are published, and served from.
+    pub pki: Option<PkiConfig>,
 }
 
 /// `[[acme]]`: an ACME CA to issue public certificates from.
@@ -700,6 +711,7 @@ impl Config {
             metrics_per_certificate: raw.metrics.per_certificate.unwrap_or(true),
             acme,
             validation: validation_config(raw.validation, &invalid)?,
+            pki: raw.pki.map(|p| pki_config(p, &invalid)).transpose()?,
             state_dir,
         })
     }
@@ -914,6 +926,14 @@ fn validation_config(
         )?,
         dns,
         http,
+    })
+}
+
+fn pki_config(raw: RawPki, invalid: Invalid<'_>) -> Result<PkiConfig, ConfigError> {
+    Ok(PkiConfig {
+        base_url: BaseUrl::parse(&raw.base_url)
+            .map_err(|e| invalid("pki.base-url", e.to_string()))?,
+        listen: raw.listen,
     })
 }
 
@@ -1339,5 +1359,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("defaults.ca"), "{err}");
+    }
+
+    #[test]
+    fn pki_base_url_is_checked() {
+        let config = parse("[pki]\nbase-url = \"http://pki.example.com\"\n").unwrap();
+        let pki = config.pki.unwrap();
+        assert_eq!(pki.base_url.to_string(), "http://pki.example.com/");
+        assert_eq!(pki.listen, None);
+        for url in ["https://pki.example.com/", "pki.example.com", "http://a b/"] {
+            let err = parse(&format!("[pki]\nbase-url = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("test.toml: pki.base-url: "), "{err}");
+            assert!(err.contains(url), "{err}");
+        }
+        let err = parse("[pki]\nlisten = \"127.0.0.1:8089\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base-url"), "{err}");
     }
 }

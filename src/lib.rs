@@ -9,6 +9,7 @@ pub mod audit; // who changed what or exported which key: records, to the log an
 pub mod cli; // verbs, socket client, output formatting
 pub mod daemon; // lifecycle only: load, bind, spawn and supervise tasks, notify, signals, drain
 pub mod metrics; // Prometheus text exposition: counters and per-certificate gauges
+pub mod pki; // [pki]: the URLs certificates carry for CRLs and CA certificates, and their listener
 pub mod serve; // HTTP on our listeners: connection cap, header and idle timeouts, graceful stop
 pub mod systemd; // sd_notify: READY, RELOADING, STOPPING, the watchdog
 

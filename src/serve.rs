@@ -65,6 +65,13 @@ impl Limits {
         header_timeout: Duration::from_secs(5),
         keep_alive: false,
     };
+    /// `pki.listen`, where relying parties fetch a CA's CRL or certificate: public too, one
+    /// short request each (clients cache what they fetch until the CRL's nextUpdate).
+    pub const PKI: Self = Self {
+        max_connections: 64,
+        header_timeout: Duration::from_secs(5),
+        keep_alive: false,
+    };
 }
 
 /// Who is at the other end of a connection.

@@ -16,23 +16,9 @@ fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
 
-/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr). One that
-/// starts instead is killed after a minute (exit code `None`), so the test fails, not hangs.
+/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr).
 fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
-    let mut cmd = daemon.command();
-    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::must_exit(daemon.command())
 }
 
 /// Exports `cert` as PEM and returns (decrypted key's public key, certificate's public key),

@@ -24,6 +24,7 @@ use crate::exit;
 use crate::inventory::{Inventory, InventoryError, Settings};
 use crate::liveness::{self, Probe};
 use crate::logging::Logging;
+use crate::pki::{self, PkiConfig};
 use crate::scheduler;
 use crate::serve;
 use crate::store::{Keyring, SealError, Store, StoreError};
@@ -151,6 +152,7 @@ pub async fn serve(
         audit_retention: config.audit_retention,
     });
     serve_api(&config, &state, &shutdown, &mut tasks).await?;
+    serve_pki(&config, &state.inventory, &shutdown, &mut tasks).await?;
     systemd::ready();
     if let Some(interval) = systemd::watchdog_interval() {
         info!(
@@ -231,13 +233,7 @@ async fn http01(
         None => Ok((None, None)),
         Some(HttpValidation::Webroot(dir)) => Ok((Some(Tokens::Webroot(dir.clone())), None)),
         Some(HttpValidation::Listen(addr)) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Io {
-                    what: "cannot bind validation.http.listen",
-                    path: addr.to_string().into(),
-                    source,
-                })?;
+            let listener = bind_tcp(*addr, "cannot bind validation.http.listen").await?;
             info!(%addr, "HTTP-01 responder listening");
             Ok((Some(Tokens::memory()), Some(listener)))
         }
@@ -281,7 +277,9 @@ async fn open_inventory(
             dns,
         ))
     });
-    let inventory = Arc::new(Inventory::new(store, Settings::from_config(config), acme));
+    let published = config.pki.as_ref().map(|p| p.base_url.clone());
+    let inventory =
+        Arc::new(Inventory::new(store, Settings::from_config(config), acme).publishing(published));
     // Picks up the account settings stored through the API.
     inventory.apply(Settings::from_config(config)).await?;
     for name in inventory.start(&config.cas).await? {
@@ -331,13 +329,7 @@ async fn serve_api(
     tasks: &mut Tasks,
 ) -> Result<(), DaemonError> {
     if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Io {
-                what: "cannot bind metrics.listen",
-                path: addr.to_string().into(),
-                source,
-            })?;
+        let listener = bind_tcp(addr, "cannot bind metrics.listen").await?;
         info!(%addr, "metrics listening");
         let app = api::metrics_router(state.clone());
         tasks.spawn(
@@ -367,6 +359,50 @@ async fn serve_api(
         serve::serve(listener, app, serve::Limits::API, shutdown.clone()),
     );
     Ok(())
+}
+
+/// Binds `pki.listen`, where relying parties fetch the CAs' CRLs and certificates, and serves
+/// it until `shutdown`.
+async fn serve_pki(
+    config: &Config,
+    inventory: &Arc<Inventory>,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<(), DaemonError> {
+    let Some(PkiConfig {
+        base_url,
+        listen: Some(addr),
+    }) = &config.pki
+    else {
+        return Ok(());
+    };
+    let listener = bind_tcp(*addr, "cannot bind pki.listen").await?;
+    info!(%addr, base_url = %base_url, "PKI listener serving CRLs and CA certificates");
+    tasks.spawn(
+        "PKI listener",
+        serve::serve(
+            listener,
+            pki::router(inventory.clone(), base_url),
+            serve::Limits::PKI,
+            shutdown.clone(),
+        ),
+    );
+    Ok(())
+}
+
+/// Binds a TCP listener of the config (`what` names its key), before READY: a taken port is a
+/// start-up error.
+async fn bind_tcp(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what,
+            path: addr.to_string().into(),
+            source,
+        })
 }
 
 /// Handles signals until one asks us to stop. SIGHUP reloads the config; a config that does
@@ -491,6 +527,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("acme", running.acme != new.acme),
         ("validation", running.validation != new.validation),
+        ("pki", running.pki != new.pki),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -517,6 +554,7 @@ fn keep_running(running: &Config, new: Config) -> Config {
         metrics_listen: running.metrics_listen,
         acme: running.acme.clone(),
         validation: running.validation.clone(),
+        pki: running.pki.clone(),
         ..new
     }
 }

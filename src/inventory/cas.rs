@@ -46,7 +46,8 @@ impl Inventory {
                 &key,
                 info.permitted_dns.clone(),
                 info.path_length,
-            )?;
+            )?
+            .with_published(self.published.as_ref().map(|b| b.published(&info.name)));
             loaded.insert(info.name.clone(), Slot::Active(Arc::new(authority)));
         }
         *lock::write(&self.authorities) = loaded;
@@ -206,21 +207,45 @@ impl Inventory {
         self.ca(name).await
     }
 
-    /// The CA's current CRL (DER), re-signed first when it is stale.
+    /// The CA's current CRL (DER), re-signed first when it is stale. A disabled CA cannot
+    /// re-sign (its key stays sealed): its last CRL is given until its nextUpdate, never after.
     pub async fn crl(&self, name: &str) -> Result<Vec<u8>> {
         let now = OffsetDateTime::now_utc();
         let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
-        let fresh = stored
-            .crl_next_update
-            .is_some_and(|next| next - now > CRL_VALIDITY.time() / 2);
-        if let (true, Some(der)) = (fresh, stored.crl_der) {
-            return Ok(der);
+        if let (false, Some(der)) = (crl_due(stored.crl_next_update, now), &stored.crl_der) {
+            return Ok(der.clone());
         }
-        self.refresh_crl(name, now).await?;
+        match self.refresh_crl(name, now).await {
+            Err(InventoryError::CaUnavailable {
+                state: CaState::Disabled,
+                ..
+            }) if crl_current(stored.crl_next_update, now) => stored
+                .crl_der
+                .ok_or_else(|| InventoryError::Internal(Internal::NoCrl(name.to_owned()))),
+            Err(err) => Err(err),
+            Ok(()) => {
+                let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
+                stored
+                    .crl_der
+                    .ok_or_else(|| InventoryError::Internal(Internal::NoCrl(name.to_owned())))
+            }
+        }
+    }
+
+    /// A CA's own certificate (DER), as its `[pki]` caIssuers URL serves it.
+    pub async fn ca_certificate_der(&self, name: &str) -> Result<Vec<u8>> {
         let stored = self.store.ca(name).await?.ok_or_else(|| missing_ca(name))?;
-        stored
-            .crl_der
-            .ok_or_else(|| InventoryError::Internal(Internal::NoCrl(name.to_owned())))
+        let pem = stored
+            .cert_pem
+            .ok_or_else(|| InventoryError::CaUnavailable {
+                name: name.to_owned(),
+                state: CaState::PendingCertificate,
+            })?;
+        crate::pem::certificates(&pem)
+            .into_iter()
+            .next()
+            .map(|der| der.to_vec())
+            .ok_or_else(|| InventoryError::Internal(Internal::CaCertificate(name.to_owned())))
     }
 
     pub(super) async fn refresh_crl(&self, name: &str, now: OffsetDateTime) -> Result<()> {
@@ -236,6 +261,18 @@ impl Inventory {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// Whether a CRL valid until `next_update` is to be re-signed at `now`: when there is none, or
+/// less than half of [`CRL_VALIDITY`] is left. Whoever fetches one then has days before it
+/// runs out, and a CRL is never handed out past its nextUpdate.
+fn crl_due(next_update: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    next_update.is_none_or(|next| next - now <= CRL_VALIDITY.time() / 2)
+}
+
+/// Whether a CRL valid until `next_update` may still be relied on at `now`.
+fn crl_current(next_update: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    next_update.is_some_and(|next| now < next)
 }
 
 /// A CA as the inventory holds it in memory.
@@ -324,4 +361,28 @@ fn check_ca_certificate(req: &InstallCaRequest, our_spki: &[u8]) -> Result<Insta
 
 fn missing_ca(name: &str) -> InventoryError {
     InventoryError::NotFound(Missing::Ca(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crl_is_re_signed_once_half_its_validity_is_gone_and_never_served_late() {
+        let now = OffsetDateTime::now_utc();
+        let left = |d: time::Duration| Some(now + d);
+        let half = CRL_VALIDITY.time() / 2;
+        assert!(crl_due(None, now), "no CRL yet");
+        assert!(!crl_due(left(CRL_VALIDITY.time()), now), "just signed");
+        assert!(!crl_due(left(half + time::Duration::minutes(1)), now));
+        assert!(crl_due(left(half), now));
+        assert!(crl_due(left(time::Duration::minutes(1)), now));
+        assert!(crl_due(left(-time::Duration::minutes(1)), now), "expired");
+
+        // What a disabled CA may still give: only a CRL before its nextUpdate.
+        assert!(crl_current(left(time::Duration::minutes(1)), now));
+        assert!(!crl_current(left(time::Duration::ZERO), now));
+        assert!(!crl_current(left(-time::Duration::minutes(1)), now));
+        assert!(!crl_current(None, now));
+    }
 }

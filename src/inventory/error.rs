@@ -176,6 +176,8 @@ pub enum Internal {
     Acme(Box<AcmeError>),
     #[error("CA {0:?} has no CRL")]
     NoCrl(String),
+    #[error("the stored certificate of CA {0:?} is not PEM")]
+    CaCertificate(String),
     #[error("the store answered no certificate")]
     NothingStored,
 }

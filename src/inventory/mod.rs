@@ -43,6 +43,7 @@ use crate::model::{
     CaInfo, CaSpec, CaState, Certificate, CertificateId, DaysBeforeExpiry, Domain, KeyAlgorithm,
     Origin, RevocationReason, Status, ValidationMethod, WindowSpec, rfc3339,
 };
+use crate::pki::BaseUrl;
 use crate::policy::{self, Lifetime, RenewalInfo};
 use crate::schedule::{Schedule, Window};
 use crate::span::Span;
@@ -53,7 +54,9 @@ use crate::store::{
 use crate::validation::http::Tokens;
 use crate::wake::Wake;
 
-/// How long a CRL is valid; it is re-signed when less than half of this remains.
+/// How long a CRL is valid; it is re-signed when less than half of this remains (and at every
+/// revocation), so whoever fetches one gets at least 3.5 days before its nextUpdate. A week is
+/// what public CAs use for subscriber CRLs (the CA/Browser Forum allows at most 10 days).
 const CRL_VALIDITY: Span = Span::from_days(7);
 
 type Result<T, E = InventoryError> = std::result::Result<T, E>;
@@ -70,6 +73,9 @@ pub struct Inventory {
     acme: Option<Arc<Acme>>,
     /// Key derivations (decrypting imported keys) running at once.
     kdf: tokio::sync::Semaphore,
+    /// `[pki] base-url`: where the CAs publish their CRLs and certificates, which they say in
+    /// what they sign.
+    published: Option<BaseUrl>,
 }
 
 /// How many imported keys are decrypted at once.
@@ -138,7 +144,14 @@ impl Inventory {
             metrics: Arc::new(Metrics::default()),
             acme,
             kdf: tokio::sync::Semaphore::new(KDF_CONCURRENCY),
+            published: None,
         }
+    }
+
+    /// This inventory, its CAs publishing under `base` (before [`Inventory::start`] loads them).
+    pub fn publishing(mut self, base: Option<BaseUrl>) -> Self {
+        self.published = base;
+        self
     }
 
     /// The HTTP-01 tokens the daemon's responder serves, when ACME uses a listener.

@@ -53,6 +53,25 @@ pub(crate) fn make_csr(dir: &Path, stem: &str, cn: &str, san: &str) {
     );
 }
 
+/// Runs `cmd`, which must exit by itself (a `serve` whose start fails), returning (exit code,
+/// stderr). One that keeps running is killed after a minute (exit code `None`), so the test
+/// fails, not hangs.
+pub(crate) fn must_exit(mut cmd: Command) -> (Option<i32>, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running daemon with its own state directory.
 pub(crate) struct Daemon {
     pub dir: tempfile::TempDir,

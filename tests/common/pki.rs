@@ -84,3 +84,36 @@ pub(crate) fn webpki_name(leaf: &CertificateDer<'_>, name: &str) -> Result<(), w
     let server_name = ServerName::try_from(name).expect("valid server name");
     ee.verify_is_valid_for_subject_name(&server_name)
 }
+
+/// Where tests/peers/install.sh puts the Python tools (pkilint).
+const PEERS_VENV: &str = "/opt/certkeeper-peers/venv";
+
+/// Runs pkilint's `tool lint ARGS... FILE` and returns its findings of severity WARNING and
+/// above (empty when there are none). pkilint exits non-zero when it reports a finding.
+pub(crate) fn pkilint(tool: &str, args: &[&str], file: &std::path::Path) -> String {
+    let program = std::path::Path::new(PEERS_VENV).join("bin").join(tool);
+    let out = std::process::Command::new(&program)
+        .arg("lint")
+        .args(args)
+        .args(["--severity", "WARNING"])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run tests/peers/install.sh to install pkilint",
+                program.display()
+            )
+        });
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.success(),
+        findings.trim().is_empty(),
+        "{tool}: exit status {} with output:\n{findings}",
+        out.status
+    );
+    findings
+}
