@@ -60,7 +60,26 @@ pub(super) struct Db {
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    available: tokio::sync::Semaphore,
+    /// One permit per idle connection: held from taking a connection until it is back.
+    available: Arc<tokio::sync::Semaphore>,
+}
+
+impl ReadPool {
+    /// Runs `f` on an idle connection and puts it back. The caller holds a permit.
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let taken = lock::lock(&self.idle).pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            // Only after a reader was lost to a panic: open a fresh one.
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        lock::lock(&self.idle).push(conn);
+        result
+    }
 }
 
 impl Db {
@@ -86,7 +105,7 @@ impl Db {
         let readers = ReadPool {
             path: path.to_owned(),
             idle: Mutex::new(idle),
-            available: tokio::sync::Semaphore::new(READERS),
+            available: Arc::new(tokio::sync::Semaphore::new(READERS)),
         };
         Ok((
             Self {
@@ -102,29 +121,26 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // The permit guarantees an idle connection exists when we take one.
+        // The permit guarantees an idle connection exists when we take one. It moves into the
+        // blocking task and is released there, after the connection is back: a caller that
+        // gives up while waiting (a request cancelled at its deadline) leaves the task running
+        // with the connection, and a permit released at that point would let the next read
+        // open another one, growing the pool past READERS.
         let permit = self
             .readers
             .available
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Closed)?;
         let pool = self.readers.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let taken = lock::lock(&pool.idle).pop();
-            let conn = match taken {
-                Some(conn) => conn,
-                // Only after a reader was lost to a panic: open a fresh one.
-                None => open_reader(&pool.path)?,
-            };
-            let result = f(&conn);
-            lock::lock(&pool.idle).push(conn);
+        tokio::task::spawn_blocking(move || {
+            let result = pool.with_connection(f);
+            drop(permit);
             result
         })
         .await
-        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?;
-        drop(permit);
-        result
+        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?
     }
 
     /// Runs `f` with a read connection right here, on the async worker: for point lookups
@@ -140,14 +156,8 @@ impl Db {
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let taken = lock::lock(&self.readers.idle).pop();
-        let conn = match taken {
-            Some(conn) => conn,
-            None => open_reader(&self.readers.path)?,
-        };
-        let result = f(&conn);
-        lock::lock(&self.readers.idle).push(conn);
-        result
+        // No await from here on: the connection is back before this future can be dropped.
+        self.readers.with_connection(f)
     }
 
     pub(super) async fn find_certificate(
@@ -1080,5 +1090,57 @@ mod tests {
             err.contains("schema version 99") && err.contains("newer"),
             "{err}"
         );
+    }
+
+    /// L14: a read whose caller gives up while its blocking task runs must not let the pool
+    /// grow. Every connection is taken by a read that blocks on `gate`; those callers are
+    /// cancelled; the next read then has to wait for a connection to come back instead of
+    /// opening a fifth, and the pool ends with READERS connections.
+    #[test]
+    fn a_cancelled_read_does_not_grow_the_reader_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _writer) = Db::open(&dir.path().join("db.sqlite"), Synchronous::Full).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let gate = Arc::new(Mutex::new(()));
+        let closed = gate.lock().unwrap();
+        runtime.block_on(async {
+            let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+            let blocked: Vec<_> = (0..READERS)
+                .map(|_| {
+                    let (db, gate, started) = (db.clone(), gate.clone(), started.clone());
+                    tokio::spawn(async move {
+                        db.read(move |_| {
+                            started.send(()).unwrap();
+                            drop(gate.lock());
+                            Ok(())
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for _ in 0..READERS {
+                running.recv().await.unwrap();
+            }
+            // Every connection is now out, held by a blocking task whose caller goes away.
+            for task in blocked {
+                task.abort();
+                assert!(task.await.unwrap_err().is_cancelled());
+            }
+            // The tasks still hold every connection: no read may start (a free permit would
+            // find the pool empty and open a fifth connection).
+            assert_eq!(db.readers.available.available_permits(), 0);
+            let one_more = tokio::spawn({
+                let db = db.clone();
+                async move { db.read(|_| Ok(())).await }
+            });
+            drop(closed);
+            one_more.await.unwrap().unwrap();
+        });
+        // Dropping the runtime waits for every blocking task: all connections are back.
+        drop(runtime);
+        assert_eq!(lock::lock(&db.readers.idle).len(), READERS);
     }
 }
