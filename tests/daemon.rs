@@ -10,29 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Daemon, http, id, openssl};
+use common::{BIN, Daemon, http, id, integrity_check, openssl};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
-}
-
-/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr). One that
-/// starts instead is killed after a minute (exit code `None`), so the test fails, not hangs.
-fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
-    let mut cmd = daemon.command();
-    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Exports `cert` as PEM and returns (decrypted key's public key, certificate's public key),
@@ -170,7 +151,7 @@ fn wrong_master_key_is_a_clear_error_at_start() {
     std::fs::write(&key, &new.stdout).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
 
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("sealed with master key") && stderr.contains("not loaded"),
@@ -184,7 +165,7 @@ fn master_key_file_must_be_private() {
     daemon.stop();
     let key = daemon.state_dir.join("master-key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("0644") && stderr.contains("chmod 0400"),
@@ -229,7 +210,7 @@ fn master_key_rotation_rewraps_every_key() {
 
     // The new key alone cannot open what the old one sealed.
     std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[])).unwrap();
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
 
     std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[&old])).unwrap();
@@ -254,7 +235,7 @@ fn master_key_rotation_rewraps_every_key() {
 #[test]
 fn one_daemon_per_state_directory() {
     let daemon = Daemon::start();
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(75), "{stderr}");
     assert!(stderr.contains("another certkeeper daemon"), "{stderr}");
     // The first one is unharmed.
@@ -516,14 +497,6 @@ fn kill_9_during_batch_signing_keeps_every_batch_whole() {
         integrity_check(&daemon.state_dir.join("certkeeper.db")),
         "ok"
     );
-}
-
-fn integrity_check(db: &std::path::Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap()
 }
 
 #[test]
@@ -918,7 +891,7 @@ fn a_socket_path_naming_a_file_deletes_nothing() {
         "socket.toml",
         format!("[daemon]\nsocket = {:?}\n", precious.display().to_string()),
     ));
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("is not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
@@ -929,7 +902,7 @@ fn a_socket_path_naming_a_file_deletes_nothing() {
         "socket.toml",
         format!("[daemon]\nsocket = {:?}\n", db.display().to_string()),
     ));
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("daemon.socket") && stderr.contains("is also store.path"),

@@ -67,7 +67,7 @@ pub enum DaemonError {
     TaskEnded {
         task: &'static str,
         reason: String,
-        damaged_data: bool,
+        exit_code: u8,
     },
 }
 
@@ -81,16 +81,13 @@ impl DaemonError {
             Self::Config(_) | Self::MasterKey(_) | Self::Sink(_) | Self::NotASocket(_) => {
                 exit::CONFIG
             }
-            Self::Store(StoreError::Seal(_)) => exit::CONFIG,
-            Self::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
+            Self::Store(err) | Self::Inventory(InventoryError::Store(err)) => err.exit_code(),
             Self::AlreadyRunning(_) | Self::SocketInUse(_) => exit::TEMP_FAIL,
             Self::Io { .. } => exit::CANT_CREATE,
             Self::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
             Self::Dns(_) => exit::CONFIG,
-            Self::TaskEnded {
-                damaged_data: true, ..
-            } => exit::DATA,
-            Self::Store(_) | Self::Inventory(_) | Self::TaskEnded { .. } => exit::SOFTWARE,
+            Self::TaskEnded { exit_code, .. } => *exit_code,
+            Self::Inventory(_) => exit::SOFTWARE,
         }
     }
 }
@@ -198,7 +195,7 @@ pub async fn serve(
         Some(ended) => Err(DaemonError::TaskEnded {
             task: ended.task,
             reason: ended.reason,
-            damaged_data: ended.damaged_data,
+            exit_code: ended.exit_code,
         }),
     }
 }
@@ -262,6 +259,7 @@ async fn open_inventory(
             dns,
         ))
     });
+    tasks.spawn("store writer", store.clone().supervise(shutdown.clone()));
     let inventory = Arc::new(Inventory::new(store, Settings::from_config(config), acme));
     // Picks up the account settings stored through the API.
     inventory.apply(Settings::from_config(config)).await?;

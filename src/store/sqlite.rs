@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
+use tracing::warn;
 
 use super::{Sealed, SealedRecord, StoreError, StoredCa, StoredVersion};
 use crate::config::Synchronous;
@@ -33,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
     include_str!("../../migrations/sqlite/0003_acme.sql"),
     include_str!("../../migrations/sqlite/0004_indexes.sql"),
+    include_str!("../../migrations/sqlite/0005_commits.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -55,6 +58,8 @@ pub struct ListFilter {
 #[derive(Clone)]
 pub(super) struct Db {
     readers: Arc<ReadPool>,
+    /// Rows left out of answers because they do not decode (see [`readable`]).
+    skipped: Arc<AtomicU64>,
 }
 
 struct ReadPool {
@@ -110,6 +115,7 @@ impl Db {
         Ok((
             Self {
                 readers: Arc::new(readers),
+                skipped: Arc::new(AtomicU64::new(0)),
             },
             writer,
         ))
@@ -200,15 +206,17 @@ impl Db {
         filter: ListFilter,
         now: OffsetDateTime,
     ) -> Result<Vec<Certificate>, StoreError> {
+        let skipped = self.skipped.clone();
         self.read(move |conn| {
             let (sql, values) = list_query(&filter, now);
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values), |row| {
-                Ok(certificate_from_row(row, now))
+                Ok((row_id(row), certificate_from_row(row, now)))
             })?;
             let mut certs = Vec::new();
             for row in rows {
-                certs.push(row??);
+                let (id, cert) = row?;
+                certs.extend(readable(&skipped, "certificates", &id, cert)?);
             }
             attach_tags(conn, &mut certs)?;
             Ok(certs)
@@ -621,6 +629,7 @@ impl Db {
         &self,
         now: OffsetDateTime,
     ) -> Result<MetricsSummary, StoreError> {
+        let skipped = self.skipped.clone();
         self.read(move |conn| {
             let mut summary = MetricsSummary::default();
             let mut counts = conn.prepare_cached(
@@ -630,7 +639,14 @@ impl Db {
             let rows = counts.query_map([unix(now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
             for row in rows {
                 let (status, origin, n) = row?;
-                summary.counts.push((parse_text(&status, "status")?, parse_text(&origin, "origin")?, n));
+                let group = format!("status {status:?}, origin {origin:?}");
+                let parsed = parse_text(&status, "status").and_then(|s| Ok((s, parse_text(&origin, "origin")?)));
+                // A group that does not decode is that many rows left out.
+                if let Some((status, origin)) = readable(&skipped, "certificates", &group, parsed)? {
+                    summary.counts.push((status, origin, n));
+                } else {
+                    skipped.fetch_add(n.max(1) as u64 - 1, Ordering::Relaxed);
+                }
             }
             let mut earliest = conn.prepare_cached(
                 "SELECT origin, MIN(not_after) FROM certificates WHERE status = 'issued' AND not_after >= ? \
@@ -639,17 +655,22 @@ impl Db {
             let rows = earliest.query_map([unix(now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (origin, at) = row?;
-                summary.earliest_expiry.push((parse_text(&origin, "origin")?, from_unix(at)));
+                // Its rows are counted above already.
+                if let Ok(origin) = parse_text(&origin, "origin") {
+                    summary.earliest_expiry.push((origin, from_unix(at)));
+                }
             }
             summary.renewals_failing =
                 conn.query_row("SELECT COUNT(*) FROM certificates WHERE renewal_failures > 0", [], |r| r.get(0))?;
+            summary.rows_skipped = skipped.load(Ordering::Relaxed);
             Ok(summary)
         })
         .await
     }
 
     pub(super) async fn metrics_rows(&self) -> Result<Vec<MetricsRow>, StoreError> {
-        self.read(|conn| {
+        let skipped = self.skipped.clone();
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, name, origin, domains, issuer, status, not_before, not_after, next_action_at, \
                  renewal_failures FROM certificates ORDER BY id",
@@ -671,19 +692,22 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (id, name, origin, domains, issuer, status, nb, na, next, failures) = row?;
-                out.push(MetricsRow {
-                    id: CertificateId::parse(&id)
-                        .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
-                    name,
-                    origin: parse_text(&origin, "origin")?,
-                    common_name: first_domain(&domains),
-                    issuer,
-                    status: parse_text(&status, "status")?,
-                    not_before: from_unix(nb),
-                    not_after: from_unix(na),
-                    next_action_at: next.map(from_unix),
-                    renewal_failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
-                });
+                let decoded = (|| {
+                    Ok(MetricsRow {
+                        id: CertificateId::parse(&id)
+                            .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
+                        name,
+                        origin: parse_text(&origin, "origin")?,
+                        common_name: first_domain(&domains),
+                        issuer,
+                        status: parse_text(&status, "status")?,
+                        not_before: from_unix(nb),
+                        not_after: from_unix(na),
+                        next_action_at: next.map(from_unix),
+                        renewal_failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
+                    })
+                })();
+                out.extend(readable(&skipped, "certificates", &id, decoded)?);
             }
             Ok(out)
         })
@@ -703,6 +727,45 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;"
     ))
+}
+
+/// What the database holds, for the start-up log.
+pub(super) struct Census {
+    pub certificates: u64,
+    /// The last event's cursor ever given (pruned events count too).
+    pub last_event_seq: i64,
+    /// Write transactions committed (the high-water mark is checked against it).
+    pub commits: u64,
+}
+
+/// Reads every page of the database (`PRAGMA quick_check`: the b-trees and their pages, not
+/// the indexes against their tables), so that damage in a page nothing touches at start is
+/// found now, not in the middle of some later request; then counts what it holds.
+pub(super) fn check(conn: &Connection, path: &Path) -> Result<Census, StoreError> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.display().to_string(),
+        detail,
+    };
+    let problems = (|| {
+        let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })()
+    .map_err(|err| match StoreError::from(err) {
+        err if err.is_corrupt() => damaged(err.to_string()),
+        other => other,
+    })?;
+    if problems != ["ok"] {
+        return Err(damaged(problems.join("; ")));
+    }
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    Ok(Census {
+        certificates: count("SELECT COUNT(*) FROM certificates")?.max(0) as u64,
+        last_event_seq: count(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )?,
+        commits: count("SELECT count FROM commits WHERE id = 1")?.max(0) as u64,
+    })
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -867,6 +930,50 @@ fn versions(conn: &Connection, id: &CertificateId) -> Result<Vec<VersionInfo>, S
         });
     }
     Ok(out)
+}
+
+/// One row's decoded value, or `None` for a row that does not decode: it is left out of an
+/// answer that lists many, logged by `id` and counted (`certkeeper_store_rows_skipped_total`),
+/// so that one damaged row does not take `list` or `/metrics` away from everyone. Any other
+/// error fails the whole read.
+fn readable<T>(
+    skipped: &AtomicU64,
+    table: &'static str,
+    id: &str,
+    decoded: Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    match decoded {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if is_undecodable(&err) => {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            warn!(table, id, error = %err, "a stored row does not decode; left out of the answer");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether `err` is about one row's values (rather than the database failing the read).
+fn is_undecodable(err: &StoreError) -> bool {
+    use rusqlite::Error as E;
+    match err {
+        StoreError::Corrupt(_) => true,
+        StoreError::Database(err) => matches!(
+            err,
+            E::InvalidColumnType(..)
+                | E::FromSqlConversionFailure(..)
+                | E::IntegralValueOutOfRange(..)
+                | E::ToSqlConversionFailure(..)
+                | E::Utf8Error(..)
+        ),
+        _ => false,
+    }
+}
+
+/// A row's `id`, for the log line of a row that does not decode.
+fn row_id(row: &Row<'_>) -> String {
+    row.get::<_, String>("id")
+        .unwrap_or_else(|_| "(unreadable id)".to_owned())
 }
 
 /// `issued` certificates past their not-after are shown as `expired` even before the lifecycle
