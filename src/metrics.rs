@@ -25,6 +25,8 @@ pub struct MetricsSummary {
     /// (origin, earliest not-after of an issued, unexpired certificate).
     pub earliest_expiry: Vec<(Origin, OffsetDateTime)>,
     pub renewals_failing: i64,
+    /// Stored rows that did not decode and were left out of answers since start.
+    pub rows_skipped: u64,
 }
 
 /// One certificate's metrics labels and values.
@@ -203,6 +205,17 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot, now: OffsetDateTime) -> St
         out,
         "certkeeper_renewals_failing {}",
         snapshot.summary.renewals_failing
+    );
+    family(
+        &mut out,
+        "certkeeper_store_rows_skipped_total",
+        "counter",
+        "Stored rows that did not decode and were left out of answers since start (the log names each)",
+    );
+    let _ = writeln!(
+        out,
+        "certkeeper_store_rows_skipped_total {}",
+        snapshot.summary.rows_skipped
     );
 
     let Some(certs) = &snapshot.certificates else {

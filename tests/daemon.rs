@@ -10,15 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Daemon, http, id, openssl};
+use common::{BIN, Daemon, http, id, integrity_check, openssl};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
-}
-
-/// Runs `serve` for a daemon whose start must fail, returning (exit code, stderr).
-fn failed_start(daemon: &Daemon) -> (Option<i32>, String) {
-    common::must_exit(daemon.command())
 }
 
 /// Exports `cert` as PEM and returns (decrypted key's public key, certificate's public key),
@@ -156,7 +151,7 @@ fn wrong_master_key_is_a_clear_error_at_start() {
     std::fs::write(&key, &new.stdout).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
 
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("sealed with master key") && stderr.contains("not loaded"),
@@ -170,7 +165,7 @@ fn master_key_file_must_be_private() {
     daemon.stop();
     let key = daemon.state_dir.join("master-key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("0644") && stderr.contains("chmod 0400"),
@@ -215,7 +210,7 @@ fn master_key_rotation_rewraps_every_key() {
 
     // The new key alone cannot open what the old one sealed.
     std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[])).unwrap();
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
 
     std::fs::write(daemon.config.as_ref().unwrap(), config(&new, &[&old])).unwrap();
@@ -240,7 +235,7 @@ fn master_key_rotation_rewraps_every_key() {
 #[test]
 fn one_daemon_per_state_directory() {
     let daemon = Daemon::start();
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(75), "{stderr}");
     assert!(stderr.contains("another certkeeper daemon"), "{stderr}");
     // The first one is unharmed.
@@ -502,14 +497,6 @@ fn kill_9_during_batch_signing_keeps_every_batch_whole() {
         integrity_check(&daemon.state_dir.join("certkeeper.db")),
         "ok"
     );
-}
-
-fn integrity_check(db: &std::path::Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap()
 }
 
 #[test]
@@ -904,7 +891,7 @@ fn a_socket_path_naming_a_file_deletes_nothing() {
         "socket.toml",
         format!("[daemon]\nsocket = {:?}\n", precious.display().to_string()),
     ));
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("is not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
@@ -915,7 +902,7 @@ fn a_socket_path_naming_a_file_deletes_nothing() {
         "socket.toml",
         format!("[daemon]\nsocket = {:?}\n", db.display().to_string()),
     ));
-    let (code, stderr) = failed_start(&daemon);
+    let (code, stderr) = daemon.failed_start();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("daemon.socket") && stderr.contains("is also store.path"),

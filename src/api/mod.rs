@@ -235,6 +235,9 @@ fn status_of(err: &InventoryError) -> (StatusCode, &'static str) {
         E::RetryAfter { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
         E::CaFailed(_) => (StatusCode::BAD_GATEWAY, "ca-error"),
         E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down"),
+        E::StoreFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "store-full"),
+        E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable"),
+        E::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown"),
         E::Store(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

@@ -78,7 +78,7 @@ pub enum DaemonError {
     TaskEnded {
         task: &'static str,
         reason: String,
-        damaged_data: bool,
+        exit_code: u8,
     },
 }
 
@@ -94,16 +94,13 @@ impl DaemonError {
             | Self::Sink(_)
             | Self::NotASocket(_)
             | Self::StateDirShared { .. } => exit::CONFIG,
-            Self::Store(StoreError::Seal(_)) => exit::CONFIG,
-            Self::Inventory(InventoryError::Store(StoreError::Seal(_))) => exit::CONFIG,
+            Self::Store(err) | Self::Inventory(InventoryError::Store(err)) => err.exit_code(),
             Self::AlreadyRunning(_) | Self::SocketInUse(_) => exit::TEMP_FAIL,
             Self::Io { .. } => exit::CANT_CREATE,
             Self::Dns(DnsError::Bind { .. }) => exit::CANT_CREATE,
             Self::Dns(_) => exit::CONFIG,
-            Self::TaskEnded {
-                damaged_data: true, ..
-            } => exit::DATA,
-            Self::Store(_) | Self::Inventory(_) | Self::TaskEnded { .. } => exit::SOFTWARE,
+            Self::TaskEnded { exit_code, .. } => *exit_code,
+            Self::Inventory(_) => exit::SOFTWARE,
         }
     }
 }
@@ -219,7 +216,7 @@ pub async fn serve(
         Some(ended) => Err(DaemonError::TaskEnded {
             task: ended.task,
             reason: ended.reason,
-            damaged_data: ended.damaged_data,
+            exit_code: ended.exit_code,
         }),
     }
 }
@@ -277,6 +274,7 @@ async fn open_inventory(
             dns,
         ))
     });
+    tasks.spawn("store writer", store.clone().supervise(shutdown.clone()));
     let published = config.pki.as_ref().map(|p| p.base_url.clone());
     let inventory =
         Arc::new(Inventory::new(store, Settings::from_config(config), acme).publishing(published));

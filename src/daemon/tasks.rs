@@ -14,6 +14,8 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{error, warn};
 
 use crate::events::sinks::SinkFailure;
+use crate::exit;
+use crate::store::StoreError;
 
 /// Why a task ended.
 pub(super) type TaskError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,9 +31,10 @@ pub(super) struct Ended {
     pub task: &'static str,
     /// Its error, or why ending at all is one.
     pub reason: String,
-    /// It ended on data the store holds that does not decode: restarting would meet the same
-    /// data again, so the daemon stops with an exit code systemd does not restart on.
-    pub damaged_data: bool,
+    /// The exit code its end calls for: on data the store holds that does not decode, one
+    /// systemd does not restart on (restarting would meet the same data again); on a store
+    /// that stopped taking writes, `exit::IO` (a restart is what it needs).
+    pub exit_code: u8,
 }
 
 impl Tasks {
@@ -68,27 +71,28 @@ impl Tasks {
     }
 
     fn ended(&mut self, joined: Result<(Id, Result<(), TaskError>), JoinError>) -> Ended {
-        let (id, reason, damaged_data) = match joined {
-            Ok((id, Ok(()))) => (id, "it stopped on its own".to_owned(), false),
-            Ok((id, Err(err))) => (id, err.to_string(), damaged(&*err)),
-            Err(err) if err.is_panic() => (err.id(), "it panicked".to_owned(), false),
-            Err(err) => (err.id(), err.to_string(), false),
+        let (id, reason, exit_code) = match joined {
+            Ok((id, Ok(()))) => (id, "it stopped on its own".to_owned(), exit::SOFTWARE),
+            Ok((id, Err(err))) => (id, err.to_string(), exit_code(&*err)),
+            Err(err) if err.is_panic() => (err.id(), "it panicked".to_owned(), exit::SOFTWARE),
+            Err(err) => (err.id(), err.to_string(), exit::SOFTWARE),
         };
         let task = self.names.remove(&id).unwrap_or("a task");
         Ended {
             task,
             reason,
-            damaged_data,
+            exit_code,
         }
     }
 }
 
-/// Whether a task's error says the stored data is damaged.
-fn damaged(err: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(
-        err.downcast_ref::<SinkFailure>(),
-        Some(SinkFailure::Outbox { .. })
-    )
+/// The exit code for a task that ended with `err`.
+fn exit_code(err: &(dyn std::error::Error + 'static)) -> u8 {
+    if let Some(SinkFailure::Outbox { .. }) = err.downcast_ref::<SinkFailure>() {
+        return exit::DATA;
+    }
+    err.downcast_ref::<StoreError>()
+        .map_or(exit::SOFTWARE, StoreError::exit_code)
 }
 
 /// Logs the end of a task while the daemon runs, as the error it is.

@@ -87,6 +87,18 @@ pub enum InventoryError {
     /// The record changed while this operation ran; trying again may succeed.
     #[error("{what} changed while this operation ran; try again")]
     Changed { what: String },
+    /// The store's disk is full: nothing was written, and the same request works once there
+    /// is room.
+    #[error(transparent)]
+    StoreFull(StoreError),
+    /// The store cannot do this now (an I/O error, or it stopped taking writes until a
+    /// restart): nothing was written.
+    #[error(transparent)]
+    StoreUnavailable(StoreError),
+    /// A commit failed so that nobody knows whether the change was stored: check before
+    /// retrying (a retried creation could make a second certificate).
+    #[error(transparent)]
+    OutcomeUnknown(StoreError),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -216,6 +228,9 @@ impl From<StoreError> for InventoryError {
             StoreError::Conflict(what) => Self::Changed { what },
             StoreError::NotFound(what) => Self::NotFound(Missing::Stored(what)),
             StoreError::Closed => Self::ShuttingDown,
+            StoreError::Full(_) => Self::StoreFull(err),
+            StoreError::Io(_) | StoreError::WriterStopped(_) => Self::StoreUnavailable(err),
+            StoreError::OutcomeUnknown(_) => Self::OutcomeUnknown(err),
             other => Self::Store(other),
         }
     }

@@ -9,6 +9,7 @@
 //! under load, one fsync covers a whole batch, and every caller still gets its answer only after
 //! its own write is durable. Reads use a separate pool and never wait for the writer.
 
+mod high_water;
 pub mod seal;
 mod sqlite;
 mod writer;
@@ -16,18 +17,23 @@ mod writer;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::config::Synchronous;
 use crate::events::Event;
+use crate::exit;
 use crate::metrics::{MetricsRow, MetricsSummary};
 use crate::model::{
     CaInfo, CaSpec, Certificate, CertificateId, KeyAlgorithm, Origin, RevocationReason, Serial,
     Status, ValidationMethod,
 };
+use high_water::{HighWater, Verified};
 pub use seal::{Keyring, SealError, Sealed};
 pub use sqlite::ListFilter;
 use writer::{Answer, Job};
@@ -40,7 +46,47 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
+    /// The disk holding the database is full. SQLite rolled the transaction back: nothing of
+    /// it was written, and writes work again once there is room, without a restart.
+    #[error("the disk holding the store is full; nothing was written ({0})")]
+    Full(Arc<rusqlite::Error>),
+    /// Reading or writing the database file failed (EIO, EROFS, ...) before anything was
+    /// committed: nothing was written.
+    #[error("the store's database could not be read or written ({0}); nothing was written")]
+    Io(Arc<rusqlite::Error>),
+    /// A commit failed with an I/O error (an fsync, typically): what reached the disk may or
+    /// may not come back after a restart. The writer takes no more writes
+    /// ([`StoreError::WriterStopped`]) and the daemon restarts, so that SQLite recovers from
+    /// what is on disk; a caller must check whether its change is there before retrying.
+    #[error(
+        "committing to the store failed with an I/O error ({0}): the change may or may not have been stored; check before retrying"
+    )]
+    OutcomeUnknown(Arc<rusqlite::Error>),
+    /// The writer stopped taking writes after a commit whose outcome is unknown.
+    #[error(
+        "the store takes no writes until certkeeper restarts: a commit failed with an I/O error ({0})"
+    )]
+    WriterStopped(Arc<rusqlite::Error>),
+    /// `PRAGMA quick_check` found the database file damaged.
+    #[error(
+        "database {path} is damaged ({detail}); restore it from a backup, or recover it with `sqlite3 {path} .recover`"
+    )]
+    Damaged { path: String, detail: String },
+    /// The database holds fewer commits than certkeeper had acknowledged: a WAL or database
+    /// file lost its end, or an older copy was put in place.
+    #[error(
+        "database {path} is older than certkeeper last left it: it holds {found} commits, {mark} recorded {recorded}; acknowledged changes are missing. If this state is meant (a backup restored on purpose), delete {mark} to accept it"
+    )]
+    RolledBack {
+        path: String,
+        mark: String,
+        found: u64,
+        recorded: u64,
+    },
+    /// The file recording the last commit (the high-water mark) cannot be read or written.
+    #[error("{path}: {reason}")]
+    HighWater { path: String, reason: String },
     #[error(transparent)]
     Seal(#[from] SealError),
     #[error("a certificate named {0:?} already exists")]
@@ -58,19 +104,51 @@ pub enum StoreError {
     Closed,
 }
 
+/// SQLite's own verdict first: a full disk and an I/O error say what happened to the
+/// operation (nothing was written), whatever statement met them.
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Self::Full(Arc::new(err)),
+            Some(rusqlite::ErrorCode::SystemIoFailure) => Self::Io(Arc::new(err)),
+            _ => Self::Database(err),
+        }
+    }
+}
+
 impl StoreError {
     /// Whether the stored data itself is damaged (a row that does not decode, a database file
     /// SQLite finds corrupt): retrying cannot help.
     pub fn is_corrupt(&self) -> bool {
         match self {
-            Self::Corrupt(_) => true,
-            Self::Database(err) | Self::Open { source: err, .. } => matches!(
-                err.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-            ),
+            Self::Corrupt(_) | Self::Damaged { .. } => true,
+            Self::Database(err) | Self::Open { source: err, .. } => is_damaged_file(err),
             _ => false,
         }
     }
+
+    /// The exit code `serve` stops with on this error (see `src/exit.rs`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Seal(_) => exit::CONFIG,
+            Self::Corrupt(_) => exit::DATA,
+            Self::Damaged { .. } => exit::STORE_DAMAGED,
+            Self::Database(err) | Self::Open { source: err, .. } if is_damaged_file(err) => {
+                exit::STORE_DAMAGED
+            }
+            Self::RolledBack { .. } => exit::STORE_ROLLED_BACK,
+            Self::OutcomeUnknown(_) | Self::WriterStopped(_) => exit::IO,
+            _ => exit::SOFTWARE,
+        }
+    }
+}
+
+/// Whether SQLite finds the database file itself damaged.
+fn is_damaged_file(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// A certificate to create, with its first version (or none yet: a public certificate waiting
@@ -314,31 +392,53 @@ pub struct Deadlines {
 pub struct Store {
     db: sqlite::Db,
     writer: mpsc::Sender<Job>,
+    /// `Some` once the writer stopped taking writes (see [`Store::supervise`]).
+    writer_stopped: writer::Stopped,
     keyring: Arc<Keyring>,
     /// Notified after every commit (new events may be waiting for delivery).
     events_committed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and runs pending migrations. The writer thread
-    /// stops when the last `Store` clone is dropped.
+    /// Opens (creating if needed) the database, runs pending migrations, and checks it: page
+    /// by page, and against its high-water mark. The writer thread stops when the last
+    /// `Store` clone is dropped.
     pub async fn open(
         path: &Path,
         synchronous: Synchronous,
         keyring: Keyring,
     ) -> Result<Self, StoreError> {
         let path = path.to_owned();
-        let (db, conn) = tokio::task::spawn_blocking(move || sqlite::Db::open(&path, synchronous))
-            .await
-            .map_err(|e| StoreError::Invalid(format!("open task failed: {e}")))??;
+        let (db, conn, mark) =
+            tokio::task::spawn_blocking(move || open_checked(&path, synchronous))
+                .await
+                .map_err(|e| StoreError::Invalid(format!("open task failed: {e}")))??;
         let events_committed = Arc::new(tokio::sync::Notify::new());
-        let writer = writer::spawn(conn, events_committed.clone())?;
+        let (writer, writer_stopped) = writer::spawn(conn, events_committed.clone(), mark)?;
         Ok(Self {
             db,
             writer,
+            writer_stopped,
             keyring: Arc::new(keyring),
             events_committed,
         })
+    }
+
+    /// Runs until `stop`, or fails when the writer stops taking writes: a commit failed with
+    /// an I/O error, so what is on disk is not what this process knows. Only a new process
+    /// can go on: SQLite's recovery at open makes the database consistent again, whichever
+    /// way that commit went. The daemon supervises this and exits (`exit::IO`) for systemd to
+    /// restart it.
+    pub async fn supervise(self, stop: CancellationToken) -> Result<(), StoreError> {
+        let mut stopped = self.writer_stopped.clone();
+        tokio::select! {
+            () = stop.cancelled() => Ok(()),
+            failure = stopped.wait_for(Option::is_some) => match failure.as_deref() {
+                Ok(Some(err)) => Err(StoreError::WriterStopped(err.clone())),
+                // The writer thread is gone with every Store: nothing left to supervise.
+                Ok(None) | Err(_) => Ok(()),
+            },
+        }
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -966,6 +1066,45 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Opens the database and checks it before anything uses it: `PRAGMA quick_check`, then its
+/// commit count against the high-water mark (kept only with `synchronous = full`, see
+/// `high_water.rs`). Logs what it holds.
+fn open_checked(
+    path: &Path,
+    synchronous: Synchronous,
+) -> Result<(sqlite::Db, rusqlite::Connection, Option<HighWater>), StoreError> {
+    let (db, conn) = sqlite::Db::open(path, synchronous)?;
+    let started = Instant::now();
+    let census = sqlite::check(&conn, path)?;
+    let check_ms = started.elapsed().as_millis() as u64;
+    let mark = HighWater::beside(path);
+    let mark = match (synchronous, mark.verify(path, census.commits)) {
+        (Synchronous::Full, Ok(Verified::Checked)) => Some(mark),
+        (Synchronous::Full, Ok(Verified::Started)) => {
+            info!(mark = %mark.path().display(), commits = census.commits, "no high-water mark yet; starting one from the database as it is");
+            Some(mark)
+        }
+        (Synchronous::Full, Err(err)) => return Err(err),
+        // Unsynced commits may be lost to a power cut: no mark to keep, and one found (from
+        // a time with `full`) only warns.
+        (Synchronous::Normal, verified) => {
+            if let Err(err) = verified {
+                warn!(error = %err, "store.synchronous = normal: starting anyway");
+            }
+            None
+        }
+    };
+    info!(
+        store = %path.display(),
+        certificates = census.certificates,
+        last_event_seq = census.last_event_seq,
+        commits = census.commits,
+        check_ms,
+        "store checked"
+    );
+    Ok((db, conn, mark))
 }
 
 /// Which sealed row a key belongs to; its name is also the AEAD associated data.

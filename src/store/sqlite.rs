@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
+use tracing::warn;
 
 use super::{Sealed, SealedRecord, StoreError, StoredCa, StoredVersion};
 use crate::config::Synchronous;
@@ -33,7 +35,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
     include_str!("../../migrations/sqlite/0003_acme.sql"),
     include_str!("../../migrations/sqlite/0004_indexes.sql"),
-    include_str!("../../migrations/sqlite/0005_audit.sql"),
+    include_str!("../../migrations/sqlite/0005_commits.sql"),
+    include_str!("../../migrations/sqlite/0006_audit.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -56,12 +59,33 @@ pub struct ListFilter {
 #[derive(Clone)]
 pub(super) struct Db {
     readers: Arc<ReadPool>,
+    /// Rows left out of answers because they do not decode (see [`readable`]).
+    skipped: Arc<AtomicU64>,
 }
 
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    available: tokio::sync::Semaphore,
+    /// One permit per idle connection: held from taking a connection until it is back.
+    available: Arc<tokio::sync::Semaphore>,
+}
+
+impl ReadPool {
+    /// Runs `f` on an idle connection and puts it back. The caller holds a permit.
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let taken = lock::lock(&self.idle).pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            // Only after a reader was lost to a panic: open a fresh one.
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        lock::lock(&self.idle).push(conn);
+        result
+    }
 }
 
 impl Db {
@@ -87,11 +111,12 @@ impl Db {
         let readers = ReadPool {
             path: path.to_owned(),
             idle: Mutex::new(idle),
-            available: tokio::sync::Semaphore::new(READERS),
+            available: Arc::new(tokio::sync::Semaphore::new(READERS)),
         };
         Ok((
             Self {
                 readers: Arc::new(readers),
+                skipped: Arc::new(AtomicU64::new(0)),
             },
             writer,
         ))
@@ -103,29 +128,26 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // The permit guarantees an idle connection exists when we take one.
+        // The permit guarantees an idle connection exists when we take one. It moves into the
+        // blocking task and is released there, after the connection is back: a caller that
+        // gives up while waiting (a request cancelled at its deadline) leaves the task running
+        // with the connection, and a permit released at that point would let the next read
+        // open another one, growing the pool past READERS.
         let permit = self
             .readers
             .available
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Closed)?;
         let pool = self.readers.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let taken = lock::lock(&pool.idle).pop();
-            let conn = match taken {
-                Some(conn) => conn,
-                // Only after a reader was lost to a panic: open a fresh one.
-                None => open_reader(&pool.path)?,
-            };
-            let result = f(&conn);
-            lock::lock(&pool.idle).push(conn);
+        tokio::task::spawn_blocking(move || {
+            let result = pool.with_connection(f);
+            drop(permit);
             result
         })
         .await
-        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?;
-        drop(permit);
-        result
+        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?
     }
 
     /// Runs `f` with a read connection right here, on the async worker: for point lookups
@@ -141,14 +163,8 @@ impl Db {
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let taken = lock::lock(&self.readers.idle).pop();
-        let conn = match taken {
-            Some(conn) => conn,
-            None => open_reader(&self.readers.path)?,
-        };
-        let result = f(&conn);
-        lock::lock(&self.readers.idle).push(conn);
-        result
+        // No await from here on: the connection is back before this future can be dropped.
+        self.readers.with_connection(f)
     }
 
     pub(super) async fn find_certificate(
@@ -191,15 +207,17 @@ impl Db {
         filter: ListFilter,
         now: OffsetDateTime,
     ) -> Result<Vec<Certificate>, StoreError> {
+        let skipped = self.skipped.clone();
         self.read(move |conn| {
             let (sql, values) = list_query(&filter, now);
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(values), |row| {
-                Ok(certificate_from_row(row, now))
+                Ok((row_id(row), certificate_from_row(row, now)))
             })?;
             let mut certs = Vec::new();
             for row in rows {
-                certs.push(row??);
+                let (id, cert) = row?;
+                certs.extend(readable(&skipped, "certificates", &id, cert)?);
             }
             attach_tags(conn, &mut certs)?;
             Ok(certs)
@@ -631,6 +649,7 @@ impl Db {
         &self,
         now: OffsetDateTime,
     ) -> Result<MetricsSummary, StoreError> {
+        let skipped = self.skipped.clone();
         self.read(move |conn| {
             let mut summary = MetricsSummary::default();
             let mut counts = conn.prepare_cached(
@@ -640,7 +659,14 @@ impl Db {
             let rows = counts.query_map([unix(now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
             for row in rows {
                 let (status, origin, n) = row?;
-                summary.counts.push((parse_text(&status, "status")?, parse_text(&origin, "origin")?, n));
+                let group = format!("status {status:?}, origin {origin:?}");
+                let parsed = parse_text(&status, "status").and_then(|s| Ok((s, parse_text(&origin, "origin")?)));
+                // A group that does not decode is that many rows left out.
+                if let Some((status, origin)) = readable(&skipped, "certificates", &group, parsed)? {
+                    summary.counts.push((status, origin, n));
+                } else {
+                    skipped.fetch_add(n.max(1) as u64 - 1, Ordering::Relaxed);
+                }
             }
             let mut earliest = conn.prepare_cached(
                 "SELECT origin, MIN(not_after) FROM certificates WHERE status = 'issued' AND not_after >= ? \
@@ -649,17 +675,22 @@ impl Db {
             let rows = earliest.query_map([unix(now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (origin, at) = row?;
-                summary.earliest_expiry.push((parse_text(&origin, "origin")?, from_unix(at)));
+                // Its rows are counted above already.
+                if let Ok(origin) = parse_text(&origin, "origin") {
+                    summary.earliest_expiry.push((origin, from_unix(at)));
+                }
             }
             summary.renewals_failing =
                 conn.query_row("SELECT COUNT(*) FROM certificates WHERE renewal_failures > 0", [], |r| r.get(0))?;
+            summary.rows_skipped = skipped.load(Ordering::Relaxed);
             Ok(summary)
         })
         .await
     }
 
     pub(super) async fn metrics_rows(&self) -> Result<Vec<MetricsRow>, StoreError> {
-        self.read(|conn| {
+        let skipped = self.skipped.clone();
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, name, origin, domains, issuer, status, not_before, not_after, next_action_at, \
                  renewal_failures FROM certificates ORDER BY id",
@@ -681,19 +712,22 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (id, name, origin, domains, issuer, status, nb, na, next, failures) = row?;
-                out.push(MetricsRow {
-                    id: CertificateId::parse(&id)
-                        .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
-                    name,
-                    origin: parse_text(&origin, "origin")?,
-                    common_name: first_domain(&domains),
-                    issuer,
-                    status: parse_text(&status, "status")?,
-                    not_before: from_unix(nb),
-                    not_after: from_unix(na),
-                    next_action_at: next.map(from_unix),
-                    renewal_failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
-                });
+                let decoded = (|| {
+                    Ok(MetricsRow {
+                        id: CertificateId::parse(&id)
+                            .ok_or_else(|| StoreError::Corrupt(format!("certificate id {id:?}")))?,
+                        name,
+                        origin: parse_text(&origin, "origin")?,
+                        common_name: first_domain(&domains),
+                        issuer,
+                        status: parse_text(&status, "status")?,
+                        not_before: from_unix(nb),
+                        not_after: from_unix(na),
+                        next_action_at: next.map(from_unix),
+                        renewal_failures: failures.clamp(0, i64::from(u32::MAX)) as u32,
+                    })
+                })();
+                out.extend(readable(&skipped, "certificates", &id, decoded)?);
             }
             Ok(out)
         })
@@ -713,6 +747,45 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;"
     ))
+}
+
+/// What the database holds, for the start-up log.
+pub(super) struct Census {
+    pub certificates: u64,
+    /// The last event's cursor ever given (pruned events count too).
+    pub last_event_seq: i64,
+    /// Write transactions committed (the high-water mark is checked against it).
+    pub commits: u64,
+}
+
+/// Reads every page of the database (`PRAGMA quick_check`: the b-trees and their pages, not
+/// the indexes against their tables), so that damage in a page nothing touches at start is
+/// found now, not in the middle of some later request; then counts what it holds.
+pub(super) fn check(conn: &Connection, path: &Path) -> Result<Census, StoreError> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.display().to_string(),
+        detail,
+    };
+    let problems = (|| {
+        let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })()
+    .map_err(|err| match StoreError::from(err) {
+        err if err.is_corrupt() => damaged(err.to_string()),
+        other => other,
+    })?;
+    if problems != ["ok"] {
+        return Err(damaged(problems.join("; ")));
+    }
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    Ok(Census {
+        certificates: count("SELECT COUNT(*) FROM certificates")?.max(0) as u64,
+        last_event_seq: count(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )?,
+        commits: count("SELECT count FROM commits WHERE id = 1")?.max(0) as u64,
+    })
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -900,6 +973,50 @@ fn versions(conn: &Connection, id: &CertificateId) -> Result<Vec<VersionInfo>, S
         });
     }
     Ok(out)
+}
+
+/// One row's decoded value, or `None` for a row that does not decode: it is left out of an
+/// answer that lists many, logged by `id` and counted (`certkeeper_store_rows_skipped_total`),
+/// so that one damaged row does not take `list` or `/metrics` away from everyone. Any other
+/// error fails the whole read.
+fn readable<T>(
+    skipped: &AtomicU64,
+    table: &'static str,
+    id: &str,
+    decoded: Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    match decoded {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if is_undecodable(&err) => {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            warn!(table, id, error = %err, "a stored row does not decode; left out of the answer");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether `err` is about one row's values (rather than the database failing the read).
+fn is_undecodable(err: &StoreError) -> bool {
+    use rusqlite::Error as E;
+    match err {
+        StoreError::Corrupt(_) => true,
+        StoreError::Database(err) => matches!(
+            err,
+            E::InvalidColumnType(..)
+                | E::FromSqlConversionFailure(..)
+                | E::IntegralValueOutOfRange(..)
+                | E::ToSqlConversionFailure(..)
+                | E::Utf8Error(..)
+        ),
+        _ => false,
+    }
+}
+
+/// A row's `id`, for the log line of a row that does not decode.
+fn row_id(row: &Row<'_>) -> String {
+    row.get::<_, String>("id")
+        .unwrap_or_else(|_| "(unreadable id)".to_owned())
 }
 
 /// `issued` certificates past their not-after are shown as `expired` even before the lifecycle
@@ -1123,5 +1240,57 @@ mod tests {
             err.contains("schema version 99") && err.contains("newer"),
             "{err}"
         );
+    }
+
+    /// L14: a read whose caller gives up while its blocking task runs must not let the pool
+    /// grow. Every connection is taken by a read that blocks on `gate`; those callers are
+    /// cancelled; the next read then has to wait for a connection to come back instead of
+    /// opening a fifth, and the pool ends with READERS connections.
+    #[test]
+    fn a_cancelled_read_does_not_grow_the_reader_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _writer) = Db::open(&dir.path().join("db.sqlite"), Synchronous::Full).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let gate = Arc::new(Mutex::new(()));
+        let closed = gate.lock().unwrap();
+        runtime.block_on(async {
+            let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+            let blocked: Vec<_> = (0..READERS)
+                .map(|_| {
+                    let (db, gate, started) = (db.clone(), gate.clone(), started.clone());
+                    tokio::spawn(async move {
+                        db.read(move |_| {
+                            started.send(()).unwrap();
+                            drop(gate.lock());
+                            Ok(())
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for _ in 0..READERS {
+                running.recv().await.unwrap();
+            }
+            // Every connection is now out, held by a blocking task whose caller goes away.
+            for task in blocked {
+                task.abort();
+                assert!(task.await.unwrap_err().is_cancelled());
+            }
+            // The tasks still hold every connection: no read may start (a free permit would
+            // find the pool empty and open a fifth connection).
+            assert_eq!(db.readers.available.available_permits(), 0);
+            let one_more = tokio::spawn({
+                let db = db.clone();
+                async move { db.read(|_| Ok(())).await }
+            });
+            drop(closed);
+            one_more.await.unwrap().unwrap();
+        });
+        // Dropping the runtime waits for every blocking task: all connections are back.
+        drop(runtime);
+        assert_eq!(lock::lock(&db.readers.idle).len(), READERS);
     }
 }

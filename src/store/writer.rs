@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use time::OffsetDateTime;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tracing::error;
 
+use super::high_water::HighWater;
 use super::{
     InstalledCa, NewCa, NewCertificate, NewVersion, RenewalFailure, Revocation, Sealed,
     SealedRecord, StoreError, VersionChange,
@@ -220,14 +222,21 @@ impl Job {
     }
 }
 
+/// What the writer says about itself: `Some` once it stopped taking writes, with the error of
+/// the commit whose outcome is unknown.
+pub(super) type Stopped = watch::Receiver<Option<Arc<rusqlite::Error>>>;
+
 /// Starts the writer thread on `conn`. It ends when every sender (every `Store` clone) is gone.
 /// `events_committed` is notified after a commit that inserted events, so event sinks wake up
-/// for them (and only for them: most commits carry none).
+/// for them (and only for them: most commits carry none). Each commit's number goes to `mark`
+/// before anyone hears of the commit.
 pub(super) fn spawn(
     mut conn: Connection,
     events_committed: Arc<Notify>,
-) -> Result<mpsc::Sender<Job>, StoreError> {
+    mark: Option<HighWater>,
+) -> Result<(mpsc::Sender<Job>, Stopped), StoreError> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    let (stop, stopped) = watch::channel(None);
     // Set by SQLite for every row inserted into `events`, whatever statement did it. A job
     // rolled back to its savepoint may leave it set: a sink then looks and finds nothing new.
     let inserted = Arc::new(AtomicBool::new(false));
@@ -238,29 +247,199 @@ pub(super) fn spawn(
         }
     }))
     .map_err(StoreError::from)?;
+    let writer = Writer {
+        conn,
+        inserted,
+        events_committed,
+        mark,
+    };
     std::thread::Builder::new()
         .name("certkeeper-store".into())
         .spawn(move || {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while let Some(first) = rx.blocking_recv() {
-                answer_or_queue(first, &mut batch);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(job) => answer_or_queue(job, &mut batch),
-                        Err(_) => break,
-                    }
-                }
-                if batch.is_empty() {
-                    continue;
-                }
-                inserted.store(false, Ordering::Relaxed);
-                if commit_batch(&mut conn, &mut batch) && inserted.load(Ordering::Relaxed) {
-                    events_committed.notify_waiters();
-                }
+            if let Some(failure) = writer.run(&mut rx) {
+                error!(error = %failure, "a commit failed with an I/O error; the store takes no more writes, and certkeeper stops so that SQLite recovers from what is on disk");
+                let _ = stop.send(Some(failure.clone()));
+                refuse_all(&mut rx, &failure);
             }
         })
         .map_err(|e| StoreError::Invalid(format!("cannot start the store writer: {e}")))?;
-    Ok(tx)
+    Ok((tx, stopped))
+}
+
+/// The write connection and what a commit tells.
+struct Writer {
+    conn: Connection,
+    inserted: Arc<AtomicBool>,
+    events_committed: Arc<Notify>,
+    mark: Option<HighWater>,
+}
+
+impl Writer {
+    /// Commits batches until every sender is gone (`None`), or until a commit's outcome is
+    /// unknown: then it returns that commit's error and takes nothing more from the queue.
+    fn run(mut self, rx: &mut mpsc::Receiver<Job>) -> Option<Arc<rusqlite::Error>> {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            answer_or_queue(first, &mut batch);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => answer_or_queue(job, &mut batch),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.inserted.store(false, Ordering::Relaxed);
+            match self.commit_batch(&mut batch) {
+                Outcome::Committed if self.inserted.load(Ordering::Relaxed) => {
+                    self.events_committed.notify_waiters();
+                }
+                Outcome::Committed | Outcome::NotCommitted => {}
+                Outcome::Unknown(failure) => return Some(failure),
+            }
+        }
+        None
+    }
+
+    /// Runs `batch` in one transaction and answers every job. Empties `batch`.
+    fn commit_batch(&mut self, batch: &mut Vec<Job>) -> Outcome {
+        let mut answers: Vec<(Reply, Result<Answer, StoreError>)> = Vec::with_capacity(batch.len());
+        let failed = match transact(&mut self.conn, batch, &mut answers) {
+            Ok(Some(commit)) => {
+                // Recorded before anyone is told: every acknowledged commit is under the mark.
+                if let Some(mark) = &self.mark
+                    && let Err(err) = mark.record(commit)
+                {
+                    error!(error = %err, commit, "cannot record the last commit; a later rollback of the database may go unnoticed");
+                }
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+                return Outcome::Committed;
+            }
+            Ok(None) => {
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+                return Outcome::NotCommitted;
+            }
+            Err(failed) => failed,
+        };
+        // Nothing in this batch is known durable: every caller hears so, including those whose
+        // own step succeeded, and jobs not reached yet.
+        let (err, unknown) = match failed {
+            Failed::Commit(err) => {
+                let unknown = err.sqlite_error_code() == Some(ErrorCode::SystemIoFailure);
+                (Arc::new(err), unknown)
+            }
+            Failed::Work(err) => (Arc::new(err), false),
+        };
+        let fail = || {
+            Err(if unknown {
+                StoreError::OutcomeUnknown(err.clone())
+            } else {
+                rolled_back(&err)
+            })
+        };
+        for (reply, _) in answers {
+            let _ = reply.send(fail());
+        }
+        for job in batch.drain(..) {
+            let _ = job.reply().send(fail());
+        }
+        if unknown {
+            Outcome::Unknown(err)
+        } else {
+            Outcome::NotCommitted
+        }
+    }
+}
+
+/// How a batch ended.
+enum Outcome {
+    Committed,
+    /// Rolled back: nothing of it was written.
+    NotCommitted,
+    /// The commit failed with an I/O error: it may or may not be on disk.
+    Unknown(Arc<rusqlite::Error>),
+}
+
+/// Where a batch's transaction failed.
+enum Failed {
+    /// Before COMMIT: the transaction is rolled back, nothing was written.
+    Work(rusqlite::Error),
+    /// COMMIT itself. A full disk is rolled back too (the commit frame never got whole to the
+    /// WAL); an I/O error, a failed fsync above all, leaves its frames in the WAL, where
+    /// recovery may find them after a restart.
+    Commit(rusqlite::Error),
+}
+
+/// Runs the jobs in one transaction, their answers into `answers`; returns the commit's
+/// number, or `None` when the one job of a batch failed (rolled back).
+fn transact(
+    conn: &mut Connection,
+    batch: &mut Vec<Job>,
+    answers: &mut Vec<(Reply, Result<Answer, StoreError>)>,
+) -> Result<Option<u64>, Failed> {
+    let single = batch.len() == 1;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Failed::Work)?;
+    for job in batch.drain(..) {
+        if single {
+            // Alone in its transaction: no savepoint needed; on failure, returning without
+            // commit drops `tx`, which rolls the one job back.
+            let (reply, result) = apply(&tx, job);
+            let failed = result.is_err();
+            answers.push((reply, result));
+            if failed {
+                return Ok(None);
+            }
+        } else {
+            tx.execute_batch("SAVEPOINT job").map_err(Failed::Work)?;
+            let (reply, result) = apply(&tx, job);
+            let undo = if result.is_ok() {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            tx.execute_batch(undo).map_err(Failed::Work)?;
+            answers.push((reply, result));
+        }
+    }
+    let commit = count_commit(&tx).map_err(Failed::Work)?;
+    tx.commit().map_err(Failed::Commit)?;
+    Ok(Some(commit))
+}
+
+/// Numbers this commit, in the same transaction: the database's own count of its commits,
+/// which the high-water mark outside it is checked against at start.
+fn count_commit(tx: &Connection) -> rusqlite::Result<u64> {
+    let n: i64 = tx
+        .prepare_cached("UPDATE commits SET count = count + 1 WHERE id = 1 RETURNING count")?
+        .query_row([], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// The error every job of a batch rolled back by `err` gets.
+fn rolled_back(err: &Arc<rusqlite::Error>) -> StoreError {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full(err.clone()),
+        Some(ErrorCode::SystemIoFailure) => StoreError::Io(err.clone()),
+        _ => StoreError::Invalid(format!("commit failed: {err}")),
+    }
+}
+
+/// Once stopped: every write is refused, and pings still answer (the writer is not stuck).
+fn refuse_all(rx: &mut mpsc::Receiver<Job>, failure: &Arc<rusqlite::Error>) {
+    while let Some(job) = rx.blocking_recv() {
+        let answer = match job {
+            Job::Ping { .. } => Ok(Answer::Done),
+            _ => Err(StoreError::WriterStopped(failure.clone())),
+        };
+        let _ = job.reply().send(answer);
+    }
 }
 
 /// A ping is answered at once; any other job waits for its batch.
@@ -270,61 +449,6 @@ fn answer_or_queue(job: Job, batch: &mut Vec<Job>) {
             let _ = reply.send(Ok(Answer::Done));
         }
         job => batch.push(job),
-    }
-}
-
-/// Runs `batch` in one transaction and answers every job. Empties `batch`. Returns whether
-/// the transaction committed.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>) -> bool {
-    let single = batch.len() == 1;
-    let mut answers: Vec<(Reply, Result<Answer, StoreError>)> = Vec::with_capacity(batch.len());
-    let outcome = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for job in batch.drain(..) {
-            if single {
-                // Alone in its transaction: no savepoint needed; on failure, returning without
-                // commit drops `tx`, which rolls the one job back.
-                let (reply, result) = apply(&tx, job);
-                let failed = result.is_err();
-                answers.push((reply, result));
-                if failed {
-                    return Ok(());
-                }
-            } else {
-                tx.execute_batch("SAVEPOINT job")?;
-                let (reply, result) = apply(&tx, job);
-                let undo = if result.is_ok() {
-                    "RELEASE job"
-                } else {
-                    "ROLLBACK TO job; RELEASE job"
-                };
-                tx.execute_batch(undo)?;
-                answers.push((reply, result));
-            }
-        }
-        tx.commit()
-    })();
-
-    match outcome {
-        Ok(()) => {
-            for (reply, result) in answers {
-                let _ = reply.send(result);
-            }
-            true
-        }
-        Err(err) => {
-            // Nothing in this batch is durable: every caller hears so, including those whose own
-            // step succeeded, and jobs not reached yet.
-            let message = err.to_string();
-            let fail = || Err(StoreError::Invalid(format!("commit failed: {message}")));
-            for (reply, _) in answers {
-                let _ = reply.send(fail());
-            }
-            for job in batch.drain(..) {
-                let _ = job.reply().send(fail());
-            }
-            false
-        }
     }
 }
 

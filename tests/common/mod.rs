@@ -186,6 +186,22 @@ impl Daemon {
         (status, started.elapsed())
     }
 
+    /// Runs `serve` for a start that must fail, returning (exit code, stderr). One that starts
+    /// instead is killed after a minute (exit code `None`), so the test fails, not hangs.
+    pub(crate) fn failed_start(&self) -> (Option<i32>, String) {
+        must_exit(self.command())
+    }
+
+    /// Waits (up to `timeout`, then fails the test) for the daemon to exit on its own.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_until(timeout, "certkeeper serve to exit", || {
+            child.try_wait().expect("wait")
+        });
+        self.child = None;
+        status
+    }
+
     /// SIGKILL: no chance to clean up.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -349,4 +365,13 @@ pub(crate) fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>)
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// `PRAGMA integrity_check` of the database at `db`, read-only ("ok" when whole).
+pub(crate) fn integrity_check(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap()
 }

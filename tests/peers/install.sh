@@ -18,6 +18,8 @@ declare -A needed=(
   [unbound]=unbound
   [lego]=lego
   [curl]=curl
+  # fault injection into the running daemon (tests/store.rs)
+  [strace]=strace
   [nginx]=nginx-light
 )
 
