@@ -175,12 +175,16 @@ fn http01_issues_a_public_certificate_that_chains_to_the_ca() {
     }
 }
 
+/// Under the packaged unit's `UMask=0077`, with nginx's workers running as www-data as a
+/// web server's do: the challenge file and the directories certkeeper makes must be readable
+/// by others, or nginx answers 403 and the CA fails the validation (review finding M6).
 #[test]
 fn http01_through_the_webroot_of_a_real_nginx() {
+    use std::os::unix::fs::PermissionsExt as _;
     let knot = customer_zone(&["web.customer.test"]);
     let pebble = Pebble::start(PebbleOptions::new(knot.addr));
     // nginx owns the port Pebble's VA connects to; certkeeper only writes files into its root.
-    let nginx = Nginx::start(pebble.http_port);
+    let nginx = Nginx::start_as(pebble.http_port, "www-data");
     let config = format!(
         "[[acme]]\nname = \"pebble\"\ndirectory = {:?}\ntrusted-roots = {:?}\n\n\
          [validation.http]\nwebroot = {:?}\n",
@@ -188,7 +192,7 @@ fn http01_through_the_webroot_of_a_real_nginx() {
         pebble.tls_root_pem.display().to_string(),
         nginx.root.display().to_string(),
     );
-    let daemon = Daemon::start_with(Some(&config));
+    let daemon = Daemon::start_with_umask(Some(&config), 0o077);
 
     let requested = daemon.json(&[
         "request",
@@ -212,8 +216,12 @@ fn http01_through_the_webroot_of_a_real_nginx() {
         challenge.contains("GET /.well-known/acme-challenge/"),
         "{challenge}"
     );
-    // ...and the file is gone once the order is over.
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let dir = nginx.root.join(".well-known/acme-challenge");
+    assert_eq!(mode(&nginx.root.join(".well-known")), 0o755);
+    assert_eq!(mode(&dir), 0o755);
+    // ...and the file is gone once the order is over.
     wait_until(
         Duration::from_secs(10),
         "the challenge file removed",

@@ -60,6 +60,8 @@ pub(crate) struct Daemon {
     pub socket: PathBuf,
     pub config: Option<PathBuf>,
     pub log: PathBuf,
+    /// The umask the daemon runs under (the test's own when `None`).
+    pub umask: Option<u32>,
     child: Option<Child>,
 }
 
@@ -71,6 +73,15 @@ impl Daemon {
 
     /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
     pub(crate) fn start_with(config: Option<&str>) -> Self {
+        Self::start_under(config, None)
+    }
+
+    /// Like [`Daemon::start_with`], under `umask` (e.g. 0o077, the packaged unit's `UMask=`).
+    pub(crate) fn start_with_umask(config: Option<&str>, umask: u32) -> Self {
+        Self::start_under(config, Some(umask))
+    }
+
+    fn start_under(config: Option<&str>, umask: Option<u32>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
         let config_path = config.map(|text| {
@@ -84,6 +95,7 @@ impl Daemon {
             state_dir,
             config: config_path,
             dir,
+            umask,
             child: None,
         };
         daemon.spawn();
@@ -104,7 +116,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        // A shell sets the umask, then becomes certkeeper (same pid): std has no umask setter.
+        let mut cmd = match self.umask {
+            Some(umask) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve").arg("--state-dir").arg(&self.state_dir);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
