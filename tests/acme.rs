@@ -1096,3 +1096,73 @@ fn a_ca_answering_429_with_retry_after_is_left_alone_until_then() {
     // Without Retry-After the first validation retry would come after 15 s.
     assert!(gap >= 20.0, "retried {gap:.1} s after the 429: {orders:#?}");
 }
+
+/// A CA (here a proxy in front of Pebble) that answers with a certificate other than the one
+/// ordered: a leaf for the old key, a leaf for other names, a chain that does not link. Each
+/// fails the attempt with the reason and stores nothing; the next attempt gets a good one
+/// (review finding L11).
+#[test]
+fn a_certificate_the_ca_swapped_is_refused_and_nothing_is_stored() {
+    let knot = customer_zone(&["swap.customer.test", "other.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    // Windows far ahead: nothing renews by itself during the test.
+    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
+    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let request = |name: &str| {
+        id(&daemon.json(&[
+            "request",
+            name,
+            "--issuer",
+            "pebble",
+            "--validation",
+            "http",
+        ]))
+    };
+    let swap = request("swap.customer.test");
+    wait_issued(&daemon, &swap);
+    let old_leaf = daemon.ok(&["get", &swap, "--part", "cert"]);
+
+    // The leaf of the previous version: the same names, the old key.
+    proxy.control(serde_json::json!({"replace_downloads": [{"leaf": old_leaf}]}));
+    let stderr = String::from_utf8_lossy(&daemon.ck(&["renew", &swap]).stderr).into_owned();
+    assert!(
+        stderr.contains("for another public key than the order's"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.json(&["describe", &swap])["current_version"], 1);
+
+    // A genuine leaf whose chain is not its issuer (Pebble's TLS CA instead), on the first
+    // issuance of another certificate, run by the scheduler: a failure it records and retries.
+    let tls_ca = std::fs::read_to_string(&pebble.tls_root_pem).unwrap();
+    proxy.control(serde_json::json!({"replace_downloads": [{"chain": tls_ca}]}));
+    let other = request("other.customer.test");
+    let failed = wait_until(Duration::from_secs(60), "the failure recorded", || {
+        let c = daemon.json(&["describe", &other]);
+        c["renewal"]["reason"].is_string().then_some(c)
+    });
+    let reason = failed["renewal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("chain does not link"), "{failed:#}");
+    assert_eq!(failed["current_version"], 0, "{failed:#}");
+    let issued = wait_issued_after_retries(&daemon, &other, Duration::from_secs(90));
+    assert_eq!(issued["current_version"], 1);
+
+    // Another certificate's leaf: other names (and another key).
+    let other_leaf = daemon.ok(&["get", &other, "--part", "cert"]);
+    proxy.control(serde_json::json!({"replace_downloads": [{"leaf": other_leaf}]}));
+    let stderr = String::from_utf8_lossy(&daemon.ck(&["renew", &swap]).stderr).into_owned();
+    assert!(
+        stderr.contains(
+            "a certificate for [other.customer.test] instead of the names ordered [swap.customer.test]"
+        ),
+        "{stderr}"
+    );
+    // Nothing replaced: the CA's own answer is stored.
+    assert_eq!(daemon.json(&["renew", &swap])["current_version"], 2);
+    let replaced = proxy
+        .seen()
+        .iter()
+        .filter(|e| e.get("replaced").is_some())
+        .count();
+    assert_eq!(replaced, 3);
+}

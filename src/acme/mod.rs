@@ -640,7 +640,7 @@ impl Acme {
             }
             _ => order.poll_certificate(&POLL).await.map_err(protocol)?,
         };
-        let issued = split_chain(issuer, &chain, key)?;
+        let issued = accept_chain(issuer, cert, &chain, key)?;
         info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, "ACME certificate issued");
         Ok(issued)
     }
@@ -1027,9 +1027,14 @@ fn csr_der(key: &[u8], domains: &[Domain]) -> Result<Vec<u8>, AcmeError> {
     Ok(csr.der().to_vec())
 }
 
-/// Splits the CA's PEM chain into the leaf and its issuers, and reads the leaf.
-fn split_chain(
+/// Splits the CA's PEM chain into the leaf and its issuers, after checking that it is what
+/// `cert`'s order asked for: the leaf names exactly the requested names and certifies the
+/// order's key, and each certificate is signed by the next. A CA (or a proxy in front of it)
+/// answering anything else fails the attempt with the reason, before anything is stored: a
+/// certificate that does not match its key would be deployed broken.
+fn accept_chain(
     issuer: &AcmeIssuer,
+    cert: &Certificate,
     chain: &str,
     key: Zeroizing<Vec<u8>>,
 ) -> Result<Issued, AcmeError> {
@@ -1039,6 +1044,22 @@ fn split_chain(
     };
     let info = crate::x509::inspect(leaf)
         .map_err(|e| ca_fault(issuer, &format!("a certificate that {e}")))?;
+    check_names(issuer, &cert.domains, &info.names)?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(
+        &keys::load_pkcs8(&key)
+            .map_err(|e| AcmeError::Internal(format!("the order's key: {e}")))?,
+    );
+    if info.spki != spki {
+        return Err(ca_fault(
+            issuer,
+            &format!(
+                "a certificate (serial {}) for another public key than the order's",
+                info.serial
+            ),
+        ));
+    }
+    crate::import::check_links(leaf, rest)
+        .map_err(|e| ca_fault(issuer, &format!("a certificate whose {e}")))?;
     let certificate = crate::ca::Issued {
         cert_pem: crate::pem::encode("CERTIFICATE", leaf),
         chain_pem: rest
@@ -1050,6 +1071,28 @@ fn split_chain(
         not_after: info.not_after,
     };
     Ok(Issued { certificate, key })
+}
+
+/// The names a certificate carries must be the ones ordered, in any order.
+fn check_names(issuer: &AcmeIssuer, wanted: &[Domain], got: &[Domain]) -> Result<(), AcmeError> {
+    let set = |names: &[Domain]| -> std::collections::BTreeSet<String> {
+        names.iter().map(ToString::to_string).collect()
+    };
+    let (wanted, got) = (set(wanted), set(got));
+    if wanted == got {
+        return Ok(());
+    }
+    let list = |names: &std::collections::BTreeSet<String>| {
+        names.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
+    Err(ca_fault(
+        issuer,
+        &format!(
+            "a certificate for [{}] instead of the names ordered [{}]",
+            list(&got),
+            list(&wanted)
+        ),
+    ))
 }
 
 #[cfg(test)]
