@@ -1166,3 +1166,78 @@ fn a_certificate_the_ca_swapped_is_refused_and_nothing_is_stored() {
         .count();
     assert_eq!(replaced, 3);
 }
+
+/// The CA switches the account to its new key but its answer is lost (the proxy closes the
+/// connection), as it is when the store write fails or the daemon dies right after the switch.
+/// The new key was stored as pending before the CA heard of it: the account is settled on it
+/// at its next use, in the same run and after a kill -9 and restart (review finding M5).
+#[test]
+fn a_key_rollover_whose_answer_is_lost_keeps_the_account() {
+    let knot = customer_zone(&["roll.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
+    let mut daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "roll.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    wait_issued(&daemon, &cert);
+    let url = daemon.json(&["acme", "list"])[0]["account"]["url"].clone();
+    let key_changes = |proxy: &AriProxy| -> Vec<serde_json::Value> {
+        proxy
+            .seen()
+            .into_iter()
+            .filter(|e| e.get("key-change").is_some())
+            .collect()
+    };
+
+    // The CA switches; its answer never reaches certkeeper, for which the rollover failed.
+    let lose_next_key_change = |daemon: &Daemon| {
+        proxy.control(serde_json::json!({"drop_key_changes": 1}));
+        let out = daemon.ck(&["acme", "rollover-key", "pebble"]);
+        assert!(!out.status.success(), "{out:?}");
+    };
+
+    // In the same run.
+    lose_next_key_change(&daemon);
+    let changes = key_changes(&proxy);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(
+        changes[0]["key-change"], 200,
+        "the CA switched: {changes:#?}"
+    );
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 2);
+    assert!(
+        daemon
+            .log_text()
+            .contains("the CA had switched to the pending key"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Killed right after the switch, before anything else is stored.
+    lose_next_key_change(&daemon);
+    assert_eq!(key_changes(&proxy)[1]["key-change"], 200);
+    daemon.kill();
+    daemon.spawn();
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 3);
+    assert_eq!(daemon.json(&["acme", "list"])[0]["account"]["url"], url);
+
+    // A rollover that gets its answer still works, and the key it stored is the one used.
+    daemon.json(&["acme", "rollover-key", "pebble"]);
+    daemon.stop();
+    daemon.spawn();
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 4);
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("the CA had switched to the pending key")
+            .count(),
+        2,
+        "{log}"
+    );
+}
