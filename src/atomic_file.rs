@@ -10,14 +10,18 @@
 //! Both write a temporary file in the same directory (a rename or link across file systems
 //! would not be atomic), fsync it, give it its name, and fsync the directory so that the name
 //! itself survives a crash. A failure removes the temporary file.
+//!
+//! The mode asked for is the mode the file gets, whatever the process umask: the packaged unit
+//! runs with `UMask=0077`, under which `open(2)` alone would turn a 0644 HTTP-01 challenge
+//! file into 0600, unreadable by the web server that must serve it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Replaces `path` with a file holding `bytes`, created with `mode`.
+/// Replaces `path` with a file holding `bytes`, with exactly `mode`.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let (dir, tmp) = temporary(path)?;
     let result = write_synced(&tmp, bytes, mode)
@@ -29,7 +33,7 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     result
 }
 
-/// Creates `path` holding `bytes` with `mode`; fails with `AlreadyExists` (and changes
+/// Creates `path` holding `bytes` with exactly `mode`; fails with `AlreadyExists` (and changes
 /// nothing) when something is already there.
 pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let (dir, tmp) = temporary(path)?;
@@ -69,6 +73,9 @@ fn write_synced(tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         .create_new(true)
         .mode(mode)
         .open(tmp)?;
+    // open(2) applied the umask to `mode`; fchmod does not, and the file has no name yet that
+    // anyone could open with the narrower mode.
+    file.set_permissions(Permissions::from_mode(mode))?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -79,8 +86,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     fn mode(path: &Path) -> u32 {

@@ -10,9 +10,13 @@
 //! Deadlines live in the store (`certificates.next_action_at`), written together with each
 //! change, so a restart loses nothing. A renewal is claimed by moving its deadline forward by
 //! a lease: at most `renewal.concurrency` run at once, none runs twice, and one interrupted by
-//! a crash is retried when its lease runs out.
+//! a crash is retried when its lease runs out. A lease can also run out under a renewal that
+//! is still going (waiting for the issuer's `max-orders-in-flight`, or a slow CA): the claim
+//! then hands its id out again, and the set of renewals running in this process
+//! ([`InFlight`]) keeps it from starting a second time.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use time::{Duration, OffsetDateTime};
@@ -50,6 +54,7 @@ pub async fn run(inventory: Arc<Inventory>, mut probed: Probed, shutdown: Cancel
     let settings = inventory.settings();
     let mut permits = Permits::new(settings.concurrency);
     let renewals = TaskTracker::new();
+    let in_flight = InFlight::default();
     let now = OffsetDateTime::now_utc();
     // Renewals interrupted by a crash or a kill are taken up again at once (an ACME order in
     // flight is resumed) rather than when their lease would have run out.
@@ -92,7 +97,12 @@ pub async fn run(inventory: Arc<Inventory>, mut probed: Probed, shutdown: Cancel
                 .await;
             next_daily = daily_check.next_after(now);
         }
-        start_due_renewals(&inventory, &permits.semaphore, &renewals, &wake, now).await;
+        let running = Running {
+            permits: &permits.semaphore,
+            tasks: &renewals,
+            in_flight: &in_flight,
+        };
+        start_due_renewals(&inventory, &running, &wake, now).await;
 
         let deadlines = match inventory.store().next_deadline().await {
             Ok(deadlines) => deadlines,
@@ -196,15 +206,51 @@ fn to_std(d: Duration) -> StdDuration {
     StdDuration::try_from(d).unwrap_or(StdDuration::ZERO)
 }
 
+/// The certificates whose renewal runs on a task of this process, so that a claim whose lease
+/// ran out under a renewal still going does not start it again.
+#[derive(Clone, Default)]
+struct InFlight(Arc<Mutex<HashSet<CertificateId>>>);
+
+impl InFlight {
+    /// Marks `id` as running until the returned guard is dropped; `None` when it already is.
+    fn start(&self, id: &CertificateId) -> Option<Renewing> {
+        crate::lock::lock(&self.0)
+            .insert(id.clone())
+            .then(|| Renewing {
+                set: self.clone(),
+                id: id.clone(),
+            })
+    }
+}
+
+/// One entry of [`InFlight`], removed when the renewal's task ends (even by a panic).
+struct Renewing {
+    set: InFlight,
+    id: CertificateId,
+}
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        crate::lock::lock(&self.set.0).remove(&self.id);
+    }
+}
+
+/// What running renewals share: the permits, the task set the shutdown waits for, and the
+/// ids in flight.
+struct Running<'a> {
+    permits: &'a Arc<Semaphore>,
+    tasks: &'a TaskTracker,
+    in_flight: &'a InFlight,
+}
+
 /// Claims due renewals while permits are free and runs each on its own task.
 async fn start_due_renewals(
     inventory: &Arc<Inventory>,
-    permits: &Arc<Semaphore>,
-    renewals: &TaskTracker,
+    running: &Running<'_>,
     wake: &Arc<Wake>,
     now: OffsetDateTime,
 ) {
-    let free = permits.available_permits();
+    let free = running.permits.available_permits();
     if free == 0 {
         return;
     }
@@ -216,17 +262,24 @@ async fn start_due_renewals(
         }
     };
     for id in claimed {
+        // Its lease ran out while it still runs: the claim just gave it another, and the
+        // running renewal writes the next deadline when it ends.
+        let Some(renewing) = running.in_flight.start(&id) else {
+            debug!(cert = %id, "lease renewed under a renewal still running");
+            continue;
+        };
         // A permit is free for each claimed id (we claimed no more than were free, and only
         // this loop takes permits); `acquire_owned` fails only if the semaphore is closed.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Ok(permit) = running.permits.clone().acquire_owned().await else {
             return;
         };
         let (inventory, wake) = (inventory.clone(), wake.clone());
-        renewals.spawn(async move {
-            // Whatever happens to the renewal (even a panic), the permit comes back and the
-            // loop is woken to look at the changed deadlines.
+        running.tasks.spawn(async move {
+            // Whatever happens to the renewal (even a panic), the permit comes back, the id
+            // leaves the set in flight, and the loop is woken to look at the changed deadlines.
             let _done = Done {
                 permit: Some(permit),
+                renewing: Some(renewing),
                 wake,
             };
             let span = tracing::info_span!("renewal", cert = %id);
@@ -235,15 +288,19 @@ async fn start_due_renewals(
     }
 }
 
-/// Held by a running renewal: when it ends, its permit is released and the loop is woken.
+/// Held by a running renewal: when it ends, its id leaves the set in flight, its permit is
+/// released and the loop is woken.
 struct Done {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    renewing: Option<Renewing>,
     wake: Arc<Wake>,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        // The permit goes back first, so the woken loop finds it free.
+        // Both go back before the wake-up, so the woken loop finds the permit free and does
+        // not take the certificate for one still running.
+        drop(self.renewing.take());
         drop(self.permit.take());
         self.wake.changed();
     }
@@ -419,6 +476,23 @@ fn approaching(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_still_running_is_not_started_again_when_its_lease_is_claimed() {
+        let in_flight = InFlight::default();
+        let id = CertificateId::generate();
+        let first = in_flight.start(&id).expect("not running yet");
+        // The lease ran out and the claim handed the same id out again.
+        assert!(in_flight.start(&id).is_none(), "started twice");
+        let other = CertificateId::generate();
+        assert!(
+            in_flight.start(&other).is_some(),
+            "others are not held back"
+        );
+        // The first renewal ended: the next claim runs it.
+        drop(first);
+        assert!(in_flight.start(&id).is_some());
+    }
 
     #[test]
     fn a_past_deadline_waits_for_a_free_permit_instead_of_spinning() {

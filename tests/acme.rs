@@ -175,12 +175,16 @@ fn http01_issues_a_public_certificate_that_chains_to_the_ca() {
     }
 }
 
+/// Under the packaged unit's `UMask=0077`, with nginx's workers running as www-data as a
+/// web server's do: the challenge file and the directories certkeeper makes must be readable
+/// by others, or nginx answers 403 and the CA fails the validation (review finding M6).
 #[test]
 fn http01_through_the_webroot_of_a_real_nginx() {
+    use std::os::unix::fs::PermissionsExt as _;
     let knot = customer_zone(&["web.customer.test"]);
     let pebble = Pebble::start(PebbleOptions::new(knot.addr));
     // nginx owns the port Pebble's VA connects to; certkeeper only writes files into its root.
-    let nginx = Nginx::start(pebble.http_port);
+    let nginx = Nginx::start_as(pebble.http_port, "www-data");
     let config = format!(
         "[[acme]]\nname = \"pebble\"\ndirectory = {:?}\ntrusted-roots = {:?}\n\n\
          [validation.http]\nwebroot = {:?}\n",
@@ -188,7 +192,7 @@ fn http01_through_the_webroot_of_a_real_nginx() {
         pebble.tls_root_pem.display().to_string(),
         nginx.root.display().to_string(),
     );
-    let daemon = Daemon::start_with(Some(&config));
+    let daemon = Daemon::start_with_umask(Some(&config), 0o077);
 
     let requested = daemon.json(&[
         "request",
@@ -212,8 +216,12 @@ fn http01_through_the_webroot_of_a_real_nginx() {
         challenge.contains("GET /.well-known/acme-challenge/"),
         "{challenge}"
     );
-    // ...and the file is gone once the order is over.
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let dir = nginx.root.join(".well-known/acme-challenge");
+    assert_eq!(mode(&nginx.root.join(".well-known")), 0o755);
+    assert_eq!(mode(&dir), 0o755);
+    // ...and the file is gone once the order is over.
     wait_until(
         Duration::from_secs(10),
         "the challenge file removed",
@@ -1087,4 +1095,149 @@ fn a_ca_answering_429_with_retry_after_is_left_alone_until_then() {
     let gap = orders[1]["at"].as_f64().unwrap() - orders[0]["at"].as_f64().unwrap();
     // Without Retry-After the first validation retry would come after 15 s.
     assert!(gap >= 20.0, "retried {gap:.1} s after the 429: {orders:#?}");
+}
+
+/// A CA (here a proxy in front of Pebble) that answers with a certificate other than the one
+/// ordered: a leaf for the old key, a leaf for other names, a chain that does not link. Each
+/// fails the attempt with the reason and stores nothing; the next attempt gets a good one
+/// (review finding L11).
+#[test]
+fn a_certificate_the_ca_swapped_is_refused_and_nothing_is_stored() {
+    let knot = customer_zone(&["swap.customer.test", "other.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    // Windows far ahead: nothing renews by itself during the test.
+    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
+    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let request = |name: &str| {
+        id(&daemon.json(&[
+            "request",
+            name,
+            "--issuer",
+            "pebble",
+            "--validation",
+            "http",
+        ]))
+    };
+    let swap = request("swap.customer.test");
+    wait_issued(&daemon, &swap);
+    let old_leaf = daemon.ok(&["get", &swap, "--part", "cert"]);
+
+    // The leaf of the previous version: the same names, the old key.
+    proxy.control(serde_json::json!({"replace_downloads": [{"leaf": old_leaf}]}));
+    let stderr = String::from_utf8_lossy(&daemon.ck(&["renew", &swap]).stderr).into_owned();
+    assert!(
+        stderr.contains("for another public key than the order's"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.json(&["describe", &swap])["current_version"], 1);
+
+    // A genuine leaf whose chain is not its issuer (Pebble's TLS CA instead), on the first
+    // issuance of another certificate, run by the scheduler: a failure it records and retries.
+    let tls_ca = std::fs::read_to_string(&pebble.tls_root_pem).unwrap();
+    proxy.control(serde_json::json!({"replace_downloads": [{"chain": tls_ca}]}));
+    let other = request("other.customer.test");
+    let failed = wait_until(Duration::from_secs(60), "the failure recorded", || {
+        let c = daemon.json(&["describe", &other]);
+        c["renewal"]["reason"].is_string().then_some(c)
+    });
+    let reason = failed["renewal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("chain does not link"), "{failed:#}");
+    assert_eq!(failed["current_version"], 0, "{failed:#}");
+    let issued = wait_issued_after_retries(&daemon, &other, Duration::from_secs(90));
+    assert_eq!(issued["current_version"], 1);
+
+    // Another certificate's leaf: other names (and another key).
+    let other_leaf = daemon.ok(&["get", &other, "--part", "cert"]);
+    proxy.control(serde_json::json!({"replace_downloads": [{"leaf": other_leaf}]}));
+    let stderr = String::from_utf8_lossy(&daemon.ck(&["renew", &swap]).stderr).into_owned();
+    assert!(
+        stderr.contains(
+            "a certificate for [other.customer.test] instead of the names ordered [swap.customer.test]"
+        ),
+        "{stderr}"
+    );
+    // Nothing replaced: the CA's own answer is stored.
+    assert_eq!(daemon.json(&["renew", &swap])["current_version"], 2);
+    let replaced = proxy
+        .seen()
+        .iter()
+        .filter(|e| e.get("replaced").is_some())
+        .count();
+    assert_eq!(replaced, 3);
+}
+
+/// The CA switches the account to its new key but its answer is lost (the proxy closes the
+/// connection), as it is when the store write fails or the daemon dies right after the switch.
+/// The new key was stored as pending before the CA heard of it: the account is settled on it
+/// at its next use, in the same run and after a kill -9 and restart (review finding M5).
+#[test]
+fn a_key_rollover_whose_answer_is_lost_keeps_the_account() {
+    let knot = customer_zone(&["roll.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
+    let mut daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "roll.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    wait_issued(&daemon, &cert);
+    let url = daemon.json(&["acme", "list"])[0]["account"]["url"].clone();
+    let key_changes = |proxy: &AriProxy| -> Vec<serde_json::Value> {
+        proxy
+            .seen()
+            .into_iter()
+            .filter(|e| e.get("key-change").is_some())
+            .collect()
+    };
+
+    // The CA switches; its answer never reaches certkeeper, for which the rollover failed.
+    let lose_next_key_change = |daemon: &Daemon| {
+        proxy.control(serde_json::json!({"drop_key_changes": 1}));
+        let out = daemon.ck(&["acme", "rollover-key", "pebble"]);
+        assert!(!out.status.success(), "{out:?}");
+    };
+
+    // In the same run.
+    lose_next_key_change(&daemon);
+    let changes = key_changes(&proxy);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(
+        changes[0]["key-change"], 200,
+        "the CA switched: {changes:#?}"
+    );
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 2);
+    assert!(
+        daemon
+            .log_text()
+            .contains("the CA had switched to the pending key"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Killed right after the switch, before anything else is stored.
+    lose_next_key_change(&daemon);
+    assert_eq!(key_changes(&proxy)[1]["key-change"], 200);
+    daemon.kill();
+    daemon.spawn();
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 3);
+    assert_eq!(daemon.json(&["acme", "list"])[0]["account"]["url"], url);
+
+    // A rollover that gets its answer still works, and the key it stored is the one used.
+    daemon.json(&["acme", "rollover-key", "pebble"]);
+    daemon.stop();
+    daemon.spawn();
+    assert_eq!(daemon.json(&["renew", &cert])["current_version"], 4);
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("the CA had switched to the pending key")
+            .count(),
+        2,
+        "{log}"
+    );
 }

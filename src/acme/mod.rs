@@ -4,7 +4,9 @@
 //! path) runs as a scheduler task and goes:
 //!
 //! 1. the issuer's account: loaded from the store (sealed, it holds the account key), or
-//!    created on first use (with EAB when configured) and stored before anything else;
+//!    created on first use (with EAB when configured) and stored before anything else. A
+//!    pending key left by a key rollover whose outcome is unknown is settled first: the CA
+//!    says which key the account has;
 //! 2. the order: resumed from the store when one is in flight for this certificate (a restart
 //!    mid-order continues it instead of starting another), else created, and its URL stored
 //!    together with the new private key **before any challenge is answered**;
@@ -18,6 +20,7 @@
 //! and the "Renewal Action Required" event. Retrying is the lifecycle's job (backoff).
 
 pub mod client;
+mod key_change;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,6 +94,12 @@ pub enum AcmeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The CA moved the account to its new key, which is in use, but storing it as the
+    /// account's key failed: it stays stored as the pending key, settled at the next start.
+    #[error(
+        "ACME issuer {issuer}: the CA switched the account to its new key, kept as the pending key; making it the stored account key failed: {source}"
+    )]
+    KeyNotPromoted { issuer: String, source: StoreError },
     /// Our own side failed (key generation, CSR encoding, credentials that do not serialize).
     #[error("ACME: {0}")]
     Internal(String),
@@ -324,38 +333,129 @@ impl Acme {
         Ok(())
     }
 
-    /// Replaces the issuer's account key (RFC 8555 §7.3.5): a new key is generated, the CA
-    /// moves the account to it, and the new credentials are stored (sealed) before the old
-    /// key is forgotten. Returns the account as stored.
+    /// Replaces the issuer's account key (RFC 8555 §7.3.5) so that no failure can lose the
+    /// account: the new key is made and stored (sealed) as the account's pending key before
+    /// the CA hears of it, and made the account's key once the CA has switched. When the CA's
+    /// answer is lost, the next use of the account asks it which key it has (see
+    /// [`Acme::settle_pending_key`]). Returns the account as stored.
     pub async fn rollover_key(&self, issuer: &str) -> Result<crate::store::AcmeAccount, AcmeError> {
         let runtime = self
             .issuers
             .get(issuer)
             .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
-        let mut account = self.account(runtime).await?;
+        self.account(runtime).await?;
         // No order may start with the old key while the CA switches.
         let mut slot = runtime.account.lock().await;
-        let credentials = account
-            .update_key()
+        let (mut record, credentials) =
+            self.store.acme_account(issuer).await?.ok_or_else(|| {
+                AcmeError::Internal(format!(
+                    "the account of {issuer} vanished from the store during the rollover"
+                ))
+            })?;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.to_owned(),
+            source,
+        };
+        let next = key_change::next_credentials(&credentials).map_err(protocol)?;
+        let next_account = builder(runtime)?
+            .from_credentials(parse_credentials(issuer, &next)?)
             .await
-            .map_err(|source| AcmeError::Protocol {
+            .map_err(protocol)?;
+        self.store.save_acme_pending_key(issuer, &next).await?;
+        let (old_key, new_key) = (
+            private_key(issuer, &credentials)?,
+            private_key(issuer, &next)?,
+        );
+        let http = http_client(runtime)?;
+        let outcome =
+            key_change::change(&*http, &record.directory, &record.url, &old_key, &new_key).await;
+        match outcome {
+            Ok(()) => {}
+            Err(source @ instant_acme::Error::Api(_)) if !transient(&source) => {
+                // The CA refused: the account keeps its key.
+                if let Err(err) = self.store.drop_acme_pending_key(issuer).await {
+                    warn!(issuer, error = %err, "could not forget the pending ACME account key; it is settled at the next use");
+                }
+                return Err(protocol(source));
+            }
+            Err(source) => {
+                // The CA may have switched or not: the next use of the account asks it.
+                *slot = None;
+                warn!(issuer, error = %source, "no answer to the ACME account key change; the account is settled at its next use");
+                return Err(protocol(source));
+            }
+        }
+        // The CA now accepts only the new key, whatever the store manages next.
+        *slot = Some(next_account);
+        record.updated_at = OffsetDateTime::now_utc();
+        self.store
+            .save_acme_account(record.clone(), &next)
+            .await
+            .map_err(|source| AcmeError::KeyNotPromoted {
                 issuer: issuer.to_owned(),
                 source,
             })?;
-        let json = Zeroizing::new(
-            serde_json::to_vec(&credentials)
-                .map_err(|e| AcmeError::Internal(format!("account credentials: {e}")))?,
-        );
-        let (mut record, _) = self.store.acme_account(issuer).await?.ok_or_else(|| {
-            AcmeError::Internal(format!(
-                "the account of {issuer} vanished from the store during the rollover"
-            ))
-        })?;
-        record.updated_at = OffsetDateTime::now_utc();
-        self.store.save_acme_account(record.clone(), &json).await?;
-        *slot = Some(account);
         info!(issuer, account = %record.url, "ACME account key replaced");
         Ok(record)
+    }
+
+    /// Settles a pending account key left by a rollover whose outcome is unknown (no answer
+    /// from the CA, a crash, a store write failing after the switch): the CA is asked whether
+    /// the pending key is the account's (a newAccount request with onlyReturnExisting, signed by
+    /// it). Returns the credentials to use: the pending ones, made the account's, or the stored
+    /// ones when the CA kept the old key.
+    async fn settle_pending_key(
+        &self,
+        runtime: &IssuerRuntime,
+        stored: &crate::store::AcmeAccount,
+        current: Zeroizing<Vec<u8>>,
+        pending: Zeroizing<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>, AcmeError> {
+        let issuer = &runtime.config.name;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.clone(),
+            source,
+        };
+        let der =
+            rustls_pki_types::PrivatePkcs8KeyDer::from(private_key(issuer, &pending)?.to_vec());
+        let key = instant_acme::Key::from_pkcs8_der(der.clone_key()).map_err(protocol)?;
+        let found = builder(runtime)?
+            .from_key((key, der.into()), stored.directory.clone())
+            .await;
+        match found {
+            Ok((account, _)) if account.id() == stored.url => {
+                let mut record = stored.clone();
+                record.updated_at = OffsetDateTime::now_utc();
+                // Used from now on whatever the store says; a failed write is retried at the
+                // next start, by asking the CA again.
+                match self.store.save_acme_account(record, &pending).await {
+                    Ok(()) => {
+                        info!(issuer, account = %stored.url, "ACME account key rollover completed: the CA had switched to the pending key");
+                    }
+                    Err(err) => {
+                        warn!(issuer, error = %err, "the CA switched the ACME account to the pending key; storing it as the account's failed");
+                    }
+                }
+                Ok(pending)
+            }
+            Ok((account, _)) => Err(ca_fault(
+                &runtime.config,
+                &format!(
+                    "that the pending account key belongs to {}, not to {}",
+                    account.id(),
+                    stored.url
+                ),
+            )),
+            Err(instant_acme::Error::Api(problem))
+                if problem.r#type.as_deref()
+                    == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+            {
+                self.store.drop_acme_pending_key(issuer).await?;
+                info!(issuer, account = %stored.url, "the CA kept the ACME account key; the pending key is dropped");
+                Ok(current)
+            }
+            Err(source) => Err(protocol(source)),
+        }
     }
 
     /// The configured issuers with their accounts (`None` before first use).
@@ -640,7 +740,7 @@ impl Acme {
             }
             _ => order.poll_certificate(&POLL).await.map_err(protocol)?,
         };
-        let issued = split_chain(issuer, &chain, key)?;
+        let issued = accept_chain(issuer, cert, &chain, key)?;
         info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, "ACME certificate issued");
         Ok(issued)
     }
@@ -743,10 +843,14 @@ impl Acme {
             .filter(|(stored, _)| stored.directory == issuer.directory);
         let account = match stored {
             Some((mut stored, credentials)) => {
-                let parsed: AccountCredentials =
-                    serde_json::from_slice(&credentials).map_err(|e| {
-                        AcmeError::Internal(format!("stored account of {}: {e}", issuer.name))
-                    })?;
+                let credentials = match self.store.acme_pending_key(&issuer.name).await? {
+                    Some(pending) => {
+                        self.settle_pending_key(runtime, &stored, credentials, pending)
+                            .await?
+                    }
+                    None => credentials,
+                };
+                let parsed = parse_credentials(&issuer.name, &credentials)?;
                 let account = builder(runtime)?
                     .from_credentials(parsed)
                     .await
@@ -934,9 +1038,28 @@ fn ca_fault(issuer: &AcmeIssuer, message: &str) -> AcmeError {
     }
 }
 
-/// An account builder whose HTTPS client trusts `trusted-roots` (else the platform's roots)
-/// and reports the CA's Retry-After to the issuer's backoff.
+/// An account builder whose HTTPS client is [`http_client`].
 fn builder(runtime: &IssuerRuntime) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    Ok(Account::builder_with_http(http_client(runtime)?))
+}
+
+/// Stored account credentials (instant-acme's serialized form).
+fn parse_credentials(issuer: &str, json: &[u8]) -> Result<AccountCredentials, AcmeError> {
+    serde_json::from_slice(json)
+        .map_err(|e| AcmeError::Internal(format!("stored account of {issuer}: {e}")))
+}
+
+/// The account key (PKCS#8) inside stored credentials.
+fn private_key(issuer: &str, json: &[u8]) -> Result<Zeroizing<Vec<u8>>, AcmeError> {
+    let credentials = parse_credentials(issuer, json)?;
+    Ok(Zeroizing::new(
+        credentials.private_key().secret_pkcs8_der().to_vec(),
+    ))
+}
+
+/// An HTTPS client to the issuer's CA that trusts `trusted-roots` (else the platform's roots)
+/// and reports the CA's Retry-After to the issuer's backoff.
+fn http_client(runtime: &IssuerRuntime) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
     let issuer = &runtime.config;
     let roots = match &issuer.trusted_roots {
         Some(path) => Some(
@@ -953,7 +1076,7 @@ fn builder(runtime: &IssuerRuntime) -> Result<instant_acme::AccountBuilder, Acme
             .unwrap_or_default();
         setup(issuer, &format!("HTTPS client{source}: {e}"))
     })?;
-    Ok(Account::builder_with_http(http))
+    Ok(http)
 }
 
 fn eab_key(
@@ -1027,9 +1150,14 @@ fn csr_der(key: &[u8], domains: &[Domain]) -> Result<Vec<u8>, AcmeError> {
     Ok(csr.der().to_vec())
 }
 
-/// Splits the CA's PEM chain into the leaf and its issuers, and reads the leaf.
-fn split_chain(
+/// Splits the CA's PEM chain into the leaf and its issuers, after checking that it is what
+/// `cert`'s order asked for: the leaf names exactly the requested names and certifies the
+/// order's key, and each certificate is signed by the next. A CA (or a proxy in front of it)
+/// answering anything else fails the attempt with the reason, before anything is stored: a
+/// certificate that does not match its key would be deployed broken.
+fn accept_chain(
     issuer: &AcmeIssuer,
+    cert: &Certificate,
     chain: &str,
     key: Zeroizing<Vec<u8>>,
 ) -> Result<Issued, AcmeError> {
@@ -1039,6 +1167,22 @@ fn split_chain(
     };
     let info = crate::x509::inspect(leaf)
         .map_err(|e| ca_fault(issuer, &format!("a certificate that {e}")))?;
+    check_names(issuer, &cert.domains, &info.names)?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(
+        &keys::load_pkcs8(&key)
+            .map_err(|e| AcmeError::Internal(format!("the order's key: {e}")))?,
+    );
+    if info.spki != spki {
+        return Err(ca_fault(
+            issuer,
+            &format!(
+                "a certificate (serial {}) for another public key than the order's",
+                info.serial
+            ),
+        ));
+    }
+    crate::import::check_links(leaf, rest)
+        .map_err(|e| ca_fault(issuer, &format!("a certificate whose {e}")))?;
     let certificate = crate::ca::Issued {
         cert_pem: crate::pem::encode("CERTIFICATE", leaf),
         chain_pem: rest
@@ -1050,6 +1194,28 @@ fn split_chain(
         not_after: info.not_after,
     };
     Ok(Issued { certificate, key })
+}
+
+/// The names a certificate carries must be the ones ordered, in any order.
+fn check_names(issuer: &AcmeIssuer, wanted: &[Domain], got: &[Domain]) -> Result<(), AcmeError> {
+    let set = |names: &[Domain]| -> std::collections::BTreeSet<String> {
+        names.iter().map(ToString::to_string).collect()
+    };
+    let (wanted, got) = (set(wanted), set(got));
+    if wanted == got {
+        return Ok(());
+    }
+    let list = |names: &std::collections::BTreeSet<String>| {
+        names.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
+    Err(ca_fault(
+        issuer,
+        &format!(
+            "a certificate for [{}] instead of the names ordered [{}]",
+            list(&got),
+            list(&wanted)
+        ),
+    ))
 }
 
 #[cfg(test)]

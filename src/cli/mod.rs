@@ -177,7 +177,9 @@ enum AcmeCommand {
     /// List the configured ACME issuers and their accounts (URL, contact, dates).
     List,
     /// Replace an issuer's account key at the CA (RFC 8555 key rollover); the new key is
-    /// stored sealed, the old one is forgotten.
+    /// stored sealed before the CA is asked, and the old one is forgotten once the CA has
+    /// switched. If the CA's answer is lost, the account is settled on the key the CA has
+    /// when it is next used.
     RolloverKey {
         /// The [[acme]] name.
         issuer: String,

@@ -277,7 +277,9 @@ impl From<AcmeError> for InventoryError {
             | A::Dns(_) => Self::CaFailed(Box::new(err)),
             A::Store(store) => store.into(),
             A::ShuttingDown => Self::ShuttingDown,
-            A::Internal(_) => Self::Internal(Internal::Acme(Box::new(err))),
+            A::Internal(_) | A::KeyNotPromoted { .. } => {
+                Self::Internal(Internal::Acme(Box::new(err)))
+            }
         }
     }
 }

@@ -901,6 +901,8 @@ impl Store {
     }
 
     /// Stores (or replaces) an ACME account; the credentials hold its private key and are sealed.
+    /// Its pending key, if any, is removed in the same transaction: the key just stored is the
+    /// account's (after a rollover, the pending one made current).
     pub async fn save_acme_account(
         &self,
         account: AcmeAccount,
@@ -911,6 +913,53 @@ impl Store {
             .seal(&acme_account_record(&account.issuer), credentials)?;
         self.write(|reply| Job::SaveAcmeAccount {
             account: Box::new(account),
+            credentials,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The credentials with the next key of an issuer's account, stored before a key rollover
+    /// asks the CA to switch (see `acme::Acme::rollover_key`), if one is left.
+    pub async fn acme_pending_key(
+        &self,
+        issuer: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let Some(sealed) = self.db.acme_pending_key(issuer.to_owned()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.keyring
+                .open(&acme_pending_key_record(issuer), &sealed)?,
+        ))
+    }
+
+    /// Stores (sealed) credentials with the next key of `issuer`'s account; the account must
+    /// be stored.
+    pub async fn save_acme_pending_key(
+        &self,
+        issuer: &str,
+        credentials: &[u8],
+    ) -> Result<(), StoreError> {
+        let sealed = self
+            .keyring
+            .seal(&acme_pending_key_record(issuer), credentials)?;
+        self.set_acme_pending_key(issuer, Some(sealed)).await
+    }
+
+    /// Forgets `issuer`'s pending account key (the CA kept the current one).
+    pub async fn drop_acme_pending_key(&self, issuer: &str) -> Result<(), StoreError> {
+        self.set_acme_pending_key(issuer, None).await
+    }
+
+    async fn set_acme_pending_key(
+        &self,
+        issuer: &str,
+        credentials: Option<Sealed>,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| Job::SetAcmePendingKey {
+            issuer: issuer.to_owned(),
             credentials,
             reply,
         })
@@ -1113,6 +1162,7 @@ pub(crate) enum SealedRecord {
     Version(CertificateId, u32),
     Ca(String),
     AcmeAccount(String),
+    AcmePendingKey(String),
     AcmeOrder(CertificateId),
 }
 
@@ -1122,6 +1172,7 @@ impl SealedRecord {
             Self::Version(id, v) => version_record(id, *v),
             Self::Ca(name) => ca_record(name),
             Self::AcmeAccount(issuer) => acme_account_record(issuer),
+            Self::AcmePendingKey(issuer) => acme_pending_key_record(issuer),
             Self::AcmeOrder(id) => acme_order_record(id),
         }
     }
@@ -1129,6 +1180,10 @@ impl SealedRecord {
 
 fn acme_account_record(issuer: &str) -> String {
     format!("acme-account/{issuer}")
+}
+
+fn acme_pending_key_record(issuer: &str) -> String {
+    format!("acme-account-pending/{issuer}")
 }
 
 fn acme_order_record(id: &CertificateId) -> String {

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_indexes.sql"),
     include_str!("../../migrations/sqlite/0005_commits.sql"),
     include_str!("../../migrations/sqlite/0006_audit.sql"),
+    include_str!("../../migrations/sqlite/0007_acme_pending_key.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -352,6 +353,7 @@ impl Db {
                 "SELECT key_kid, COUNT(*) FROM versions WHERE key_kid IS NOT NULL GROUP BY key_kid \
                  UNION ALL SELECT key_kid, COUNT(*) FROM cas GROUP BY key_kid \
                  UNION ALL SELECT key_kid, COUNT(*) FROM acme_accounts GROUP BY key_kid \
+                 UNION ALL SELECT key_kid, COUNT(*) FROM acme_pending_keys GROUP BY key_kid \
                  UNION ALL SELECT key_kid, COUNT(*) FROM acme_orders GROUP BY key_kid",
             )?;
             let rows = stmt.query_map([], |row| {
@@ -379,6 +381,7 @@ impl Db {
             let sql = format!(
                 "SELECT 'ca', name, 0, key_kid, key_blob FROM cas WHERE key_kid {op} ?1 \
                  UNION ALL SELECT 'account', issuer, 0, key_kid, key_blob FROM acme_accounts WHERE key_kid {op} ?1 \
+                 UNION ALL SELECT 'pending', issuer, 0, key_kid, key_blob FROM acme_pending_keys WHERE key_kid {op} ?1 \
                  UNION ALL SELECT 'order', certificate_id, 0, key_kid, key_blob FROM acme_orders WHERE key_kid {op} ?1 \
                  UNION ALL SELECT 'version', certificate_id, version, key_kid, key_blob FROM versions \
                  WHERE key_kid IS NOT NULL AND key_kid {op} ?1 LIMIT ?2"
@@ -401,6 +404,7 @@ impl Db {
                 let record = match kind.as_str() {
                     "ca" => SealedRecord::Ca(id),
                     "account" => SealedRecord::AcmeAccount(id),
+                    "pending" => SealedRecord::AcmePendingKey(id),
                     "order" => SealedRecord::AcmeOrder(cert_id(&id)?),
                     _ => SealedRecord::Version(cert_id(&id)?, version),
                 };
@@ -589,6 +593,24 @@ impl Db {
                         blob: r.get("key_blob")?,
                     };
                     Ok((acme_account_from_row(r)?, sealed))
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn acme_pending_key(
+        &self,
+        issuer: String,
+    ) -> Result<Option<Sealed>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT key_kid, key_blob FROM acme_pending_keys WHERE issuer = ?")?
+                .query_row([&issuer], |r| {
+                    Ok(Sealed {
+                        kid: r.get(0)?,
+                        blob: r.get(1)?,
+                    })
                 })
                 .optional()?)
         })

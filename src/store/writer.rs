@@ -167,6 +167,12 @@ pub(super) enum Job {
         credentials: Sealed,
         reply: Reply,
     },
+    /// Stores (`Some`) or removes an ACME account's pending key.
+    SetAcmePendingKey {
+        issuer: String,
+        credentials: Option<Sealed>,
+        reply: Reply,
+    },
     SaveAcmeOrder {
         id: CertificateId,
         issuer: String,
@@ -214,6 +220,7 @@ impl Job {
             | Self::PruneEvents { reply, .. }
             | Self::Audit { reply, .. }
             | Self::SaveAcmeAccount { reply, .. }
+            | Self::SetAcmePendingKey { reply, .. }
             | Self::SaveAcmeOrder { reply, .. }
             | Self::DeleteAcmeOrder { reply, .. }
             | Self::SetStatus { reply, .. }
@@ -555,6 +562,14 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             credentials,
             reply,
         } => (reply, none(save_acme_account(conn, &account, credentials))),
+        Job::SetAcmePendingKey {
+            issuer,
+            credentials,
+            reply,
+        } => (
+            reply,
+            none(set_acme_pending_key(conn, &issuer, credentials)),
+        ),
         Job::SaveAcmeOrder {
             id,
             issuer,
@@ -934,6 +949,10 @@ fn rewrap(conn: &Connection, rows: Vec<(SealedRecord, Sealed)>) -> Result<(), St
                 "UPDATE acme_accounts SET key_kid = ?, key_blob = ? WHERE issuer = ?",
                 params![sealed.kid, sealed.blob, issuer],
             )?,
+            SealedRecord::AcmePendingKey(issuer) => conn.execute(
+                "UPDATE acme_pending_keys SET key_kid = ?, key_blob = ? WHERE issuer = ?",
+                params![sealed.kid, sealed.blob, issuer],
+            )?,
             SealedRecord::AcmeOrder(id) => conn.execute(
                 "UPDATE acme_orders SET key_kid = ?, key_blob = ? WHERE certificate_id = ?",
                 params![sealed.kid, sealed.blob, id.as_str()],
@@ -1185,6 +1204,30 @@ fn save_acme_account(
             unix(OffsetDateTime::now_utc())
         ],
     )?;
+    // The account's key is now what was just stored: a pending one is settled.
+    set_acme_pending_key(conn, &account.issuer, None)
+}
+
+/// Stores `issuer`'s pending account key, or removes it (`None`).
+fn set_acme_pending_key(
+    conn: &Connection,
+    issuer: &str,
+    credentials: Option<Sealed>,
+) -> Result<(), StoreError> {
+    match credentials {
+        Some(sealed) => conn.execute(
+            "INSERT INTO acme_pending_keys (issuer, key_kid, key_blob, created_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (issuer) DO UPDATE SET key_kid = ?2, \
+             key_blob = ?3, created_at = ?4",
+            params![
+                issuer,
+                sealed.kid,
+                sealed.blob,
+                unix(OffsetDateTime::now_utc())
+            ],
+        )?,
+        None => conn.execute("DELETE FROM acme_pending_keys WHERE issuer = ?", [issuer])?,
+    };
     Ok(())
 }
 

@@ -3,8 +3,14 @@
 //!
 //! The listener answers only `GET /.well-known/acme-challenge/<token>` (404 for anything
 //! else): it is meant to be reachable from the internet on port 80, so it serves nothing more.
+//!
+//! In a webroot, files and the directories certkeeper creates get their modes explicitly (0644,
+//! 0755): the web server reads them as another user, and the packaged unit's `UMask=0077`
+//! would otherwise leave them private to certkeeper.
 
 use std::collections::HashMap;
+use std::fs::{DirBuilder, Permissions};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -47,8 +53,8 @@ impl Tokens {
                 lock::write(map).insert(token.to_owned(), key_authorization.to_owned());
             }
             Self::Webroot(root) => {
-                let dir = root.join(".well-known/acme-challenge");
-                let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                let dir = root.join(CHALLENGE_DIR);
+                let written = challenge_dir(root).and_then(|()| {
                     crate::atomic_file::replace(
                         &dir.join(token),
                         key_authorization.as_bytes(),
@@ -69,7 +75,7 @@ impl Tokens {
                 lock::write(map).remove(token);
             }
             Self::Webroot(root) => {
-                let _ = std::fs::remove_file(root.join(".well-known/acme-challenge").join(token));
+                let _ = std::fs::remove_file(root.join(CHALLENGE_DIR).join(token));
             }
         }
     }
@@ -80,6 +86,26 @@ impl Tokens {
             Self::Webroot(_) => None,
         }
     }
+}
+
+/// Where challenge files go under a webroot (RFC 8555 §8.3).
+const CHALLENGE_DIR: &str = ".well-known/acme-challenge";
+
+/// Makes `<root>/.well-known/acme-challenge`, giving each directory it creates mode 0755 (not
+/// 0755 minus the umask). The webroot itself must exist, and directories already there are
+/// left as the operator made them: with `ProtectSystem=strict` the unit can only write where
+/// `ReadWritePaths=` lets it, which must exist before the service starts.
+fn challenge_dir(root: &std::path::Path) -> std::io::Result<()> {
+    let mut dir = root.to_path_buf();
+    for part in [".well-known", "acme-challenge"] {
+        dir.push(part);
+        match DirBuilder::new().mode(0o755).create(&dir) {
+            Ok(()) => std::fs::set_permissions(&dir, Permissions::from_mode(0o755))?,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Serves the in-memory tokens on `listener` until `shutdown`.

@@ -79,6 +79,8 @@ pub(crate) struct Daemon {
     pub socket: PathBuf,
     pub config: Option<PathBuf>,
     pub log: PathBuf,
+    /// The umask the daemon runs under (the test's own when `None`).
+    pub umask: Option<u32>,
     child: Option<Child>,
 }
 
@@ -90,11 +92,20 @@ impl Daemon {
 
     /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
     pub(crate) fn start_with(config: Option<&str>) -> Self {
-        Self::start_in(tempfile::tempdir().expect("tempdir"), config)
+        Self::start_under(tempfile::tempdir().expect("tempdir"), config, None)
     }
 
     /// Starts in `dir` (state in `dir/state`), for a config that names paths inside it.
     pub(crate) fn start_in(dir: tempfile::TempDir, config: Option<&str>) -> Self {
+        Self::start_under(dir, config, None)
+    }
+
+    /// Like [`Daemon::start_with`], under `umask` (e.g. 0o077, the packaged unit's `UMask=`).
+    pub(crate) fn start_with_umask(config: Option<&str>, umask: u32) -> Self {
+        Self::start_under(tempfile::tempdir().expect("tempdir"), config, Some(umask))
+    }
+
+    fn start_under(dir: tempfile::TempDir, config: Option<&str>, umask: Option<u32>) -> Self {
         let state_dir = dir.path().join("state");
         let config_path = config.map(|text| {
             let path = dir.path().join("certkeeper.toml");
@@ -107,6 +118,7 @@ impl Daemon {
             state_dir,
             config: config_path,
             dir,
+            umask,
             child: None,
         };
         daemon.spawn();
@@ -127,7 +139,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        // A shell sets the umask, then becomes certkeeper (same pid): std has no umask setter.
+        let mut cmd = match self.umask {
+            Some(umask) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve").arg("--state-dir").arg(&self.state_dir);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);

@@ -491,6 +491,14 @@ impl Nginx {
     /// serving `DIR/www` on `port`. Workers run as root so they can read a root inside a 0700
     /// temp dir.
     pub(crate) fn start(port: u16) -> Self {
+        Self::start_as(port, "root")
+    }
+
+    /// Like [`Nginx::start`], with workers running as `user` (e.g. `www-data`), as a web
+    /// server's do: they read only what is readable by others. The temp dir and the root are
+    /// then 0755.
+    pub(crate) fn start_as(port: u16, user: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::Builder::new()
             .prefix("nginx-")
             .tempdir()
@@ -498,9 +506,15 @@ impl Nginx {
         let prefix = dir.path();
         let root = prefix.join("www");
         std::fs::create_dir(&root).expect("webroot");
+        if user != "root" {
+            for path in [prefix, root.as_path()] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod 0755");
+            }
+        }
         let access_log = prefix.join("access.log");
         let config = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n\
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser {user};\n\
              pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log {access};\n  client_body_temp_path {prefix}/tmp;\n\

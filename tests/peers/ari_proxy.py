@@ -13,6 +13,11 @@ answers (and checks in each JWS) are the proxy's. On top of Pebble it
 - can answer newOrder with 429 rateLimited and a Retry-After a configured number of times;
 - can answer the certificate download (`/certZ/...`, after a successful finalize) with 503
   serverInternal a configured number of times, as a CA in trouble would;
+- can pass an account key change (`/rollover-account-key`) on to Pebble and then close the
+  connection without its answer, as a network failure at the worst moment would (the CA has
+  switched keys, the client does not know);
+- can answer a certificate download with another leaf or another chain than Pebble issued
+  (the PEM the test gives), as a buggy CA or a meddling proxy would;
 - logs every newOrder payload and renewal-info request as one JSON line in --log, with the
   time it arrived (`at`, Unix seconds) and the status given when the proxy answered itself.
 
@@ -20,7 +25,10 @@ The test changes its behaviour with `POST /test-control` (plain JSON, not ACME):
   {"windows": [[start_offset_s, end_offset_s], ...],
    "retry_after": seconds, "reject_replaces": count,
    "rate_limit_orders": count, "rate_limit_retry_after": seconds,
-   "fail_downloads": count}
+   "fail_downloads": count, "drop_key_changes": count,
+   "replace_downloads": [{"leaf": PEM or null, "chain": PEM or null}, ...]}
+Each entry of `replace_downloads` rewrites one successful download, in order: `leaf` replaces
+the first certificate, `chain` the ones after it.
 Each certificate gets its window the first time it is asked about: the first of `windows`
 (offsets from that moment), which is then dropped unless it is the last one. A certificate
 keeps its window, as a CA's would, until `"forget": true` clears them all.
@@ -47,7 +55,8 @@ PROFILES = {
 }
 
 STATE = {"windows": [[-60, 60]], "retry_after": 3600, "reject_replaces": 0,
-         "rate_limit_orders": 0, "rate_limit_retry_after": 0, "fail_downloads": 0}
+         "rate_limit_orders": 0, "rate_limit_retry_after": 0, "fail_downloads": 0,
+         "replace_downloads": [], "drop_key_changes": 0}
 WINDOWS = {}  # certID -> (start, end) as RFC 3339 strings
 LOCK = threading.Lock()
 ARGS = None
@@ -163,6 +172,18 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 STATE.update(settings)
             self.reply(200, [("Content-Type", "application/json")], b"{}")
             return
+        if path == "/rollover-account-key":
+            with LOCK:
+                drop = STATE["drop_key_changes"] > 0
+                if drop:
+                    STATE["drop_key_changes"] -= 1
+            status, headers, data = self.upstream("POST", self.path, body)
+            log({"key-change": status, "dropped": drop})
+            if drop:
+                self.close_connection = True
+                return
+            self.reply(status, headers, data)
+            return
         if path.startswith("/certZ/"):
             with LOCK:
                 fail = STATE["fail_downloads"] > 0
@@ -172,6 +193,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if fail:
                 self.problem(503, "serverInternal", "the certificate is not available yet")
                 return
+            self.download(path, body)
+            return
         if path != "/order-plz":
             self.forward(body)
             return
@@ -208,6 +231,22 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if profile is not None:
                 order["profile"] = profile
             data = json.dumps(order).encode()
+        self.reply(status, headers, data)
+
+    def download(self, path, body):
+        status, headers, data = self.upstream("POST", self.path, body)
+        with LOCK:
+            replace = STATE["replace_downloads"].pop(0) if (
+                status == 200 and STATE["replace_downloads"]) else None
+        if replace is not None:
+            end = "-----END CERTIFICATE-----"
+            blocks = [b.strip() + "\n" + end + "\n" for b in data.decode().split(end)
+                      if b.strip()]
+            leaf = replace.get("leaf") or blocks[0]
+            chain = replace.get("chain") or "".join(blocks[1:])
+            data = (leaf.strip() + "\n" + chain).encode()
+            log({"certificate-download": path, "replaced": sorted(
+                k for k in ("leaf", "chain") if replace.get(k))})
         self.reply(status, headers, data)
 
     def forward(self, body=None):
