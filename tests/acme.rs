@@ -617,6 +617,74 @@ fn dns01_through_a_command_publisher() {
     assert_eq!(calls[0][4..], calls[1][7..], "the same record: {calls:?}");
 }
 
+/// L7 of the security review, for the DNS publisher command: it runs with a clean environment
+/// while the daemon has systemd's CREDENTIALS_DIRECTORY and a token in its own; the megabytes
+/// it prints on stderr are bounded, and the token it prints is redacted in the renewal reason
+/// the API shows and in the events.
+#[test]
+fn a_dns_command_gets_a_clean_environment_and_its_stderr_is_bounded_and_redacted() {
+    let knot = Knot::start(&["customer.test."]);
+    let unbound = Unbound::start(&[("customer.test.", knot.addr)]);
+    let pebble = Pebble::start(PebbleOptions::new(unbound.addr));
+    let scripts = tempfile::tempdir().unwrap();
+    let credentials = common::credentials_directory(scripts.path());
+    let dump = scripts.path().join("env.txt");
+    let secret = "tok-9d2e71b0-daemon-only";
+    let script = scripts.path().join("dns-api");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             env > {dump:?}\n\
+             yes 'provider: retrying' | head -c 3000000 >&2\n\
+             echo >&2\n\
+             echo \"dns-api: 403 for token=${{DNS_API_TOKEN:-unset}} Authorization: Bearer {secret}\" >&2\n\
+             exit 1\n",
+            dump = dump.display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let publisher = format!(
+        "publisher = \"command\"\ncommand = [{:?}]\n",
+        script.display().to_string()
+    );
+    let credentials = credentials.display().to_string();
+    let daemon = Daemon::start_with_env(
+        Some(&dns_config(&pebble, unbound.addr, &publisher)),
+        &[
+            ("CREDENTIALS_DIRECTORY", &credentials),
+            ("DNS_API_TOKEN", secret),
+            ("INVOCATION_ID", "0123456789abcdef0123456789abcdef"),
+        ],
+    );
+    let records = request_dns(&daemon, &["hook.customer.test"]);
+    let cert = id(&records);
+    delegate_at_knot(&knot, &records);
+
+    let reason = wait_until(Duration::from_secs(60), "the failed publish", || {
+        let c = daemon.json(&["describe", &cert]);
+        c["renewal"]["reason"]
+            .as_str()
+            .filter(|r| r.contains("publisher command"))
+            .map(str::to_owned)
+    });
+    assert!(
+        reason.contains("dns-api: 403 for token=[redacted] Authorization: Bearer [redacted]"),
+        "{reason}"
+    );
+    assert!(!reason.contains(secret), "{reason}");
+    assert!(reason.len() < 4 * 1024, "{} bytes: {reason}", reason.len());
+    let events = daemon.ok(&["events", "--output", "json"]);
+    assert!(!events.contains(secret), "{events}");
+    assert!(
+        !daemon.log_text().contains(secret),
+        "the token reached the log"
+    );
+
+    common::assert_clean_environment(&std::fs::read_to_string(&dump).unwrap(), secret);
+}
+
 #[test]
 fn a_validation_the_ca_fails_is_withdrawn_kept_as_the_reason_and_retried() {
     // certkeeper publishes into Knot A's `acme.test.`, but the resolver Pebble validates

@@ -393,6 +393,61 @@ fn command_sinks_get_event_json_on_stdin() {
     assert_eq!(event["detail"]["Action"], "ISSUANCE");
 }
 
+/// L7 of the security review: a command runs with a clean environment (no systemd variables,
+/// nothing secret-looking the daemon was given), and what it prints on stderr is bounded and
+/// redacted before it reaches the log.
+#[test]
+fn command_sinks_get_a_clean_environment_and_their_stderr_is_bounded_and_redacted() {
+    let staging = tempfile::tempdir().unwrap();
+    let credentials = common::credentials_directory(staging.path());
+    let dump = staging.path().join("env.txt");
+    let secret = "tok-5f3a9c1e-daemon-only";
+    let config = format!(
+        "[events]\njournal = false\n\
+         [[events.command]]\nname = \"env-dump\"\nargv = [\"sh\", \"-c\", \"env > \\\"$0\\\"\", {dump:?}]\n\
+         [[events.command]]\nname = \"noisy\"\nargv = [\"sh\", \"-c\", \"yes 'progress line' | head -c 3000000 >&2; echo \\\"upload failed: api_token=$0 Authorization: Bearer $0\\\" >&2; exit 1\", {secret:?}]\n",
+        dump = dump.display().to_string(),
+    );
+    let credentials = credentials.display().to_string();
+    let daemon = Daemon::start_with_env(
+        Some(&config),
+        &[
+            ("CREDENTIALS_DIRECTORY", &credentials),
+            ("DNS_API_TOKEN", secret),
+            ("INVOCATION_ID", "0123456789abcdef0123456789abcdef"),
+        ],
+    );
+    let cert = id(&daemon.json(&["request", "env.internal"]));
+    let text = wait_until(Duration::from_secs(30), "the environment dump", || {
+        std::fs::read_to_string(&dump)
+            .ok()
+            .filter(|t| t.contains(&cert))
+    });
+    common::assert_clean_environment(&text, secret);
+    for name in [
+        "CERTKEEPER_EVENT_ID",
+        "CERTKEEPER_EVENT_TYPE",
+        "CERTKEEPER_CERTIFICATE_ID",
+    ] {
+        assert!(
+            text.contains(&format!("{name}=")),
+            "{name} missing:\n{text}"
+        );
+    }
+
+    // The failing sink's error is logged: its stderr's tail, redacted, not 3 MB of it.
+    let log = wait_until(Duration::from_secs(30), "the noisy sink's failure", || {
+        Some(daemon.log_text()).filter(|log| log.contains("upload failed"))
+    });
+    assert!(!log.contains(secret), "the token reached the log:\n{log}");
+    let line = log.lines().find(|l| l.contains("upload failed")).unwrap();
+    assert!(
+        line.contains("api_token=[redacted] Authorization: Bearer [redacted]"),
+        "{line}"
+    );
+    assert!(line.len() < 4 * 1024, "{} bytes: {line}", line.len());
+}
+
 #[test]
 fn metrics_parse_with_promtool_and_check_exit_codes_follow_the_plugin_convention() {
     let daemon = Daemon::start();

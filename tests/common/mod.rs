@@ -60,6 +60,8 @@ pub(crate) struct Daemon {
     pub socket: PathBuf,
     pub config: Option<PathBuf>,
     pub log: PathBuf,
+    /// Variables `serve` gets on top of the test's (cleaned) environment.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -71,6 +73,12 @@ impl Daemon {
 
     /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
     pub(crate) fn start_with(config: Option<&str>) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like [`Daemon::start_with`], with `env` set for the daemon (e.g. systemd's
+    /// `CREDENTIALS_DIRECTORY`, which the harness otherwise removes).
+    pub(crate) fn start_with_env(config: Option<&str>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
         let config_path = config.map(|text| {
@@ -84,6 +92,10 @@ impl Daemon {
             state_dir,
             config: config_path,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
         };
         daemon.spawn();
@@ -114,6 +126,7 @@ impl Daemon {
             .env_remove("STATE_DIRECTORY")
             .env_remove("CREDENTIALS_DIRECTORY")
             .env("RUST_LOG", "certkeeper=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         cmd
@@ -246,6 +259,51 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes a secret file as an operator should: mode 0600 (certkeeper refuses secret files that
+/// group or others can read).
+pub(crate) fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("write secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+}
+
+/// A directory laid out as systemd's `$CREDENTIALS_DIRECTORY` for certkeeper: `master-key`
+/// (0400, made by `certkeeper master-key generate`) under `dir/credentials`.
+pub(crate) fn credentials_directory(dir: &Path) -> PathBuf {
+    let credentials = dir.join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    let out = Command::new(BIN)
+        .args(["master-key", "generate", "--out"])
+        .arg(credentials.join("master-key"))
+        .output()
+        .expect("run certkeeper master-key generate");
+    assert!(out.status.success(), "{out:?}");
+    credentials
+}
+
+/// Checks an `env` dump made by a child of the daemon: it may see the allowlist (README
+/// "Commands"), the `CERTKEEPER_*` variables of its call and what `sh` adds itself, and not
+/// `secret`.
+pub(crate) fn assert_clean_environment(dump: &str, secret: &str) {
+    const ALLOWED: [&str; 5] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+    const SHELL: [&str; 3] = ["PWD", "SHLVL", "_"];
+    let names: Vec<&str> = dump
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        .collect();
+    assert!(names.contains(&"PATH"), "{dump}");
+    for name in &names {
+        assert!(
+            ALLOWED.contains(name)
+                || name.starts_with("LC_")
+                || name.starts_with("CERTKEEPER_")
+                || SHELL.contains(name),
+            "{name} passed to a child:\n{dump}"
+        );
+    }
+    assert!(!dump.contains(secret), "{dump}");
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its output on failure.
