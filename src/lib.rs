@@ -44,3 +44,4 @@ pub mod exit; // process exit codes shared by the daemon and the CLI
 pub mod liveness; // asking a task's loop whether it still goes round (the watchdog's probe)
 pub mod lock; // taking a poisoned std lock, and why that is safe here
 pub mod logging; // journald or stderr, reloadable level
+pub mod secret_file; // secret files: owner, mode and size checked, contents zeroized

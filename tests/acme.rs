@@ -228,6 +228,14 @@ fn http01_through_the_webroot_of_a_real_nginx() {
 
 #[test]
 fn external_account_binding_is_required_by_the_ca_and_works_when_configured() {
+    const REQUEST: [&str; 6] = [
+        "request",
+        "eab.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ];
     let knot = customer_zone(&["eab.customer.test"]);
     let (kid, key) = random_eab();
     let mut options = PebbleOptions::new(knot.addr);
@@ -237,42 +245,50 @@ fn external_account_binding_is_required_by_the_ca_and_works_when_configured() {
     // Without EAB: the request is refused at once with what to configure, and nothing is
     // stored.
     let without = Daemon::start_with(Some(&config(&pebble, "")));
-    let stderr = without.fails(
-        &[
-            "request",
-            "eab.customer.test",
-            "--issuer",
-            "pebble",
-            "--validation",
-            "http",
-        ],
-        65,
-    );
+    let stderr = without.fails(&REQUEST, 65);
     assert!(
         stderr.contains("external account binding") && stderr.contains("eab-kid"),
         "{stderr}"
     );
     assert_eq!(without.count(), 0);
-    // The second daemon answers HTTP-01 on the same port.
+    // The next daemon answers HTTP-01 on the same port.
     drop(without);
 
-    // With it: issued.
+    // An EAB key file that is not private, empty or not base64 (L8): the request is refused
+    // with the file's name and what is wrong, never the key.
     let staging = tempfile::tempdir().unwrap();
     let hmac = staging.path().join("eab.key");
-    std::fs::write(&hmac, format!("{key}\n")).unwrap();
     let extra = format!(
         "eab-kid = {kid:?}\neab-hmac-file = {:?}\n",
         hmac.display().to_string()
     );
+    let bad = Daemon::start_with(Some(&config(&pebble, &extra)));
+    let cases: [(String, u32, &str); 3] = [
+        (
+            format!("{key}\n"),
+            0o644,
+            "mode 0644 gives group or others access",
+        ),
+        ("\n".into(), 0o600, "is empty"),
+        (format!("{key}!{key}\n"), 0o600, "not base64url"),
+    ];
+    for (contents, mode, want) in cases {
+        std::fs::write(&hmac, contents).unwrap();
+        std::fs::set_permissions(&hmac, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        let stderr = bad.fails(&REQUEST, 65);
+        assert!(
+            stderr.contains(&format!("eab-hmac-file {}", hmac.display())) && stderr.contains(want),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&key), "{stderr}");
+    }
+    drop(bad);
+
+    // With it: issued.
+    common::write_secret(&hmac, format!("{key}\n"));
     let with = Daemon::start_with(Some(&config(&pebble, &extra)));
-    let cert = id(&with.json(&[
-        "request",
-        "eab.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+    let cert = id(&with.json(&REQUEST));
     wait_issued(&with, &cert);
 }
 

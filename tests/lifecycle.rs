@@ -267,7 +267,7 @@ fn webhooks_are_signed_wait_while_the_receiver_is_down_and_survive_a_restart() {
     let receiver = Receiver::start(b"hook secret");
     let config = |dir: &std::path::Path| {
         let secret = dir.join("hook.secret");
-        std::fs::write(&secret, "hook secret\n").unwrap();
+        common::write_secret(&secret, "hook secret\n");
         format!(
             "[[events.webhook]]\nname = \"ops\"\nurl = {:?}\nsecret-file = {:?}\ndetail-types = [\"Certificate Available\", \"Certificate Revoked\"]\n",
             receiver.url,
@@ -671,7 +671,7 @@ fn webhook_tls_is_verified_with_an_optional_custom_ca() {
         &std::fs::read(dir.join("hook.pem")).unwrap(),
         &std::fs::read(dir.join("hook.key")).unwrap(),
     );
-    std::fs::write(dir.join("secret"), "tls secret").unwrap();
+    common::write_secret(&dir.join("secret"), "tls secret");
     let config = |ca: bool| {
         let mut text = format!(
             "[[events.webhook]]\nname = \"tls\"\nurl = {:?}\nsecret-file = {:?}\n",
@@ -717,7 +717,7 @@ fn webhook_tls_is_verified_with_an_optional_custom_ca() {
 fn retention_never_prunes_undelivered_events() {
     let receiver = Receiver::start(b"s");
     let staging = tempfile::tempdir().unwrap();
-    std::fs::write(staging.path().join("secret"), "s").unwrap();
+    common::write_secret(&staging.path().join("secret"), "s");
     let config = format!(
         "[events]\ndaily-check = \"*/1 * * * * *\"\nretention = \"1s\"\n[[events.webhook]]\nname = \"slow\"\nurl = {:?}\nsecret-file = {:?}\n",
         receiver.url,
@@ -906,7 +906,7 @@ fn webhooks_do_not_follow_redirects() {
     receiver.set_redirect(Some(&elsewhere.url));
     let staging = tempfile::tempdir().unwrap();
     let secret = staging.path().join("hook.secret");
-    std::fs::write(&secret, "hook secret\n").unwrap();
+    common::write_secret(&secret, "hook secret\n");
     let daemon = Daemon::start_with(Some(&format!(
         "[[events.webhook]]\nname = \"ops\"\nurl = {:?}\nsecret-file = {:?}\n",
         receiver.url,
