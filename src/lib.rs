@@ -47,3 +47,4 @@ pub mod liveness; // asking a task's loop whether it still goes round (the watch
 pub mod lock; // taking a poisoned std lock, and why that is safe here
 pub mod logging; // journald or stderr, reloadable level
 pub mod process; // once at start: no core dumps, the daemon's private umask
+pub mod secret_file; // secret files: owner, mode and size checked, contents zeroized

@@ -236,6 +236,14 @@ fn http01_through_the_webroot_of_a_real_nginx() {
 
 #[test]
 fn external_account_binding_is_required_by_the_ca_and_works_when_configured() {
+    const REQUEST: [&str; 6] = [
+        "request",
+        "eab.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ];
     let knot = customer_zone(&["eab.customer.test"]);
     let (kid, key) = random_eab();
     let mut options = PebbleOptions::new(knot.addr);
@@ -245,42 +253,50 @@ fn external_account_binding_is_required_by_the_ca_and_works_when_configured() {
     // Without EAB: the request is refused at once with what to configure, and nothing is
     // stored.
     let without = Daemon::start_with(Some(&config(&pebble, "")));
-    let stderr = without.fails(
-        &[
-            "request",
-            "eab.customer.test",
-            "--issuer",
-            "pebble",
-            "--validation",
-            "http",
-        ],
-        65,
-    );
+    let stderr = without.fails(&REQUEST, 65);
     assert!(
         stderr.contains("external account binding") && stderr.contains("eab-kid"),
         "{stderr}"
     );
     assert_eq!(without.count(), 0);
-    // The second daemon answers HTTP-01 on the same port.
+    // The next daemon answers HTTP-01 on the same port.
     drop(without);
 
-    // With it: issued.
+    // An EAB key file that is not private, empty or not base64 (L8): the request is refused
+    // with the file's name and what is wrong, never the key.
     let staging = tempfile::tempdir().unwrap();
     let hmac = staging.path().join("eab.key");
-    std::fs::write(&hmac, format!("{key}\n")).unwrap();
     let extra = format!(
         "eab-kid = {kid:?}\neab-hmac-file = {:?}\n",
         hmac.display().to_string()
     );
+    let bad = Daemon::start_with(Some(&config(&pebble, &extra)));
+    let cases: [(String, u32, &str); 3] = [
+        (
+            format!("{key}\n"),
+            0o644,
+            "mode 0644 gives group or others access",
+        ),
+        ("\n".into(), 0o600, "is empty"),
+        (format!("{key}!{key}\n"), 0o600, "not base64url"),
+    ];
+    for (contents, mode, want) in cases {
+        std::fs::write(&hmac, contents).unwrap();
+        std::fs::set_permissions(&hmac, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        let stderr = bad.fails(&REQUEST, 65);
+        assert!(
+            stderr.contains(&format!("eab-hmac-file {}", hmac.display())) && stderr.contains(want),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&key), "{stderr}");
+    }
+    drop(bad);
+
+    // With it: issued.
+    common::write_secret(&hmac, format!("{key}\n"));
     let with = Daemon::start_with(Some(&config(&pebble, &extra)));
-    let cert = id(&with.json(&[
-        "request",
-        "eab.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+    let cert = id(&with.json(&REQUEST));
     wait_issued(&with, &cert);
 }
 
@@ -623,6 +639,74 @@ fn dns01_through_a_command_publisher() {
         "{calls:?}"
     );
     assert_eq!(calls[0][4..], calls[1][7..], "the same record: {calls:?}");
+}
+
+/// L7 of the security review, for the DNS publisher command: it runs with a clean environment
+/// while the daemon has systemd's CREDENTIALS_DIRECTORY and a token in its own; the megabytes
+/// it prints on stderr are bounded, and the token it prints is redacted in the renewal reason
+/// the API shows and in the events.
+#[test]
+fn a_dns_command_gets_a_clean_environment_and_its_stderr_is_bounded_and_redacted() {
+    let knot = Knot::start(&["customer.test."]);
+    let unbound = Unbound::start(&[("customer.test.", knot.addr)]);
+    let pebble = Pebble::start(PebbleOptions::new(unbound.addr));
+    let scripts = tempfile::tempdir().unwrap();
+    let credentials = common::credentials_directory(scripts.path());
+    let dump = scripts.path().join("env.txt");
+    let secret = "tok-9d2e71b0-daemon-only";
+    let script = scripts.path().join("dns-api");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             env > {dump:?}\n\
+             yes 'provider: retrying' | head -c 3000000 >&2\n\
+             echo >&2\n\
+             echo \"dns-api: 403 for token=${{DNS_API_TOKEN:-unset}} Authorization: Bearer {secret}\" >&2\n\
+             exit 1\n",
+            dump = dump.display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let publisher = format!(
+        "publisher = \"command\"\ncommand = [{:?}]\n",
+        script.display().to_string()
+    );
+    let credentials = credentials.display().to_string();
+    let daemon = Daemon::start_with_env(
+        Some(&dns_config(&pebble, unbound.addr, &publisher)),
+        &[
+            ("CREDENTIALS_DIRECTORY", &credentials),
+            ("DNS_API_TOKEN", secret),
+            ("INVOCATION_ID", "0123456789abcdef0123456789abcdef"),
+        ],
+    );
+    let records = request_dns(&daemon, &["hook.customer.test"]);
+    let cert = id(&records);
+    delegate_at_knot(&knot, &records);
+
+    let reason = wait_until(Duration::from_secs(60), "the failed publish", || {
+        let c = daemon.json(&["describe", &cert]);
+        c["renewal"]["reason"]
+            .as_str()
+            .filter(|r| r.contains("publisher command"))
+            .map(str::to_owned)
+    });
+    assert!(
+        reason.contains("dns-api: 403 for token=[redacted] Authorization: Bearer [redacted]"),
+        "{reason}"
+    );
+    assert!(!reason.contains(secret), "{reason}");
+    assert!(reason.len() < 4 * 1024, "{} bytes: {reason}", reason.len());
+    let events = daemon.ok(&["events", "--output", "json"]);
+    assert!(!events.contains(secret), "{events}");
+    assert!(
+        !daemon.log_text().contains(secret),
+        "the token reached the log"
+    );
+
+    common::assert_clean_environment(&std::fs::read_to_string(&dump).unwrap(), secret);
 }
 
 #[test]

@@ -173,6 +173,71 @@ fn master_key_file_must_be_private() {
     );
 }
 
+/// L8 of the security review: a webhook's secret-file and the TSIG key-file are checked like
+/// the master key (private to the daemon's user or root, not empty) and a TSIG key that is not
+/// base64 is refused without quoting it. Each is a config error at start (78) naming the file,
+/// never showing what it holds.
+#[test]
+fn secret_files_are_checked_at_start_and_errors_never_show_them() {
+    let mut daemon = Daemon::start_with(Some("[events]\njournal = true\n"));
+    daemon.stop();
+    let secret = "c2VjcmV0LXZhbHVl-not-for-logs";
+    let file = daemon.path("secret.file");
+    let webhook = format!(
+        "[[events.webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret-file = {:?}\n",
+        file.display().to_string()
+    );
+    let tsig = format!(
+        "[[acme]]\nname = \"ca\"\ndirectory = \"https://127.0.0.1:9/dir\"\n\
+         [validation.dns]\nzone = \"acme.test\"\nnameservers = [\"127.0.0.1:53\"]\n\
+         publisher = \"rfc2136\"\nserver = \"127.0.0.1:53\"\nkey-name = \"k\"\nkey-file = {:?}\n",
+        file.display().to_string()
+    );
+    let cases = [
+        (
+            &webhook,
+            format!("{secret}\n"),
+            0o644,
+            "mode 0644 gives group or others access; chmod 0400",
+        ),
+        (&webhook, "\n".to_owned(), 0o600, "is empty"),
+        (
+            &tsig,
+            format!("{secret}\n"),
+            0o640,
+            "mode 0640 gives group or others access",
+        ),
+        (&tsig, String::new(), 0o400, "is empty"),
+        (&tsig, format!("{secret}!\n"), 0o600, "not a base64 secret"),
+    ];
+    for (config, contents, file_mode, want) in cases {
+        std::fs::write(daemon.config.as_ref().unwrap(), config).unwrap();
+        std::fs::write(&file, contents).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(file_mode)).unwrap();
+        let (code, stderr) = daemon.failed_start();
+        assert_eq!(code, Some(78), "{stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains(want),
+            "{want}: {stderr}"
+        );
+        // Neither the secret nor what a decoder says about it (its symbols, their offsets).
+        assert!(!stderr.contains("c2VjcmV0"), "{stderr}");
+        assert!(
+            !stderr.contains("offset") && !stderr.contains("symbol"),
+            "{stderr}"
+        );
+    }
+
+    // Fixed: the daemon starts with either.
+    for config in [&webhook, &tsig] {
+        std::fs::write(daemon.config.as_ref().unwrap(), config).unwrap();
+        std::fs::write(&file, "c2VjcmV0\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        daemon.spawn();
+        daemon.stop();
+    }
+}
+
 #[test]
 fn master_key_rotation_rewraps_every_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,7 +145,7 @@ async fn rfc2136_publishes_two_values_and_withdraws_exactly_one() {
     // A wrong secret: Knot answers NOTAUTH (BADSIG) and the error says so.
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.key");
-    std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+    common::write_secret(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n");
     let bad = DnsValidator::start(
         &config("acme.test", rfc2136(wrong), vec![]),
         shutdown.clone(),
@@ -179,7 +179,7 @@ async fn rfc2136_publishes_two_values_and_withdraws_exactly_one() {
     assert!(matches!(err, DnsError::KeyFile { .. }), "{err}");
     assert!(err.to_string().contains("missing.key"), "{err}");
     let garbage = dir.path().join("garbage.key");
-    std::fs::write(&garbage, "not base64 at all!").unwrap();
+    common::write_secret(&garbage, "not base64 at all!");
     let err = DnsValidator::start(
         &config("acme.test", rfc2136(garbage), vec![]),
         shutdown.clone(),
@@ -187,7 +187,7 @@ async fn rfc2136_publishes_two_values_and_withdraws_exactly_one() {
     .await
     .unwrap_err();
     assert!(matches!(err, DnsError::KeyFile { .. }), "{err}");
-    assert!(err.to_string().contains("base64"), "{err}");
+    assert!(err.to_string().ends_with("not a base64 secret"), "{err}");
 
     // An unreachable server is an error naming it.
     let nobody = loopback(free_port());

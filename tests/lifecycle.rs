@@ -340,7 +340,7 @@ fn webhooks_are_signed_wait_while_the_receiver_is_down_and_survive_a_restart() {
     let receiver = Receiver::start(b"hook secret");
     let config = |dir: &std::path::Path| {
         let secret = dir.join("hook.secret");
-        std::fs::write(&secret, "hook secret\n").unwrap();
+        common::write_secret(&secret, "hook secret\n");
         format!(
             "[[events.webhook]]\nname = \"ops\"\nurl = {:?}\nsecret-file = {:?}\ndetail-types = [\"Certificate Available\", \"Certificate Revoked\"]\n",
             receiver.url,
@@ -464,6 +464,61 @@ fn command_sinks_get_event_json_on_stdin() {
     assert_eq!(event["detail-type"], "Certificate Available");
     assert_eq!(event["source"], "certkeeper");
     assert_eq!(event["detail"]["Action"], "ISSUANCE");
+}
+
+/// L7 of the security review: a command runs with a clean environment (no systemd variables,
+/// nothing secret-looking the daemon was given), and what it prints on stderr is bounded and
+/// redacted before it reaches the log.
+#[test]
+fn command_sinks_get_a_clean_environment_and_their_stderr_is_bounded_and_redacted() {
+    let staging = tempfile::tempdir().unwrap();
+    let credentials = common::credentials_directory(staging.path());
+    let dump = staging.path().join("env.txt");
+    let secret = "tok-5f3a9c1e-daemon-only";
+    let config = format!(
+        "[events]\njournal = false\n\
+         [[events.command]]\nname = \"env-dump\"\nargv = [\"sh\", \"-c\", \"env > \\\"$0\\\"\", {dump:?}]\n\
+         [[events.command]]\nname = \"noisy\"\nargv = [\"sh\", \"-c\", \"yes 'progress line' | head -c 3000000 >&2; echo \\\"upload failed: api_token=$0 Authorization: Bearer $0\\\" >&2; exit 1\", {secret:?}]\n",
+        dump = dump.display().to_string(),
+    );
+    let credentials = credentials.display().to_string();
+    let daemon = Daemon::start_with_env(
+        Some(&config),
+        &[
+            ("CREDENTIALS_DIRECTORY", &credentials),
+            ("DNS_API_TOKEN", secret),
+            ("INVOCATION_ID", "0123456789abcdef0123456789abcdef"),
+        ],
+    );
+    let cert = id(&daemon.json(&["request", "env.internal"]));
+    let text = wait_until(Duration::from_secs(30), "the environment dump", || {
+        std::fs::read_to_string(&dump)
+            .ok()
+            .filter(|t| t.contains(&cert))
+    });
+    common::assert_clean_environment(&text, secret);
+    for name in [
+        "CERTKEEPER_EVENT_ID",
+        "CERTKEEPER_EVENT_TYPE",
+        "CERTKEEPER_CERTIFICATE_ID",
+    ] {
+        assert!(
+            text.contains(&format!("{name}=")),
+            "{name} missing:\n{text}"
+        );
+    }
+
+    // The failing sink's error is logged: its stderr's tail, redacted, not 3 MB of it.
+    let log = wait_until(Duration::from_secs(30), "the noisy sink's failure", || {
+        Some(daemon.log_text()).filter(|log| log.contains("upload failed"))
+    });
+    assert!(!log.contains(secret), "the token reached the log:\n{log}");
+    let line = log.lines().find(|l| l.contains("upload failed")).unwrap();
+    assert!(
+        line.contains("api_token=[redacted] Authorization: Bearer [redacted]"),
+        "{line}"
+    );
+    assert!(line.len() < 4 * 1024, "{} bytes: {line}", line.len());
 }
 
 #[test]
@@ -694,7 +749,7 @@ fn webhook_tls_is_verified_with_an_optional_custom_ca() {
         &std::fs::read(dir.join("hook.pem")).unwrap(),
         &std::fs::read(dir.join("hook.key")).unwrap(),
     );
-    std::fs::write(dir.join("secret"), "tls secret").unwrap();
+    common::write_secret(&dir.join("secret"), "tls secret");
     let config = |ca: bool| {
         let mut text = format!(
             "[[events.webhook]]\nname = \"tls\"\nurl = {:?}\nsecret-file = {:?}\n",
@@ -740,7 +795,7 @@ fn webhook_tls_is_verified_with_an_optional_custom_ca() {
 fn retention_never_prunes_undelivered_events() {
     let receiver = Receiver::start(b"s");
     let staging = tempfile::tempdir().unwrap();
-    std::fs::write(staging.path().join("secret"), "s").unwrap();
+    common::write_secret(&staging.path().join("secret"), "s");
     let config = format!(
         "[events]\ndaily-check = \"*/1 * * * * *\"\nretention = \"1s\"\n[[events.webhook]]\nname = \"slow\"\nurl = {:?}\nsecret-file = {:?}\n",
         receiver.url,
@@ -929,7 +984,7 @@ fn webhooks_do_not_follow_redirects() {
     receiver.set_redirect(Some(&elsewhere.url));
     let staging = tempfile::tempdir().unwrap();
     let secret = staging.path().join("hook.secret");
-    std::fs::write(&secret, "hook secret\n").unwrap();
+    common::write_secret(&secret, "hook secret\n");
     let daemon = Daemon::start_with(Some(&format!(
         "[[events.webhook]]\nname = \"ops\"\nurl = {:?}\nsecret-file = {:?}\n",
         receiver.url,

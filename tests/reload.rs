@@ -18,7 +18,7 @@ fn config(dir: &std::path::Path, daily_check: &str, hook_url: Option<&str>) -> S
     let mut text = format!("[events]\ndaily-check = {daily_check:?}\n");
     if let Some(url) = hook_url {
         let secret = dir.join("hook.secret");
-        std::fs::write(&secret, "reload secret\n").unwrap();
+        common::write_secret(&secret, "reload secret\n");
         text.push_str(&format!(
             "[[events.webhook]]\nname = \"added\"\nurl = {url:?}\nsecret-file = {:?}\n",
             secret.display().to_string()

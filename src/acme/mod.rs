@@ -1085,20 +1085,20 @@ fn eab_key(
     file: &std::path::Path,
 ) -> Result<ExternalAccountKey, AcmeError> {
     use base64::Engine;
-    let text = Zeroizing::new(
-        std::fs::read_to_string(file)
-            .map_err(|e| setup(issuer, &format!("eab-hmac-file {}: {e}", file.display())))?,
-    );
-    let trimmed = text.trim();
+    let text =
+        crate::secret_file::read(file).map_err(|e| setup(issuer, &format!("eab-hmac-file {e}")))?;
+    let not_base64 = || {
+        setup(
+            issuer,
+            &format!("eab-hmac-file {}: not base64url", file.display()),
+        )
+    };
+    let trimmed = std::str::from_utf8(&text).map_err(|_| not_base64())?.trim();
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(trimmed.trim_end_matches('='))
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(trimmed))
-        .map_err(|_| {
-            setup(
-                issuer,
-                &format!("eab-hmac-file {}: not base64url", file.display()),
-            )
-        })?;
+        .map(Zeroizing::new)
+        .map_err(|_| not_base64())?;
     Ok(ExternalAccountKey::new(kid.to_owned(), &key))
 }
 

@@ -44,11 +44,10 @@ pub const SIGNATURE_HEADER: &str = "X-Certkeeper-Signature";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("webhook {sink}: cannot read the secret file {path}: {source}")]
+    #[error("webhook {sink}: secret-file {source}")]
     Secret {
         sink: String,
-        path: String,
-        source: std::io::Error,
+        source: crate::secret_file::SecretFileError,
     },
     #[error("webhook {sink}: ca-file {path}: {reason}")]
     CaFile {
@@ -67,7 +66,8 @@ pub enum SinkError {
 pub struct WebhookSink {
     pub name: String,
     pub url: String,
-    /// The HMAC-SHA256 key is read from this file when the sink starts.
+    /// The HMAC-SHA256 key is read from this file when the sink starts (a secret file:
+    /// [`crate::secret_file`]).
     pub secret_file: std::path::PathBuf,
     /// Only these detail types; empty means all.
     pub detail_types: Vec<DetailType>,
@@ -140,11 +140,11 @@ fn build(configs: &SinkConfigs) -> Result<Vec<Sink>, SinkError> {
 }
 
 fn webhook(config: &WebhookSink) -> Result<Target, SinkError> {
-    let secret = std::fs::read(&config.secret_file).map_err(|source| SinkError::Secret {
-        sink: config.name.clone(),
-        path: config.secret_file.display().to_string(),
-        source,
-    })?;
+    let secret =
+        crate::secret_file::read(&config.secret_file).map_err(|source| SinkError::Secret {
+            sink: config.name.clone(),
+            source,
+        })?;
     // A trailing newline from `echo secret > file` is not part of the secret.
     let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);

@@ -256,21 +256,13 @@ pub fn new_key_text() -> Result<Zeroizing<String>, SealError> {
 }
 
 /// Reads a master key: 32 raw bytes, or 32 bytes as base64 or hex text (a trailing newline is
-/// fine). Refuses files that group or others can read: a key anyone can read protects nothing.
+/// fine), from a secret file ([`crate::secret_file`]: private, ours or root's, not empty).
 fn read_key_file(path: &Path) -> Result<KeyBytes, SealError> {
-    use std::os::unix::fs::PermissionsExt;
     let fail = |reason: String| SealError::KeyFile {
         path: path.to_owned(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(fail(format!(
-            "mode {mode:04o} lets group or others read it; chmod 0400 it"
-        )));
-    }
-    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?);
+    let raw = crate::secret_file::read(path).map_err(|e| fail(e.problem.to_string()))?;
     decode_key(&raw)
         .ok_or_else(|| fail("expected 32 bytes, raw or as base64 or hex text".to_owned()))
 }

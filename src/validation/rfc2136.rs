@@ -37,8 +37,8 @@ pub(super) struct Rfc2136 {
     pub(super) signer: TSigner,
 }
 
-/// Reads the base64 TSIG secret (surrounding whitespace ignored) and makes an HMAC-SHA256
-/// signer with `key_name`.
+/// Reads the base64 TSIG secret (surrounding whitespace ignored) from a secret file
+/// ([`crate::secret_file`]) and makes an HMAC-SHA256 signer with `key_name`.
 pub(super) fn read_tsig_key(
     key_name: &str,
     key_file: &std::path::Path,
@@ -47,22 +47,23 @@ pub(super) fn read_tsig_key(
         path: key_file.to_owned(),
         reason,
     };
-    let text = Zeroizing::new(
-        std::fs::read_to_string(key_file).map_err(|e| key_error(format!("cannot read: {e}")))?,
-    );
+    let text = crate::secret_file::read(key_file).map_err(|e| key_error(e.problem.to_string()))?;
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let secret = engine
-        .decode(text.trim())
-        .map_err(|e| key_error(format!("not a base64 secret: {e}")))?;
-    if secret.is_empty() {
-        return Err(key_error("the secret is empty".into()));
-    }
+    // The decode error is not shown: it quotes the offending symbol of the secret and where
+    // it is (L8 of the security review).
+    let not_base64 = || key_error("not a base64 secret".into());
+    let text = std::str::from_utf8(&text).map_err(|_| not_base64())?.trim();
+    let mut secret = Zeroizing::new(Vec::with_capacity(text.len()));
+    engine
+        .decode_vec(text, &mut secret)
+        .map_err(|_| not_base64())?;
     let name = parse_name(&absolute(key_name))?;
-    TSigner::new(secret, TsigAlgorithm::HmacSha256, name, TSIG_FUDGE)
+    // hickory keeps its own copy for signing, for as long as the publisher lives.
+    TSigner::new(secret.to_vec(), TsigAlgorithm::HmacSha256, name, TSIG_FUDGE)
         .map_err(|e| DnsError::Config(format!("TSIG key {key_name}: {e}")))
 }
 

@@ -81,6 +81,8 @@ pub(crate) struct Daemon {
     pub log: PathBuf,
     /// The umask the daemon runs under (the test's own when `None`).
     pub umask: Option<u32>,
+    /// Variables `serve` gets on top of the test's (cleaned) environment.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -92,20 +94,36 @@ impl Daemon {
 
     /// Starts with `config` written to a file (state-dir is forced to the temp dir by flag).
     pub(crate) fn start_with(config: Option<&str>) -> Self {
-        Self::start_under(tempfile::tempdir().expect("tempdir"), config, None)
+        Self::start_under(tempfile::tempdir().expect("tempdir"), config, None, &[])
     }
 
     /// Starts in `dir` (state in `dir/state`), for a config that names paths inside it.
     pub(crate) fn start_in(dir: tempfile::TempDir, config: Option<&str>) -> Self {
-        Self::start_under(dir, config, None)
+        Self::start_under(dir, config, None, &[])
     }
 
     /// Like [`Daemon::start_with`], under `umask` (e.g. 0o077, the packaged unit's `UMask=`).
     pub(crate) fn start_with_umask(config: Option<&str>, umask: u32) -> Self {
-        Self::start_under(tempfile::tempdir().expect("tempdir"), config, Some(umask))
+        Self::start_under(
+            tempfile::tempdir().expect("tempdir"),
+            config,
+            Some(umask),
+            &[],
+        )
     }
 
-    fn start_under(dir: tempfile::TempDir, config: Option<&str>, umask: Option<u32>) -> Self {
+    /// Like [`Daemon::start_with`], with `env` set for the daemon (e.g. systemd's
+    /// `CREDENTIALS_DIRECTORY`, which the harness otherwise removes).
+    pub(crate) fn start_with_env(config: Option<&str>, env: &[(&str, &str)]) -> Self {
+        Self::start_under(tempfile::tempdir().expect("tempdir"), config, None, env)
+    }
+
+    fn start_under(
+        dir: tempfile::TempDir,
+        config: Option<&str>,
+        umask: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let state_dir = dir.path().join("state");
         let config_path = config.map(|text| {
             let path = dir.path().join("certkeeper.toml");
@@ -119,6 +137,10 @@ impl Daemon {
             config: config_path,
             dir,
             umask,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
         };
         daemon.spawn();
@@ -159,6 +181,7 @@ impl Daemon {
             .env_remove("STATE_DIRECTORY")
             .env_remove("CREDENTIALS_DIRECTORY")
             .env("RUST_LOG", "certkeeper=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         cmd
@@ -307,6 +330,51 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes a secret file as an operator should: mode 0600 (certkeeper refuses secret files that
+/// group or others can read).
+pub(crate) fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("write secret file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+}
+
+/// A directory laid out as systemd's `$CREDENTIALS_DIRECTORY` for certkeeper: `master-key`
+/// (0400, made by `certkeeper master-key generate`) under `dir/credentials`.
+pub(crate) fn credentials_directory(dir: &Path) -> PathBuf {
+    let credentials = dir.join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    let out = Command::new(BIN)
+        .args(["master-key", "generate", "--out"])
+        .arg(credentials.join("master-key"))
+        .output()
+        .expect("run certkeeper master-key generate");
+    assert!(out.status.success(), "{out:?}");
+    credentials
+}
+
+/// Checks an `env` dump made by a child of the daemon: it may see the allowlist (README
+/// "Commands"), the `CERTKEEPER_*` variables of its call and what `sh` adds itself, and not
+/// `secret`.
+pub(crate) fn assert_clean_environment(dump: &str, secret: &str) {
+    const ALLOWED: [&str; 5] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+    const SHELL: [&str; 3] = ["PWD", "SHLVL", "_"];
+    let names: Vec<&str> = dump
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        .collect();
+    assert!(names.contains(&"PATH"), "{dump}");
+    for name in &names {
+        assert!(
+            ALLOWED.contains(name)
+                || name.starts_with("LC_")
+                || name.starts_with("CERTKEEPER_")
+                || SHELL.contains(name),
+            "{name} passed to a child:\n{dump}"
+        );
+    }
+    assert!(!dump.contains(secret), "{dump}");
 }
 
 /// Runs `openssl` with `args` in `dir`; panics with its output on failure.
