@@ -7,7 +7,8 @@
 //! endpoint is audited the day it is added, with no table to keep in step.
 //!
 //! Each record goes to two places: the log (the journal under systemd, with the fields as
-//! journal fields, `AUDIT=1` to select them), written first and always; and the store, from
+//! journal fields, `AUDIT=true` to select them; the target is `RESOURCE` there, as journald's
+//! `TARGET` is the log target), written first and always; and the store, from
 //! which `certkeeper audit` reads it. A key is exported only once its record is stored: if the
 //! store cannot take the record, the export is refused.
 
@@ -57,7 +58,7 @@ impl Record {
             peer_pid = pid,
             peer_address = address.map(tracing::field::display),
             operation = %self.operation,
-            target = self.target.as_deref(),
+            resource = self.target.as_deref(),
             status = self.status,
             code = self.code.as_deref(),
             "audit"

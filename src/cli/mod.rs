@@ -27,7 +27,8 @@ const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 the daemon refused the operation (not found, conflict); 2 usage error; \
 65 input rejected as invalid (serve: stored data does not decode); 66 a named file cannot be \
 read; 69 daemon unreachable; 70 internal error (serve: one of its tasks ended); 73 (serve) a socket, listener or file cannot be created; 74 output cannot be \
-written; 75 (serve) another daemon holds the state directory or socket; 78 configuration error. \
+written (serve: a commit failed with an I/O error); 75 (serve) another daemon holds the state directory or socket; 78 configuration error; \
+79 (serve) the database file is damaged; 80 (serve) the database lost acknowledged commits. \
 `check` uses the monitoring-plugin codes instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.";
 
 #[derive(Debug, Parser)]
