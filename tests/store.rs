@@ -142,7 +142,8 @@ fn a_database_that_lost_acknowledged_commits_is_refused_until_accepted() {
     create_all(&daemon, &["one.internal", "two.internal", "three.internal"]);
     daemon.kill(); // -9: the commits stay in the WAL
     // The WAL loses its last frame, and with it the last acknowledged commit (the review's
-    // `c3`: SQLite then opens an older, consistent database without a word).
+    // `c3`: SQLite then opens an older, consistent database without a word). That commit is
+    // the audit record of the third creation, which follows the creation's own commit.
     let wal = daemon.state_dir.join("certkeeper.db-wal");
     let len = std::fs::metadata(&wal).unwrap().len();
     let file = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
@@ -162,11 +163,17 @@ fn a_database_that_lost_acknowledged_commits_is_refused_until_accepted() {
     // The documented way to accept the database as it is.
     std::fs::remove_file(&mark).unwrap();
     daemon.spawn();
-    assert_eq!(daemon.count(), 2);
+    assert_eq!(daemon.count(), 3);
+    let audit = daemon.ok(&["audit", "--output", "json"]);
+    assert_eq!(
+        audit.lines().count(),
+        2,
+        "the third creation's record is lost: {audit}"
+    );
     let log = daemon.log_text();
     assert!(log.contains("no high-water mark yet"), "{log}");
     assert!(
-        log.contains("certificates=2") && log.contains("last_event_seq="),
+        log.contains("certificates=3") && log.contains("last_event_seq="),
         "{log}"
     );
 }
