@@ -98,7 +98,7 @@ impl TryFrom<ImportCertificate> for inventory::ImportRequest {
             certificate: file_bytes(&req.certificate),
             private_key: Zeroizing::new(file_bytes(&req.private_key)),
             chain: req.chain.as_deref().map(file_bytes),
-            passphrase: req.passphrase.map(Zeroizing::new),
+            passphrase: req.passphrase,
             allow_expired: req.allow_expired,
             reimport: req.certificate_id,
             days_before_expiry: req
@@ -114,7 +114,7 @@ impl TryFrom<ExportRequest> for inventory::ExportRequest {
 
     fn try_from(req: ExportRequest) -> Result<Self> {
         Ok(Self {
-            passphrase: Passphrase::new(Zeroizing::new(req.passphrase))?,
+            passphrase: Passphrase::new(req.passphrase)?,
             format: req.format,
             version: req.version,
         })

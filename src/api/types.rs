@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::events::Event;
 use crate::export::ExportFormat;
@@ -80,11 +81,12 @@ pub struct SignRequest {
 #[serde(deny_unknown_fields)]
 pub struct ImportCertificate {
     pub certificate: String,
-    pub private_key: String,
+    /// Zeroized when dropped, as every copy of a key or passphrase in the daemon is (M1).
+    pub private_key: Zeroizing<String>,
     #[serde(default)]
     pub chain: Option<String>,
     #[serde(default)]
-    pub passphrase: Option<String>,
+    pub passphrase: Option<Zeroizing<String>>,
     #[serde(default)]
     pub allow_expired: bool,
     /// Re-import: add the certificate as a new version of this one (same id).
@@ -101,7 +103,7 @@ pub struct ImportCertificate {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportRequest {
-    pub passphrase: String,
+    pub passphrase: Zeroizing<String>,
     #[serde(default)]
     pub format: ExportFormat,
     /// An earlier version; the current one when absent.
@@ -234,9 +236,11 @@ pub fn file_bytes(field: &str) -> Vec<u8> {
     if field.contains("-----BEGIN ") {
         return field.as_bytes().to_vec();
     }
-    let compact: String = field.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    // Sized once and zeroized: for a private key, this is the key in base64.
+    let mut compact = Zeroizing::new(String::with_capacity(field.len()));
+    compact.extend(field.chars().filter(|c| !c.is_ascii_whitespace()));
     base64::engine::general_purpose::STANDARD
-        .decode(compact)
+        .decode(compact.as_bytes())
         .unwrap_or_else(|_| field.as_bytes().to_vec())
 }
 

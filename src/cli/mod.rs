@@ -629,7 +629,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
         } => {
             let passphrase = read_passphrase(&passphrase_file)?;
             let body = ExportRequest {
-                passphrase: passphrase.to_string(),
+                passphrase,
                 format: match export_format {
                     ExportFormatArg::Pem => ExportFormat::Pem,
                     ExportFormatArg::Pkcs12 => ExportFormat::Pkcs12,
@@ -648,7 +648,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
         Command::Import(args) => {
             let body = ImportCertificate {
                 certificate: file_field(&read_input(&args.certificate)?),
-                private_key: file_field(&read_input(&args.private_key)?),
+                private_key: Zeroizing::new(file_field(&read_input(&args.private_key)?)),
                 chain: args
                     .chain
                     .as_deref()
@@ -659,8 +659,7 @@ async fn run_client(client: &Client, command: Command, format: Format) -> Result
                     .passphrase_file
                     .as_deref()
                     .map(read_passphrase)
-                    .transpose()?
-                    .map(|p| p.to_string()),
+                    .transpose()?,
                 allow_expired: args.allow_expired,
                 certificate_id: args.certificate_id,
                 name: args.name,
