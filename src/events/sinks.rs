@@ -139,6 +139,24 @@ fn build(configs: &SinkConfigs) -> Result<Vec<Sink>, SinkError> {
     Ok(sinks)
 }
 
+/// Whether `url` is plain `http://` to a host other than this one (loopback is fine: a local
+/// relay).
+fn plain_http_off_host(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback());
+    !(loopback || host.eq_ignore_ascii_case("localhost"))
+}
+
 fn webhook(config: &WebhookSink) -> Result<Target, SinkError> {
     let secret =
         crate::secret_file::read(&config.secret_file).map_err(|source| SinkError::Secret {
@@ -148,6 +166,10 @@ fn webhook(config: &WebhookSink) -> Result<Target, SinkError> {
     // A trailing newline from `echo secret > file` is not part of the secret.
     let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    if plain_http_off_host(&config.url) {
+        // Signed, so not forgeable, but readable by anyone on the path: names, expiry dates.
+        warn!(sink = %config.name, "webhook over plain http to another host: events are sent unencrypted");
+    }
     // A receiver's redirect is a failed delivery, not an instruction: following it would
     // re-send the signed event to wherever the receiver (or whoever answers for it) names (L5
     // of the security review).
@@ -634,6 +656,26 @@ async fn run_command(command: &CommandSink, event: &Event) -> Result<(), Deliver
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn plain_http_is_flagged_unless_it_stays_on_this_host() {
+        for url in [
+            "http://hooks.example.com/x",
+            "http://10.0.0.5:8080/",
+            "http://u@[2001:db8::1]:80/",
+        ] {
+            assert!(plain_http_off_host(url), "{url}");
+        }
+        for url in [
+            "https://hooks.example.com/x",
+            "http://127.0.0.1:18081/hook",
+            "http://localhost/",
+            "http://[::1]:9000/",
+        ] {
+            assert!(!plain_http_off_host(url), "{url}");
+        }
+    }
+
     use super::*;
 
     #[test]
