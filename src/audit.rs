@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use crate::serve::Peer;
 use crate::span::Span;
 
-/// How long records are kept when `[audit] retention` is not set.
+/// How long records are kept when `api.audit-retention` is not set.
 pub const DEFAULT_RETENTION: Span = Span::from_days(365);
 
 /// One audited call.

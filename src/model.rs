@@ -197,7 +197,26 @@ pub struct DomainError {
 impl FromStr for Domain {
     type Err = DomainError;
 
+    /// A name as a user gives it: every rule below, including the one against names that read
+    /// as IP addresses.
     fn from_str(input: &str) -> Result<Self, DomainError> {
+        Self::parse(input, Strictness::Input)
+    }
+}
+
+/// Which rules a name is held to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// New input: every rule.
+    Input,
+    /// Read back from the store or an event: the rules a name was accepted under before the
+    /// all-digits rule (L2) came in, so a certificate stored earlier stays readable and
+    /// monitored instead of turning into an undecodable row.
+    Stored,
+}
+
+impl Domain {
+    fn parse(input: &str, strictness: Strictness) -> Result<Self, DomainError> {
         let fail = |reason| DomainError {
             input: input.to_owned(),
             reason,
@@ -237,9 +256,10 @@ impl FromStr for Domain {
         // "1.2.3.4." or "010.1.1.1" are not IP addresses to `IpAddr` but are to many resolvers
         // and browsers (inet_aton reads octal and short forms): no TLD is all digits, so such a
         // name can only be an address in disguise (RFC 1123 §2.1, RFC 3696 §2).
-        if labels
-            .last()
-            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        if strictness == Strictness::Input
+            && labels
+                .last()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
         {
             return Err(fail(
                 "the last label is all digits, which reads as an IP address: give the address itself",
@@ -280,7 +300,7 @@ impl Serialize for Domain {
 impl<'de> Deserialize<'de> for Domain {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        Self::parse(&text, Strictness::Stored).map_err(serde::de::Error::custom)
     }
 }
 
@@ -806,6 +826,10 @@ mod tests {
         }
         let long_label = format!("{}.com", "a".repeat(64));
         assert!(long_label.parse::<Domain>().is_err());
+        // Refused as input, but a name stored before that rule still reads back.
+        assert!("host.123".parse::<Domain>().is_err());
+        let stored: Domain = serde_json::from_str("\"host.123\"").unwrap();
+        assert_eq!(stored, Domain::Dns("host.123".into()));
     }
 
     #[test]

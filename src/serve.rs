@@ -52,6 +52,13 @@ impl Limits {
         header_timeout: Duration::from_secs(10),
         keep_alive: true,
     };
+    /// `daemon.read-only-socket`: open to every local user, so it gets few connections; each
+    /// one's reads share the store's small reader pool with the API and the scheduler.
+    pub const READ_ONLY: Self = Self {
+        max_connections: 16,
+        header_timeout: Duration::from_secs(10),
+        keep_alive: true,
+    };
     /// `metrics.listen`: a few Prometheus servers scraping.
     pub const METRICS: Self = Self {
         max_connections: 32,

@@ -1,4 +1,4 @@
--- certkeeper schema version 5: account key rollover that cannot lose the account.
+-- certkeeper schema version 7: account key rollover that cannot lose the account.
 
 -- The next key of an issuer's ACME account, stored (in credentials sealed as
 -- "acme-account-pending/<issuer>") before the CA is asked to switch to it. Storing the

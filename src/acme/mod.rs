@@ -343,6 +343,20 @@ impl Acme {
             .issuers
             .get(issuer)
             .ok_or_else(|| AcmeError::UnknownIssuer(issuer.to_owned()))?;
+        if self.store.acme_pending_key(issuer).await?.is_some() {
+            // An earlier rollover is not settled (its answer was lost, or the CA switched and
+            // the store did not take the new key). Settle it first, by asking the CA, so this
+            // one starts from the key the CA has; a new pending key would overwrite the only
+            // copy of the key that works.
+            *runtime.account.lock().await = None;
+            self.account(runtime).await?;
+            if self.store.acme_pending_key(issuer).await?.is_some() {
+                return Err(AcmeError::Internal(format!(
+                    "an earlier key rollover of {issuer} is still not stored (the daemon uses the new key); \
+                     retry once the store takes writes again"
+                )));
+            }
+        }
         self.account(runtime).await?;
         // No order may start with the old key while the CA switches.
         let mut slot = runtime.account.lock().await;

@@ -75,17 +75,18 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .fallback(not_found)
         // Outside the deadline, so a call that timed out is recorded with its answer.
         .layer(middleware::from_fn_with_state(limits, deadline))
+        // Inside the audit layer, so a handler that panics is recorded with its 500.
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(state.clone(), audit::record));
     with_common_layers(routes, limits).with_state(state)
 }
 
-/// The layers every API router has, outermost last: the body limit, JSON for a 405, and a
-/// panicking handler answered with a generic 500.
+/// The layers every API router has, outermost last: the body limit and JSON for a 405 (each
+/// router catches panics itself, inside its own layers).
 fn with_common_layers(routes: Router<Arc<AppState>>, limits: Limits) -> Router<Arc<AppState>> {
     routes
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(middleware::from_fn(method_not_allowed))
-        .layer(CatchPanicLayer::custom(panicked))
 }
 
 /// The routes of `daemon.read-only-socket` (M8 of the security review): what monitoring
@@ -107,7 +108,8 @@ pub fn read_only_router(state: Arc<AppState>, limits: Limits) -> Router {
         .nest("/v1", v1)
         .route("/metrics", get(metrics).fallback(read_only))
         .fallback(read_only)
-        .layer(middleware::from_fn_with_state(limits, deadline));
+        .layer(middleware::from_fn_with_state(limits, deadline))
+        .layer(CatchPanicLayer::custom(panicked));
     with_common_layers(routes, limits).with_state(state)
 }
 

@@ -172,9 +172,12 @@ fn starts_value(s: &str) -> bool {
 /// The name right before a separator: the run of name characters, past one closing quote.
 fn name_before(s: &str) -> &str {
     let s = s.strip_suffix(['"', '\'']).unwrap_or(s);
+    // Past the last character that is not part of a name, whatever its width in UTF-8.
     let start = s
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     &s[start..]
 }
 
@@ -205,6 +208,24 @@ fn value_len(s: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn names_after_wide_characters_do_not_split_them() {
+        for text in [
+            "Größe:10 token=abc",
+            "clé=x",
+            "{\"clé\":\"x\"}",
+            "\u{fffd}\u{fffd}=1",
+            "ü:ü",
+        ] {
+            let _ = name_before(text);
+        }
+        assert_eq!(name_before("Größe"), "e");
+        assert_eq!(name_before("ä token"), "token");
+        let out = redact("Größe:10 clé=x {\"clé\":\"x\"} \u{fffd}=1");
+        assert!(out.contains("Größe"), "{out}");
+    }
+
     use super::*;
 
     #[test]

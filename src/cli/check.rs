@@ -79,7 +79,7 @@ pub(super) struct Thresholds {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Finding {
     Expired,
-    /// Renewed, but failing or overdue with under a tenth of its lifetime left.
+    /// Renewed by certkeeper, yet still not replaced with under a tenth of its lifetime left.
     Unrenewed,
     /// Not renewed (or `--fixed-thresholds`): inside `--critical`.
     Critical,

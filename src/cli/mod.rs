@@ -144,7 +144,7 @@ enum Command {
     /// 3 UNKNOWN, with one status line and perfdata.
     ///
     /// Certificates certkeeper renews follow their renewal plan: WARNING while the renewal is
-    /// failing or over an hour overdue, CRITICAL when it is failing or overdue with under a
+    /// failing or over an hour overdue, CRITICAL when it is still not replaced with under a
     /// tenth of the lifetime left, or expired. --warning and --critical apply to the others
     /// (imported, signed from a CSR), or to all with --fixed-thresholds.
     Check {
@@ -526,7 +526,8 @@ pub fn serve_args(cli: &Cli) -> Option<(Option<PathBuf>, Option<PathBuf>)> {
 /// `--socket`/`CERTKEEPER_SOCKET`, else the socket of the config `serve` would run with (the
 /// same file, found the same way: [`config::locate`]). A verb that only reads (`reads_only`)
 /// falls back to `daemon.read-only-socket` when the caller may not use the main socket, so a
-/// monitoring user runs `certkeeper check` with no flags.
+/// monitoring user who can read the config runs `certkeeper check` with no flags (one who
+/// cannot, as with the packaged 0750 /etc/certkeeper, sets CERTKEEPER_SOCKET).
 fn socket_path(
     flag: Option<PathBuf>,
     config: Option<&Path>,

@@ -148,8 +148,9 @@ pub async fn serve(
         inventory,
         audit_retention: config.audit_retention,
     });
-    serve_api(&config, &state, &shutdown, &mut tasks).await?;
+    // The API socket last: a client that can connect to it finds every other listener bound.
     serve_pki(&config, &state.inventory, &shutdown, &mut tasks).await?;
+    serve_api(&config, &state, &shutdown, &mut tasks).await?;
     systemd::ready();
     if let Some(interval) = systemd::watchdog_interval() {
         info!(
@@ -346,7 +347,7 @@ async fn serve_api(
         let app = api::read_only_router(state.clone(), limits);
         tasks.spawn(
             "read-only API server",
-            serve::serve(listener, app, serve::Limits::API, shutdown.clone()),
+            serve::serve(listener, app, serve::Limits::READ_ONLY, shutdown.clone()),
         );
     }
     let listener = bind_socket(&config.socket, config.socket_mode)?;
@@ -588,7 +589,19 @@ fn keep_private(dir: &Path) -> Result<(), DaemonError> {
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    if meta.uid() != rustix::process::geteuid().as_raw() {
+    // Only a directory that is certkeeper's is changed: empty, or holding its lock file. A
+    // state-dir pointed at a shared directory (/srv, /var/lib) is refused, not locked down.
+    let ours = std::fs::read_dir(dir)
+        .map_err(|e| io("cannot read state directory", e))?
+        .filter_map(Result::ok)
+        .all(|entry| {
+            let name = entry.file_name();
+            name == "lock"
+                || name == "master-key"
+                || name.to_string_lossy().starts_with("certkeeper.db")
+                || name.to_string_lossy().ends_with(".sock")
+        });
+    if !ours || meta.uid() != rustix::process::geteuid().as_raw() {
         return Err(DaemonError::StateDirShared {
             path: dir.to_owned(),
             mode,

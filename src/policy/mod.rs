@@ -353,7 +353,7 @@ pub enum Standing {
     Failing,
     /// The planned time passed more than [`overdue_grace`] ago without an attempt (WARNING).
     Overdue,
-    /// Failing or overdue with less than a tenth of the lifetime left ([`URGENT_FRACTION`],
+    /// Still not replaced with less than a tenth of the lifetime left ([`URGENT_FRACTION`],
     /// the part in which the planner overrides maintenance windows): it may expire (CRITICAL).
     Unrenewed,
     Expired,
@@ -381,17 +381,20 @@ pub fn standing(lifetime: Lifetime, renewal: RenewalState, now: OffsetDateTime) 
     if now >= lifetime.not_after {
         return Standing::Expired;
     }
-    let troubled = if renewal.failures > 0 {
+    // In the last part of its life a certificate certkeeper renews has been replaced long ago
+    // when all is well (the planner renews a third of the lifetime before expiry at the
+    // latest, and ignores windows from here on). Still being here is critical whatever the
+    // deadline says: a renewal that hangs or dies keeps pushing its deadline out by its lease,
+    // so it never looks overdue and never counts a failure.
+    if lifetime.not_after - now < lifetime.length() / URGENT_FRACTION {
+        return Standing::Unrenewed;
+    }
+    if renewal.failures > 0 {
         Standing::Failing
     } else if now - renewal.next_action_at > overdue_grace(lifetime) {
         Standing::Overdue
     } else {
-        return Standing::OnSchedule;
-    };
-    if lifetime.not_after - now < lifetime.length() / URGENT_FRACTION {
-        Standing::Unrenewed
-    } else {
-        troubled
+        Standing::OnSchedule
     }
 }
 
