@@ -79,7 +79,8 @@ pub(super) struct Thresholds {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Finding {
     Expired,
-    /// Renewed by certkeeper, yet still not replaced with under a tenth of its lifetime left.
+    /// Renewed by certkeeper, in the last tenth of its lifetime, and failing, overdue, or there
+    /// past the grace.
     Unrenewed,
     /// Not renewed (or `--fixed-thresholds`): inside `--critical`.
     Critical,

@@ -144,8 +144,8 @@ enum Command {
     /// 3 UNKNOWN, with one status line and perfdata.
     ///
     /// Certificates certkeeper renews follow their renewal plan: WARNING while the renewal is
-    /// failing or over an hour overdue, CRITICAL when it is still not replaced with under a
-    /// tenth of the lifetime left, or expired. --warning and --critical apply to the others
+    /// failing or over an hour overdue, CRITICAL when it is failing, overdue or not replaced
+    /// an hour into the last tenth of its lifetime, or expired. --warning and --critical apply to the others
     /// (imported, signed from a CSR), or to all with --fixed-thresholds.
     Check {
         /// WARNING when a certificate certkeeper does not renew expires within this span.

@@ -353,8 +353,9 @@ pub enum Standing {
     Failing,
     /// The planned time passed more than [`overdue_grace`] ago without an attempt (WARNING).
     Overdue,
-    /// Still not replaced with less than a tenth of the lifetime left ([`URGENT_FRACTION`],
-    /// the part in which the planner overrides maintenance windows): it may expire (CRITICAL).
+    /// In the last tenth of the lifetime ([`URGENT_FRACTION`], the part in which the planner
+    /// overrides maintenance windows), and failing, overdue, or there for longer than the
+    /// overdue grace: it may expire (CRITICAL).
     Unrenewed,
     Expired,
 }
@@ -381,21 +382,24 @@ pub fn standing(lifetime: Lifetime, renewal: RenewalState, now: OffsetDateTime) 
     if now >= lifetime.not_after {
         return Standing::Expired;
     }
-    // In the last part of its life a certificate certkeeper renews has been replaced long ago
-    // when all is well (the planner renews a third of the lifetime before expiry at the
-    // latest, and ignores windows from here on). Still being here is critical whatever the
-    // deadline says: a renewal that hangs or dies keeps pushing its deadline out by its lease,
-    // so it never looks overdue and never counts a failure.
-    if lifetime.not_after - now < lifetime.length() / URGENT_FRACTION {
+    let grace = overdue_grace(lifetime);
+    let troubled = if renewal.failures > 0 {
+        Some(Standing::Failing)
+    } else if now - renewal.next_action_at > grace {
+        Some(Standing::Overdue)
+    } else {
+        None
+    };
+    // The last part of the life: the planner ignores windows here, so a renewal held by one
+    // starts as this part begins. Critical when the renewal is in trouble, and also when the
+    // certificate has stayed here longer than the grace whatever its deadline says: a renewal
+    // that hangs or dies keeps pushing its deadline out by its lease, so it never looks
+    // overdue and never counts a failure.
+    let urgent_from = lifetime.not_after - lifetime.length() / URGENT_FRACTION;
+    if now > urgent_from && (troubled.is_some() || now - urgent_from > grace) {
         return Standing::Unrenewed;
     }
-    if renewal.failures > 0 {
-        Standing::Failing
-    } else if now - renewal.next_action_at > overdue_grace(lifetime) {
-        Standing::Overdue
-    } else {
-        Standing::OnSchedule
-    }
+    troubled.unwrap_or(Standing::OnSchedule)
 }
 
 /// Whether a failing renewal should raise `Renewal Action Required` now, given the milestone
