@@ -142,19 +142,16 @@ fn build(configs: &SinkConfigs) -> Result<Vec<Sink>, SinkError> {
 /// Whether `url` is plain `http://` to a host other than this one (loopback is fine: a local
 /// relay).
 fn plain_http_off_host(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Ok(url) = url::Url::parse(url) else {
         return false;
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    let local = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => true,
     };
-    let loopback = host
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback());
-    !(loopback || host.eq_ignore_ascii_case("localhost"))
+    url.scheme() == "http" && !local
 }
 
 fn webhook(config: &WebhookSink) -> Result<Target, SinkError> {
