@@ -668,6 +668,23 @@ pub struct Renewal {
     /// Days to expiry when the last "Renewal Action Required" event was raised.
     #[serde(default)]
     pub action_required_days: Option<i64>,
+    /// What the last failure said, which decides how soon the next attempt comes.
+    #[serde(default)]
+    pub failure_kind: Option<FailureKind>,
+}
+
+/// What a failed attempt said about the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The validation records are not in place yet (an `_acme-challenge` CNAME missing):
+    /// someone is creating them, so the next look comes soon (the validation ladder).
+    AwaitingRecords,
+    /// The conversation failed, not the request: the CA was busy, unreachable or asked to
+    /// wait, or the store or DNS server failed for a moment (a short ladder).
+    Transient,
+    /// The CA or certkeeper refused the request: retried on the renewal backoff.
+    Refused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -758,6 +775,12 @@ spelled!(RenewalStatus, "renewal status", {
     PendingValidation => "pending-validation",
     Success => "success",
     Failed => "failed",
+});
+
+spelled!(FailureKind, "failure kind", {
+    AwaitingRecords => "awaiting-records",
+    Transient => "transient",
+    Refused => "refused",
 });
 
 spelled!(CaState, "CA state", {

@@ -10,26 +10,14 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient, Problem};
-use serde::Deserialize;
+use instant_acme::{Error, HttpClient};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 
-/// How often a badNonce answer is retried with the nonce it carries (as instant-acme does).
-const NONCE_RETRIES: usize = 3;
-
-/// The directory URLs the key change needs.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Directory {
-    new_nonce: String,
-    key_change: Option<String>,
-}
+use super::jws::{Directory, jwk, jws, key_pair, signed_post};
 
 /// `credentials` (instant-acme's serialized `AccountCredentials`) with a freshly made P-256
 /// key in place of the account's: the credentials the account has once the CA switched.
@@ -67,9 +55,8 @@ pub(super) async fn change(
 ) -> Result<(), Error> {
     let old = key_pair(old_pkcs8)?;
     let new = key_pair(new_pkcs8)?;
-    let directory: Directory =
-        serde_json::from_slice(&body(get(http, directory_url).await?).await?)?;
-    let Some(url) = directory.key_change else {
+    let directory = Directory::fetch(http, directory_url).await?;
+    let Some(url) = directory.key_change.clone() else {
         return Err(Error::Unsupported("account key rollover (keyChange)"));
     };
     // The inner JWS: the new key vouches for taking over the account from the old one.
@@ -78,93 +65,9 @@ pub(super) async fn change(
         json!({"alg": "ES256", "jwk": jwk(&new), "url": url}),
         &json!({"account": account_url, "oldKey": jwk(&old)}),
     )?;
-    let mut nonce = fresh_nonce(http, &directory.new_nonce).await?;
-    for attempt in 1..=NONCE_RETRIES {
-        let protected = json!({"alg": "ES256", "kid": account_url, "nonce": nonce, "url": url});
-        let body_json = serde_json::to_vec(&jws(&old, protected, &inner)?)?;
-        let response = post(http, &url, body_json).await?;
-        if response.parts.status.is_success() {
-            return Ok(());
-        }
-        let next_nonce = replay_nonce(&response);
-        let problem: Problem = serde_json::from_slice(&body(response).await?)?;
-        let bad_nonce = problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce");
-        match next_nonce {
-            Some(next) if bad_nonce && attempt < NONCE_RETRIES => nonce = next,
-            _ => return Err(Error::Api(problem)),
-        }
-    }
-    Err(Error::Str("badNonce on every try"))
-}
-
-fn key_pair(pkcs8: &[u8]) -> Result<EcdsaKeyPair, Error> {
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-        .map_err(|_| Error::KeyRejected)
-}
-
-/// The public JWK of a P-256 key (RFC 7518 §6.2.1); the uncompressed point is 0x04 ‖ x ‖ y.
-fn jwk(key: &EcdsaKeyPair) -> Value {
-    let (x, y) = key.public_key().as_ref()[1..].split_at(32);
-    json!({"crv": "P-256", "kty": "EC", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)})
-}
-
-/// A flattened JWS (RFC 7515 §7.2.2) of `payload` under `protected`, signed ES256 by `key`.
-fn jws(key: &EcdsaKeyPair, protected: Value, payload: &Value) -> Result<Value, Error> {
-    let protected = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&protected)?);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(payload)?);
-    let signature = key
-        .sign(
-            &SystemRandom::new(),
-            format!("{protected}.{payload}").as_bytes(),
-        )
-        .map_err(|_| Error::Crypto)?;
-    Ok(json!({
-        "protected": protected,
-        "payload": payload,
-        "signature": URL_SAFE_NO_PAD.encode(signature.as_ref()),
-    }))
-}
-
-async fn fresh_nonce(http: &dyn HttpClient, url: &str) -> Result<String, Error> {
-    let request = Request::builder()
-        .method(Method::HEAD)
-        .uri(url)
-        .body(BodyWrapper::default())?;
-    let response = http.request(request).await?;
-    match (response.parts.status, replay_nonce(&response)) {
-        (StatusCode::OK | StatusCode::NO_CONTENT, Some(nonce)) => Ok(nonce),
-        _ => Err(Error::Str("no nonce from the newNonce resource")),
-    }
-}
-
-async fn get(http: &dyn HttpClient, url: &str) -> Result<BytesResponse, Error> {
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(url)
-        .body(BodyWrapper::default())?;
-    http.request(request).await
-}
-
-async fn post(http: &dyn HttpClient, url: &str, body: Vec<u8>) -> Result<BytesResponse, Error> {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header(http::header::CONTENT_TYPE, "application/jose+json")
-        .body(BodyWrapper::<Bytes>::from(body))?;
-    http.request(request).await
-}
-
-async fn body(mut response: BytesResponse) -> Result<Bytes, Error> {
-    response.body.into_bytes().await.map_err(Error::Other)
-}
-
-fn replay_nonce(response: &BytesResponse) -> Option<String> {
-    response
-        .parts
-        .headers
-        .get("replay-nonce")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    signed_post(http, &directory, account_url, &old, &url, Some(&inner))
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! and the "Renewal Action Required" event. Retrying is the lifecycle's job (backoff).
 
 pub mod client;
+mod jws;
 mod key_change;
 
 use std::collections::HashMap;
@@ -38,9 +39,10 @@ use zeroize::Zeroizing;
 
 use crate::config::{AcmeIssuer, ValidationConfig};
 use crate::keys;
+use crate::model::CertificateId;
 use crate::model::{Certificate, Domain, KeyAlgorithm, ValidationMethod, ValidationRecord};
 use crate::policy::SuggestedWindow;
-use crate::store::{Store, StoreError};
+use crate::store::{ChallengeRecord, ChallengeRecordKind, Store, StoreError};
 use crate::validation::{delegations, describe_problems, dns, http, label};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +119,21 @@ impl AcmeError {
     }
 
     /// A failure of the conversation, not of the order: the CA's order is still good, so the
-    /// next attempt takes it up again instead of ordering anew.
-    fn is_transient(&self) -> bool {
+    /// next attempt takes it up again (with the challenge records it has) instead of ordering
+    /// anew.
+    fn keeps_order(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::Store(_) => true,
+            Self::RateLimited { .. } | Self::Store(_) | Self::Dns(_) => true,
             Self::Protocol { source, .. } => transient(source),
             _ => false,
         }
+    }
+
+    /// Whether the next attempt may succeed without anyone changing anything: the CA was
+    /// busy, unreachable or asked to wait, or the store or the DNS server failed for a moment.
+    /// The scheduler retries these on a short ladder, a refusal on the renewal backoff.
+    pub fn is_transient(&self) -> bool {
+        self.keeps_order()
     }
 }
 
@@ -163,12 +173,6 @@ pub struct Issued {
 enum Solver {
     Http(http::Tokens),
     Dns(Arc<dns::DnsValidator>),
-}
-
-/// What a solver made visible for one challenge, to withdraw afterwards.
-enum Published {
-    Token(String),
-    Txt { name: String, value: String },
 }
 
 struct IssuerRuntime {
@@ -582,6 +586,11 @@ impl Acme {
     /// Issues (or renews) `cert` through its ACME issuer with its validation method. A
     /// renewal whose CA offers renewal information names the certificate it replaces
     /// (`replaces`, RFC 9773 §5); `replacing` is that certificate's PEM.
+    ///
+    /// Challenge records live as long as the order that needs them: an attempt that ends with
+    /// the order kept for the next one (a conversation that failed, not the order) leaves them
+    /// in place, since the CA may still be validating; an issued, failed or abandoned order
+    /// has everything recorded for the certificate withdrawn.
     pub async fn issue(
         &self,
         cert: &Certificate,
@@ -619,42 +628,106 @@ impl Acme {
         };
         let started = SystemTime::now();
         let account = self.account(runtime).await?;
-        let mut published = Vec::new();
         let replaces = replacing.map(certificate_id).transpose()?;
+        let mut published = Vec::new();
         let result = self
             .run_order(runtime, &account, cert, replaces, &solver, &mut published)
-            .await;
-        if result.is_ok() {
-            // An issued certificate does not wait for the cleanup: an authoritative server can
-            // take a while to apply an update (Knot took half a second in the benchmark). No
-            // later order publishes these values again (new order, new tokens).
-            if !published.is_empty() {
-                let solver = solver.clone();
-                self.cleanup.spawn(async move {
-                    for item in published {
-                        solver.withdraw(item).await;
-                    }
-                });
+            .await
+            .map_err(|err| runtime.with_backoff(err, started));
+        match &result {
+            Ok(_) => {
+                // An issued certificate does not wait for the cleanup: an authoritative server
+                // can take a while to apply an update (Knot took half a second in the
+                // benchmark). No later order publishes these values again (new order, new
+                // tokens). What is withdrawn is fixed now, so the next order's records are
+                // never part of it.
+                let records = self.recorded(&cert.id, published).await;
+                if !records.is_empty() {
+                    let withdrawer = self.withdrawer();
+                    self.cleanup
+                        .spawn(async move { withdrawer.withdraw_all(records).await });
+                }
             }
-        } else {
-            // A kept order publishes the same values when it is taken up again: withdraw now,
-            // so a late withdrawal cannot remove the next attempt's record.
-            for item in published {
-                solver.withdraw(item).await;
+            Err(err) if err.keeps_order() => {
+                warn!(cert = %cert.id, error = %err, "ACME attempt failed; the order and its challenge records are kept for the next attempt");
             }
-        }
-        let result = result.map_err(|err| runtime.with_backoff(err, started));
-        if let Err(err) = &result {
-            warn!(cert = %cert.id, error = %err, "ACME order failed");
-            // A failed order is not resumed: the next attempt starts a fresh one. After a
-            // failure of the conversation only, the order stays to be taken up again.
-            if !err.is_transient() {
+            Err(err) => {
+                warn!(cert = %cert.id, error = %err, "ACME order failed");
+                // A failed order is not resumed: the next attempt starts a fresh one, and
+                // nothing published for this one is of use any more.
                 let _ = self.store.delete_acme_order(&cert.id).await;
+                let records = self.recorded(&cert.id, published).await;
+                self.withdrawer().withdraw_all(records).await;
             }
         }
         result
     }
 
+    /// Withdraws, in the background, the challenge records that crashes, kills or a shutdown
+    /// deadline left behind: those recorded for an order that is no longer stored (the
+    /// certificate was issued, its order failed, or it was deleted). Records of orders still
+    /// stored stay: those orders are taken up again.
+    pub fn withdraw_left_over(&self) {
+        let (store, withdrawer) = (self.store.clone(), self.withdrawer());
+        self.cleanup.spawn(async move {
+            match store.challenge_records().await {
+                Ok(records) => {
+                    let orphans: Vec<ChallengeRecord> = records
+                        .into_iter()
+                        .filter_map(|(record, live)| (!live).then_some(record))
+                        .collect();
+                    if !orphans.is_empty() {
+                        info!(
+                            records = orphans.len(),
+                            "withdrawing challenge records left by orders that ended"
+                        );
+                        withdrawer.withdraw_all(orphans).await;
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, "reading the challenge records left over failed; they are withdrawn at the next start");
+                }
+            }
+        });
+    }
+
+    /// Everything recorded for `cert`'s orders (the store's rows and what this attempt
+    /// published), to withdraw once the order is over.
+    async fn recorded(
+        &self,
+        cert: &CertificateId,
+        published: Vec<ChallengeRecord>,
+    ) -> Vec<ChallengeRecord> {
+        let mut records = published;
+        match self.store.challenge_records().await {
+            Ok(stored) => {
+                for (record, _) in stored {
+                    if &record.certificate == cert && !records.contains(&record) {
+                        records.push(record);
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(cert = %cert, error = %err, "reading the challenge records of an order failed; what this run published is withdrawn, the rest at the next start");
+            }
+        }
+        records
+    }
+
+    fn withdrawer(&self) -> Withdrawer {
+        Withdrawer {
+            store: self.store.clone(),
+            http: self.http.clone(),
+            dns: self.dns.clone(),
+        }
+    }
+
+    /// Takes the order of `cert` (resumed or new) to an issued certificate. A request that
+    /// fails without saying anything about the order (see [`retriable`]) is tried again within
+    /// this attempt, from a fresh copy of the order: every step is safe to repeat
+    /// ([`Acme::advance`]). Before the attempt gives up on an order for any other reason, the
+    /// CA is asked whether the order has a certificate after all, which is then taken: one
+    /// request, one certificate.
     async fn run_order(
         &self,
         runtime: &IssuerRuntime,
@@ -662,112 +735,257 @@ impl Acme {
         cert: &Certificate,
         replaces: Option<CertificateIdentifier<'static>>,
         solver: &Solver,
-        published: &mut Vec<Published>,
+        published: &mut Vec<ChallengeRecord>,
     ) -> Result<Issued, AcmeError> {
         let issuer = &runtime.config;
         let protocol = |source| AcmeError::Protocol {
             issuer: issuer.name.clone(),
             source,
         };
-        let (mut order, key, resumed) = self
-            .resume_or_create(runtime, account, cert, replaces)
+        let mut conversation = Conversation::new(runtime);
+        let (mut order, key) = self
+            .resume_or_create(runtime, account, cert, replaces, &mut conversation)
             .await?;
-
-        // A resumed order is walked whatever its state: what the interrupted run published
-        // for challenges the CA has since validated is still in DNS, and only this run can
-        // withdraw it.
-        if order.state().status == OrderStatus::Pending || resumed {
-            let mut authorizations = order.authorizations();
-            while let Some(authz) = authorizations.next().await {
-                let mut authz = authz.map_err(protocol)?;
-                let status = authz.status;
-                match status {
-                    AuthorizationStatus::Pending | AuthorizationStatus::Valid => {}
-                    other => {
-                        return Err(AcmeError::Validation {
-                            issuer: issuer.name.clone(),
-                            identifier: authz.identifier().to_string(),
-                            detail: format!("authorization is {other:?}"),
-                        });
-                    }
+        let url = order.url().to_owned();
+        loop {
+            let err = match self
+                .advance(runtime, account, &mut order, cert, &key, solver, published)
+                .await
+            {
+                Ok(chain) => {
+                    let issued = accept_chain(issuer, cert, &chain, key)?;
+                    info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, "ACME certificate issued");
+                    return Ok(issued);
                 }
-                let base = match authz.identifier().identifier {
-                    Identifier::Dns(name) => name.clone(),
-                    Identifier::Ip(ip) => ip.to_string(),
-                    other => format!("{other:?}"),
-                };
-                let challenge_type = solver.challenge_type();
-                let Some(mut challenge) = authz.challenge(challenge_type.clone()) else {
-                    if status == AuthorizationStatus::Valid {
-                        continue;
-                    }
-                    return Err(AcmeError::Validation {
-                        issuer: issuer.name.clone(),
-                        identifier: base,
-                        detail: format!("the CA offers no {challenge_type:?} challenge"),
-                    });
-                };
-                if status == AuthorizationStatus::Valid {
-                    // Valid in a fresh order means reused from elsewhere: nothing of ours.
-                    if resumed {
-                        published.extend(solver.left_over(&base, &challenge));
-                    }
-                    continue;
-                }
-                let item = solver.publish(&issuer.name, &base, &challenge).await?;
-                published.push(item);
-                // A resumed order's challenge may be with the CA already; asking again could
-                // be refused.
-                if challenge.status == ChallengeStatus::Pending {
-                    challenge.set_ready().await.map_err(protocol)?;
-                }
+                Err(err) => err,
+            };
+            if let AcmeError::Protocol { source, .. } = &err
+                && conversation.again(source).await
+            {
+                order = conversation
+                    .retry(|| account.order(url.clone()))
+                    .await
+                    .map_err(protocol)?;
+                continue;
             }
+            // An order about to be dropped (a kept one is looked at again next time).
+            if !err.keeps_order()
+                && matches!(
+                    err,
+                    AcmeError::Protocol { .. }
+                        | AcmeError::Validation { .. }
+                        | AcmeError::Order { .. }
+                )
+                && let Some(chain) = self
+                    .certificate_after_all(runtime, account, &url, &mut conversation)
+                    .await
+            {
+                let issued = accept_chain(issuer, cert, &chain, key)?;
+                info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, order = %url, "ACME certificate issued before the order failed; taking it");
+                return Ok(issued);
+            }
+            return Err(err);
         }
+    }
 
+    /// Takes `order` from wherever it stands to its certificate chain. Safe to repeat on a
+    /// fresh copy of the order after any failed request: a challenge is answered only while it
+    /// is pending, the order finalized only while it is ready, and a record this attempt
+    /// published already is not published again.
+    #[allow(clippy::too_many_arguments)]
+    async fn advance(
+        &self,
+        runtime: &IssuerRuntime,
+        account: &Account,
+        order: &mut instant_acme::Order,
+        cert: &Certificate,
+        key: &[u8],
+        solver: &Solver,
+        published: &mut Vec<ChallengeRecord>,
+    ) -> Result<String, AcmeError> {
+        let issuer = &runtime.config;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.name.clone(),
+            source,
+        };
+        if order.state().status == OrderStatus::Pending {
+            self.answer_challenges(issuer, order, cert, solver, published)
+                .await?;
+            debug!(cert = %cert.id, "challenges answered");
+        }
         // Where the order stands decides the next step: a resumed order may be past
         // validation (ready) or already finalized (processing, valid).
         let status = match order.state().status {
-            OrderStatus::Pending => {
-                debug!(cert = %cert.id, "challenges answered");
-                order.poll_ready(&POLL).await.map_err(protocol)?
-            }
+            OrderStatus::Pending => order.poll_ready(&POLL).await.map_err(protocol)?,
             other => other,
         };
         match status {
             OrderStatus::Ready => {
                 debug!(cert = %cert.id, "order ready; finalizing");
-                let csr = csr_der(&key, &cert.domains)?;
+                let csr = csr_der(key, &cert.domains)?;
                 order.finalize_csr(&csr).await.map_err(protocol)?;
             }
             OrderStatus::Processing | OrderStatus::Valid => {
                 debug!(cert = %cert.id, ?status, "order finalized before; fetching the certificate");
             }
-            other => return Err(order_failure(issuer, &mut order, other).await),
+            OrderStatus::Invalid | OrderStatus::Pending => {
+                // A CA may call an order invalid after it issued its certificate (a second
+                // validation failing): the certificate is ours all the same.
+                if let Some(location) = order.state().certificate.clone() {
+                    return self.download(runtime, account, &location).await;
+                }
+                return Err(order_failure(issuer, order, status).await);
+            }
         }
         // A CA that issues while answering the finalize request needs no poll.
-        let chain = match order.state().status {
+        match order.state().status {
             OrderStatus::Processing | OrderStatus::Valid => {
                 match order.certificate().await.map_err(protocol)? {
-                    Some(chain) => chain,
-                    None => order.poll_certificate(&POLL).await.map_err(protocol)?,
+                    Some(chain) => Ok(chain),
+                    None => order.poll_certificate(&POLL).await.map_err(protocol),
                 }
             }
-            _ => order.poll_certificate(&POLL).await.map_err(protocol)?,
-        };
-        let issued = accept_chain(issuer, cert, &chain, key)?;
-        info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, "ACME certificate issued");
-        Ok(issued)
+            _ => order.poll_certificate(&POLL).await.map_err(protocol),
+        }
     }
 
-    /// The order for `cert`: the one stored if it is still usable (then `true`), else a new
-    /// one, recorded with its new key before anything else happens.
+    /// Publishes the record of each pending authorization's challenge and tells the CA it is
+    /// ready. A challenge the CA is validating already (answered by an interrupted run) gets
+    /// its record published again, since that run's may have gone with it (an HTTP-01 token
+    /// held in memory), but is not answered twice.
+    async fn answer_challenges(
+        &self,
+        issuer: &AcmeIssuer,
+        order: &mut instant_acme::Order,
+        cert: &Certificate,
+        solver: &Solver,
+        published: &mut Vec<ChallengeRecord>,
+    ) -> Result<(), AcmeError> {
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.name.clone(),
+            source,
+        };
+        let order_url = order.url().to_owned();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(protocol)?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(AcmeError::Validation {
+                        issuer: issuer.name.clone(),
+                        identifier: authz.identifier().to_string(),
+                        detail: format!("authorization is {other:?}"),
+                    });
+                }
+            }
+            let base = match authz.identifier().identifier {
+                Identifier::Dns(name) => name.clone(),
+                Identifier::Ip(ip) => ip.to_string(),
+                other => format!("{other:?}"),
+            };
+            let challenge_type = solver.challenge_type();
+            let Some(mut challenge) = authz.challenge(challenge_type.clone()) else {
+                return Err(AcmeError::Validation {
+                    issuer: issuer.name.clone(),
+                    identifier: base,
+                    detail: format!("the CA offers no {challenge_type:?} challenge"),
+                });
+            };
+            if !matches!(
+                challenge.status,
+                ChallengeStatus::Pending | ChallengeStatus::Processing
+            ) {
+                // Valid: the authorization follows; invalid: the order's status says why.
+                continue;
+            }
+            let record = solver.record(&issuer.name, &cert.id, &order_url, &base, &challenge)?;
+            if !published.contains(&record) {
+                // Recorded first: a crash between the two leaves a row for a record that may
+                // not exist, which withdrawing later does no harm.
+                self.store.set_challenge_record(&record, true).await?;
+                published.push(record.clone());
+                solver.publish(&record, &challenge).await?;
+            }
+            if challenge.status == ChallengeStatus::Pending {
+                challenge.set_ready().await.map_err(protocol)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The certificate of the order at `url`, if the CA has one for it whatever the order's
+    /// status: asked before an order is given up, so that a certificate the CA issued is never
+    /// replaced by a second one.
+    async fn certificate_after_all(
+        &self,
+        runtime: &IssuerRuntime,
+        account: &Account,
+        url: &str,
+        conversation: &mut Conversation<'_>,
+    ) -> Option<String> {
+        let mut order = conversation
+            .retry(|| account.order(url.to_owned()))
+            .await
+            .ok()?;
+        let location = order.state().certificate.clone()?;
+        match self.download(runtime, account, &location).await {
+            Ok(chain) => Some(chain),
+            Err(err) => {
+                warn!(order = %url, error = %err, "the failed order has a certificate that could not be downloaded");
+                None
+            }
+        }
+    }
+
+    /// Downloads the certificate chain at `location` with a POST-as-GET signed by the
+    /// issuer's account, whatever its order's status (instant-acme downloads only from valid
+    /// orders).
+    async fn download(
+        &self,
+        runtime: &IssuerRuntime,
+        account: &Account,
+        location: &str,
+    ) -> Result<String, AcmeError> {
+        let issuer = &runtime.config.name;
+        let protocol = |source| AcmeError::Protocol {
+            issuer: issuer.clone(),
+            source,
+        };
+        let (record, credentials) = self.store.acme_account(issuer).await?.ok_or_else(|| {
+            AcmeError::Internal(format!("the account of {issuer} is not in the store"))
+        })?;
+        if record.url != account.id() {
+            return Err(AcmeError::Internal(format!(
+                "the stored account of {issuer} is not the one in use"
+            )));
+        }
+        let key = jws::key_pair(&private_key(issuer, &credentials)?).map_err(protocol)?;
+        let http = http_client(runtime)?;
+        let mut conversation = Conversation::new(runtime);
+        let body = conversation
+            .retry(|| async {
+                let directory = jws::Directory::fetch(&*http, &record.directory).await?;
+                jws::signed_post(&*http, &directory, &record.url, &key, location, None).await
+            })
+            .await
+            .map_err(protocol)?;
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ca_fault(&runtime.config, "a certificate chain that is not text"))
+    }
+
+    /// The order for `cert` and its key: the one stored if the CA can still give a certificate
+    /// for it, else a new one, recorded with its new key before anything else happens. The
+    /// records published for a stored order that turned out dead are withdrawn first.
     async fn resume_or_create(
         &self,
         runtime: &IssuerRuntime,
         account: &Account,
         cert: &Certificate,
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<(instant_acme::Order, Zeroizing<Vec<u8>>, bool), AcmeError> {
+        conversation: &mut Conversation<'_>,
+    ) -> Result<(instant_acme::Order, Zeroizing<Vec<u8>>), AcmeError> {
         let issuer = &runtime.config;
         let protocol = |source| AcmeError::Protocol {
             issuer: issuer.name.clone(),
@@ -776,11 +994,12 @@ impl Acme {
         if let Some((stored_issuer, url, key)) = self.store.acme_order(&cert.id).await?
             && stored_issuer == issuer.name
         {
-            match account.order(url.clone()).await {
+            match conversation.retry(|| account.order(url.clone())).await {
                 Ok(mut order) => {
-                    if order.state().status != OrderStatus::Invalid {
-                        info!(cert = %cert.id, order = %url, "resuming the ACME order in flight");
-                        return Ok((order, key, true));
+                    let state = order.state();
+                    if state.status != OrderStatus::Invalid || state.certificate.is_some() {
+                        info!(cert = %cert.id, order = %url, status = ?state.status, "resuming the ACME order in flight");
+                        return Ok((order, key));
                     }
                     info!(cert = %cert.id, order = %url, "stored ACME order is invalid; starting another");
                 }
@@ -790,6 +1009,9 @@ impl Acme {
                     info!(cert = %cert.id, order = %url, error = %err, "stored ACME order unusable; starting another");
                 }
             }
+            // Whatever the interrupted runs published for that order is of no more use.
+            let records = self.recorded(&cert.id, Vec::new()).await;
+            self.withdrawer().withdraw_all(records).await;
             // That answer may have come with a Retry-After.
             runtime.check_backoff()?;
         }
@@ -808,18 +1030,28 @@ impl Acme {
                 None => order,
             }
         };
+        let plain = new_order();
         let order = match replaces {
-            None => account.new_order(&new_order()).await.map_err(protocol)?,
+            None => conversation
+                .retry(|| account.new_order(&plain))
+                .await
+                .map_err(protocol)?,
             Some(replaces) => {
                 let id = replaces.to_string();
-                match account.new_order(&new_order().replaces(replaces)).await {
+                let replacing = new_order().replaces(replaces);
+                match conversation.retry(|| account.new_order(&replacing)).await {
                     Ok(order) => order,
                     // The CA would not take this order as the replacement (already replaced,
                     // another account's certificate, or it ignored the field): an order
                     // without `replaces` still renews; ARI only loses the link.
-                    Err(err @ (instant_acme::Error::Api(_) | instant_acme::Error::Other(_))) => {
+                    Err(err @ (instant_acme::Error::Api(_) | instant_acme::Error::Other(_)))
+                        if !matches!(&err, instant_acme::Error::Api(_)) || !transient(&err) =>
+                    {
                         warn!(cert = %cert.id, replaces = %id, error = %err, "the CA refused the order as a replacement; ordering without `replaces`");
-                        account.new_order(&new_order()).await.map_err(protocol)?
+                        conversation
+                            .retry(|| account.new_order(&plain))
+                            .await
+                            .map_err(protocol)?
                     }
                     Err(err) => return Err(protocol(err)),
                 }
@@ -836,7 +1068,7 @@ impl Acme {
             .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
             .await?;
         info!(cert = %cert.id, order = %order.url(), "ACME order created");
-        Ok((order, key, false))
+        Ok((order, key))
     }
 
     /// The issuer's account, loaded once per daemon run (and created on first use).
@@ -948,17 +1180,18 @@ impl Solver {
         }
     }
 
-    /// Makes the challenge for `base` (the identifier, without `*.`) answerable; returns what
-    /// to withdraw afterwards.
-    async fn publish(
+    /// The record answering `challenge` for `base` (the identifier, without `*.`) in the
+    /// order at `order_url`.
+    fn record(
         &self,
         issuer: &str,
+        cert: &CertificateId,
+        order_url: &str,
         base: &str,
         challenge: &instant_acme::ChallengeHandle<'_>,
-    ) -> Result<Published, AcmeError> {
-        let key_authorization = challenge.key_authorization();
-        match self {
-            Self::Http(tokens) => {
+    ) -> Result<ChallengeRecord, AcmeError> {
+        let (kind, name, value) = match self {
+            Self::Http(_) => {
                 // The token becomes a file name under a webroot: nothing but base64url.
                 if !http::is_token(&challenge.token) {
                     return Err(AcmeError::Validation {
@@ -970,49 +1203,171 @@ impl Solver {
                         ),
                     });
                 }
-                tokens.insert(&challenge.token, key_authorization.as_str());
-                Ok(Published::Token(challenge.token.clone()))
+                (
+                    ChallengeRecordKind::Token,
+                    challenge.token.clone(),
+                    String::new(),
+                )
             }
             Self::Dns(validator) => {
                 let (name, value) = txt_record(validator, base, challenge);
-                validator.publish(&name, &value).await?;
-                Ok(Published::Txt { name, value })
+                (ChallengeRecordKind::Txt, name, value)
             }
-        }
+        };
+        Ok(ChallengeRecord {
+            kind,
+            name,
+            value,
+            certificate: cert.clone(),
+            order_url: order_url.to_owned(),
+        })
     }
 
-    /// What an interrupted run may have published for a challenge the CA has since
-    /// validated: a TXT record, or a file under a webroot (in-memory tokens went with that
-    /// run; removing one that is not there is harmless).
-    fn left_over(
+    /// Makes `record` visible to the CA.
+    async fn publish(
         &self,
-        base: &str,
+        record: &ChallengeRecord,
         challenge: &instant_acme::ChallengeHandle<'_>,
-    ) -> Option<Published> {
+    ) -> Result<(), AcmeError> {
         match self {
-            Self::Http(_) => {
-                http::is_token(&challenge.token).then(|| Published::Token(challenge.token.clone()))
+            Self::Http(tokens) => {
+                tokens.insert(&record.name, challenge.key_authorization().as_str());
             }
-            Self::Dns(validator) => {
-                let (name, value) = txt_record(validator, base, challenge);
-                Some(Published::Txt { name, value })
+            Self::Dns(validator) => validator.publish(&record.name, &record.value).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Withdraws challenge records and forgets them in the store once they are gone. A record
+/// that cannot be withdrawn now (the DNS server does not answer) stays recorded, and is
+/// withdrawn at the next start.
+struct Withdrawer {
+    store: Store,
+    http: Option<http::Tokens>,
+    dns: Option<Arc<dns::DnsValidator>>,
+}
+
+impl Withdrawer {
+    async fn withdraw_all(&self, records: Vec<ChallengeRecord>) {
+        for record in records {
+            if self.withdraw(&record).await
+                && let Err(err) = self.store.set_challenge_record(&record, false).await
+            {
+                warn!(name = %record.name, error = %err, "could not forget a withdrawn challenge record; it is withdrawn again at the next start");
             }
         }
     }
 
-    /// Withdraws what [`Solver::publish`] made visible; a failure is logged, not returned
-    /// (a stale TXT record is harmless, and the order's outcome matters more).
-    async fn withdraw(&self, published: Published) {
-        match (self, published) {
-            (Self::Http(tokens), Published::Token(token)) => tokens.remove(&token),
-            (Self::Dns(validator), Published::Txt { name, value }) => {
-                if let Err(err) = validator.withdraw(&name, &value).await {
-                    warn!(%name, error = %err, "could not withdraw a DNS-01 TXT record");
+    /// Whether `record` is gone (a failure is logged: a stale TXT record is harmless, and the
+    /// order's outcome matters more).
+    async fn withdraw(&self, record: &ChallengeRecord) -> bool {
+        match (record.kind, &self.http, &self.dns) {
+            (ChallengeRecordKind::Token, Some(tokens), _) => {
+                tokens.remove(&record.name);
+                true
+            }
+            (ChallengeRecordKind::Txt, _, Some(validator)) => {
+                match validator.withdraw(&record.name, &record.value).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        warn!(name = %record.name, error = %err, "could not withdraw a DNS-01 TXT record; it is tried again at the next start");
+                        false
+                    }
                 }
             }
-            _ => {}
+            // The method is no longer configured: nothing of it is served any more.
+            _ => true,
         }
     }
+}
+
+/// Retrying, within one attempt, the requests that failed without saying anything about the
+/// order: a badNonce past instant-acme's own three tries, a lost connection, a 5xx. At 40 %
+/// badNonce a request fails all three of instant-acme's tries about 6 % of the time; ending
+/// the attempt there would leave the CA validating challenges for an order nobody follows.
+/// The budget is small (about half a minute in all) so that a CA that is really down ends the
+/// attempt soon, and the scheduler's short ladder takes over.
+struct Conversation<'a> {
+    runtime: &'a IssuerRuntime,
+    retries: usize,
+}
+
+/// The waits between the tries of one attempt.
+const CONVERSATION_RETRIES: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(15),
+];
+
+/// A Retry-After up to this long is waited for within the attempt; a longer one ends it.
+const RETRY_AFTER_WITHIN_ATTEMPT: Duration = Duration::from_secs(60);
+
+impl<'a> Conversation<'a> {
+    fn new(runtime: &'a IssuerRuntime) -> Self {
+        Self {
+            runtime,
+            retries: 0,
+        }
+    }
+
+    /// Whether to try again after `err`; if so, waits first (the CA's Retry-After when it
+    /// gave a short one, else the next step of [`CONVERSATION_RETRIES`]).
+    async fn again(&mut self, err: &instant_acme::Error) -> bool {
+        let Some(step) = CONVERSATION_RETRIES.get(self.retries) else {
+            return false;
+        };
+        if !retriable(err) {
+            return false;
+        }
+        let wait = match self.runtime.backoff.blocked_until() {
+            Some(until) => match until.duration_since(SystemTime::now()) {
+                Ok(wait) if wait > RETRY_AFTER_WITHIN_ATTEMPT => return false,
+                Ok(wait) => wait,
+                Err(_) => *step,
+            },
+            None => *step,
+        };
+        self.retries += 1;
+        debug!(issuer = %self.runtime.config.name, error = %err, retry = self.retries, wait_ms = wait.as_millis() as u64, "retrying an ACME request");
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    /// `request`, tried again while [`Conversation::again`] says so.
+    async fn retry<T, F, Fut>(&mut self, mut request: F) -> Result<T, instant_acme::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, instant_acme::Error>>,
+    {
+        loop {
+            match request().await {
+                Err(err) if self.again(&err).await => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A failed request worth sending again soon: one the CA refused for its nonce or could not
+/// answer (a 5xx, a lost connection, a body that is not JSON). Not a rate limit (those last
+/// minutes to hours: the scheduler honours them), a poll that timed out (the order is slow,
+/// not the conversation; the next attempt looks again) nor an error whose cause is unknown.
+fn retriable(err: &instant_acme::Error) -> bool {
+    match err {
+        instant_acme::Error::Api(_) => transient(err) && !rate_limited(err),
+        instant_acme::Error::Http(_)
+        | instant_acme::Error::Hyper(_)
+        | instant_acme::Error::Json(_) => true,
+        _ => false,
+    }
+}
+
+fn rate_limited(err: &instant_acme::Error) -> bool {
+    matches!(err, instant_acme::Error::Api(problem)
+        if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"))
 }
 
 /// The TXT record answering `challenge` for `base`: its name in the validation zone and value.

@@ -321,6 +321,7 @@ mod tests {
                 failures,
                 failed_at: Some(NOW),
                 action_required_days: None,
+                failure_kind: Some(crate::model::FailureKind::Transient),
             }),
             next_renewal_at: next.map(|d| NOW + d),
             versions: vec![],

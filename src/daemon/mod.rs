@@ -267,13 +267,16 @@ async fn open_inventory(
         _ => None,
     };
     let acme = (!config.acme.is_empty()).then(|| {
-        Arc::new(Acme::new(
+        let acme = Acme::new(
             store.clone(),
             &config.acme,
             config.validation.clone(),
             tokens,
             dns,
-        ))
+        );
+        // What a crash or the last shutdown's deadline left in DNS or a webroot.
+        acme.withdraw_left_over();
+        Arc::new(acme)
     });
     tasks.spawn("store writer", store.clone().supervise(shutdown.clone()));
     let published = config.pki.as_ref().map(|p| p.base_url.clone());

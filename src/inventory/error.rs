@@ -15,7 +15,7 @@ use crate::ca::CaError;
 use crate::export::ExportError;
 use crate::import::ImportError;
 use crate::keys::KeyError;
-use crate::model::{CaState, CertificateId, Origin};
+use crate::model::{CaState, CertificateId, FailureKind, Origin};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +208,24 @@ impl InventoryError {
         Self::InRequest {
             index,
             error: Box::new(self),
+        }
+    }
+
+    /// What this error, as the failure of a renewal or first issuance, says about the next
+    /// attempt: records still missing, a passing fault, or a refusal.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            Self::ValidationPending(_) => FailureKind::AwaitingRecords,
+            Self::RetryAfter { .. }
+            | Self::ShuttingDown
+            | Self::StoreFull(_)
+            | Self::StoreUnavailable(_)
+            | Self::OutcomeUnknown(_)
+            | Self::Store(_)
+            | Self::Changed { .. } => FailureKind::Transient,
+            Self::CaFailed(err) if err.is_transient() => FailureKind::Transient,
+            Self::InRequest { error, .. } => error.failure_kind(),
+            _ => FailureKind::Refused,
         }
     }
 

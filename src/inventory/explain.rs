@@ -6,8 +6,8 @@
 
 use super::*;
 use crate::policy::{
-    BACKOFF_MAX, BACKOFF_MIN, NotRenewed, Plan, Rule, URGENT_FRACTION, VALIDATION_RETRY_MAX,
-    VALIDATION_RETRY_MIN,
+    BACKOFF_MAX, BACKOFF_MIN, NotRenewed, Plan, Rule, TRANSIENT_RETRY_MAX, TRANSIENT_RETRY_MIN,
+    URGENT_FRACTION, VALIDATION_RETRY_MAX, VALIDATION_RETRY_MIN,
 };
 
 impl Inventory {
@@ -126,6 +126,11 @@ fn decision_reasons(cert: &Certificate, plan: &Plan, settings: &Settings) -> Vec
             "retries back off exponentially from {} to {}, never past expiry; a CA's Retry-After holds them back further",
             span(BACKOFF_MIN),
             span(BACKOFF_MAX)
+        )),
+        Rule::TransientRetry => reasons.push(format!(
+            "the last failure was transient (the CA busy or unreachable, the store or DNS server failing for a moment): retrying after {}, doubling up to every {}",
+            span(TRANSIENT_RETRY_MIN),
+            span(TRANSIENT_RETRY_MAX)
         )),
         Rule::ValidationLadder => reasons.push(format!(
             "waiting for the validation records: looking again after {}, doubling up to every {}",

@@ -123,6 +123,7 @@ impl Inventory {
         let window = own_window(cert.maintenance_window.as_ref());
         let failure = Failure {
             at,
+            kind: err.failure_kind(),
             retry_not_before: err.retry_not_before(),
         };
         let decided = policy::after_failure(&facts(cert, window.as_ref()), failure);
@@ -159,6 +160,7 @@ impl Inventory {
                 let failure = RenewalFailure {
                     id: cert.id.clone(),
                     next_action_at: Some(retry_at),
+                    kind: failure.kind,
                     reason,
                     failed_at: at,
                     action_required_days: milestone,
@@ -202,6 +204,7 @@ fn facts<'a>(cert: &'a Certificate, window: Option<&'a Window>) -> Facts<'a> {
             .filter(|r| r.failures > 0)
             .map(|r| Failures {
                 count: r.failures,
+                kind: r.failure_kind,
                 last: r.failed_at.unwrap_or(cert.updated_at),
                 milestone: r.action_required_days,
             }),

@@ -40,6 +40,10 @@ pub const DEFAULT_DAYS_BEFORE_EXPIRY: u32 = 45;
 /// Failure backoff bounds.
 pub const BACKOFF_MIN: Duration = Duration::minutes(1);
 pub const BACKOFF_MAX: Duration = Duration::hours(4);
+/// How soon a transient failure (the CA busy, unreachable or asking to wait briefly; the store
+/// or DNS server failing for a moment) is retried: from this, doubling, spread like the backoff.
+pub const TRANSIENT_RETRY_MIN: Duration = Duration::seconds(10);
+pub const TRANSIENT_RETRY_MAX: Duration = Duration::minutes(10);
 /// How often a certificate waiting for its validation records looks again: from this, doubling.
 pub const VALIDATION_RETRY_MIN: Duration = Duration::seconds(15);
 pub const VALIDATION_RETRY_MAX: Duration = Duration::minutes(15);
@@ -60,8 +64,10 @@ pub enum Rule {
     Window,
     /// The window was ignored: less than a tenth of the lifetime would remain.
     Urgent,
-    /// Retrying after a failure.
+    /// Retrying after a failure the CA or certkeeper refused.
     Backoff,
+    /// Retrying soon after a transient failure (the CA busy or unreachable).
+    TransientRetry,
     /// The CA's Retry-After held the retry back further than the backoff would.
     RetryAfter,
     /// The CA's suggested renewal window (ARI) came before certkeeper's own time.
@@ -86,6 +92,7 @@ impl fmt::Display for Rule {
             Self::Window => "maintenance window",
             Self::Urgent => "expiry near: maintenance window overridden",
             Self::Backoff => "retry backoff after a failure",
+            Self::TransientRetry => "retry soon after a transient failure",
             Self::RetryAfter => "retry backoff: the CA asked to wait (Retry-After)",
             Self::AriWindow => "ari-window",
             Self::AriCheck => "ari",
@@ -231,8 +238,41 @@ pub fn retry(
     failed_at: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> OffsetDateTime {
+    laddered(
+        (BACKOFF_MIN, BACKOFF_MAX),
+        id,
+        failures,
+        failed_at,
+        not_after,
+    )
+}
+
+/// [`retry`] on the short ladder of transient failures: from ten seconds, at most every ten
+/// minutes.
+pub fn transient_retry(
+    id: &str,
+    failures: u32,
+    failed_at: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> OffsetDateTime {
+    laddered(
+        (TRANSIENT_RETRY_MIN, TRANSIENT_RETRY_MAX),
+        id,
+        failures,
+        failed_at,
+        not_after,
+    )
+}
+
+fn laddered(
+    (min, max): (Duration, Duration),
+    id: &str,
+    failures: u32,
+    failed_at: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> OffsetDateTime {
     let exponent = failures.saturating_sub(1).min(20);
-    let base = (BACKOFF_MIN * 2_i32.pow(exponent)).min(BACKOFF_MAX);
+    let base = (min * 2_i32.pow(exponent)).min(max);
     // ±10%, from the id and the attempt number, so many certificates failing together (a CA
     // outage) do not retry in lockstep.
     let spread = base.whole_seconds() / 10;

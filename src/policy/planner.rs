@@ -20,8 +20,9 @@ use time::{Duration, OffsetDateTime};
 
 use super::{
     Lifetime, Planned, RenewalInfo, Rule, action_required, after_retry_after, days_to_expiry,
-    renewal, retry, validation_retry,
+    renewal, retry, transient_retry, validation_retry,
 };
+use crate::model::FailureKind;
 use crate::schedule::Window;
 
 /// How soon the CA's renewal window is asked for again after asking failed.
@@ -82,6 +83,8 @@ pub enum NotRenewed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Failures {
     pub count: u32,
+    /// What the last one said; `None` for failures recorded before kinds were.
+    pub kind: Option<FailureKind>,
     /// When the last one failed.
     pub last: OffsetDateTime,
     /// Days to expiry when the last Renewal Action Required event was raised.
@@ -181,23 +184,13 @@ pub fn next_step(facts: &Facts<'_>, rules: &Rules<'_>, now: OffsetDateTime) -> P
         .lifetime
         .map(|lifetime| renewal(facts.id, lifetime, renew_before, window, now));
     match (facts.failures, facts.validation_deadline, own) {
-        // Waiting for the user's validation records: look again soon, on the validation
-        // ladder (a record may appear at any moment).
-        (Some(f), Some(_), _) => plan(
-            Step::Retry,
-            Some(validation_retry(f.count, f.last)),
-            Rule::ValidationLadder,
-            own,
-        ),
+        (Some(f), _, _) => {
+            let (at, rule) = ladder(facts, f.kind, f.count, f.last);
+            plan(Step::Retry, Some(at), rule, own)
+        }
         (None, _, None) | (None, Some(_), _) => {
             plan(Step::Issue, Some(now), Rule::FirstIssuance, own)
         }
-        (Some(f), None, _) => plan(
-            Step::Retry,
-            Some(retry(facts.id, f.count, f.last, not_after(facts, f.last))),
-            Rule::Backoff,
-            own,
-        ),
         (None, None, Some(own)) => {
             let decided = healthy(own, facts.renewal_info, now, plan);
             floored(decided, facts)
@@ -273,10 +266,41 @@ fn not_after(facts: &Facts<'_>, at: OffsetDateTime) -> OffsetDateTime {
         .map_or(at + Duration::days(3650), |l| l.not_after)
 }
 
+/// When the `failures`-th consecutive failure, the last at `at`, retries, by what it said:
+/// missing validation records look again soon (someone is creating them, and a record may
+/// appear at any moment), a transient failure retries on a short ladder, a refusal backs off.
+/// Failures recorded before kinds were keep the ladder they had: validation records while
+/// waiting for validation, else the backoff.
+fn ladder(
+    facts: &Facts<'_>,
+    kind: Option<FailureKind>,
+    failures: u32,
+    at: OffsetDateTime,
+) -> (OffsetDateTime, Rule) {
+    let not_after = not_after(facts, at);
+    match kind {
+        Some(FailureKind::AwaitingRecords) => {
+            (validation_retry(failures, at), Rule::ValidationLadder)
+        }
+        None if facts.validation_deadline.is_some() => {
+            (validation_retry(failures, at), Rule::ValidationLadder)
+        }
+        Some(FailureKind::Transient) => (
+            transient_retry(facts.id, failures, at, not_after),
+            Rule::TransientRetry,
+        ),
+        Some(FailureKind::Refused) | None => {
+            (retry(facts.id, failures, at, not_after), Rule::Backoff)
+        }
+    }
+}
+
 /// One failed attempt.
 #[derive(Clone, Copy, Debug)]
 pub struct Failure {
     pub at: OffsetDateTime,
+    /// What it said: which ladder the retry takes.
+    pub kind: FailureKind,
     /// The CA said not to come back before then (Retry-After).
     pub retry_not_before: Option<OffsetDateTime>,
 }
@@ -300,11 +324,11 @@ pub enum AfterFailure {
 
 /// What follows `failure` for a certificate with `facts` (its failures before this one).
 ///
-/// A first issuance waiting for validation retries on the validation ladder and raises no
-/// event (the Validation Pending event already said what to do) until its deadline, when it
-/// times out. Anything else backs off, never past expiry, and raises Renewal Action Required
-/// at the first failure and at each 45/30/15/7/3/1-day milestone. A CA's Retry-After always
-/// holds, plus jitter.
+/// The retry takes the ladder of what the failure said ([`ladder`]), never past expiry. A
+/// first issuance waiting for validation raises no event (the Validation Pending event already
+/// said what to do) until its deadline, when it times out; anything else raises Renewal Action
+/// Required at the first failure and at each 45/30/15/7/3/1-day milestone. A CA's Retry-After
+/// always holds, plus jitter.
 pub fn after_failure(facts: &Facts<'_>, failure: Failure) -> AfterFailure {
     let at = failure.at;
     if facts.validation_deadline.is_some_and(|d| d <= at) {
@@ -314,15 +338,12 @@ pub fn after_failure(facts: &Facts<'_>, failure: Failure) -> AfterFailure {
     let failures = previous.map_or(0, |f| f.count) + 1;
     let not_after = not_after(facts, at);
     let days_left = days_to_expiry(at, not_after);
-    let (retry_at, rule, milestone) = if facts.validation_deadline.is_some() {
-        (validation_retry(failures, at), Rule::ValidationLadder, None)
+    let (retry_at, rule) = ladder(facts, Some(failure.kind), failures, at);
+    // Waiting for a first validation raises no event: Validation Pending said what to do.
+    let milestone = if facts.validation_deadline.is_some() {
+        None
     } else {
-        let milestone = action_required(days_left, previous.and_then(|f| f.milestone));
-        (
-            retry(facts.id, failures, at, not_after),
-            Rule::Backoff,
-            milestone,
-        )
+        action_required(days_left, previous.and_then(|f| f.milestone))
     };
     let (retry_at, rule) = match failure.retry_not_before {
         Some(until) => {
@@ -397,7 +418,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::policy::{BACKOFF_MAX, DEFAULT_RENEW_BEFORE, jitter};
+    use crate::policy::{BACKOFF_MAX, DEFAULT_RENEW_BEFORE, TRANSIENT_RETRY_MAX, jitter};
     use crate::schedule::Schedule;
 
     const NOW: OffsetDateTime = datetime!(2026-11-22 12:00 UTC);
@@ -477,6 +498,7 @@ mod tests {
         let failures = |count, last| {
             Some(Failures {
                 count,
+                kind: None,
                 last,
                 milestone: None,
             })
@@ -737,6 +759,7 @@ mod tests {
     fn failures_back_off_never_past_expiry_and_raise_milestones() {
         let failure = |at| Failure {
             at,
+            kind: FailureKind::Refused,
             retry_not_before: None,
         };
         // The first failure raises the event (at the days left), later ones only at
@@ -764,6 +787,7 @@ mod tests {
             }
             facts.failures = Some(Failures {
                 count: failures,
+                kind: Some(FailureKind::Refused),
                 last: at,
                 milestone: milestone.or(facts.failures.and_then(|f| f.milestone)),
             });
@@ -785,6 +809,7 @@ mod tests {
         let expiring = Facts {
             failures: Some(Failures {
                 count: 9,
+                kind: Some(FailureKind::Refused),
                 last: NOW,
                 milestone: Some(1),
             }),
@@ -807,6 +832,7 @@ mod tests {
             &healthy(90),
             Failure {
                 at: NOW,
+                kind: FailureKind::Transient,
                 retry_not_before: Some(until),
             },
         ) else {
@@ -826,6 +852,7 @@ mod tests {
         };
         let failure = |at| Failure {
             at,
+            kind: FailureKind::AwaitingRecords,
             retry_not_before: None,
         };
         assert_eq!(
@@ -842,6 +869,106 @@ mod tests {
             after_failure(&pending, failure(deadline)),
             AfterFailure::TimedOut
         );
+    }
+
+    /// Issue 10: a badNonce that outlasted the attempt's own retries waited like a missing
+    /// CNAME (15 s, doubling to 15 minutes: eight minutes after a few). Each kind now has its
+    /// ladder, for a first issuance and a renewal alike, and the plan read back from the store
+    /// agrees with the retry time decided at the failure.
+    #[test]
+    fn each_kind_of_failure_retries_on_its_own_ladder() {
+        let pending = Facts {
+            lifetime: None,
+            validation_deadline: Some(NOW + Duration::hours(72)),
+            ..healthy(90)
+        };
+        let renewing = healthy(90);
+        for (facts, what) in [(&pending, "first issuance"), (&renewing, "renewal")] {
+            let mut delays = Vec::new();
+            for kind in [
+                FailureKind::AwaitingRecords,
+                FailureKind::Transient,
+                FailureKind::Refused,
+            ] {
+                let mut facts = *facts;
+                let mut at = NOW;
+                let mut delay = Vec::new();
+                for _ in 0..6 {
+                    let AfterFailure::Retry {
+                        at: retry_at,
+                        rule,
+                        failures,
+                        ..
+                    } = after_failure(
+                        &facts,
+                        Failure {
+                            at,
+                            kind,
+                            retry_not_before: None,
+                        },
+                    )
+                    else {
+                        panic!("{what}: {kind:?} before the deadline retries");
+                    };
+                    let expected = match kind {
+                        FailureKind::AwaitingRecords => Rule::ValidationLadder,
+                        FailureKind::Transient => Rule::TransientRetry,
+                        FailureKind::Refused => Rule::Backoff,
+                    };
+                    assert_eq!(rule, expected, "{what}: {kind:?}");
+                    facts.failures = Some(Failures {
+                        count: failures,
+                        kind: Some(kind),
+                        last: at,
+                        milestone: facts.failures.and_then(|f| f.milestone),
+                    });
+                    let plan = next_step(&facts, &RULES, at);
+                    assert_eq!(
+                        (plan.at, plan.rule),
+                        (Some(retry_at), expected),
+                        "{what}: {kind:?}: the stored failure plans the same retry"
+                    );
+                    delay.push(retry_at - at);
+                    at = retry_at;
+                }
+                delays.push(delay);
+            }
+            let [records, transient, refused] = &delays[..] else {
+                unreachable!()
+            };
+            assert_eq!(records[0], Duration::seconds(15), "{what}");
+            assert!(
+                transient[0] >= Duration::seconds(9) && transient[0] <= Duration::seconds(11),
+                "{what}: {:?}",
+                transient[0]
+            );
+            assert!(refused[0] >= Duration::seconds(54), "{what}");
+            // After six transient failures the next try is still within minutes, where the
+            // validation ladder has reached eight.
+            let sum = |d: &Vec<Duration>| d.iter().copied().fold(Duration::ZERO, |a, b| a + b);
+            assert!(
+                sum(transient) < Duration::minutes(12),
+                "{what}: {}",
+                sum(transient)
+            );
+            assert!(transient[5] <= TRANSIENT_RETRY_MAX + TRANSIENT_RETRY_MAX / 10);
+            assert!(sum(refused) > sum(transient), "{what}");
+        }
+
+        // Failures recorded before kinds were keep their old ladders.
+        let legacy = |facts: Facts<'static>| Facts {
+            failures: Some(Failures {
+                count: 1,
+                kind: None,
+                last: NOW,
+                milestone: None,
+            }),
+            ..facts
+        };
+        let plan = next_step(&legacy(pending), &RULES, NOW);
+        assert_eq!(plan.rule, Rule::ValidationLadder);
+        let plan = next_step(&legacy(renewing), &RULES, NOW);
+        assert_eq!(plan.rule, Rule::Backoff);
     }
 
     #[test]

@@ -270,6 +270,7 @@ pub struct VersionChange {
 pub struct RenewalFailure {
     pub id: CertificateId,
     pub reason: String,
+    pub kind: crate::model::FailureKind,
     pub failed_at: OffsetDateTime,
     pub next_action_at: Option<OffsetDateTime>,
     /// The milestone to record when `event` is raised.
@@ -289,6 +290,45 @@ pub struct Replannable {
     pub issued_at: Option<OffsetDateTime>,
     /// The current version's number.
     pub version: u32,
+}
+
+/// A record certkeeper made visible to answer an ACME challenge, as stored from just before it
+/// is published until it is withdrawn (so a crash cannot leave it behind unnoticed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChallengeRecord {
+    pub kind: ChallengeRecordKind,
+    /// The TXT record's name, or the HTTP-01 token.
+    pub name: String,
+    /// The TXT record's value; empty for a token.
+    pub value: String,
+    pub certificate: CertificateId,
+    /// The order it answers.
+    pub order_url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChallengeRecordKind {
+    /// A DNS-01 TXT record in the validation zone.
+    Txt,
+    /// An HTTP-01 token (served by the daemon, or a file under a webroot).
+    Token,
+}
+
+impl ChallengeRecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Txt => "txt",
+            Self::Token => "token",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "txt" => Some(Self::Txt),
+            "token" => Some(Self::Token),
+            _ => None,
+        }
+    }
 }
 
 /// An ACME account as stored (its credentials are sealed separately).
@@ -1005,6 +1045,29 @@ impl Store {
         self.write(|reply| Job::DeleteAcmeOrder { id, reply })
             .await
             .map(drop)
+    }
+
+    /// Records `record` before it is published (`true`), or forgets it once withdrawn.
+    pub async fn set_challenge_record(
+        &self,
+        record: &ChallengeRecord,
+        present: bool,
+    ) -> Result<(), StoreError> {
+        let record = Box::new(record.clone());
+        self.write(|reply| Job::SetChallengeRecord {
+            record,
+            present,
+            at: OffsetDateTime::now_utc(),
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Every challenge record published and not yet withdrawn, with whether its order is still
+    /// the one stored for its certificate (`true`: it may still be needed).
+    pub async fn challenge_records(&self) -> Result<Vec<(ChallengeRecord, bool)>, StoreError> {
+        self.db.challenge_records().await
     }
 
     /// Moves a certificate from `from` to `status`; returns whether it changed.

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_commits.sql"),
     include_str!("../../migrations/sqlite/0006_audit.sql"),
     include_str!("../../migrations/sqlite/0007_acme_pending_key.sql"),
+    include_str!("../../migrations/sqlite/0008_acme_challenge_records.sql"),
 ];
 
 /// Read connections kept open; more concurrent reads wait for one.
@@ -639,6 +640,52 @@ impl Db {
         .await
     }
 
+    pub(super) async fn challenge_records(
+        &self,
+    ) -> Result<Vec<(super::ChallengeRecord, bool)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.kind, r.name, r.value, r.certificate_id, r.order_url, o.order_url IS NOT NULL \
+                 FROM acme_challenge_records r LEFT JOIN acme_orders o \
+                 ON o.certificate_id = r.certificate_id AND o.order_url = r.order_url \
+                 ORDER BY r.published_at",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            })?;
+            let mut records = Vec::new();
+            for row in rows {
+                let (kind, name, value, certificate, order_url, live) = row?;
+                // A row this version cannot read is left for the version that wrote it.
+                let (Some(kind), Some(certificate)) = (
+                    super::ChallengeRecordKind::parse(&kind),
+                    CertificateId::parse(&certificate),
+                ) else {
+                    continue;
+                };
+                records.push((
+                    super::ChallengeRecord {
+                        kind,
+                        name,
+                        value,
+                        certificate,
+                        order_url,
+                    },
+                    live,
+                ));
+            }
+            Ok(records)
+        })
+        .await
+    }
+
     pub(super) async fn sink_cursor(&self, sink: String) -> Result<Option<i64>, StoreError> {
         self.read(move |conn| {
             Ok(conn
@@ -1166,6 +1213,10 @@ fn renewal_from_row(row: &Row<'_>) -> Result<Option<Renewal>, StoreError> {
             .get::<_, Option<i64>>("renewal_failed_at")?
             .map(from_unix),
         action_required_days: row.get("action_required_days")?,
+        // An unknown kind (a newer version's) retries as failures did before kinds.
+        failure_kind: row
+            .get::<_, Option<String>>("renewal_failure_kind")?
+            .and_then(|kind| kind.parse().ok()),
     }))
 }
 

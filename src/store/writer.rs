@@ -184,6 +184,13 @@ pub(super) enum Job {
         id: CertificateId,
         reply: Reply,
     },
+    /// Records a challenge record about to be published (`present`), or forgets a withdrawn one.
+    SetChallengeRecord {
+        record: Box<super::ChallengeRecord>,
+        present: bool,
+        at: OffsetDateTime,
+        reply: Reply,
+    },
     SetStatus {
         id: CertificateId,
         status: Status,
@@ -223,6 +230,7 @@ impl Job {
             | Self::SetAcmePendingKey { reply, .. }
             | Self::SaveAcmeOrder { reply, .. }
             | Self::DeleteAcmeOrder { reply, .. }
+            | Self::SetChallengeRecord { reply, .. }
             | Self::SetStatus { reply, .. }
             | Self::Ping { reply } => reply,
         }
@@ -589,6 +597,15 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             .map(|_| Answer::Done)
             .map_err(StoreError::from),
         ),
+        Job::SetChallengeRecord {
+            record,
+            present,
+            at,
+            reply,
+        } => (
+            reply,
+            none(set_challenge_record(conn, &record, present, at)),
+        ),
         Job::SetStatus {
             id,
             status,
@@ -734,7 +751,7 @@ fn add_version(
         .prepare_cached(
             "UPDATE certificates SET current_version = ?, serial = ?, not_before = ?, not_after = ?, \
              status = ?, updated_at = ?, next_action_at = ?, renewal_status = 'success', \
-             renewal_reason = NULL, renewal_failures = 0, renewal_failed_at = NULL, \
+             renewal_reason = NULL, renewal_failure_kind = NULL, renewal_failures = 0, renewal_failed_at = NULL, \
              action_required_days = NULL, expiry_event_day = NULL, renewal_info = ? \
              WHERE id = ? AND current_version = ?",
         )?
@@ -1050,12 +1067,13 @@ fn renewal_failed(conn: &Connection, failure: &RenewalFailure) -> Result<(), Sto
     let changed = conn
         .prepare_cached(
             "UPDATE certificates SET renewal_status = 'failed', renewal_reason = ?, \
-         renewal_failures = renewal_failures + 1, renewal_failed_at = ?, \
+         renewal_failure_kind = ?, renewal_failures = renewal_failures + 1, renewal_failed_at = ?, \
          next_action_at = CASE WHEN status = 'revoked' THEN NULL ELSE ? END, \
          action_required_days = COALESCE(?, action_required_days) WHERE id = ?",
         )?
         .execute(params![
             failure.reason,
+            failure.kind.as_str(),
             unix(failure.failed_at),
             failure.next_action_at.map(unix),
             failure.action_required_days,
@@ -1244,6 +1262,29 @@ fn save_acme_order(
          order_url = ?3, key_kid = ?4, key_blob = ?5, created_at = ?6",
         params![id.as_str(), issuer, order_url, key.kid, key.blob, unix(OffsetDateTime::now_utc())],
     )?;
+    Ok(())
+}
+
+fn set_challenge_record(
+    conn: &Connection,
+    record: &super::ChallengeRecord,
+    present: bool,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let kind = record.kind.as_str();
+    if present {
+        conn.execute(
+            "INSERT INTO acme_challenge_records (kind, name, value, certificate_id, order_url, published_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (kind, name, value) DO UPDATE SET \
+             certificate_id = ?4, order_url = ?5, published_at = ?6",
+            params![kind, record.name, record.value, record.certificate.as_str(), record.order_url, unix(at)],
+        )?;
+    } else {
+        conn.execute(
+            "DELETE FROM acme_challenge_records WHERE kind = ? AND name = ? AND value = ?",
+            params![kind, record.name, record.value],
+        )?;
+    }
     Ok(())
 }
 

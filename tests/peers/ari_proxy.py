@@ -16,6 +16,11 @@ answers (and checks in each JWS) are the proxy's. On top of Pebble it
 - can pass an account key change (`/rollover-account-key`) on to Pebble and then close the
   connection without its answer, as a network failure at the worst moment would (the CA has
   switched keys, the client does not know);
+- can pass a challenge answer (`/chalZ/...`) on to Pebble and then answer 503 serverInternal,
+  as a CA whose answer was lost would (the CA validates; the client does not know);
+- can answer order fetches (`/my-order/...`, `/finalize-order/...`) with the order's status
+  changed to invalid, all of them or only those Pebble calls valid (with their certificate
+  URL), as a CA that fails an order after issuing it would;
 - can answer a certificate download with another leaf or another chain than Pebble issued
   (the PEM the test gives), as a buggy CA or a meddling proxy would;
 - logs every newOrder payload and renewal-info request as one JSON line in --log, with the
@@ -25,7 +30,8 @@ The test changes its behaviour with `POST /test-control` (plain JSON, not ACME):
   {"windows": [[start_offset_s, end_offset_s], ...],
    "retry_after": seconds, "reject_replaces": count,
    "rate_limit_orders": count, "rate_limit_retry_after": seconds,
-   "fail_downloads": count, "drop_key_changes": count,
+   "fail_downloads": count, "drop_key_changes": count, "lose_challenge_answers": count,
+   "invalidate_orders": count, "invalidate_only_valid": bool,
    "replace_downloads": [{"leaf": PEM or null, "chain": PEM or null}, ...]}
 Each entry of `replace_downloads` rewrites one successful download, in order: `leaf` replaces
 the first certificate, `chain` the ones after it.
@@ -56,7 +62,8 @@ PROFILES = {
 
 STATE = {"windows": [[-60, 60]], "retry_after": 3600, "reject_replaces": 0,
          "rate_limit_orders": 0, "rate_limit_retry_after": 0, "fail_downloads": 0,
-         "replace_downloads": [], "drop_key_changes": 0}
+         "replace_downloads": [], "drop_key_changes": 0, "lose_challenge_answers": 0,
+         "invalidate_orders": 0, "invalidate_only_valid": False}
 WINDOWS = {}  # certID -> (start, end) as RFC 3339 strings
 LOCK = threading.Lock()
 ARGS = None
@@ -194,6 +201,34 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 self.problem(503, "serverInternal", "the certificate is not available yet")
                 return
             self.download(path, body)
+            return
+        if path.startswith("/chalZ/"):
+            with LOCK:
+                lose = STATE["lose_challenge_answers"] > 0
+                if lose:
+                    STATE["lose_challenge_answers"] -= 1
+            status, headers, data = self.upstream("POST", self.path, body)
+            log({"challenge": path, "status": status, "lost": lose})
+            if lose:
+                self.problem(503, "serverInternal", "the answer to the challenge was lost")
+                return
+            self.reply(status, headers, data)
+            return
+        if path.startswith("/my-order/") or path.startswith("/finalize-order/"):
+            status, headers, data = self.upstream("POST", self.path, body)
+            if status == 200:
+                order = json.loads(data)
+                with LOCK:
+                    lie = STATE["invalidate_orders"] > 0 and (
+                        order.get("status") == "valid" or not STATE["invalidate_only_valid"])
+                    if lie:
+                        STATE["invalidate_orders"] -= 1
+                if lie:
+                    log({"invalidated-order": path, "was": order.get("status"),
+                         "certificate": order.get("certificate")})
+                    order["status"] = "invalid"
+                    data = json.dumps(order).encode()
+            self.reply(status, headers, data)
             return
         if path != "/order-plz":
             self.forward(body)
