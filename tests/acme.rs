@@ -1144,10 +1144,10 @@ fn an_order_finalized_before_a_failure_is_taken_up_again_not_ordered_anew() {
             && log.contains("resuming the ACME order in flight"),
         "{log}"
     );
-    // The first attempt's failure was transient: the next came on the short ladder, not
-    // after the minute of the renewal backoff.
+    // The first attempt's failure was transient: the next came on the short ladder (5 s),
+    // not the validation ladder's 15 s nor the renewal backoff's minute.
     let gap = downloads[6]["at"].as_f64().unwrap() - downloads[5]["at"].as_f64().unwrap();
-    assert!(gap < 50.0, "{gap:.1} s between the attempts: {seen:#?}");
+    assert!(gap < 12.0, "{gap:.1} s between the attempts: {seen:#?}");
 }
 
 #[test]
@@ -1353,34 +1353,23 @@ fn rfc2136_config(pebble: &Pebble, unbound: &Unbound, knot: &Knot, proxy: &AriPr
         .replace(&pebble.directory_url, &proxy.directory_url)
 }
 
-/// Every TXT record in Knot's `acme.test.` zone, as `name value` lines.
-fn validation_zone_txt(knot: &Knot) -> Vec<String> {
-    let out = std::process::Command::new("kdig")
-        .args([
-            "@".to_owned() + &knot.addr.ip().to_string(),
-            "-p".into(),
-            knot.addr.port().to_string(),
-        ])
-        .args(["acme.test.", "AXFR", "+noall", "+answer"])
-        .output()
-        .expect("kdig");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.split_whitespace().nth(3) == Some("TXT"))
-        .map(str::to_owned)
+/// The TXT values at each of `labels` (names in the validation zone), as `name value` pairs.
+fn txt_at(knot: &Knot, labels: &[String]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .flat_map(|label| {
+            knot.lookup(label, "TXT")
+                .txt()
+                .into_iter()
+                .map(move |value| (label.clone(), value))
+        })
         .collect()
 }
 
 /// Behaviour 1 of issue 10: the CA takes the challenge answer but its reply is lost (503).
 /// That failure says nothing about the order: the token stays served while the CA validates
 /// (its VA sleeps up to 15 s first), the request is retried within the attempt on a fresh
-/// copy of the order (which shows the challenge already being validated, so it is not
-/// answered twice), and the one order issues. Before, the token was withdrawn at once, the
+/// copy of the order, and the one order issues. Before, the token was withdrawn at once, the
 /// CA's validation failed, and a second order was made.
 #[test]
 fn a_lost_challenge_answer_keeps_the_record_and_the_order() {
@@ -1405,16 +1394,13 @@ fn a_lost_challenge_answer_keeps_the_record_and_the_order() {
     let seen = proxy.seen();
     let orders = seen.iter().filter(|e| e.get("new-order").is_some()).count();
     assert_eq!(orders, 1, "one order: {seen:#?}\n{}", daemon.log_text());
+    // Pebble shows the challenge still pending while its VA sleeps, so the retry answers it
+    // again (RFC 8555 §7.5.1 makes that harmless); what matters is that the token stayed.
     let answers: Vec<&serde_json::Value> = seen
         .iter()
         .filter(|e| e.get("challenge").is_some())
         .collect();
-    assert_eq!(
-        answers.len(),
-        1,
-        "the challenge was answered once: {seen:#?}"
-    );
-    assert_eq!(answers[0]["lost"], true);
+    assert_eq!(answers[0]["lost"], true, "{seen:#?}");
 }
 
 /// Behaviour 2 of issue 10: a CA that calls an order invalid after it issued the certificate
@@ -1471,7 +1457,15 @@ fn records_of_a_resumed_order_found_invalid_are_all_withdrawn() {
     let mut daemon = Daemon::start_with(Some(&rfc2136_config(&pebble, &unbound, &knot, &proxy)));
     let records = request_dns(&daemon, &["one.customer.test", "two.customer.test"]);
     let cert = id(&records);
+    let mut labels = Vec::new();
     for record in records["validation_records"].as_array().unwrap() {
+        labels.push(
+            record["Value"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches('.')
+                .to_owned(),
+        );
         knot.nsupdate(
             "customer.test.",
             &[&format!(
@@ -1485,7 +1479,7 @@ fn records_of_a_resumed_order_found_invalid_are_all_withdrawn() {
         Duration::from_secs(90),
         "both challenge TXT records at Knot",
         || {
-            let txt = validation_zone_txt(&knot);
+            let txt = txt_at(&knot, &labels);
             (txt.len() == 2).then_some(txt)
         },
     );
@@ -1504,7 +1498,7 @@ fn records_of_a_resumed_order_found_invalid_are_all_withdrawn() {
         Duration::from_secs(30),
         "the validation zone to be empty",
         || {
-            let txt = validation_zone_txt(&knot);
+            let txt = txt_at(&knot, &labels);
             txt.is_empty().then_some(txt)
         },
     );

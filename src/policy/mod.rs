@@ -42,8 +42,8 @@ pub const BACKOFF_MIN: Duration = Duration::minutes(1);
 pub const BACKOFF_MAX: Duration = Duration::hours(4);
 /// How soon a transient failure (the CA busy, unreachable or asking to wait briefly; the store
 /// or DNS server failing for a moment) is retried: from this, doubling, spread like the backoff.
-pub const TRANSIENT_RETRY_MIN: Duration = Duration::seconds(10);
-pub const TRANSIENT_RETRY_MAX: Duration = Duration::minutes(10);
+pub const TRANSIENT_RETRY_MIN: Duration = Duration::seconds(5);
+pub const TRANSIENT_RETRY_MAX: Duration = Duration::minutes(5);
 /// How often a certificate waiting for its validation records looks again: from this, doubling.
 pub const VALIDATION_RETRY_MIN: Duration = Duration::seconds(15);
 pub const VALIDATION_RETRY_MAX: Duration = Duration::minutes(15);
@@ -247,7 +247,7 @@ pub fn retry(
     )
 }
 
-/// [`retry`] on the short ladder of transient failures: from ten seconds, at most every ten
+/// [`retry`] on the short ladder of transient failures: from five seconds, at most every five
 /// minutes.
 pub fn transient_retry(
     id: &str,
