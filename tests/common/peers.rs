@@ -275,7 +275,13 @@ pub(crate) fn dns_lookup(server: SocketAddr, name: &str, rtype: &str) -> Answer 
         .as_u64()
         .and_then(|n| u16::try_from(n).ok())
         .unwrap_or_else(|| panic!("kdig {name} {rtype} @{server}: no RCODE:\n{text}"));
-    let records = json["answerRRs"]
+    let records = answer_records(&json);
+    Answer { rcode, records }
+}
+
+/// The answer section of one message of `kdig +json` output (RFC 8427).
+fn answer_records(message: &serde_json::Value) -> Vec<Record> {
+    message["answerRRs"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -298,8 +304,7 @@ pub(crate) fn dns_lookup(server: SocketAddr, name: &str, rtype: &str) -> Answer 
                 rdata,
             }
         })
-        .collect();
-    Answer { rcode, records }
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,8 +333,8 @@ pub(crate) struct Knot {
 impl Knot {
     /// Starts knotd serving `zones` (each e.g. `"customer.test."`; the final dot is optional).
     /// Each zone has a SOA (serial 1, minimum TTL 60), `NS ns.<zone>` and `ns.<zone> A
-    /// 127.0.0.1`, and accepts dynamic updates signed with the TSIG key (hmac-sha256). Returns
-    /// once every zone answers its SOA.
+    /// 127.0.0.1`, accepts dynamic updates signed with the TSIG key (hmac-sha256) and zone
+    /// transfers from 127.0.0.1 ([`Knot::axfr`]). Returns once every zone answers its SOA.
     pub(crate) fn start(zones: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("knot-")
@@ -356,8 +361,9 @@ impl Knot {
              database:\n    storage: \"{root}/db\"\n\
              key:\n  - id: {tsig_name}\n    algorithm: {TSIG_ALGORITHM}\n    secret: {tsig_secret_b64}\n\
              acl:\n  - id: tsig-update\n    key: {tsig_name}\n    action: update\n\
+             \x20 - id: loopback-transfer\n    address: 127.0.0.1\n    action: transfer\n\
              template:\n  - id: default\n    storage: \"{root}\"\n    zonefile-sync: -1\n    \
-             journal-content: all\n    acl: tsig-update\n\
+             journal-content: all\n    acl: [tsig-update, loopback-transfer]\n\
              zone:\n",
             root = root.display()
         );
@@ -455,6 +461,32 @@ impl Knot {
     /// The full answer of [`Knot::query`] (response code and records).
     pub(crate) fn lookup(&self, name: &str, rtype: &str) -> Answer {
         dns_lookup(self.addr, name, rtype)
+    }
+
+    /// Every record of `zone` as Knot holds it now, by zone transfer (AXFR over TCP, allowed
+    /// from 127.0.0.1): what a test asks when it must know that nothing at all was left behind,
+    /// at names it would not think to query. The SOA appears twice (it opens and closes the
+    /// transfer). Panics unless Knot answers the transfer.
+    pub(crate) fn axfr(&self, zone: &str) -> Vec<Record> {
+        let zone = absolute(zone);
+        let out = Command::new(program("kdig"))
+            .arg(format!("@{}", self.addr.ip()))
+            .args(["-p", &self.addr.port().to_string(), &zone, "AXFR"])
+            .args(["+json", "+timeout=5", "+retry=1"])
+            .output()
+            .expect("run kdig");
+        let text = output_text(&out);
+        assert!(
+            out.status.success(),
+            "kdig {zone} AXFR @{} failed ({}):\n{text}\nknotd log:\n{}",
+            self.addr,
+            out.status,
+            self.process.log_tail()
+        );
+        // One JSON object per DNS message; a large zone comes in several.
+        let messages: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("kdig {zone} AXFR: bad JSON ({e}):\n{text}"));
+        messages.iter().flat_map(answer_records).collect()
     }
 
     /// knotd's pid.
