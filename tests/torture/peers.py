@@ -187,6 +187,10 @@ class Pebble:
                 self._names[serial] = dns_names(status["Certificate"])
         return dict(self._names)
 
+    def status(self, serial):
+        """Pebble's status of a certificate it issued: "Valid" or "Revoked"."""
+        return json.loads(self.get(f"/cert-status-by-serial/{serial}"))["Status"]
+
     def stop(self):
         self.process.stop()
 

@@ -228,10 +228,12 @@ class Workload:
             return sum(1 for c in self.ledger.certs.values() if c.kind == kind and c.active)
 
     def _retire(self, rng, kind):
-        """Revokes or deletes one certificate of `kind` (ACME ones once issued)."""
+        """Revokes or deletes one certificate of `kind` that has served: a short-lived one
+        renewed a few times, an ACME one issued (none yet: nothing happens)."""
         what = rng.choice(["revoke", "delete"])
-        cert = self.ledger.claim(rng, lambda c: c.kind == kind and c.versions, what,
-                                 self.local.epoch)
+        served = 3 if kind == SHORT else 1
+        cert = self.ledger.claim(rng, lambda c: c.kind == kind and len(c.versions) >= served,
+                                 what, self.local.epoch)
         if cert is None:
             return
         if what == "revoke":
