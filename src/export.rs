@@ -75,16 +75,17 @@ pub fn export(
     passphrase: &str,
 ) -> Result<Exported, ExportError> {
     check_passphrase(passphrase)?;
+    let key = pkcs8_v1(key_pkcs8)?;
     match format {
         ExportFormat::Pem => Ok(Exported {
             format,
             certificate: Some(cert_pem.to_owned()),
             chain: Some(chain_pem.to_owned()),
-            private_key: Some(encrypt_pkcs8(key_pkcs8, passphrase)?),
+            private_key: Some(encrypt_pkcs8(key.as_bytes(), passphrase)?),
             pkcs12: None,
         }),
         ExportFormat::Pkcs12 | ExportFormat::Pkcs12Legacy => {
-            let bytes = pkcs12(format, cert_pem, chain_pem, key_pkcs8, passphrase)?;
+            let bytes = pkcs12(format, cert_pem, chain_pem, key.as_bytes(), passphrase)?;
             Ok(Exported {
                 format,
                 certificate: None,
@@ -94,6 +95,17 @@ pub fn export(
             })
         }
     }
+}
+
+/// The key as a PKCS#8 v1 document (RFC 5208), without the public key a v2 one (RFC 5958)
+/// may carry: Ed25519 keys are generated as v2, which OpenSSL 3.0 does not read (the crash
+/// torture found exported Ed25519 keys that `openssl pkey` refused). Every reader takes v1,
+/// and the public key follows from the private one. Zeroized when dropped.
+fn pkcs8_v1(key_pkcs8: &[u8]) -> Result<pkcs8::SecretDocument, ExportError> {
+    let crypto = |e: &dyn std::fmt::Display| ExportError::Crypto(e.to_string());
+    let mut info = pkcs8::PrivateKeyInfoRef::try_from(key_pkcs8).map_err(|e| crypto(&e))?;
+    info.public_key = None;
+    pkcs8::SecretDocument::try_from(info).map_err(|e| crypto(&e))
 }
 
 fn encrypt_pkcs8(key_pkcs8: &[u8], passphrase: &str) -> Result<String, ExportError> {
@@ -168,4 +180,31 @@ fn digest(der: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
         .as_ref()
         .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::PublicKeyData as _;
+
+    use super::*;
+    use crate::model::KeyAlgorithm;
+
+    /// Ed25519 keys come out of generation as PKCS#8 v2; what is exported is v1, and the same
+    /// key.
+    #[test]
+    fn exported_keys_are_pkcs8_v1_of_the_same_key() {
+        for algorithm in [KeyAlgorithm::Ed25519, KeyAlgorithm::EcP256] {
+            let generated = crate::keys::generate(algorithm).unwrap().serialize_der();
+            let v1 = pkcs8_v1(&generated).unwrap();
+            let info = pkcs8::PrivateKeyInfoRef::try_from(v1.as_bytes()).unwrap();
+            assert_eq!(info.version(), pkcs8::Version::V1, "{algorithm:?}");
+            let original = crate::keys::load_pkcs8(&generated).unwrap();
+            let exported = crate::keys::load_pkcs8(v1.as_bytes()).unwrap();
+            assert_eq!(
+                exported.subject_public_key_info(),
+                original.subject_public_key_info(),
+                "{algorithm:?}"
+            );
+        }
+    }
 }

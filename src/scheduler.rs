@@ -346,6 +346,11 @@ async fn renew_one(inventory: &Inventory, id: &CertificateId, now: OffsetDateTim
             info!(serial = ?cert.serial, not_after = ?cert.not_after.map(rfc3339), version = cert.current_version, "renewed");
             return;
         }
+        // Revoked while it renewed: the new version was not kept, and nothing renews it again.
+        Err(InventoryError::Revoked { .. }) => {
+            info!("revoked during its renewal; the new version is not kept");
+            return;
+        }
         Err(err) => err,
     };
     // The time of the failure is a fact of the attempt (which may have taken a minute), not

@@ -850,6 +850,83 @@ fn pkcs12_export_opens_with_openssl() {
     assert!(stderr.contains("4 to 1024"), "{stderr}");
 }
 
+/// Found by the crash torture (tests/torture/run): an exported Ed25519 key, as encrypted
+/// PKCS#8 or in PKCS#12, did not open with OpenSSL 3.0 ("wrong tag ... Field=attributes"):
+/// the key was exported as generated, a PKCS#8 v2 document with the public key in it, which
+/// OpenSSL does not read. Every algorithm's export must open, and hold the certificate's key.
+#[test]
+fn exported_keys_of_every_algorithm_open_with_openssl_and_match_the_certificate() {
+    let daemon = Daemon::start();
+    let pass = daemon.write("pass.txt", "correct horse\n");
+    let dir = daemon.dir.path();
+    for algorithm in ["ec-p256", "ec-p384", "ed25519", "rsa-2048"] {
+        let cert = id(&daemon.json(&[
+            "request",
+            &format!("{algorithm}.internal"),
+            "--key-algorithm",
+            algorithm,
+        ]));
+        let leaf = daemon.write(
+            &format!("{algorithm}.pem"),
+            daemon.ok(&["get", &cert, "--part", "cert"]),
+        );
+        let expected = openssl(
+            dir,
+            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
+        );
+        for format in ["pem", "pkcs12"] {
+            let out = daemon.path(&format!("{algorithm}.{format}"));
+            daemon.ok(&[
+                "export",
+                &cert,
+                "--passphrase-file",
+                pass.to_str().unwrap(),
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            let key = if format == "pem" {
+                out.clone()
+            } else {
+                let key = daemon.path(&format!("{algorithm}.p12.key"));
+                let (ok, text) = common::openssl_try(
+                    dir,
+                    &[
+                        "pkcs12",
+                        "-in",
+                        out.to_str().unwrap(),
+                        "-passin",
+                        "pass:correct horse",
+                        "-nodes",
+                        "-nocerts",
+                        "-out",
+                        key.to_str().unwrap(),
+                    ],
+                );
+                assert!(ok, "{algorithm} {format}: openssl pkcs12: {text}");
+                key
+            };
+            let (ok, public) = common::openssl_try(
+                dir,
+                &[
+                    "pkey",
+                    "-in",
+                    key.to_str().unwrap(),
+                    "-passin",
+                    "pass:correct horse",
+                    "-pubout",
+                ],
+            );
+            assert!(ok, "{algorithm} {format}: openssl pkey: {public}");
+            assert_eq!(
+                public, expected,
+                "{algorithm} {format}: the certificate's key"
+            );
+        }
+    }
+}
+
 /// `serve`, `config check` and the client verbs find the config the same way, so a client
 /// given the daemon's config file (`--config`/`$CERTKEEPER_CONFIG`, no socket) reaches it.
 #[test]

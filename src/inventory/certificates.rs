@@ -1,6 +1,8 @@
 //! Certificate operations: request, sign, import and re-import, renew, revoke, delete, tags,
 //! reads and export.
 
+use std::collections::HashSet;
+
 use super::*;
 
 impl Inventory {
@@ -468,6 +470,7 @@ impl Inventory {
             Action::Renewal
         };
         let event = events::available(&issued.next_version_of(&cert), action, now);
+        let cert_pem = issued.cert_pem.clone();
         let change = VersionChange {
             version: cert.current_version + 1,
             new: issued.into_version(None, Some(key)),
@@ -483,10 +486,35 @@ impl Inventory {
             ),
             renewal_info,
         };
-        let updated = self.store.add_version(&cert.id, change).await?;
+        let updated = match self.store.add_version(&cert.id, change).await {
+            Ok(updated) => updated,
+            Err(err @ StoreError::Revoked(_)) => {
+                self.discard_issued(acme, &cert, &cert_pem).await;
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
         self.metrics.issued(Origin::Public);
         self.changed();
         Ok(updated)
+    }
+
+    /// A certificate the ACME CA issued for one revoked while its order ran: nobody will
+    /// hold it (the store refused it), so it is revoked at the CA too, with the certificate's
+    /// reason, and its order dropped. Best effort: a failure is logged.
+    async fn discard_issued(&self, acme: &Acme, cert: &Certificate, cert_pem: &str) {
+        let reason = match self.find(cert.id.as_str()).await {
+            Ok(now) => now
+                .revocation_reason
+                .unwrap_or(RevocationReason::Unspecified),
+            Err(_) => RevocationReason::Unspecified,
+        };
+        if let Err(err) = acme.revoke(&cert.issuer, cert_pem, reason).await {
+            tracing::warn!(cert = %cert.id, error = %err, "revoking the certificate issued for a revoked one at the CA failed");
+        }
+        if let Err(err) = self.store.delete_acme_order(&cert.id).await {
+            tracing::warn!(cert = %cert.id, error = %err, "dropping the order of a revoked certificate failed");
+        }
     }
 
     /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL
@@ -495,6 +523,28 @@ impl Inventory {
         &self,
         id_or_name: &str,
         reason: Option<RevocationReason>,
+    ) -> Result<Certificate> {
+        let reason = reason.unwrap_or(RevocationReason::Unspecified);
+        // Serials the ACME CA has revoked in this call, so that a retry does not ask again.
+        let mut at_ca = HashSet::new();
+        let mut attempt = 1;
+        loop {
+            match self.revoke_as_read(id_or_name, reason, &mut at_ca).await {
+                // A renewal stored a version after the read: read again, and revoke that one
+                // too (a revocation by someone else meanwhile is found by the read).
+                Err(InventoryError::Changed { .. }) if attempt < REVOKE_ATTEMPTS => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt of [`Inventory::revoke`]: what it reads now is what it revokes, or the
+    /// store refuses it (`Changed`).
+    async fn revoke_as_read(
+        &self,
+        id_or_name: &str,
+        reason: RevocationReason,
+        at_ca: &mut HashSet<String>,
     ) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
         if cert.status == Status::Revoked {
@@ -509,16 +559,19 @@ impl Inventory {
                 operation: Operation::Revoke,
             });
         }
-        let reason = reason.unwrap_or(RevocationReason::Unspecified);
         let now = OffsetDateTime::now_utc();
         if cert.origin == Origin::Public {
             // At the CA first: only a revocation the CA accepted is recorded. Every version
             // still valid goes (a renewal does not make the earlier keys trustworthy).
             let acme = self.acme()?;
             for version in cert.versions.iter().filter(|v| v.not_after > now) {
+                if at_ca.contains(version.serial.as_str()) {
+                    continue;
+                }
                 let stored = self.store.version(&cert.id, version.version).await?;
                 if let Some(stored) = stored {
                     acme.revoke(&cert.issuer, &stored.cert_pem, reason).await?;
+                    at_ca.insert(version.serial.as_str().to_owned());
                 }
             }
         }
@@ -534,7 +587,14 @@ impl Inventory {
             .collect();
         let event = events::revoked(&cert, reason, now);
         self.store
-            .revoke(&cert.id, reason, revocations.clone(), Some(event), now)
+            .revoke(
+                &cert.id,
+                cert.current_version,
+                reason,
+                revocations.clone(),
+                Some(event),
+                now,
+            )
             .await?;
         let mut cas: Vec<&str> = revocations.iter().map(|r| r.ca.as_str()).collect();
         cas.dedup();
@@ -782,3 +842,6 @@ impl Issued {
         }
     }
 }
+
+/// How often a revocation reads again when renewals keep storing versions under it.
+const REVOKE_ATTEMPTS: u32 = 5;

@@ -244,6 +244,11 @@ impl From<StoreError> for InventoryError {
         match err {
             StoreError::NameTaken(name) => Self::NameTaken { name },
             StoreError::Conflict(what) => Self::Changed { what },
+            // Only a new version meets a revocation it did not see: a renewal's.
+            StoreError::Revoked(id) => Self::Revoked {
+                id,
+                operation: Operation::Renew,
+            },
             StoreError::NotFound(what) => Self::NotFound(Missing::Stored(what)),
             StoreError::Closed => Self::ShuttingDown,
             StoreError::Full(_) => Self::StoreFull(err),

@@ -93,6 +93,10 @@ pub enum StoreError {
     NameTaken(String),
     #[error("{0} changed while this operation ran; try again")]
     Conflict(String),
+    /// A new version for a certificate revoked since it was read: a revoked certificate
+    /// takes none (a renewal that finished after the revocation).
+    #[error("certificate {0} was revoked while this operation ran")]
+    Revoked(CertificateId),
     #[error("{0} not found")]
     NotFound(String),
     #[error("stored data is invalid: {0}")]
@@ -550,9 +554,13 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
+    /// Revokes `id` as read at `version`, with `revocations` (its versions' serials) for the
+    /// CRLs. A `Conflict` when it is revoked already, or when a renewal stored a later version
+    /// since it was read: `revocations` would miss that version, so the caller reads again.
     pub async fn revoke(
         &self,
         id: &CertificateId,
+        version: u32,
         reason: RevocationReason,
         revocations: Vec<Revocation>,
         event: Option<Event>,
@@ -561,6 +569,7 @@ impl Store {
         let id = id.clone();
         self.write(|reply| Job::Revoke {
             id,
+            version,
             reason,
             revocations,
             event,
@@ -1301,5 +1310,135 @@ impl crate::events::outbox::Outbox for Store {
 
     async fn prune(&self, before: OffsetDateTime, max_seq: i64) -> Result<usize, StoreError> {
         self.prune_events(before, max_seq).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Domain, KeyAlgorithm, Origin, RevocationReason, Serial, Status};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn open(dir: &Path) -> Store {
+        let keyring = Keyring::from_bytes(&[7; 32]);
+        Store::open(&dir.join("db.sqlite"), Synchronous::Full, keyring)
+            .await
+            .unwrap()
+    }
+
+    fn version(serial: &str, now: OffsetDateTime) -> NewVersion {
+        NewVersion {
+            serial: Serial::parse(serial).unwrap(),
+            issuer_ca: None,
+            not_before: now,
+            not_after: now + time::Duration::days(30),
+            cert_pem: String::new(),
+            chain_pem: String::new(),
+            key: None,
+        }
+    }
+
+    /// A private certificate with its first version (serial 01), as `request` stores one.
+    async fn issued(store: &Store, now: OffsetDateTime) -> CertificateId {
+        let id = CertificateId::generate();
+        let new = NewCertificate {
+            id: id.clone(),
+            name: "race.internal".into(),
+            name_is_default: false,
+            origin: Origin::Private,
+            status: Status::Issued,
+            issuer: "default".into(),
+            domains: vec![Domain::Dns("race.internal".into())],
+            key_algorithm: KeyAlgorithm::EcP256,
+            validity: None,
+            client_auth: false,
+            tags: BTreeMap::new(),
+            renew_before: None,
+            days_before_expiry: None,
+            maintenance_window: None,
+            next_action_at: Some(now + time::Duration::days(20)),
+            validation: None,
+            version: Some(version("01", now)),
+            event: None,
+        };
+        store.insert_certificates(vec![new]).await.unwrap();
+        id
+    }
+
+    fn renewal(serial: &str, now: OffsetDateTime) -> VersionChange {
+        VersionChange {
+            version: 2,
+            new: version(serial, now),
+            status: Status::Issued,
+            event: None,
+            names: None,
+            next_action_at: Some(now + time::Duration::days(20)),
+            renewal_info: None,
+        }
+    }
+
+    /// Found by the crash torture (tests/torture/run): a renewal that read the certificate
+    /// before a revocation and stored its version after it made the certificate `issued`
+    /// again, with a new version on no revocation list, renewing from then on. A revoked
+    /// certificate takes no new version.
+    #[test]
+    fn a_renewal_finishing_after_a_revocation_does_not_unrevoke_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let store = open(dir.path()).await;
+            let now = OffsetDateTime::now_utc();
+            let id = issued(&store, now).await;
+            // The renewal has read version 1 and signed version 2; then the revocation commits.
+            store
+                .revoke(&id, 1, RevocationReason::KeyCompromise, vec![], None, now)
+                .await
+                .unwrap();
+            let err = store
+                .add_version(&id, renewal("02", now))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Revoked(_)), "{err}");
+            let cert = store.certificate(&id).await.unwrap().unwrap();
+            assert_eq!(cert.status, Status::Revoked);
+            assert_eq!(cert.current_version, 1);
+            assert_eq!(
+                cert.next_renewal_at, None,
+                "nothing renews a revoked certificate"
+            );
+        });
+    }
+
+    /// The other order of the same race: a revocation that read version 1 and commits after
+    /// a renewal stored version 2 would mark the certificate revoked with version 2 on no
+    /// revocation list (and, for ACME, not revoked at the CA). It is refused, for the caller
+    /// to read again.
+    #[test]
+    fn a_revocation_of_a_version_no_longer_current_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let store = open(dir.path()).await;
+            let now = OffsetDateTime::now_utc();
+            let id = issued(&store, now).await;
+            store.add_version(&id, renewal("02", now)).await.unwrap();
+            let err = store
+                .revoke(&id, 1, RevocationReason::KeyCompromise, vec![], None, now)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+            assert_eq!(
+                store.certificate(&id).await.unwrap().unwrap().status,
+                Status::Issued
+            );
+            store
+                .revoke(&id, 2, RevocationReason::KeyCompromise, vec![], None, now)
+                .await
+                .unwrap();
+        });
     }
 }

@@ -66,6 +66,7 @@ pub(super) enum Job {
     },
     Revoke {
         id: CertificateId,
+        version: u32,
         reason: RevocationReason,
         revocations: Vec<Revocation>,
         event: Option<Event>,
@@ -486,6 +487,7 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
         } => (reply, none(add_version(conn, &id, *change, key))),
         Job::Revoke {
             id,
+            version,
             reason,
             revocations,
             event,
@@ -493,7 +495,14 @@ fn apply(conn: &Connection, job: Job) -> (Reply, Result<Answer, StoreError>) {
             reply,
         } => (
             reply,
-            none(revoke(conn, &id, reason, &revocations, event.as_ref(), now)),
+            none(revoke(
+                conn,
+                (&id, version),
+                reason,
+                &revocations,
+                event.as_ref(),
+                now,
+            )),
         ),
         Job::Delete { id, reply } => (reply, none(delete(conn, &id))),
         Job::SetTags {
@@ -753,7 +762,7 @@ fn add_version(
              status = ?, updated_at = ?, next_action_at = ?, renewal_status = 'success', \
              renewal_reason = NULL, renewal_failure_kind = NULL, renewal_failures = 0, renewal_failed_at = NULL, \
              action_required_days = NULL, expiry_event_day = NULL, renewal_info = ? \
-             WHERE id = ? AND current_version = ?",
+             WHERE id = ? AND current_version = ? AND status <> 'revoked'",
         )?
         .execute(params![
             version,
@@ -768,6 +777,18 @@ fn add_version(
             version - 1,
         ])?;
     if updated != 1 {
+        // A revocation since the caller read it: the new version must not make a revoked
+        // certificate issued again (found by the crash torture).
+        let status: Option<String> = conn
+            .query_row(
+                "SELECT status FROM certificates WHERE id = ?",
+                [id.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if status.as_deref() == Some(Status::Revoked.as_str()) {
+            return Err(StoreError::Revoked(id.clone()));
+        }
         return Err(StoreError::Conflict(format!("certificate {id}")));
     }
     if let Some((domains, algorithm)) = names {
@@ -792,21 +813,23 @@ fn add_version(
 
 fn revoke(
     conn: &Connection,
-    id: &CertificateId,
+    (id, version): (&CertificateId, u32),
     reason: RevocationReason,
     revocations: &[Revocation],
     event: Option<&Event>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    // Only as read: a version stored since would be missing from `revocations`, on no CRL
+    // and (public) not revoked at the CA, under a certificate marked revoked.
     let updated = conn.execute(
         "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ?, updated_at = ?, \
          next_action_at = NULL \
-         WHERE id = ? AND status <> 'revoked'",
-        params![unix(now), reason.as_str(), unix(now), id.as_str()],
+         WHERE id = ? AND status <> 'revoked' AND current_version = ?",
+        params![unix(now), reason.as_str(), unix(now), id.as_str(), version],
     )?;
     if updated != 1 {
         return Err(StoreError::Conflict(format!(
-            "certificate {id} (already revoked?)"
+            "certificate {id} (revoked, or renewed, meanwhile)"
         )));
     }
     for revocation in revocations {
