@@ -358,7 +358,7 @@ fn check_kdf(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<(), ImportError>
 /// Checks that the certificate is signed by chain element 1, element 1 by element 2, and so on,
 /// and tells "out of order" (the issuer is elsewhere in the chain) from "does not link". Also
 /// run on the chains ACME CAs send.
-pub(crate) fn check_links(cert: &[u8], chain: &[Vec<u8>]) -> Result<(), ImportError> {
+pub fn check_links(cert: &[u8], chain: &[Vec<u8>]) -> Result<(), ImportError> {
     let mut child: &[u8] = cert;
     let mut what = "the certificate".to_owned();
     for (i, parent) in chain.iter().enumerate() {

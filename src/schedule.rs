@@ -98,18 +98,10 @@ pub enum ScheduleError {
     UnknownTimeZone { expr: String, zone: String },
 }
 
-/// How far back `last_at_or_before` looks, in growing steps (seconds of wall-clock time). Most
-/// schedules are found in the first steps; the last covers any schedule without a year field
-/// (the longest gap, Feb 29 across a leap year, is 4 years within the crate's 1970-2100).
-const LOOKBACK_SECS: [i64; 7] = [
-    60,
-    3_600,
-    86_400,
-    8 * 86_400,
-    32 * 86_400,
-    367 * 86_400,
-    8 * 366 * 86_400,
-];
+/// How far back `last_at_or_before` looks (wall-clock time): enough for any schedule without
+/// a year field (the longest gap, Feb 29 across a leap year, is 4 years within the crate's
+/// 1970-2100).
+const LOOKBACK: TimeDelta = TimeDelta::days(8 * 366);
 
 impl Schedule {
     /// Parses standard 5-field crontab syntax ("m h dom mon dow"), a shortcut (`@daily`) or the
@@ -166,21 +158,26 @@ impl Schedule {
     pub fn last_at_or_before(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let now = to_chrono(now)?;
         let wall_now = self.wall_clock(now);
-        // Scan forward from ever earlier starting points; the first scan that meets an
-        // occurrence due by now has found the latest one. The scan may run past `wall_now`: in
-        // the second pass of a repeated hour, later readings of the clock were already due.
-        for secs in LOOKBACK_SECS {
-            let start = wall_now.checked_sub_signed(TimeDelta::seconds(secs))?;
-            let last = self
-                .matches_after(start)
-                .filter_map(|wall| self.due_at(wall))
-                .take_while(|&due| due <= now)
-                .last();
-            if last.is_some() {
-                return last.and_then(to_time);
-            }
-        }
-        None
+        let earliest = wall_now.checked_sub_signed(LOOKBACK)?;
+        // In the second pass of a repeated hour, later readings of the clock were already due:
+        // the latest of those (at most the hour's matches) is the one.
+        let later = self
+            .matches_after(wall_now)
+            .filter_map(|wall| self.due_at(wall))
+            .take_while(|&due| due <= now)
+            .last();
+        // Otherwise the latest match the clock has shown, which was due by now (`due_at` never
+        // decreases as the wall clock advances, and the current reading was due by now at the
+        // latest). The crate finds it going back field by field; scanning forward from a point
+        // far enough back would visit every match in between (a schedule matching every second
+        // of January took 13 s to answer in December).
+        later
+            .or_else(|| {
+                self.matches_up_to(wall_now)
+                    .take_while(|&wall| wall >= earliest)
+                    .find_map(|wall| self.due_at(wall))
+            })
+            .and_then(to_time)
     }
 
     /// The text as the operator wrote it.
@@ -201,6 +198,16 @@ impl Schedule {
     /// Wall-clock times matching the fields, strictly after `wall`, in order.
     fn matches_after(&self, wall: NaiveDateTime) -> impl Iterator<Item = NaiveDateTime> + '_ {
         self.cron.after(&wall.and_utc()).map(|t| t.naive_utc())
+    }
+
+    /// Wall-clock times matching the fields, at or before `wall`, latest first.
+    fn matches_up_to(&self, wall: NaiveDateTime) -> impl Iterator<Item = NaiveDateTime> + '_ {
+        // Going back, the crate starts strictly before the whole second it is given.
+        let from = wall + TimeDelta::nanoseconds(1);
+        self.cron
+            .after(&from.and_utc())
+            .rev()
+            .map(|t| t.naive_utc())
     }
 
     /// The instant a matching wall-clock time comes due: the first instant at which the zone's
@@ -577,6 +584,22 @@ mod tests {
                 schedule(expr, None).last_at_or_before(at("2026-11-22 00:00")),
                 None
             );
+        }
+    }
+
+    /// Found by the `cron` fuzz target: asked in December, a schedule matching every second
+    /// of January visited all 2.6 million of January's matches to find the last one (13 s in a
+    /// debug build), and the planner asks that of a certificate's window at every plan. The
+    /// second expression is the fuzzer's own input (its month field `1-` is read as January).
+    #[test]
+    fn the_last_occurrence_of_a_dense_schedule_is_found_at_once() {
+        for expr in ["* * * * 1 *", "* 2/1 * * 1- 1*,5"] {
+            let s = schedule(expr, None);
+            let started = std::time::Instant::now();
+            let last = s.last_at_or_before(at("2026-12-31 12:00"));
+            let took = started.elapsed();
+            assert_eq!(last, Some(at("2026-01-31 23:59:59")), "{expr}");
+            assert!(took < Duration::from_secs(1), "{expr}: {took:?}");
         }
     }
 
