@@ -4,14 +4,19 @@
 //! certkeeper updates over RFC 2136 with TSIG; unbound as the CA's resolver, following the
 //! CNAMEs across zones. Twenty certificates are requested through the CLI (13 with one name, 6
 //! with two, a wildcard with its base) and the daemon is SIGKILLed three times while orders are
-//! in flight, then left to finish.
+//! in flight, then left to finish. Each kill comes a random 3–15 s after the daemon's (re)start,
+//! once an order of that run is open at the CA; the second waits (up to a minute) for the
+//! finalize window instead: an order the CA was asked to finalize whose certificate certkeeper
+//! does not hold yet.
 //!
 //! What is asserted, and where each number comes from:
 //! - every name set was issued exactly once by the CA: Pebble logs each issuance ("Issued
 //!   certificate serial S for order O"); each serial is fetched back through Pebble's management
 //!   API (`/cert-status-by-serial/S`) and counted under the names of the certificate it returns.
 //!   The serial certkeeper holds for each certificate must be that one.
-//! - at most one extra order per certificate: Pebble logs each order it creates ("Added order").
+//! - at most one extra order per certificate, in total (2 × 20) and for each: Pebble logs each
+//!   order it creates ("Added order"); the daemon's log names the certificate of each order
+//!   (the CA's log does not name an order's identifiers), and no CA order may go unnamed.
 //! - nothing left in the validation zone: a zone transfer straight from Knot holds no TXT.
 //! - no panic in the daemon's log, across all its runs.
 //!
@@ -99,6 +104,31 @@ fn twenty_certificates_through_a_hostile_ca_and_three_kills_are_each_issued_once
         ));
     }
     let log = daemon.log_text();
+    // Per certificate, from the daemon's log (Pebble's does not say whose an order is): at most
+    // one order more than the one it needs. Every CA order must have an owner there.
+    let owners = order_owners(&log);
+    for id in requested.keys() {
+        let count = ca
+            .orders
+            .iter()
+            .filter(|order| owners.get(order.as_str()) == Some(id))
+            .count();
+        if count > 2 {
+            failures.push(format!(
+                "{id}: {count} orders at the CA (at most 2 allowed)"
+            ));
+        }
+    }
+    let unowned = ca
+        .orders
+        .iter()
+        .filter(|order| !owners.contains_key(order.as_str()))
+        .count();
+    if unowned > 0 {
+        failures.push(format!(
+            "{unowned} orders at the CA that the daemon's log never names (orphans)"
+        ));
+    }
     let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
     if !panics.is_empty() {
         failures.push(format!("the daemon panicked:\n{}", panics.join("\n")));
@@ -112,7 +142,7 @@ fn twenty_certificates_through_a_hostile_ca_and_three_kills_are_each_issued_once
         requested: &requested,
         held: &held,
         issued: &issued,
-        owners: &order_owners(&log),
+        owners: &owners,
     });
     eprintln!("{summary}");
     assert!(
@@ -207,21 +237,38 @@ fn request(daemon: &Daemon, names: &[String]) -> String {
     common::id(&cert)
 }
 
+/// What a kill waits for once its random delay is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moment {
+    /// An order this run of the daemon created is open at the CA (neither issued nor invalid):
+    /// challenges published or answered, validation under way.
+    OrderOpen,
+    /// The CA was asked during this run to finalize an order whose certificate certkeeper does
+    /// not hold yet: where a lost answer makes a client order the same names again.
+    Finalizing,
+}
+
+/// The kills of a run: one aimed at the finalize window between two at any open order.
+const MOMENTS: [Moment; KILLS] = [Moment::OrderOpen, Moment::Finalizing, Moment::OrderOpen];
+/// How long a kill waits for its moment before it settles for an open order.
+const MOMENT_WAIT: Duration = Duration::from_secs(60);
+
 /// One SIGKILL of the daemon, as the summary reports it.
 struct Kill {
     /// Since the certificates were requested.
     at: Duration,
-    /// Orders this run of the daemon had created at the CA that were neither issued nor
-    /// invalid when it was killed.
-    open_orders: usize,
+    /// The moment it was aimed at and the one it hit.
+    aimed: Moment,
+    hit: Moment,
+    /// Orders matching `hit` at the CA when it was killed.
+    orders: usize,
     /// Certificates the daemon called issued just before.
     issued: usize,
 }
 
-/// Kills the daemon [`KILLS`] times, each a random 3–15 s after its (re)start and once it has
-/// an order of its own open at the CA, restarting it after each. A kill that cannot happen
-/// while an order is in flight (everything issued already) is a failure: the run would not
-/// test what it claims to.
+/// Kills the daemon [`KILLS`] times at the [`MOMENTS`], each a random 1–6 s after its
+/// (re)start, restarting it after each. A kill that cannot happen while an order is in flight
+/// (everything issued already) is a failure: the run would not test what it claims to.
 fn kill_while_in_flight(
     daemon: &mut Daemon,
     pebble: &Pebble,
@@ -230,22 +277,12 @@ fn kill_while_in_flight(
 ) -> Vec<Kill> {
     let requested_at = Instant::now();
     let mut kills = Vec::new();
-    for round in 1..=KILLS {
-        // Soon after each start: the twenty take about a minute when nothing goes wrong, and
-        // each kill must find orders in flight (the killed runs' ones, taken up again, count).
+    for (round, aimed) in (1..=KILLS).zip(MOMENTS) {
+        // Soon after each start: the twenty take well under a minute when the daemon copes,
+        // and each kill must find orders in flight. Orders the killed runs made count: the
+        // new run takes them up again instead of ordering anew.
         std::thread::sleep(Duration::from_millis(rng.between(1_000, 6_000)));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let open = loop {
-            let open = CaLog::read(pebble).open_orders_after(0);
-            if open > 0 {
-                break Some(open);
-            }
-            if Instant::now() > deadline || all_issued(daemon) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let Some(open_orders) = open else {
+        let Some((hit, orders)) = wait_for_moment(daemon, pebble, 0, aimed) else {
             failures.push(format!(
                 "kill {round} of {KILLS} could not happen while an order was in flight: the \
                  daemon had no open order at the CA ({} of 20 issued)",
@@ -255,19 +292,77 @@ fn kill_while_in_flight(
         };
         let issued = issued_count(daemon);
         daemon.kill();
-        kills.push(Kill {
+        let kill = Kill {
             at: requested_at.elapsed(),
-            open_orders,
+            aimed,
+            hit,
+            orders,
             issued,
-        });
-        eprintln!(
-            "kill {round}: {:?} after the requests, {open_orders} orders open at the CA, \
-             {issued} of 20 issued",
-            requested_at.elapsed()
-        );
+        };
+        eprintln!("kill {round}: {}", kill.describe());
+        kills.push(kill);
         daemon.spawn();
     }
     kills
+}
+
+/// Waits for `aimed` (at most [`MOMENT_WAIT`] for [`Moment::Finalizing`], then settles for an
+/// open order); returns the moment hit and how many orders are in it, or `None`
+/// when no order opens within two minutes or everything is issued.
+fn wait_for_moment(
+    daemon: &Daemon,
+    pebble: &Pebble,
+    since: usize,
+    aimed: Moment,
+) -> Option<(Moment, usize)> {
+    let started = Instant::now();
+    loop {
+        let ca = CaLog::since(pebble, since);
+        if aimed == Moment::Finalizing {
+            let finalizing = ca.finalizing_not_held(&held_serials(daemon, &ca));
+            if finalizing > 0 {
+                return Some((Moment::Finalizing, finalizing));
+            }
+        }
+        let open = ca.open_orders();
+        if open > 0 && (aimed == Moment::OrderOpen || started.elapsed() > MOMENT_WAIT) {
+            return Some((Moment::OrderOpen, open));
+        }
+        if started.elapsed() > Duration::from_secs(120) || all_issued(daemon) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The serials certkeeper holds, asked only when the CA has finalized something (each ask is
+/// a CLI call).
+fn held_serials(daemon: &Daemon, ca: &CaLog) -> BTreeSet<String> {
+    if ca.finalizing.is_empty() {
+        return BTreeSet::new();
+    }
+    inventory(daemon)
+        .into_values()
+        .filter_map(|(_, serial)| serial)
+        .collect()
+}
+
+impl Kill {
+    fn describe(&self) -> String {
+        let what = match self.hit {
+            Moment::OrderOpen => "open at the CA",
+            Moment::Finalizing => "finalized at the CA and not yet held by certkeeper",
+        };
+        let missed = if self.aimed == self.hit {
+            ""
+        } else {
+            " (no finalize window came up in time)"
+        };
+        format!(
+            "at {:.1?} after the requests, {} orders {what}{missed}, {} of 20 issued",
+            self.at, self.orders, self.issued
+        )
+    }
 }
 
 /// The certificates as `list` shows them: id → (status, serial).
@@ -343,49 +438,69 @@ fn wait_zone_clean(knot: &Knot) -> Vec<String> {
 
 /// What Pebble's log says it did (Debian's pebble 2.4 writes one line per event).
 struct CaLog {
+    /// The lines read: where a later read can start.
+    lines: usize,
     /// Order ids in creation order (`Added order "ID" to the db`).
     orders: Vec<String>,
     /// `(serial, order)` of each issued certificate (`Issued certificate serial S for order O`).
     issued: Vec<(String, String)>,
     /// Orders the CA set invalid (`order O set INVALID by invalid authz A`).
     invalid: BTreeSet<String>,
+    /// Orders the CA began to finalize (`Order O is fully authorized. Processing finalization`).
+    finalizing: Vec<String>,
     /// The last `There are now N orders in the db`.
     orders_in_db: Option<usize>,
 }
 
 impl CaLog {
+    /// Everything Pebble logged.
     fn read(pebble: &Pebble) -> Self {
+        Self::since(pebble, 0)
+    }
+
+    /// What Pebble logged from line `first` (0-based) on.
+    fn since(pebble: &Pebble, first: usize) -> Self {
         let text = std::fs::read_to_string(&pebble.log).unwrap_or_default();
         let mut log = Self {
+            lines: 0,
             orders: Vec::new(),
             issued: Vec::new(),
             invalid: BTreeSet::new(),
+            finalizing: Vec::new(),
             orders_in_db: None,
         };
-        for line in text.lines() {
+        // Only whole lines: Pebble may be writing the last one.
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        log.lines = complete.lines().count();
+        let id = |rest: &str| {
+            let word = rest.split_whitespace().next().unwrap_or_default();
+            word.trim_matches('"').to_owned()
+        };
+        for line in complete.lines().skip(first) {
             if let Some(rest) = after(line, "Added order ") {
-                let id = rest.split_whitespace().next().unwrap_or_default();
-                log.orders.push(id.trim_matches('"').to_owned());
+                log.orders.push(id(rest));
             } else if let Some(rest) = after(line, "Issued certificate serial ") {
                 let mut words = rest.split_whitespace();
                 let serial = words.next().unwrap_or_default();
                 let order = words.nth(2).unwrap_or_default();
-                log.issued
-                    .push((normalize_serial(serial), order.trim_matches('"').to_owned()));
+                log.issued.push((normalize_serial(serial), id(order)));
             } else if let Some(rest) = after(line, "There are now ") {
                 log.orders_in_db = rest.split_whitespace().next().and_then(|n| n.parse().ok());
             } else if line.contains("set INVALID by invalid authz")
                 && let Some(rest) = after(line, "order ")
             {
-                let id = rest.split_whitespace().next().unwrap_or_default();
-                log.invalid.insert(id.trim_matches('"').to_owned());
+                log.invalid.insert(id(rest));
+            } else if line.contains("is fully authorized. Processing finalization")
+                && let Some(rest) = after(line, "Order ")
+            {
+                log.finalizing.push(id(rest));
             }
         }
         log
     }
 
-    /// Orders created after the first `skip` that are neither issued nor invalid.
-    fn open_orders_after(&self, skip: usize) -> usize {
+    /// Orders that are neither issued nor invalid.
+    fn open_orders(&self) -> usize {
         let done: BTreeSet<&str> = self
             .issued
             .iter()
@@ -394,8 +509,20 @@ impl CaLog {
             .collect();
         self.orders
             .iter()
-            .skip(skip)
             .filter(|id| !done.contains(id.as_str()))
+            .count()
+    }
+
+    /// Orders being finalized, or finalized with a serial not in `held`.
+    fn finalizing_not_held(&self, held: &BTreeSet<String>) -> usize {
+        self.finalizing
+            .iter()
+            .filter(|order| {
+                self.issued
+                    .iter()
+                    .find(|(_, issued)| issued == *order)
+                    .is_none_or(|(serial, _)| !held.contains(serial))
+            })
             .count()
     }
 }
@@ -546,28 +673,30 @@ fn summary(f: &Findings<'_>) -> String {
         .iter()
         .filter(|id| !f.owners.contains_key(id.as_str()))
         .collect();
+    let issued_orders: BTreeSet<&str> = ca.issued.iter().map(|(_, o)| o.as_str()).collect();
+    // Pebble sets an issued order invalid when a second validation of one of its
+    // authorizations (a challenge answered twice) fails later: counted apart.
+    let failed = |order: &str| ca.invalid.contains(order) && !issued_orders.contains(order);
     let mut out = format!(
-        "chaos summary: seed {}, {:.1?}; CA orders {} (db says {:?}), of which {} invalid, {} \
-         neither issued nor invalid, {} not named in the daemon's log; CA certificates {}\n",
+        "chaos summary: seed {}, {:.1?}; CA orders {} (db says {:?}): {} issued, {} invalid \
+         without a certificate, {} neither; {} issued orders set invalid afterwards; {} orders \
+         not named in the daemon's log; CA certificates {}\n",
         f.seed,
         f.elapsed,
         ca.orders.len(),
         ca.orders_in_db,
-        ca.invalid.len(),
-        ca.open_orders_after(0),
+        issued_orders.len(),
+        ca.orders.iter().filter(|o| failed(o)).count(),
+        ca.open_orders(),
+        issued_orders
+            .iter()
+            .filter(|o| ca.invalid.contains(**o))
+            .count(),
         unattributed.len(),
         ca.issued.len(),
     );
     for (i, kill) in f.kills.iter().enumerate() {
-        writeln!(
-            out,
-            "  kill {}: at {:.1?}, {} orders open at the CA, {} of 20 issued",
-            i + 1,
-            kill.at,
-            kill.open_orders,
-            kill.issued
-        )
-        .unwrap();
+        writeln!(out, "  kill {}: {}", i + 1, kill.describe()).unwrap();
     }
     for (id, names) in f.requested {
         let serials = f.issued.get(names).cloned().unwrap_or_default();
@@ -576,10 +705,7 @@ fn summary(f: &Findings<'_>) -> String {
             .iter()
             .filter(|order| f.owners.get(order.as_str()) == Some(id))
             .collect();
-        let invalid = orders
-            .iter()
-            .filter(|o| ca.invalid.contains(o.as_str()))
-            .count();
+        let invalid = orders.iter().filter(|o| failed(o)).count();
         writeln!(
             out,
             "  {id} {:?}: CA issued {} [{}], certkeeper holds {}; {} CA orders ({invalid} invalid)",

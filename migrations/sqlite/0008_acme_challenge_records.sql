@@ -6,6 +6,8 @@
 -- a crash, a kill or the shutdown deadline left behind is found and withdrawn at the next start
 -- when its order (`certificate_id`, `order_url`) is no longer in `acme_orders`. There is no
 -- foreign key: the row must outlive its order and its certificate until the record is gone.
+-- One record may belong to two orders (a CA reusing an authorization): one row each, and the
+-- record is withdrawn only with the last of them.
 CREATE TABLE acme_challenge_records (
     kind           TEXT NOT NULL,
     name           TEXT NOT NULL,
@@ -13,7 +15,7 @@ CREATE TABLE acme_challenge_records (
     certificate_id TEXT NOT NULL,
     order_url      TEXT NOT NULL,
     published_at   INTEGER NOT NULL,
-    PRIMARY KEY (kind, name, value)
+    PRIMARY KEY (kind, name, value, certificate_id, order_url)
 );
 CREATE INDEX acme_challenge_records_certificate ON acme_challenge_records (certificate_id);
 

@@ -106,6 +106,15 @@ async fn fresh_nonce(http: &dyn HttpClient, url: &str) -> Result<String, Error> 
     let response = http.request(request).await?;
     match (response.parts.status, replay_nonce(&response)) {
         (StatusCode::OK | StatusCode::NO_CONTENT, Some(nonce)) => Ok(nonce),
+        // A CA busy for a moment: said as a problem, so that it counts as one that passes.
+        (status, _) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+            Err(Error::Api(Problem {
+                r#type: None,
+                detail: Some(format!("the newNonce resource answered {status}")),
+                status: Some(status.as_u16()),
+                subproblems: Vec::new(),
+            }))
+        }
         _ => Err(Error::Str("no nonce from the newNonce resource")),
     }
 }

@@ -105,15 +105,35 @@ pub enum AcmeError {
     /// Our own side failed (key generation, CSR encoding, credentials that do not serialize).
     #[error("ACME: {0}")]
     Internal(String),
+    /// The order failed in a way that left open whether the CA issued its certificate (it
+    /// could not be asked, or the download failed): kept, and asked again next time.
+    #[error(
+        "ACME issuer {issuer}: {detail}; whether the CA issued the certificate of order {order} is not known yet, so the order is kept"
+    )]
+    Unsettled {
+        issuer: String,
+        order: String,
+        detail: String,
+    },
     #[error("shutting down")]
     ShuttingDown,
 }
 
 impl AcmeError {
-    /// When the CA allows the next attempt, if it said.
+    /// When the CA allows the next attempt, if it said (a Retry-After, also one that ended a
+    /// poll).
     pub fn retry_not_before(&self) -> Option<OffsetDateTime> {
         match self {
             Self::RateLimited { until, .. } => Some(*until),
+            Self::Protocol {
+                source: instant_acme::Error::Timeout(Some(next)),
+                ..
+            } => {
+                let wait = next.saturating_duration_since(std::time::Instant::now());
+                time::Duration::try_from(wait)
+                    .ok()
+                    .map(|wait| OffsetDateTime::now_utc() + wait)
+            }
             _ => None,
         }
     }
@@ -123,17 +143,22 @@ impl AcmeError {
     /// anew.
     fn keeps_order(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::Store(_) | Self::Dns(_) => true,
+            Self::RateLimited { .. } | Self::Store(_) | Self::Unsettled { .. } => true,
+            Self::Dns(err) => err.is_passing(),
             Self::Protocol { source, .. } => transient(source),
             _ => false,
         }
     }
 
-    /// Whether the next attempt may succeed without anyone changing anything: the CA was
-    /// busy, unreachable or asked to wait, or the store or the DNS server failed for a moment.
-    /// The scheduler retries these on a short ladder, a refusal on the renewal backoff.
+    /// Whether the next attempt may succeed soon without anyone changing anything: the CA was
+    /// busy or unreachable, or the store or the DNS server failed for a moment. The scheduler
+    /// retries these on a short ladder, anything else on the renewal backoff (a rate limit
+    /// without a Retry-After among them: it may last hours).
     pub fn is_transient(&self) -> bool {
-        self.keeps_order()
+        match self {
+            Self::Protocol { source, .. } if rate_limited(source) => false,
+            _ => self.keeps_order(),
+        }
     }
 }
 
@@ -691,6 +716,21 @@ impl Acme {
         });
     }
 
+    /// Gives up the order kept for `cert` (revoked, or its validation timed out: no attempt
+    /// will take it up again) and withdraws everything recorded for it, in the background.
+    pub async fn abandon(&self, cert: &CertificateId) {
+        if let Err(err) = self.store.delete_acme_order(cert).await {
+            warn!(cert = %cert, error = %err, "could not drop the ACME order of a certificate no longer renewed; its records are withdrawn at a later start");
+            return;
+        }
+        let records = self.recorded(cert, Vec::new()).await;
+        if !records.is_empty() {
+            let withdrawer = self.withdrawer();
+            self.cleanup
+                .spawn(async move { withdrawer.withdraw_all(records).await });
+        }
+    }
+
     /// Everything recorded for `cert`'s orders (the store's rows and what this attempt
     /// published), to withdraw once the order is over.
     async fn recorded(
@@ -776,13 +816,22 @@ impl Acme {
                         | AcmeError::Validation { .. }
                         | AcmeError::Order { .. }
                 )
-                && let Some(chain) = self
-                    .certificate_after_all(runtime, account, &url, &mut conversation)
-                    .await
             {
-                let issued = accept_chain(issuer, cert, &chain, key)?;
-                info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, order = %url, "ACME certificate issued before the order failed; taking it");
-                return Ok(issued);
+                match self.certificate_after_all(runtime, account, &url).await {
+                    AfterAll::Issued(chain) => {
+                        let issued = accept_chain(issuer, cert, &chain, key)?;
+                        info!(cert = %cert.id, issuer = %issuer.name, serial = %issued.certificate.serial, order = %url, "ACME certificate issued before the order failed; taking it");
+                        return Ok(issued);
+                    }
+                    AfterAll::Unknown(why) => {
+                        return Err(AcmeError::Unsettled {
+                            issuer: issuer.name.clone(),
+                            order: url,
+                            detail: format!("{err}; {why}"),
+                        });
+                    }
+                    AfterAll::NoCertificate => {}
+                }
             }
             return Err(err);
         }
@@ -915,26 +964,35 @@ impl Acme {
         Ok(())
     }
 
-    /// The certificate of the order at `url`, if the CA has one for it whatever the order's
-    /// status: asked before an order is given up, so that a certificate the CA issued is never
-    /// replaced by a second one.
+    /// What the CA has for the order at `url`, asked before the order is given up: a
+    /// certificate (taken, whatever the order's status says), certainly none (the order is
+    /// invalid, or still pending or ready), or not known (the CA could not be asked, the
+    /// order is still being finalized, the download failed). A certificate the CA issued is
+    /// never replaced by a second one, so only the second answer drops the order.
     async fn certificate_after_all(
         &self,
         runtime: &IssuerRuntime,
         account: &Account,
         url: &str,
-        conversation: &mut Conversation<'_>,
-    ) -> Option<String> {
-        let mut order = conversation
-            .retry(|| account.order(url.to_owned()))
-            .await
-            .ok()?;
-        let location = order.state().certificate.clone()?;
-        match self.download(runtime, account, &location).await {
-            Ok(chain) => Some(chain),
+    ) -> AfterAll {
+        let mut conversation = Conversation::new(runtime);
+        let mut order = match conversation.retry(|| account.order(url.to_owned())).await {
+            Ok(order) => order,
             Err(err) => {
-                warn!(order = %url, error = %err, "the failed order has a certificate that could not be downloaded");
-                None
+                return AfterAll::Unknown(format!("asking the CA for the order failed: {err}"));
+            }
+        };
+        let state = order.state();
+        match (state.certificate.clone(), state.status) {
+            (Some(location), _) => match self.download(runtime, account, &location).await {
+                Ok(chain) => AfterAll::Issued(chain),
+                Err(err) => AfterAll::Unknown(format!("downloading its certificate failed: {err}")),
+            },
+            (None, status @ (OrderStatus::Processing | OrderStatus::Valid)) => {
+                AfterAll::Unknown(format!("the order is {status:?} without a certificate yet"))
+            }
+            (None, OrderStatus::Invalid | OrderStatus::Pending | OrderStatus::Ready) => {
+                AfterAll::NoCertificate
             }
         }
     }
@@ -1030,33 +1088,7 @@ impl Acme {
                 None => order,
             }
         };
-        let plain = new_order();
-        let order = match replaces {
-            None => conversation
-                .retry(|| account.new_order(&plain))
-                .await
-                .map_err(protocol)?,
-            Some(replaces) => {
-                let id = replaces.to_string();
-                let replacing = new_order().replaces(replaces);
-                match conversation.retry(|| account.new_order(&replacing)).await {
-                    Ok(order) => order,
-                    // The CA would not take this order as the replacement (already replaced,
-                    // another account's certificate, or it ignored the field): an order
-                    // without `replaces` still renews; ARI only loses the link.
-                    Err(err @ (instant_acme::Error::Api(_) | instant_acme::Error::Other(_)))
-                        if !matches!(&err, instant_acme::Error::Api(_)) || !transient(&err) =>
-                    {
-                        warn!(cert = %cert.id, replaces = %id, error = %err, "the CA refused the order as a replacement; ordering without `replaces`");
-                        conversation
-                            .retry(|| account.new_order(&plain))
-                            .await
-                            .map_err(protocol)?
-                    }
-                    Err(err) => return Err(protocol(err)),
-                }
-            }
-        };
+        // The key first: a failure here must not leave an order behind at the CA.
         let algorithm = cert.key_algorithm;
         let key = tokio::task::spawn_blocking(move || {
             keys::generate(algorithm).map(|k| Zeroizing::new(k.serialize_der()))
@@ -1064,6 +1096,42 @@ impl Acme {
         .await
         .map_err(|e| AcmeError::Internal(format!("key generation: {e}")))?
         .map_err(|e| AcmeError::Internal(format!("key generation: {e}")))?;
+        // A new order is sent again only after a badNonce, which the CA refused before
+        // reading it: after any other failure it may have created the order, and a second
+        // request would leave one behind (the next attempt orders anew instead).
+        let plain = new_order();
+        let order = match replaces {
+            None => conversation
+                .retry_if(bad_nonce, || account.new_order(&plain))
+                .await
+                .map_err(protocol)?,
+            Some(replaces) => {
+                let id = replaces.to_string();
+                let replacing = new_order().replaces(replaces);
+                match conversation
+                    .retry_if(bad_nonce, || account.new_order(&replacing))
+                    .await
+                {
+                    Ok(order) => order,
+                    // The CA would not take this order as the replacement (already replaced,
+                    // another account's certificate), or created it without the link
+                    // (instant-acme's "replaces field mismatch"): an order without `replaces`
+                    // still renews; ARI only loses the link.
+                    Err(err)
+                        if matches!(&err, instant_acme::Error::Api(_)) && !transient(&err)
+                            || matches!(&err, instant_acme::Error::Other(_))
+                                && err.to_string().contains("replaces field mismatch") =>
+                    {
+                        warn!(cert = %cert.id, replaces = %id, error = %err, "the CA refused the order as a replacement; ordering without `replaces`");
+                        conversation
+                            .retry_if(bad_nonce, || account.new_order(&plain))
+                            .await
+                            .map_err(protocol)?
+                    }
+                    Err(err) => return Err(protocol(err)),
+                }
+            }
+        };
         self.store
             .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
             .await?;
@@ -1239,6 +1307,13 @@ impl Solver {
     }
 }
 
+/// What [`Acme::certificate_after_all`] found.
+enum AfterAll {
+    Issued(String),
+    NoCertificate,
+    Unknown(String),
+}
+
 /// Withdraws challenge records and forgets them in the store once they are gone. A record
 /// that cannot be withdrawn now (the DNS server does not answer) stays recorded, and is
 /// withdrawn at the next start.
@@ -1250,8 +1325,18 @@ struct Withdrawer {
 
 impl Withdrawer {
     async fn withdraw_all(&self, records: Vec<ChallengeRecord>) {
+        // A record another order holds too (a CA reusing an authorization for two orders)
+        // stays published for it: only this order's row goes.
+        let stored = self.store.challenge_records().await.unwrap_or_default();
         for record in records {
-            if self.withdraw(&record).await
+            let shared = stored.iter().any(|(other, _)| {
+                other.kind == record.kind
+                    && other.name == record.name
+                    && other.value == record.value
+                    && (other.certificate != record.certificate
+                        || other.order_url != record.order_url)
+            });
+            if (shared || self.withdraw(&record).await)
                 && let Err(err) = self.store.set_challenge_record(&record, false).await
             {
                 warn!(name = %record.name, error = %err, "could not forget a withdrawn challenge record; it is withdrawn again at the next start");
@@ -1259,14 +1344,18 @@ impl Withdrawer {
         }
     }
 
-    /// Whether `record` is gone (a failure is logged: a stale TXT record is harmless, and the
-    /// order's outcome matters more).
+    /// Whether `record` is gone; a failure is logged and the record stays recorded, to be
+    /// withdrawn at the next start (a stale record is harmless meanwhile, and the order's
+    /// outcome matters more).
     async fn withdraw(&self, record: &ChallengeRecord) -> bool {
         match (record.kind, &self.http, &self.dns) {
-            (ChallengeRecordKind::Token, Some(tokens), _) => {
-                tokens.remove(&record.name);
-                true
-            }
+            (ChallengeRecordKind::Token, Some(tokens), _) => match tokens.remove(&record.name) {
+                Ok(()) => true,
+                Err(err) => {
+                    warn!(token = %record.name, error = %err, "could not remove an HTTP-01 challenge file; it is tried again at the next start");
+                    false
+                }
+            },
             (ChallengeRecordKind::Txt, _, Some(validator)) => {
                 match validator.withdraw(&record.name, &record.value).await {
                     Ok(()) => true,
@@ -1276,8 +1365,10 @@ impl Withdrawer {
                     }
                 }
             }
-            // The method is no longer configured: nothing of it is served any more.
-            _ => true,
+            (kind, _, _) => {
+                warn!(name = %record.name, kind = kind.as_str(), "a challenge record is left from a validation method no longer configured; withdraw it by hand (it stays listed until the method is configured again)");
+                false
+            }
         }
     }
 }
@@ -1286,8 +1377,9 @@ impl Withdrawer {
 /// order: a badNonce past instant-acme's own three tries, a lost connection, a 5xx. At 40 %
 /// badNonce a request fails all three of instant-acme's tries about 6 % of the time; ending
 /// the attempt there would leave the CA validating challenges for an order nobody follows.
-/// The budget is small (about half a minute in all) so that a CA that is really down ends the
-/// attempt soon, and the scheduler's short ladder takes over.
+/// The budget is small (five retries, waiting 30 s in all unless the CA asks for up to a minute
+/// more) so that a CA that is really down ends the attempt soon, and the scheduler's short
+/// ladder takes over.
 struct Conversation<'a> {
     runtime: &'a IssuerRuntime,
     retries: usize,
@@ -1337,14 +1429,28 @@ impl<'a> Conversation<'a> {
     }
 
     /// `request`, tried again while [`Conversation::again`] says so.
-    async fn retry<T, F, Fut>(&mut self, mut request: F) -> Result<T, instant_acme::Error>
+    async fn retry<T, F, Fut>(&mut self, request: F) -> Result<T, instant_acme::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, instant_acme::Error>>,
+    {
+        self.retry_if(|_| true, request).await
+    }
+
+    /// [`Conversation::retry`] for a request that may be sent again only after an error
+    /// `resend` accepts.
+    async fn retry_if<T, F, Fut>(
+        &mut self,
+        resend: fn(&instant_acme::Error) -> bool,
+        mut request: F,
+    ) -> Result<T, instant_acme::Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, instant_acme::Error>>,
     {
         loop {
             match request().await {
-                Err(err) if self.again(&err).await => {}
+                Err(err) if resend(&err) && self.again(&err).await => {}
                 other => return other,
             }
         }
@@ -1363,6 +1469,11 @@ fn retriable(err: &instant_acme::Error) -> bool {
         | instant_acme::Error::Json(_) => true,
         _ => false,
     }
+}
+
+fn bad_nonce(err: &instant_acme::Error) -> bool {
+    matches!(err, instant_acme::Error::Api(problem)
+        if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce"))
 }
 
 fn rate_limited(err: &instant_acme::Error) -> bool {

@@ -431,6 +431,14 @@ impl Inventory {
     /// First issuance or renewal of a public certificate through its ACME issuer: new key,
     /// same names, same validation.
     async fn issue_public(&self, cert: Certificate) -> Result<Certificate> {
+        let Some(_issuing) = Issuing::start(&self.issuing, &cert.id) else {
+            return Err(InventoryError::Changed {
+                what: format!(
+                    "certificate {}: an ACME issuance for it is in progress; try again once it ends",
+                    cert.id
+                ),
+            });
+        };
         if cert.status == Status::Revoked {
             return Err(InventoryError::Revoked {
                 id: cert.id,
@@ -596,6 +604,12 @@ impl Inventory {
                 now,
             )
             .await?;
+        // A revoked certificate is not renewed: an order kept for it is of no more use.
+        if let Some(acme) = &self.acme
+            && cert.origin == Origin::Public
+        {
+            acme.abandon(&cert.id).await;
+        }
         let mut cas: Vec<&str> = revocations.iter().map(|r| r.ca.as_str()).collect();
         cas.dedup();
         for ca in cas {
@@ -607,6 +621,12 @@ impl Inventory {
     pub async fn delete(&self, id_or_name: &str) -> Result<Certificate> {
         let cert = self.find(id_or_name).await?;
         self.store.delete(&cert.id).await?;
+        // Its order went with it; what that order published goes now, not at the next start.
+        if let Some(acme) = &self.acme
+            && cert.origin == Origin::Public
+        {
+            acme.withdraw_left_over();
+        }
         Ok(cert)
     }
 
@@ -845,3 +865,28 @@ impl Issued {
 
 /// How often a revocation reads again when renewals keep storing versions under it.
 const REVOKE_ATTEMPTS: u32 = 5;
+
+/// One entry of [`Inventory`]'s set of certificates being issued through ACME, removed when
+/// the issuance ends (even by a panic).
+struct Issuing<'a> {
+    set: &'a std::sync::Mutex<HashSet<CertificateId>>,
+    id: CertificateId,
+}
+
+impl<'a> Issuing<'a> {
+    fn start(
+        set: &'a std::sync::Mutex<HashSet<CertificateId>>,
+        id: &CertificateId,
+    ) -> Option<Self> {
+        lock::lock(set).insert(id.clone()).then(|| Self {
+            set,
+            id: id.clone(),
+        })
+    }
+}
+
+impl Drop for Issuing<'_> {
+    fn drop(&mut self) {
+        lock::lock(self.set).remove(&self.id);
+    }
+}

@@ -297,6 +297,7 @@ impl From<AcmeError> for InventoryError {
             | A::Validation { .. }
             | A::Order { .. }
             | A::CaFault { .. }
+            | A::Unsettled { .. }
             | A::Dns(_) => Self::CaFailed(Box::new(err)),
             A::Store(store) => store.into(),
             A::ShuttingDown => Self::ShuttingDown,

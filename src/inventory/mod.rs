@@ -25,7 +25,7 @@ pub use views::{AcmeIssuerView, CaDetails, CertificatePem, Explanation, Signed};
 
 use cas::Slot;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use time::OffsetDateTime;
@@ -71,6 +71,10 @@ pub struct Inventory {
     metrics: Arc<Metrics>,
     /// ACME issuers, when any are configured.
     acme: Option<Arc<Acme>>,
+    /// Certificates with an ACME issuance running (from the scheduler or `renew`): one at a
+    /// time per certificate, from the order to the stored version, so two attempts never
+    /// take up one order (or make two).
+    issuing: std::sync::Mutex<HashSet<CertificateId>>,
     /// Key derivations (decrypting imported keys) running at once.
     kdf: tokio::sync::Semaphore,
     /// `[pki] base-url`: where the CAs publish their CRLs and certificates, which they say in
@@ -143,6 +147,7 @@ impl Inventory {
             wake: Arc::new(Wake::default()),
             metrics: Arc::new(Metrics::default()),
             acme,
+            issuing: std::sync::Mutex::new(HashSet::new()),
             kdf: tokio::sync::Semaphore::new(KDF_CONCURRENCY),
             published: None,
         }

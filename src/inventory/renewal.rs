@@ -147,6 +147,10 @@ impl Inventory {
                         cert.id.to_string(),
                     )));
                 }
+                // Not retried any more: an order kept for it is of no more use.
+                if let Some(acme) = &self.acme {
+                    acme.abandon(&cert.id).await;
+                }
             }
             AfterFailure::Retry {
                 at: retry_at,

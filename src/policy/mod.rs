@@ -275,14 +275,15 @@ fn laddered(
     let base = (min * 2_i32.pow(exponent)).min(max);
     // ±10%, from the id and the attempt number, so many certificates failing together (a CA
     // outage) do not retry in lockstep.
-    let spread = base.whole_seconds() / 10;
+    // Counted in milliseconds: the short ladder's first step (5 s) spreads too.
+    let spread = (base.whole_milliseconds() / 10).clamp(0, i128::from(i64::MAX)) as i64;
     let offset = if spread > 0 {
         let h = fnv1a(format!("{id}/{failures}").as_bytes());
         (h % (2 * spread as u64 + 1)) as i64 - spread
     } else {
         0
     };
-    let at = failed_at + base + Duration::seconds(offset);
+    let at = failed_at + base + Duration::milliseconds(offset);
     // Never past expiry while there is time left: halve the remaining time instead, so the last
     // attempts converge on expiry (at least ten seconds apart). After expiry the certificate is
     // still needed, so retries go on at the normal pace.

@@ -1298,14 +1298,21 @@ fn set_challenge_record(
     if present {
         conn.execute(
             "INSERT INTO acme_challenge_records (kind, name, value, certificate_id, order_url, published_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (kind, name, value) DO UPDATE SET \
-             certificate_id = ?4, order_url = ?5, published_at = ?6",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (kind, name, value, certificate_id, order_url) DO UPDATE SET published_at = ?6",
             params![kind, record.name, record.value, record.certificate.as_str(), record.order_url, unix(at)],
         )?;
     } else {
         conn.execute(
-            "DELETE FROM acme_challenge_records WHERE kind = ? AND name = ? AND value = ?",
-            params![kind, record.name, record.value],
+            "DELETE FROM acme_challenge_records WHERE kind = ? AND name = ? AND value = ? \
+             AND certificate_id = ? AND order_url = ?",
+            params![
+                kind,
+                record.name,
+                record.value,
+                record.certificate.as_str(),
+                record.order_url
+            ],
         )?;
     }
     Ok(())

@@ -162,6 +162,20 @@ pub enum DnsError {
     },
 }
 
+impl DnsError {
+    /// A failure that may pass by itself (the server did not answer, a lookup failed, the
+    /// publisher command failed or timed out), not a setting or a value that can never work.
+    pub fn is_passing(&self) -> bool {
+        matches!(
+            self,
+            Self::Lookup { .. }
+                | Self::UpdateFailed { .. }
+                | Self::Stopped { .. }
+                | Self::Command { .. }
+        )
+    }
+}
+
 /// A delegation that is not (yet) in place: the record the user must create, and what a
 /// resolver sees at its name instead.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -69,14 +69,18 @@ impl Tokens {
         }
     }
 
-    pub fn remove(&self, token: &str) {
+    /// Stops serving `token`; a file under a webroot that is not there counts as removed.
+    pub fn remove(&self, token: &str) -> std::io::Result<()> {
         match self {
             Self::Memory(map) => {
                 lock::write(map).remove(token);
+                Ok(())
             }
-            Self::Webroot(root) => {
-                let _ = std::fs::remove_file(root.join(CHALLENGE_DIR).join(token));
-            }
+            Self::Webroot(root) => match std::fs::remove_file(root.join(CHALLENGE_DIR).join(token))
+            {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            },
         }
     }
 
