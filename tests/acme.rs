@@ -1571,3 +1571,49 @@ fn a_withdrawal_cut_off_by_the_shutdown_deadline_is_done_at_the_next_start() {
         "{log}"
     );
 }
+
+/// `renew` while the scheduler's issuance of the same certificate runs is refused (409), not
+/// run beside it: two attempts would take up one order at once, and one's failure would
+/// withdraw the other's records.
+#[test]
+fn renew_during_an_acme_issuance_of_the_same_certificate_is_refused() {
+    let knot = customer_zone(&["busy2.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions {
+        va_sleep: true,
+        ..PebbleOptions::new(knot.addr)
+    });
+    let proxy = AriProxy::start(&pebble);
+    // The lost answer adds a retry to the attempt, so it is still running below.
+    proxy.control(serde_json::json!({"lose_challenge_answers": 1, "windows": [[86400, 172800]]}));
+    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "busy2.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    wait_until(Duration::from_secs(30), "the challenge answered", || {
+        proxy
+            .seen()
+            .iter()
+            .any(|e| e.get("challenge").is_some())
+            .then_some(())
+    });
+    let out = daemon.ck(&["renew", &cert]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("in progress"),
+        "{stderr}\n{}",
+        daemon.log_text()
+    );
+    let issued = wait_issued_after_retries(&daemon, &cert, Duration::from_secs(120));
+    assert_eq!(issued["current_version"], 1);
+    let orders = proxy
+        .seen()
+        .iter()
+        .filter(|e| e.get("new-order").is_some())
+        .count();
+    assert_eq!(orders, 1);
+}
