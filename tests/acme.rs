@@ -175,6 +175,53 @@ fn http01_issues_a_public_certificate_that_chains_to_the_ca() {
     }
 }
 
+/// The store files of `state_dir` (the database and its WAL, when there is one).
+const STORE_FILES: [&str; 3] = ["certkeeper.db", "certkeeper.db-wal", "certkeeper.db-shm"];
+
+/// Found by the crash torture (tests/torture/run): a daemon killed after the CA revoked a
+/// certificate and before the store recorded it left the certificate `issued`, and every
+/// later `revoke` failed with the CA's `alreadyRevoked` (502): it could never be revoked.
+/// The store is put back here to where such a kill leaves it, the CA's revocation done.
+#[test]
+fn a_revocation_the_ca_already_made_is_recorded() {
+    let knot = customer_zone(&["gone.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let mut daemon = Daemon::start_with(Some(&config(&pebble, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "gone.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    let issued = wait_issued(&daemon, &cert);
+
+    daemon.stop();
+    let saved = daemon.path("before-revoke");
+    std::fs::create_dir(&saved).unwrap();
+    for file in STORE_FILES {
+        let _ = std::fs::copy(daemon.state_dir.join(file), saved.join(file));
+    }
+    daemon.spawn();
+    daemon.json(&["revoke", &cert, "--reason", "key-compromise"]);
+    daemon.stop();
+    for file in STORE_FILES {
+        let _ = std::fs::remove_file(daemon.state_dir.join(file));
+        let _ = std::fs::copy(saved.join(file), daemon.state_dir.join(file));
+    }
+    // The database is older than the daemon last left it, on purpose: accept it.
+    std::fs::remove_file(daemon.state_dir.join("certkeeper.db.last-commit")).unwrap();
+    daemon.spawn();
+    assert_eq!(daemon.json(&["describe", &cert])["status"], "issued");
+
+    let revoked = daemon.json(&["revoke", &cert, "--reason", "key-compromise"]);
+    assert_eq!(revoked["status"], "revoked");
+    let hex = issued["serial"].as_str().unwrap().trim_start_matches('0');
+    let status = pebble.get(&format!("/cert-status-by-serial/{hex}"));
+    assert!(status.contains("Revoked"), "Pebble's view: {status}");
+}
+
 /// Under the packaged unit's `UMask=0077`, with nginx's workers running as www-data as a
 /// web server's do: the challenge file and the directories certkeeper makes must be readable
 /// by others, or nginx answers 403 and the CA fails the validation (review finding M6).

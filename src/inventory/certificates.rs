@@ -578,7 +578,15 @@ impl Inventory {
                 }
                 let stored = self.store.version(&cert.id, version.version).await?;
                 if let Some(stored) = stored {
-                    acme.revoke(&cert.issuer, &stored.cert_pem, reason).await?;
+                    match acme.revoke(&cert.issuer, &stored.cert_pem, reason).await {
+                        Ok(()) => {}
+                        // Revoked by an earlier attempt that died before the store recorded
+                        // it (a crash, a kill): what was asked is done.
+                        Err(err) if already_revoked(&err) => {
+                            tracing::info!(cert = %cert.id, serial = %version.serial.as_str(), "the CA had revoked this version already");
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
                     at_ca.insert(version.serial.as_str().to_owned());
                 }
             }
@@ -889,4 +897,16 @@ impl Drop for Issuing<'_> {
     fn drop(&mut self) {
         lock::lock(self.set).remove(&self.id);
     }
+}
+
+/// Whether the ACME CA refused a revocation because the certificate is revoked already
+/// (RFC 8555 §7.6 `alreadyRevoked`).
+fn already_revoked(err: &crate::acme::AcmeError) -> bool {
+    matches!(
+        err,
+        crate::acme::AcmeError::Protocol {
+            source: instant_acme::Error::Api(problem),
+            ..
+        } if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:alreadyRevoked")
+    )
 }

@@ -58,8 +58,11 @@ def snapshot(db):
         cursors = dict(conn.execute("SELECT sink, seq FROM sink_cursors"))
         orders = {row[0] for row in conn.execute("SELECT certificate_id FROM acme_orders")}
         conn.execute("COMMIT")
-        for cert_id, row in certs.items():
-            row["signed_by"] = {v: ca for (c, v), ca in signed_by.items() if c == cert_id}
+        for row in certs.values():
+            row["signed_by"] = {}
+        for (cert_id, version), ca in signed_by.items():
+            if cert_id in certs:
+                certs[cert_id]["signed_by"][version] = ca
         return certs, versions, events, cursors, orders, revocations
     finally:
         conn.close()

@@ -161,6 +161,7 @@ class Pebble:
         self.management_url = f"https://127.0.0.1:{management}"
         self._tls = ssl.create_default_context(cafile=self.tls_ca)
         self._names = {}  # serial (hex, lower case, no leading zeros) -> SAN DNS names
+        self._log_offset = 0  # how far `issued` has read Pebble's log
         self.process.wait_ready(self._ready)
 
     def _ready(self):
@@ -178,9 +179,14 @@ class Pebble:
     def issued(self):
         """Every certificate Pebble has issued so far: {serial: (dns names...)}, from its log
         and its management API (the log names the serial, the API gives the certificate)."""
-        with open(self.log, errors="replace") as f:
-            serials = re.findall(r"Issued certificate serial ([0-9a-fA-F]+)", f.read())
-        for serial in serials:
+        with open(self.log, "rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        # Only whole lines: the next call reads a line Pebble is still writing.
+        data = data[: data.rfind(b"\n") + 1]
+        self._log_offset += len(data)
+        text = data.decode(errors="replace")
+        for serial in re.findall(r"Issued certificate serial ([0-9a-fA-F]+)", text):
             serial = serial.lower().lstrip("0")
             if serial not in self._names:
                 status = json.loads(self.get(f"/cert-status-by-serial/{serial}"))
