@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, Extension, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -254,6 +257,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// The one parameter of a path (`{id}`, `{name}`, `{issuer}`), whose rejection (a segment
+/// whose percent-encoding is not UTF-8, found by fuzzing) is a JSON error too.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(segment)) => Ok(Self(segment)),
+            Err(rejection) if rejection.status() == StatusCode::BAD_REQUEST => {
+                Err(ApiError::invalid(rejection.body_text()))
+            }
+            // A route without its parameter: ours to fix, not the client's.
+            Err(rejection) => {
+                tracing::error!(error = %rejection.body_text(), "path parameter");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    INTERNAL_MESSAGE,
+                ))
+            }
         }
     }
 }
@@ -514,14 +543,14 @@ async fn sign_batch(
 
 async fn describe(
     State(state): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.find(&id).await?))
 }
 
 async fn delete(
     State(state): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.delete(&id).await?))
 }
@@ -534,7 +563,7 @@ struct VersionQuery {
 
 async fn pem(
     State(state): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     query: Result<Query<VersionQuery>, QueryRejection>,
 ) -> ApiResult<CertificatePem> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -543,23 +572,20 @@ async fn pem(
 
 async fn export(
     State(state): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Body(req): Body<ExportRequest>,
 ) -> Result<(Extension<audit::CarriesKey>, Json<crate::export::Exported>), ApiError> {
     let exported = state.inventory.export(&id, req.try_into()?).await?;
     Ok((Extension(audit::CarriesKey), Json(exported)))
 }
 
-async fn renew(
-    State(state): Shared,
-    Path(id): Path<String>,
-) -> ApiResult<crate::model::Certificate> {
+async fn renew(State(state): Shared, Segment(id): Segment) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.renew(&id).await?))
 }
 
 async fn revoke(
     State(state): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Body(req): Body<RevokeRequest>,
 ) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.revoke(&id, req.reason).await?))
@@ -567,13 +593,13 @@ async fn revoke(
 
 async fn tags(
     State(state): Shared,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Body(req): Body<TagsRequest>,
 ) -> ApiResult<crate::model::Certificate> {
     Ok(Json(state.inventory.tags(&id, req.try_into()?).await?))
 }
 
-async fn explain(State(state): Shared, Path(id): Path<String>) -> ApiResult<Explanation> {
+async fn explain(State(state): Shared, Segment(id): Segment) -> ApiResult<Explanation> {
     Ok(Json(state.inventory.explain(&id).await?))
 }
 
@@ -605,23 +631,23 @@ async fn ca_create(
     Ok((StatusCode::CREATED, created(&ca.ca.name), Json(ca)))
 }
 
-async fn ca_describe(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
+async fn ca_describe(State(state): Shared, Segment(name): Segment) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.ca(&name).await?))
 }
 
 async fn ca_install(
     State(state): Shared,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     Body(req): Body<InstallCa>,
 ) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.install_ca(&name, req.into()).await?))
 }
 
-async fn ca_enable(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
+async fn ca_enable(State(state): Shared, Segment(name): Segment) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.set_ca_enabled(&name, true).await?))
 }
 
-async fn ca_disable(State(state): Shared, Path(name): Path<String>) -> ApiResult<CaDetails> {
+async fn ca_disable(State(state): Shared, Segment(name): Segment) -> ApiResult<CaDetails> {
     Ok(Json(state.inventory.set_ca_enabled(&name, false).await?))
 }
 
@@ -635,7 +661,7 @@ struct CrlQuery {
 /// The CRL as PEM text (default) or DER (`?format=der`, `application/pkix-crl`).
 async fn ca_crl(
     State(state): Shared,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     query: Result<Query<CrlQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(query_rejection)?;
@@ -713,7 +739,7 @@ async fn acme_accounts(State(state): Shared) -> ApiResult<Vec<AcmeIssuerView>> {
 
 async fn acme_key_rollover(
     State(state): Shared,
-    Path(issuer): Path<String>,
+    Segment(issuer): Segment,
 ) -> ApiResult<crate::store::AcmeAccount> {
     Ok(Json(state.inventory.acme_rollover_key(&issuer).await?))
 }
