@@ -5,8 +5,8 @@
 //!
 //! Properties: no panic; an error is one non-empty line that names where (a syntax error its
 //! line and column inside the text, a value error its key); an accepted config keeps every
-//! duration inside the range the README's "Limits" table gives, and the socket is neither the
-//! store nor the master key.
+//! duration inside the range the README's "Limits" table gives, the socket is neither the
+//! store nor the master key, and every ACME directory is a URL the HTTP client can request.
 #![no_main]
 
 use std::path::Path;
@@ -75,6 +75,11 @@ fn check_config(config: &Config) {
     assert_ne!(config.socket, config.store_path);
     assert_ne!(config.socket, config.master_key.path());
     assert_eq!(config.socket_mode & 0o002, 0, "the API socket is never world-writable");
+    for issuer in &config.acme {
+        // instant-acme `expect`s that it can build a request from it.
+        let uri = issuer.directory.parse::<http::Uri>();
+        assert!(uri.is_ok(), "acme directory {:?}: {uri:?}", issuer.directory);
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
