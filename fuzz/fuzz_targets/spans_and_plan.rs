@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use certkeeper::policy::{
     self, AfterFailure, Facts, Failure, Failures, Lifetime, Rule, Rules, Step, SuggestedWindow,
 };
+use certkeeper::model::FailureKind;
 use certkeeper::schedule::{Schedule, Window};
 use certkeeper::span::{Span, bounds};
 use libfuzzer_sys::fuzz_target;
@@ -133,6 +134,7 @@ fn run(text: &str) -> Result<(), ()> {
         .filter(|n| *n > 0)
         .map(|count| Failures {
             count,
+            kind: failure_kind(&settings, "failure-kind"),
             last: offset(&settings, "failed-at", not_before).unwrap_or(now),
             milestone: number(&settings, "milestone"),
         });
@@ -194,6 +196,7 @@ fn run(text: &str) -> Result<(), ()> {
     );
     let failure = Failure {
         at: now,
+        kind: failure_kind(&settings, "kind").unwrap_or(FailureKind::Refused),
         retry_not_before: offset(&settings, "retry-not-before", not_before),
     };
     if let AfterFailure::Retry { at, .. } = policy::after_failure(&facts, failure) {
@@ -265,3 +268,8 @@ fn run(text: &str) -> Result<(), ()> {
 fuzz_target!(|data: &[u8]| {
     let _ = run(&String::from_utf8_lossy(data));
 });
+
+/// A failure kind named by `key` (`awaiting-records`, `transient`, `refused`), if any.
+fn failure_kind(settings: &HashMap<&str, &str>, key: &str) -> Option<FailureKind> {
+    settings.get(key).and_then(|text| text.parse().ok())
+}
