@@ -1,7 +1,8 @@
 //! The API router (`/v1` on the Unix socket): the real axum router over the real inventory
 //! and store, built as the daemon builds them (`daemon::open_inventory`, `serve_api`) on a
-//! built-in-default config in a temporary state directory, takes arbitrary requests through
-//! `tower::ServiceExt::oneshot`.
+//! built-in-default config with `[pki]` in a temporary state directory, takes arbitrary
+//! requests through `tower::ServiceExt::oneshot`; so do the read-only socket's router and
+//! `pki.listen`'s (the CRLs and CA certificates relying parties fetch, under `/pki/`).
 //!
 //! An input is up to eight requests, separated by `certkeeper_fuzz::SEPARATOR` lines, each
 //! written as `METHOD URI`, header lines, a blank line and the body (see
@@ -13,8 +14,10 @@
 //! Properties: no panic (a handler's panic, which the catch-panic layer would turn into a 500,
 //! aborts the fuzzer: the panic hook runs first); no 500 at all and no other 5xx than those the
 //! README's API section gives (502 ca-error, 503 timeout/shutting-down/store-unavailable/
-//! outcome-unknown/audit-unavailable, 507 store-full); every error status carries the
-//! documented `{"error": {"code", "message"}}` body.
+//! outcome-unknown/audit-unavailable, 507 store-full); every error status of the two API
+//! routers carries the documented `{"error": {"code", "message"}}` body, and the read-only one
+//! refuses anything but its reads with 403 `read-only`; the PKI listener answers only 200,
+//! 404, 405 or 503 (a disabled CA's CRL past its next update).
 #![no_main]
 
 use std::path::Path;
@@ -38,13 +41,23 @@ const RESET_EVERY: u64 = 20_000;
 const MAX_REQUESTS: usize = 8;
 /// The store's writes are acknowledged without waiting for the disk: durability is not under
 /// test here, and `full` would make every creating request an fsync.
-const CONFIG: &str = "[store]\nsynchronous = \"normal\"\n";
+const CONFIG: &str = "[store]\nsynchronous = \"normal\"\n\n[pki]\nbase-url = \"http://pki.fuzz.example/pki/\"\n";
 
 /// One daemon's worth of state.
 struct Daemon {
     router: Router,
+    read_only: Router,
+    pki: Router,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
+}
+
+/// Which of the daemon's routers a request went to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Listener {
+    Api,
+    ReadOnly,
+    Pki,
 }
 
 struct Harness {
@@ -68,12 +81,17 @@ async fn start() -> Daemon {
     store.check_keys().await.expect("keys");
     let stop = CancellationToken::new();
     tokio::spawn(store.clone().supervise(stop.clone()));
-    let inventory = Arc::new(Inventory::new(store, Settings::from_config(&config), None));
+    let published = config.pki.as_ref().map(|p| p.base_url.clone());
+    let inventory = Arc::new(
+        Inventory::new(store, Settings::from_config(&config), None).publishing(published),
+    );
     inventory
         .apply(Settings::from_config(&config))
         .await
         .expect("settings");
     inventory.start(&config.cas).await.expect("the default CA");
+    let base = &config.pki.as_ref().expect("[pki] is configured").base_url;
+    let pki = certkeeper::pki::router(inventory.clone(), base);
     let state = Arc::new(AppState {
         inventory,
         audit_retention: config.audit_retention,
@@ -83,7 +101,9 @@ async fn start() -> Daemon {
         timeout: config.request_timeout.std(),
     };
     Daemon {
-        router: api::router(state, limits),
+        router: api::router(state.clone(), limits),
+        read_only: api::read_only_router(state, limits),
+        pki,
         stop,
         _dir: dir,
     }
@@ -155,7 +175,7 @@ fn documented_5xx(status: StatusCode, code: &str) -> bool {
 }
 
 /// Sends one request; returns the id of a certificate it created, if it did.
-async fn send(router: &Router, request: Request<Body>) -> Option<String> {
+async fn send(router: &Router, listener: Listener, request: Request<Body>) -> Option<String> {
     let method = request.method().clone();
     let uri = request.uri().clone();
     let response = router
@@ -170,6 +190,15 @@ async fn send(router: &Router, request: Request<Body>) -> Option<String> {
         .await
         .expect("the router's bodies do not fail")
         .to_bytes();
+    if listener == Listener::Pki {
+        let status = status.as_u16();
+        assert!(
+            matches!(status, 200 | 404 | 405 | 503),
+            "PKI listener: {method} {uri}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        return None;
+    }
     let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     // A HEAD answer has no body to carry the error.
     if (status.is_client_error() || status.is_server_error()) && method != Method::HEAD {
@@ -191,7 +220,14 @@ async fn send(router: &Router, request: Request<Body>) -> Option<String> {
                 String::from_utf8_lossy(&body)
             );
         }
+        if listener == Listener::ReadOnly && status == StatusCode::FORBIDDEN {
+            assert_eq!(code, "read-only", "{method} {uri}");
+        }
         return None;
+    }
+    if listener == Listener::ReadOnly {
+        let read = matches!(method, Method::GET | Method::HEAD);
+        assert!(read, "the read-only socket did {method} {uri}: {status}");
     }
     if status == StatusCode::CREATED {
         return json
@@ -216,15 +252,21 @@ fuzz_target!(|data: &[u8]| {
     let daemon = harness
         .daemon
         .get_or_insert_with(|| runtime.block_on(start()));
-    let router = daemon.router.clone();
+    let routers = [
+        (daemon.router.clone(), Listener::Api),
+        (daemon.read_only.clone(), Listener::ReadOnly),
+        (daemon.pki.clone(), Listener::Pki),
+    ];
     runtime.block_on(async {
         let mut id = String::from("ck-00000000-0000-0000-0000-000000000000");
         for text in certkeeper_fuzz::fields(data).into_iter().take(MAX_REQUESTS) {
-            let Some(request) = request(text, &id) else {
-                continue;
-            };
-            if let Some(created) = send(&router, request).await {
-                id = created;
+            for (router, listener) in &routers {
+                let Some(request) = request(text, &id) else {
+                    break;
+                };
+                if let Some(created) = send(router, *listener, request).await {
+                    id = created;
+                }
             }
         }
     });
