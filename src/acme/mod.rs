@@ -1132,10 +1132,17 @@ impl Acme {
                 }
             }
         };
-        self.store
-            .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
-            .await?;
+        // Logged before it is stored: a kill or a store failure in between leaves an order at
+        // the CA that nothing resumes, and the log is then the only place that names it.
         info!(cert = %cert.id, order = %order.url(), "ACME order created");
+        if let Err(err) = self
+            .store
+            .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
+            .await
+        {
+            warn!(cert = %cert.id, order = %order.url(), error = %err, "the ACME order could not be stored; it is left at the CA (pending orders expire there)");
+            return Err(err.into());
+        }
         Ok((order, key))
     }
 

@@ -1441,4 +1441,22 @@ mod tests {
                 .unwrap();
         });
     }
+
+    /// Found by the crash torture: a manual renewal of a public certificate deleted while its
+    /// order was being created failed on the order's foreign key, a 500 `internal` with
+    /// "FOREIGN KEY constraint failed" in the log. The certificate is simply not found.
+    #[test]
+    fn an_order_for_a_deleted_certificate_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let store = open(dir.path()).await;
+            let id = issued(&store, OffsetDateTime::now_utc()).await;
+            store.delete(&id).await.unwrap();
+            let err = store
+                .save_acme_order(&id, "pebble", "https://ca.test/order/1", b"key")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+        });
+    }
 }

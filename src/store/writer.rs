@@ -1279,6 +1279,18 @@ fn save_acme_order(
     order_url: &str,
     key: Sealed,
 ) -> Result<(), StoreError> {
+    // Deleted while its order was being created (a renewal through the API racing a
+    // deletion): not found, rather than the foreign key's failure.
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM certificates WHERE id = ?",
+            [id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound(format!("certificate {id}")));
+    }
     conn.execute(
         "INSERT INTO acme_orders (certificate_id, issuer, order_url, key_kid, key_blob, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (certificate_id) DO UPDATE SET issuer = ?2, \
