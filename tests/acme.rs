@@ -1148,6 +1148,53 @@ fn account_contact_follows_the_config_and_its_key_can_be_rolled_over() {
     );
 }
 
+/// A shutdown while an attempt waits to retry a request (the CA answering 5xx to every
+/// certificate download) ends the wait: the daemon stops before its deadline instead of
+/// sitting out the retries (2 + 4 + 8 + 15 s are still ahead once the first one is logged,
+/// more than the 20 s deadline), and the order it kept is taken up at the next start.
+#[test]
+fn a_shutdown_ends_an_attempts_wait_to_retry() {
+    let knot = customer_zone(&["halt.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    proxy.control(serde_json::json!({"fail_downloads": 1000, "windows": [[86400, 172800]]}));
+    let config = format!(
+        "[daemon]\nshutdown-timeout = \"20s\"\n\n{}",
+        proxied_config(&pebble, &proxy, "")
+    );
+    let mut daemon = Daemon::start_with(Some(&config));
+    let cert = id(&daemon.json(&[
+        "request",
+        "halt.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    wait_until(Duration::from_secs(60), "a retried download", || {
+        daemon
+            .log_text()
+            .contains("retrying an ACME request")
+            .then_some(())
+    });
+    let (status, _) = daemon.stop();
+    assert!(status.success(), "{status}");
+    let log = daemon.log_text();
+    let stopping = log.rfind("stopping: finishing in-flight work").unwrap();
+    let after = &log[stopping..];
+    assert!(
+        after.contains("stopping: the ACME request is not retried") && after.contains("stopped"),
+        "the wait was ended: {after}"
+    );
+    assert!(!after.contains("shutdown deadline passed"), "{after}");
+
+    proxy.control(serde_json::json!({"fail_downloads": 0}));
+    daemon.spawn();
+    let issued = wait_issued_after_retries(&daemon, &cert, Duration::from_secs(120));
+    assert_eq!(issued["current_version"], 1);
+    assert_eq!(new_orders(&proxy).len(), 1, "the kept order was taken up");
+}
+
 #[test]
 fn an_order_finalized_before_a_failure_is_taken_up_again_not_ordered_anew() {
     let knot = customer_zone(&["late.customer.test"]);

@@ -33,6 +33,7 @@ use instant_acme::{
 };
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -248,6 +249,9 @@ pub struct Acme {
     validation: ValidationConfig,
     /// Challenge records being withdrawn after their order ended; waited for at shutdown.
     cleanup: TaskTracker,
+    /// Cancelled when the daemon stops: an attempt then no longer waits to retry a request
+    /// (it ends as a transient failure, which keeps the order and its records).
+    stopping: CancellationToken,
 }
 
 /// Polling an order: quick at first (CAs usually validate within a second or two), then
@@ -284,7 +288,16 @@ impl Acme {
             dns,
             validation,
             cleanup: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Ends the in-attempt waits for a retry when `stopping` is cancelled, so a shutdown is
+    /// not held up to its deadline by a CA that answers 5xx.
+    #[must_use]
+    pub fn stopping(mut self, stopping: CancellationToken) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Waits for the challenge records still being withdrawn (the caller bounds the wait).
@@ -782,7 +795,7 @@ impl Acme {
             issuer: issuer.name.clone(),
             source,
         };
-        let mut conversation = Conversation::new(runtime);
+        let mut conversation = Conversation::new(runtime, &self.stopping);
         let (mut order, key) = self
             .resume_or_create(runtime, account, cert, replaces, &mut conversation)
             .await?;
@@ -865,7 +878,11 @@ impl Acme {
         // Where the order stands decides the next step: a resumed order may be past
         // validation (ready) or already finalized (processing, valid).
         let status = match order.state().status {
-            OrderStatus::Pending => order.poll_ready(&POLL).await.map_err(protocol)?,
+            OrderStatus::Pending => {
+                let url = order.url().to_owned();
+                let poll = async { order.poll_ready(&POLL).await.map_err(protocol) };
+                self.unless_stopping(issuer, &url, poll).await?
+            }
             other => other,
         };
         match status {
@@ -887,14 +904,34 @@ impl Acme {
             }
         }
         // A CA that issues while answering the finalize request needs no poll.
-        match order.state().status {
-            OrderStatus::Processing | OrderStatus::Valid => {
-                match order.certificate().await.map_err(protocol)? {
-                    Some(chain) => Ok(chain),
-                    None => order.poll_certificate(&POLL).await.map_err(protocol),
-                }
-            }
-            _ => order.poll_certificate(&POLL).await.map_err(protocol),
+        let url = order.url().to_owned();
+        if matches!(
+            order.state().status,
+            OrderStatus::Processing | OrderStatus::Valid
+        ) && let Some(chain) = order.certificate().await.map_err(protocol)?
+        {
+            return Ok(chain);
+        }
+        let poll = async { order.poll_certificate(&POLL).await.map_err(protocol) };
+        self.unless_stopping(issuer, &url, poll).await
+    }
+
+    /// `poll` (of the order at `url`), ended when the daemon stops: the order is then
+    /// unsettled, kept with its records for the next start, instead of holding the shutdown
+    /// up to its deadline for as long as the CA takes.
+    async fn unless_stopping<T>(
+        &self,
+        issuer: &AcmeIssuer,
+        url: &str,
+        poll: impl Future<Output = Result<T, AcmeError>>,
+    ) -> Result<T, AcmeError> {
+        tokio::select! {
+            result = poll => result,
+            () = self.stopping.cancelled() => Err(AcmeError::Unsettled {
+                issuer: issuer.name.clone(),
+                order: url.to_owned(),
+                detail: "the daemon stopped while the CA was working on the order".into(),
+            }),
         }
     }
 
@@ -975,7 +1012,7 @@ impl Acme {
         account: &Account,
         url: &str,
     ) -> AfterAll {
-        let mut conversation = Conversation::new(runtime);
+        let mut conversation = Conversation::new(runtime, &self.stopping);
         let mut order = match conversation.retry(|| account.order(url.to_owned())).await {
             Ok(order) => order,
             Err(err) => {
@@ -1021,7 +1058,7 @@ impl Acme {
         }
         let key = jws::key_pair(&private_key(issuer, &credentials)?).map_err(protocol)?;
         let http = http_client(runtime)?;
-        let mut conversation = Conversation::new(runtime);
+        let mut conversation = Conversation::new(runtime, &self.stopping);
         let body = conversation
             .retry(|| async {
                 let directory = jws::Directory::fetch(&*http, &record.directory).await?;
@@ -1389,6 +1426,7 @@ impl Withdrawer {
 /// ladder takes over.
 struct Conversation<'a> {
     runtime: &'a IssuerRuntime,
+    stopping: &'a CancellationToken,
     retries: usize,
 }
 
@@ -1405,9 +1443,10 @@ const CONVERSATION_RETRIES: [Duration; 5] = [
 const RETRY_AFTER_WITHIN_ATTEMPT: Duration = Duration::from_secs(60);
 
 impl<'a> Conversation<'a> {
-    fn new(runtime: &'a IssuerRuntime) -> Self {
+    fn new(runtime: &'a IssuerRuntime, stopping: &'a CancellationToken) -> Self {
         Self {
             runtime,
+            stopping,
             retries: 0,
         }
     }
@@ -1418,7 +1457,7 @@ impl<'a> Conversation<'a> {
         let Some(step) = CONVERSATION_RETRIES.get(self.retries) else {
             return false;
         };
-        if !retriable(err) {
+        if !retriable(err) || self.stopping.is_cancelled() {
             return false;
         }
         let wait = match self.runtime.backoff.blocked_until() {
@@ -1431,8 +1470,13 @@ impl<'a> Conversation<'a> {
         };
         self.retries += 1;
         debug!(issuer = %self.runtime.config.name, error = %err, retry = self.retries, wait_ms = wait.as_millis() as u64, "retrying an ACME request");
-        tokio::time::sleep(wait).await;
-        true
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = self.stopping.cancelled() => {
+                debug!(issuer = %self.runtime.config.name, "stopping: the ACME request is not retried");
+                false
+            }
+        }
     }
 
     /// `request`, tried again while [`Conversation::again`] says so.

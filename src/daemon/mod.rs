@@ -273,7 +273,8 @@ async fn open_inventory(
             config.validation.clone(),
             tokens,
             dns,
-        );
+        )
+        .stopping(shutdown.clone());
         // What a crash or the last shutdown's deadline left in DNS or a webroot.
         acme.withdraw_left_over();
         Arc::new(acme)
