@@ -222,6 +222,74 @@ fn a_revocation_the_ca_already_made_is_recorded() {
     assert!(status.contains("Revoked"), "Pebble's view: {status}");
 }
 
+/// Found by the crash torture: a `renew` killed after the CA issued its certificate and
+/// before the store took it in left that certificate in the kept order, and a later `revoke`
+/// dropped the order with it: a live certificate for the names that nobody held or revoked.
+/// The revocation now asks the CA for the kept order's certificate and revokes it too.
+#[test]
+fn a_revocation_takes_the_certificate_of_an_order_a_kill_cut_off() {
+    let knot = customer_zone(&["cut.customer.test"]);
+    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let proxy = AriProxy::start(&pebble);
+    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
+    let mut daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    let cert = id(&daemon.json(&[
+        "request",
+        "cut.customer.test",
+        "--issuer",
+        "pebble",
+        "--validation",
+        "http",
+    ]));
+    wait_issued(&daemon, &cert);
+
+    // The renewal's order is finalized and its certificate issued, but every download fails:
+    // the daemon is killed while it retries.
+    proxy.control(serde_json::json!({"fail_downloads": 1000}));
+    std::thread::scope(|scope| {
+        let renew = scope.spawn(|| daemon.ck(&["renew", &cert]));
+        wait_until(Duration::from_secs(60), "a failed download", || {
+            proxy
+                .seen()
+                .iter()
+                .any(|e| e.get("certificate-download").is_some() && e["status"] == 503)
+                .then_some(())
+        });
+        daemon.signal("KILL");
+        assert!(!renew.join().unwrap().status.success());
+    });
+    daemon.kill();
+    proxy.control(serde_json::json!({"fail_downloads": 0}));
+    daemon.spawn();
+    assert_eq!(daemon.json(&["describe", &cert])["current_version"], 1);
+
+    let revoked = daemon.json(&["revoke", &cert, "--reason", "key-compromise"]);
+    assert_eq!(revoked["status"], "revoked");
+    let pebble_log = std::fs::read_to_string(&pebble.log).unwrap();
+    let serials: Vec<&str> = pebble_log
+        .lines()
+        .filter_map(|l| l.split("Issued certificate serial ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        serials.len(),
+        2,
+        "the issuance and the cut-off renewal: {pebble_log}"
+    );
+    for serial in serials {
+        let status = pebble.get(&format!("/cert-status-by-serial/{serial}"));
+        assert!(
+            status.contains("Revoked"),
+            "Pebble's view of {serial}: {status}"
+        );
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("revoked the certificate of the ACME order kept for it too"),
+        "{log}"
+    );
+}
+
 /// Under the packaged unit's `UMask=0077`, with nginx's workers running as www-data as a
 /// web server's do: the challenge file and the directories certkeeper makes must be readable
 /// by others, or nginx answers 403 and the CA fails the validation (review finding M6).

@@ -729,6 +729,38 @@ impl Acme {
         });
     }
 
+    /// The certificate the CA issued for the order kept for `cert`, if it did: an attempt a
+    /// kill or crash cut off after the CA issued, before the store took the certificate in
+    /// (a renewal asked for through the API is not taken up again until the next one is
+    /// due). Asked before a revocation, which must take that certificate with it. Best
+    /// effort: when the CA cannot tell, that is logged with the order, and `None` returned.
+    pub async fn kept_certificate(&self, cert: &CertificateId) -> Option<String> {
+        let (issuer, url) = match self.store.acme_order(cert).await {
+            Ok(Some((issuer, url, _))) => (issuer, url),
+            Ok(None) => return None,
+            Err(err) => {
+                warn!(cert = %cert, error = %err, "could not read the ACME order kept for the certificate");
+                return None;
+            }
+        };
+        let runtime = self.issuers.get(&issuer)?;
+        let account = match self.account(runtime).await {
+            Ok(account) => account,
+            Err(err) => {
+                warn!(cert = %cert, order = %url, error = %err, "could not ask the CA whether the kept ACME order has a certificate; it is left at the CA");
+                return None;
+            }
+        };
+        match self.certificate_after_all(runtime, &account, &url).await {
+            AfterAll::Issued(chain) => Some(chain),
+            AfterAll::NoCertificate => None,
+            AfterAll::Unknown(why) => {
+                warn!(cert = %cert, order = %url, why = %why, "could not tell whether the kept ACME order has a certificate; it is left at the CA");
+                None
+            }
+        }
+    }
+
     /// Gives up the order kept for `cert` (revoked, or its validation timed out: no attempt
     /// will take it up again) and withdraws everything recorded for it, in the background.
     pub async fn abandon(&self, cert: &CertificateId) {

@@ -590,6 +590,20 @@ impl Inventory {
                     at_ca.insert(version.serial.as_str().to_owned());
                 }
             }
+            // A certificate the CA issued for the kept order of an attempt cut off before the
+            // store took it in: nobody holds it, and it would outlive the revocation.
+            if !at_ca.contains(KEPT_ORDER)
+                && let Some(chain) = acme.kept_certificate(&cert.id).await
+            {
+                match acme.revoke(&cert.issuer, &chain, reason).await {
+                    Ok(()) => {
+                        tracing::info!(cert = %cert.id, "revoked the certificate of the ACME order kept for it too (issued, never stored)");
+                    }
+                    Err(err) if already_revoked(&err) => {}
+                    Err(err) => return Err(err.into()),
+                }
+                at_ca.insert(KEPT_ORDER.to_owned());
+            }
         }
         let revocations: Vec<Revocation> = cert
             .versions
@@ -898,6 +912,10 @@ impl Drop for Issuing<'_> {
         lock::lock(self.set).remove(&self.id);
     }
 }
+
+/// Stands in [`Inventory::revoke`]'s set of serials revoked at the CA for the certificate of
+/// the kept ACME order (no serial is empty).
+const KEPT_ORDER: &str = "";
 
 /// Whether the ACME CA refused a revocation because the certificate is revoked already
 /// (RFC 8555 §7.6 `alreadyRevoked`).
