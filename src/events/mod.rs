@@ -169,7 +169,7 @@ pub fn expired(cert: &Certificate, now: OffsetDateTime) -> Event {
 }
 
 /// `Certificate Renewal Action Required` after a failed renewal (the first, or one at a
-/// 45/30/15/7/3/1-day milestone).
+/// 45/30/15/7/3/1-day milestone; the planner's `after_failure` decides when).
 pub fn renewal_failed(
     cert: &Certificate,
     days_left: i64,

@@ -295,6 +295,11 @@ fn ladder(
     }
 }
 
+/// Transient failures in a row before one raises Renewal Action Required: on the transient
+/// ladder (5 s doubling to 5 min) the eighth comes about ten minutes after the first, long
+/// past a badNonce run or a CA's restart, soon enough for anyone to act on an outage.
+pub(crate) const TRANSIENT_QUIET_FAILURES: u32 = 8;
+
 /// One failed attempt.
 #[derive(Clone, Copy, Debug)]
 pub struct Failure {
@@ -326,9 +331,10 @@ pub enum AfterFailure {
 ///
 /// The retry takes the ladder of what the failure said ([`ladder`]), never past expiry. A
 /// first issuance waiting for validation raises no event (the Validation Pending event already
-/// said what to do) until its deadline, when it times out; anything else raises Renewal Action
-/// Required at the first failure and at each 45/30/15/7/3/1-day milestone. A CA's Retry-After
-/// always holds, plus jitter.
+/// said what to do) until its deadline, when it times out; a transient failure (the CA busy or
+/// unreachable for a moment) raises none before [`TRANSIENT_QUIET_FAILURES`] in a row; anything
+/// else raises Renewal Action Required at the first failure and at each 45/30/15/7/3/1-day
+/// milestone. A CA's Retry-After always holds, plus jitter.
 pub fn after_failure(facts: &Facts<'_>, failure: Failure) -> AfterFailure {
     let at = failure.at;
     if facts.validation_deadline.is_some_and(|d| d <= at) {
@@ -340,7 +346,9 @@ pub fn after_failure(facts: &Facts<'_>, failure: Failure) -> AfterFailure {
     let days_left = days_to_expiry(at, not_after);
     let (retry_at, rule) = ladder(facts, Some(failure.kind), failures, at);
     // Waiting for a first validation raises no event: Validation Pending said what to do.
-    let milestone = if facts.validation_deadline.is_some() {
+    // Nor does a blip at the CA that the next tries on the short ladder may well get past.
+    let quiet = failure.kind == FailureKind::Transient && failures < TRANSIENT_QUIET_FAILURES;
+    let milestone = if facts.validation_deadline.is_some() || quiet {
         None
     } else {
         action_required(days_left, previous.and_then(|f| f.milestone))
@@ -875,6 +883,71 @@ mod tests {
     /// CNAME (15 s, doubling to 15 minutes: eight minutes after a few). Each kind now has its
     /// ladder, for a first issuance and a renewal alike, and the plan read back from the store
     /// agrees with the retry time decided at the failure.
+    #[test]
+    fn transient_failures_raise_renewal_action_required_only_once_they_persist() {
+        let mut facts = healthy(90);
+        let mut at = NOW + Duration::days(60);
+        let mut raised = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        for _ in 0..12 {
+            let AfterFailure::Retry {
+                at: retry_at,
+                failures,
+                milestone,
+                ..
+            } = after_failure(
+                &facts,
+                Failure {
+                    at,
+                    kind: FailureKind::Transient,
+                    retry_not_before: None,
+                },
+            )
+            else {
+                panic!("a renewal never times out");
+            };
+            if milestone.is_some() {
+                raised.push((failures, elapsed));
+            }
+            facts.failures = Some(Failures {
+                count: failures,
+                kind: Some(FailureKind::Transient),
+                last: at,
+                milestone: milestone.or(facts.failures.and_then(|f| f.milestone)),
+            });
+            elapsed += retry_at - at;
+            at = retry_at;
+        }
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        let (failures, after) = raised[0];
+        assert_eq!(failures, TRANSIENT_QUIET_FAILURES);
+        assert!(
+            after >= Duration::minutes(9) && after <= Duration::minutes(12),
+            "raised {after} after the first failure"
+        );
+        // A refusal after a few transient failures raises it at once.
+        facts.failures = Some(Failures {
+            count: 2,
+            kind: Some(FailureKind::Transient),
+            last: at,
+            milestone: None,
+        });
+        let AfterFailure::Retry { milestone, .. } = after_failure(
+            &facts,
+            Failure {
+                at,
+                kind: FailureKind::Refused,
+                retry_not_before: None,
+            },
+        ) else {
+            panic!()
+        };
+        assert!(
+            milestone.is_some(),
+            "a refusal is raised at its first failure"
+        );
+    }
+
     #[test]
     fn each_kind_of_failure_retries_on_its_own_ladder() {
         let pending = Facts {
