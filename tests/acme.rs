@@ -222,29 +222,54 @@ fn a_revocation_the_ca_already_made_is_recorded() {
     assert!(status.contains("Revoked"), "Pebble's view: {status}");
 }
 
-/// Found by the crash torture: a `renew` killed after the CA issued its certificate and
-/// before the store took it in left that certificate in the kept order, and a later `revoke`
-/// dropped the order with it: a live certificate for the names that nobody held or revoked.
-/// The revocation now asks the CA for the kept order's certificate and revokes it too.
+/// A `renew` killed after the CA issued its certificate and before the store took it in:
+/// the next start takes the certificate in from the kept order (nothing else would before
+/// the next renewal is due, and the certificate would age unheld meanwhile). One order per
+/// version, and the version is the CA's certificate.
 #[test]
-fn a_revocation_takes_the_certificate_of_an_order_a_kill_cut_off() {
-    let knot = customer_zone(&["cut.customer.test"]);
+fn a_renew_killed_after_the_ca_issued_is_completed_at_the_next_start() {
+    let (_knot, pebble, proxy, mut daemon, cert) = renewal_cut_off("resume.customer.test");
+    proxy.control(serde_json::json!({"fail_downloads": 0}));
+    daemon.spawn();
+
+    let renewed = wait_until(Duration::from_secs(60), "the kept order taken in", || {
+        let c = daemon.json(&["describe", &cert]);
+        (c["current_version"] == 2).then_some(c)
+    });
+    let serials = pebble_serials(&pebble);
+    assert_eq!(serials.len(), 2, "{serials:?}");
+    assert_eq!(
+        renewed["serial"].as_str().unwrap().trim_start_matches('0'),
+        serials[1],
+        "the second version is the certificate the CA issued for the cut-off renewal"
+    );
+    assert_eq!(new_orders(&proxy).len(), 2, "one order per version");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("took in the certificate of an ACME order an interrupted attempt left"),
+        "{log}"
+    );
+}
+
+/// A certificate for `name` issued over HTTP-01 through the proxy, then a `renew` of it
+/// with every certificate download failing at the proxy (which keeps failing them), and the
+/// daemon SIGKILLed once one has failed: the CA issued the renewal, the store does not have
+/// it, the order is kept. The daemon is left stopped.
+fn renewal_cut_off(name: &str) -> (Knot, Pebble, AriProxy, Daemon, String) {
+    let knot = customer_zone(&[name]);
     let pebble = Pebble::start(PebbleOptions::new(knot.addr));
     let proxy = AriProxy::start(&pebble);
     proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
     let mut daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
     let cert = id(&daemon.json(&[
         "request",
-        "cut.customer.test",
+        name,
         "--issuer",
         "pebble",
         "--validation",
         "http",
     ]));
     wait_issued(&daemon, &cert);
-
-    // The renewal's order is finalized and its certificate issued, but every download fails:
-    // the daemon is killed while it retries.
     proxy.control(serde_json::json!({"fail_downloads": 1000}));
     std::thread::scope(|scope| {
         let renew = scope.spawn(|| daemon.ck(&["renew", &cert]));
@@ -259,22 +284,46 @@ fn a_revocation_takes_the_certificate_of_an_order_a_kill_cut_off() {
         assert!(!renew.join().unwrap().status.success());
     });
     daemon.kill();
-    proxy.control(serde_json::json!({"fail_downloads": 0}));
+    (knot, pebble, proxy, daemon, cert)
+}
+
+/// The serials Pebble logged issuing, in order (hex, as its management API takes them).
+fn pebble_serials(pebble: &Pebble) -> Vec<String> {
+    std::fs::read_to_string(&pebble.log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("Issued certificate serial ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Found by the crash torture: a `renew` killed after the CA issued its certificate and
+/// before the store took it in left that certificate in the kept order, and a later `revoke`
+/// dropped the order with it: a live certificate for the names that nobody held or revoked.
+/// The revocation now asks the CA for the kept order's certificate and revokes it too.
+#[test]
+fn a_revocation_takes_the_certificate_of_an_order_a_kill_cut_off() {
+    let (_knot, pebble, proxy, mut daemon, cert) = renewal_cut_off("cut.customer.test");
+    // At the start the certificate cannot be had either (the CA still fails it): the start
+    // leaves the order kept, and it is there when the revocation comes.
     daemon.spawn();
+    wait_until(Duration::from_secs(90), "the start to give up", || {
+        daemon
+            .log_text()
+            .contains("could not tell whether the kept ACME order has a certificate")
+            .then_some(())
+    });
+    proxy.control(serde_json::json!({"fail_downloads": 0}));
     assert_eq!(daemon.json(&["describe", &cert])["current_version"], 1);
 
     let revoked = daemon.json(&["revoke", &cert, "--reason", "key-compromise"]);
     assert_eq!(revoked["status"], "revoked");
-    let pebble_log = std::fs::read_to_string(&pebble.log).unwrap();
-    let serials: Vec<&str> = pebble_log
-        .lines()
-        .filter_map(|l| l.split("Issued certificate serial ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .collect();
+    let serials = pebble_serials(&pebble);
     assert_eq!(
         serials.len(),
         2,
-        "the issuance and the cut-off renewal: {pebble_log}"
+        "the issuance and the cut-off renewal: {serials:?}"
     );
     for serial in serials {
         let status = pebble.get(&format!("/cert-status-by-serial/{serial}"));

@@ -187,6 +187,14 @@ fn transient(err: &instant_acme::Error) -> bool {
     }
 }
 
+/// A kept order's certificate, as the CA gave it.
+struct KeptIssuance {
+    runtime: Arc<IssuerRuntime>,
+    url: String,
+    key: Zeroizing<Vec<u8>>,
+    chain: String,
+}
+
 /// A certificate the CA issued, ready to become a version.
 pub struct Issued {
     pub certificate: crate::ca::Issued,
@@ -735,24 +743,50 @@ impl Acme {
     /// due). Asked before a revocation, which must take that certificate with it. Best
     /// effort: when the CA cannot tell, that is logged with the order, and `None` returned.
     pub async fn kept_certificate(&self, cert: &CertificateId) -> Option<String> {
-        let (issuer, url) = match self.store.acme_order(cert).await {
-            Ok(Some((issuer, url, _))) => (issuer, url),
+        self.kept(cert).await.map(|kept| kept.chain)
+    }
+
+    /// The certificate the CA issued for the order kept for `cert`, checked as a new version
+    /// of it (names, the order's key, the chain's links), for the start to take in: an
+    /// attempt a kill cut off after the CA issued (a `renew`, which nothing else takes up
+    /// before the next renewal is due). `None` when there is none or it cannot be known
+    /// (logged); the order is then left for the next attempt.
+    pub async fn kept_issuance(&self, cert: &Certificate) -> Option<Issued> {
+        let kept = self.kept(&cert.id).await?;
+        match accept_chain(&kept.runtime.config, cert, &kept.chain, kept.key) {
+            Ok(issued) => Some(issued),
+            Err(err) => {
+                warn!(cert = %cert.id, order = %kept.url, error = %err, "the certificate of the kept ACME order is not one for this certificate; left to the next attempt");
+                None
+            }
+        }
+    }
+
+    /// The order kept for `cert` when the CA issued a certificate for it.
+    async fn kept(&self, cert: &CertificateId) -> Option<KeptIssuance> {
+        let (issuer, url, key) = match self.store.acme_order(cert).await {
+            Ok(Some(order)) => order,
             Ok(None) => return None,
             Err(err) => {
                 warn!(cert = %cert, error = %err, "could not read the ACME order kept for the certificate");
                 return None;
             }
         };
-        let runtime = self.issuers.get(&issuer)?;
-        let account = match self.account(runtime).await {
+        let runtime = self.issuers.get(&issuer)?.clone();
+        let account = match self.account(&runtime).await {
             Ok(account) => account,
             Err(err) => {
                 warn!(cert = %cert, order = %url, error = %err, "could not ask the CA whether the kept ACME order has a certificate; it is left at the CA");
                 return None;
             }
         };
-        match self.certificate_after_all(runtime, &account, &url).await {
-            AfterAll::Issued(chain) => Some(chain),
+        match self.certificate_after_all(&runtime, &account, &url).await {
+            AfterAll::Issued(chain) => Some(KeptIssuance {
+                runtime,
+                url,
+                key,
+                chain,
+            }),
             AfterAll::NoCertificate => None,
             AfterAll::Unknown(why) => {
                 warn!(cert = %cert, order = %url, why = %why, "could not tell whether the kept ACME order has a certificate; it is left at the CA");

@@ -288,6 +288,9 @@ async fn open_inventory(
     for name in inventory.start(&config.cas).await? {
         info!(ca = %name, "created CA");
     }
+    // In the background: it asks the CA, and nothing waits for it.
+    let taking_up = inventory.clone();
+    tokio::spawn(async move { taking_up.take_up_kept_orders().await });
     Ok(inventory)
 }
 

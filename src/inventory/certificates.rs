@@ -456,10 +456,75 @@ impl Inventory {
                 .map(|stored| stored.cert_pem),
             _ => None,
         };
+        let issued = acme.issue(&cert, method, replacing.as_deref()).await?;
+        self.add_public_version(acme, &cert, issued).await
+    }
+
+    /// Takes in, at start, the certificate of an ACME order kept from an attempt a kill or
+    /// crash cut off after the CA issued it: a `renew` through the API is not retried by
+    /// anyone, so without this the certificate would wait unheld (and age) until the next
+    /// renewal is due. Only issued public certificates the scheduler is not about to renew: a
+    /// first issuance is due anyway, and an order the CA has not issued for is left to the
+    /// next attempt. Best effort, logged.
+    pub async fn take_up_kept_orders(&self) {
+        let Some(acme) = &self.acme else {
+            return;
+        };
+        let kept = match self.store.kept_acme_orders().await {
+            Ok(kept) => kept,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the kept ACME orders");
+                return;
+            }
+        };
+        // One the scheduler is about to renew (due soon, or retrying a failure) is left to
+        // it: its attempt takes the order up, and the two must not race.
+        let soon = OffsetDateTime::now_utc() + time::Duration::minutes(2);
+        let idle = |cert: &Certificate| {
+            cert.status == Status::Issued
+                && cert.origin == Origin::Public
+                && cert.renewal.as_ref().is_none_or(|r| r.failures == 0)
+                && cert.next_renewal_at.is_some_and(|at| at > soon)
+        };
+        for id in kept {
+            let cert = match self.store.certificate(&id).await {
+                Ok(Some(cert)) if idle(&cert) => cert,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(cert = %id, error = %err, "could not read a certificate with a kept ACME order");
+                    continue;
+                }
+            };
+            // The scheduler may be renewing it already: that attempt takes the order up.
+            let Some(_issuing) = Issuing::start(&self.issuing, &cert.id) else {
+                continue;
+            };
+            if let Some(issued) = acme.kept_issuance(&cert).await {
+                match self.add_public_version(acme, &cert, issued).await {
+                    Ok(updated) => {
+                        tracing::info!(cert = %cert.id, version = updated.current_version, "took in the certificate of an ACME order an interrupted attempt left");
+                        // Its order is done: what it published goes.
+                        acme.withdraw_left_over();
+                    }
+                    Err(err) => {
+                        tracing::warn!(cert = %cert.id, error = %err, "could not take in the certificate of a kept ACME order");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores `issued` (from the ACME CA) as `cert`'s next version.
+    async fn add_public_version(
+        &self,
+        acme: &Acme,
+        cert: &Certificate,
+        issued: crate::acme::Issued,
+    ) -> Result<Certificate> {
         let crate::acme::Issued {
             certificate: issued,
             key,
-        } = acme.issue(&cert, method, replacing.as_deref()).await?;
+        } = issued;
         let now = OffsetDateTime::now_utc();
         let lifetime = issued.lifetime();
         // The CA's window for the new certificate; without one (no ARI, or the CA could not
@@ -477,7 +542,7 @@ impl Inventory {
         } else {
             Action::Renewal
         };
-        let event = events::available(&issued.next_version_of(&cert), action, now);
+        let event = events::available(&issued.next_version_of(cert), action, now);
         let cert_pem = issued.cert_pem.clone();
         let change = VersionChange {
             version: cert.current_version + 1,
@@ -497,7 +562,7 @@ impl Inventory {
         let updated = match self.store.add_version(&cert.id, change).await {
             Ok(updated) => updated,
             Err(err @ StoreError::Revoked(_)) => {
-                self.discard_issued(acme, &cert, &cert_pem).await;
+                self.discard_issued(acme, cert, &cert_pem).await;
                 return Err(err.into());
             }
             Err(err) => return Err(err.into()),

@@ -1073,6 +1073,11 @@ impl Store {
         .map(drop)
     }
 
+    /// The certificates with an ACME order kept for the next attempt, oldest order first.
+    pub async fn kept_acme_orders(&self) -> Result<Vec<CertificateId>, StoreError> {
+        self.db.kept_acme_orders().await
+    }
+
     /// Every challenge record published and not yet withdrawn, with whether its order is still
     /// the one stored for its certificate (`true`: it may still be needed).
     pub async fn challenge_records(&self) -> Result<Vec<(ChallengeRecord, bool)>, StoreError> {

@@ -640,6 +640,20 @@ impl Db {
         .await
     }
 
+    pub(super) async fn kept_acme_orders(&self) -> Result<Vec<CertificateId>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT certificate_id FROM acme_orders ORDER BY created_at")?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut kept = Vec::new();
+            for id in ids {
+                kept.extend(CertificateId::parse(&id?));
+            }
+            Ok(kept)
+        })
+        .await
+    }
+
     pub(super) async fn challenge_records(
         &self,
     ) -> Result<Vec<(super::ChallengeRecord, bool)>, StoreError> {
