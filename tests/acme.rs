@@ -240,7 +240,7 @@ fn a_renew_killed_after_the_ca_issued_is_completed_at_the_next_start() {
     assert_eq!(serials.len(), 2, "{serials:?}");
     assert_eq!(
         renewed["serial"].as_str().unwrap().trim_start_matches('0'),
-        serials[1],
+        serials[1].trim_start_matches('0'),
         "the second version is the certificate the CA issued for the cut-off renewal"
     );
     assert_eq!(new_orders(&proxy).len(), 2, "one order per version");
@@ -332,6 +332,39 @@ fn a_revocation_takes_the_certificate_of_an_order_a_kill_cut_off() {
             "Pebble's view of {serial}: {status}"
         );
     }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("revoked the certificate of the ACME order kept for it too"),
+        "{log}"
+    );
+}
+
+/// The same, with the CA unable to say at the revocation whether it issued for the kept order
+/// (its downloads fail): the revocation is recorded, the order kept, and the next start asks
+/// again and revokes that certificate too.
+#[test]
+fn a_kept_order_a_revocation_could_not_settle_is_settled_at_the_next_start() {
+    let (_knot, pebble, proxy, mut daemon, cert) = renewal_cut_off("later.customer.test");
+    daemon.spawn();
+    let revoked = daemon.json(&["revoke", &cert, "--reason", "key-compromise"]);
+    assert_eq!(revoked["status"], "revoked");
+    let serials = pebble_serials(&pebble);
+    assert_eq!(serials.len(), 2, "{serials:?}");
+    let status = |serial: &str| pebble.get(&format!("/cert-status-by-serial/{serial}"));
+    assert!(status(&serials[0]).contains("Revoked"));
+    assert!(
+        !status(&serials[1]).contains("Revoked"),
+        "the CA could not give the kept order's certificate"
+    );
+
+    proxy.control(serde_json::json!({"fail_downloads": 0}));
+    daemon.stop();
+    daemon.spawn();
+    wait_until(
+        Duration::from_secs(60),
+        "the kept certificate revoked",
+        || status(&serials[1]).contains("Revoked").then_some(()),
+    );
     let log = daemon.log_text();
     assert!(
         log.contains("revoked the certificate of the ACME order kept for it too"),

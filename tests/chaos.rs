@@ -335,6 +335,8 @@ fn kill_while_in_flight(
         let issued = issued_count(daemon);
         let killed_at = Instant::now();
         daemon.kill();
+        // A request that reached Pebble before the kill may be logged a moment after it.
+        std::thread::sleep(Duration::from_millis(500));
         let after = counts.record(pebble).orders.len();
         let kill = Kill {
             at: requested_at.elapsed(),

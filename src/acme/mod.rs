@@ -187,6 +187,23 @@ fn transient(err: &instant_acme::Error) -> bool {
     }
 }
 
+/// What the CA has for a certificate's kept order.
+pub enum KeptCertificate {
+    /// No order is kept, or the CA issued nothing for it.
+    None,
+    /// The certificate chain the CA issued for it.
+    Issued(String),
+    /// The CA could not be asked, or could not say (logged).
+    Unknown,
+}
+
+/// [`KeptCertificate`] with what taking the certificate in needs.
+enum Kept {
+    None,
+    Issued(KeptIssuance),
+    Unknown,
+}
+
 /// A kept order's certificate, as the CA gave it.
 struct KeptIssuance {
     runtime: Arc<IssuerRuntime>,
@@ -742,8 +759,12 @@ impl Acme {
     /// (a renewal asked for through the API is not taken up again until the next one is
     /// due). Asked before a revocation, which must take that certificate with it. Best
     /// effort: when the CA cannot tell, that is logged with the order, and `None` returned.
-    pub async fn kept_certificate(&self, cert: &CertificateId) -> Option<String> {
-        self.kept(cert).await.map(|kept| kept.chain)
+    pub async fn kept_certificate(&self, cert: &CertificateId) -> KeptCertificate {
+        match self.kept(cert).await {
+            Kept::Issued(kept) => KeptCertificate::Issued(kept.chain),
+            Kept::None => KeptCertificate::None,
+            Kept::Unknown => KeptCertificate::Unknown,
+        }
     }
 
     /// The certificate the CA issued for the order kept for `cert`, checked as a new version
@@ -752,7 +773,9 @@ impl Acme {
     /// before the next renewal is due). `None` when there is none or it cannot be known
     /// (logged); the order is then left for the next attempt.
     pub async fn kept_issuance(&self, cert: &Certificate) -> Option<Issued> {
-        let kept = self.kept(&cert.id).await?;
+        let Kept::Issued(kept) = self.kept(&cert.id).await else {
+            return None;
+        };
         match accept_chain(&kept.runtime.config, cert, &kept.chain, kept.key) {
             Ok(issued) => Some(issued),
             Err(err) => {
@@ -762,35 +785,38 @@ impl Acme {
         }
     }
 
-    /// The order kept for `cert` when the CA issued a certificate for it.
-    async fn kept(&self, cert: &CertificateId) -> Option<KeptIssuance> {
+    /// What the CA has for the order kept for `cert`.
+    async fn kept(&self, cert: &CertificateId) -> Kept {
         let (issuer, url, key) = match self.store.acme_order(cert).await {
             Ok(Some(order)) => order,
-            Ok(None) => return None,
+            Ok(None) => return Kept::None,
             Err(err) => {
                 warn!(cert = %cert, error = %err, "could not read the ACME order kept for the certificate");
-                return None;
+                return Kept::Unknown;
             }
         };
-        let runtime = self.issuers.get(&issuer)?.clone();
+        let Some(runtime) = self.issuers.get(&issuer).cloned() else {
+            warn!(cert = %cert, order = %url, %issuer, "the ACME order kept for the certificate is from an issuer no longer configured");
+            return Kept::Unknown;
+        };
         let account = match self.account(&runtime).await {
             Ok(account) => account,
             Err(err) => {
-                warn!(cert = %cert, order = %url, error = %err, "could not ask the CA whether the kept ACME order has a certificate; it is left at the CA");
-                return None;
+                warn!(cert = %cert, order = %url, error = %err, "could not ask the CA whether the kept ACME order has a certificate; the order stays kept");
+                return Kept::Unknown;
             }
         };
         match self.certificate_after_all(&runtime, &account, &url).await {
-            AfterAll::Issued(chain) => Some(KeptIssuance {
+            AfterAll::Issued(chain) => Kept::Issued(KeptIssuance {
                 runtime,
                 url,
                 key,
                 chain,
             }),
-            AfterAll::NoCertificate => None,
+            AfterAll::NoCertificate => Kept::None,
             AfterAll::Unknown(why) => {
-                warn!(cert = %cert, order = %url, why = %why, "could not tell whether the kept ACME order has a certificate; it is left at the CA");
-                None
+                warn!(cert = %cert, order = %url, why = %why, "could not tell whether the kept ACME order has a certificate; the order stays kept");
+                Kept::Unknown
             }
         }
     }
@@ -1243,7 +1269,7 @@ impl Acme {
             .save_acme_order(&cert.id, &issuer.name, order.url(), &key)
             .await
         {
-            warn!(cert = %cert.id, order = %order.url(), error = %err, "the ACME order could not be stored; it is left at the CA (pending orders expire there)");
+            warn!(cert = %cert.id, order = %order.url(), error = %err, "the ACME order could not be stored: nothing resumes it, and it is left pending at the CA (where it expires)");
             return Err(err.into());
         }
         Ok((order, key))
@@ -1523,7 +1549,11 @@ impl<'a> Conversation<'a> {
         let Some(step) = CONVERSATION_RETRIES.get(self.retries) else {
             return false;
         };
-        if !retriable(err) || self.stopping.is_cancelled() {
+        if !retriable(err) {
+            return false;
+        }
+        if self.stopping.is_cancelled() {
+            debug!(issuer = %self.runtime.config.name, "stopping: the ACME request is not retried");
             return false;
         }
         let wait = match self.runtime.backoff.blocked_until() {

@@ -144,6 +144,10 @@ pub async fn serve(
     // Background work first: event sinks settle their cursors before any request can commit
     // an event, and the scheduler owns the deadlines.
     let sinks = start_background(&config, &inventory, &shutdown, &mut tasks).await?;
+    // Once the sinks' cursors are settled (it may commit events). In the background: it asks
+    // the CA, and nothing waits for it (cut off by a stop, it is done at the next start).
+    let taking_up = inventory.clone();
+    tokio::spawn(async move { taking_up.take_up_kept_orders().await });
     let state = Arc::new(AppState {
         inventory,
         audit_retention: config.audit_retention,
@@ -288,9 +292,6 @@ async fn open_inventory(
     for name in inventory.start(&config.cas).await? {
         info!(ca = %name, "created CA");
     }
-    // In the background: it asks the CA, and nothing waits for it.
-    let taking_up = inventory.clone();
-    tokio::spawn(async move { taking_up.take_up_kept_orders().await });
     Ok(inventory)
 }
 

@@ -3,6 +3,9 @@
 
 use std::collections::HashSet;
 
+use crate::acme::KeptCertificate;
+use crate::model::RenewalStatus;
+
 use super::*;
 
 impl Inventory {
@@ -445,6 +448,13 @@ impl Inventory {
                 operation: Operation::Renew,
             });
         }
+        // Read before the guard was taken: an attempt that held it meanwhile (the start taking
+        // in a kept order's certificate) may have made the version this one was to make.
+        if let Some(now) = self.store.certificate(&cert.id).await?
+            && now.current_version != cert.current_version
+        {
+            return Ok(now);
+        }
         let method = cert.validation_method.unwrap_or(ValidationMethod::Dns);
         let acme = self.acme()?;
         // With renewal information for the current version, the CA links the renewal to it.
@@ -477,17 +487,24 @@ impl Inventory {
                 return;
             }
         };
-        // One the scheduler is about to renew (due soon, or retrying a failure) is left to
-        // it: its attempt takes the order up, and the two must not race.
-        let soon = OffsetDateTime::now_utc() + time::Duration::minutes(2);
+        // One the scheduler renews (claimed by a run a kill cut off, due soon, or retrying
+        // a failure) is left to it: its attempt takes the order up, and the two must not
+        // race. Asked again once the guard is held.
         let idle = |cert: &Certificate| {
+            let soon = OffsetDateTime::now_utc() + time::Duration::minutes(2);
             cert.status == Status::Issued
                 && cert.origin == Origin::Public
-                && cert.renewal.as_ref().is_none_or(|r| r.failures == 0)
+                && cert.renewal.as_ref().is_none_or(|r| {
+                    r.failures == 0 && r.status != RenewalStatus::PendingAutoRenewal
+                })
                 && cert.next_renewal_at.is_some_and(|at| at > soon)
         };
         for id in kept {
             let cert = match self.store.certificate(&id).await {
+                Ok(Some(cert)) if cert.status == Status::Revoked => {
+                    self.settle_revoked(acme, &cert).await;
+                    continue;
+                }
                 Ok(Some(cert)) if idle(&cert) => cert,
                 Ok(_) => continue,
                 Err(err) => {
@@ -495,9 +512,17 @@ impl Inventory {
                     continue;
                 }
             };
-            // The scheduler may be renewing it already: that attempt takes the order up.
+            // An attempt under way takes the order up itself.
             let Some(_issuing) = Issuing::start(&self.issuing, &cert.id) else {
                 continue;
+            };
+            let cert = match self.store.certificate(&id).await {
+                Ok(Some(again))
+                    if idle(&again) && again.current_version == cert.current_version =>
+                {
+                    again
+                }
+                _ => continue,
             };
             if let Some(issued) = acme.kept_issuance(&cert).await {
                 match self.add_public_version(acme, &cert, issued).await {
@@ -511,6 +536,25 @@ impl Inventory {
                     }
                 }
             }
+        }
+    }
+
+    /// The order a revocation kept because the CA could not say whether it had issued for
+    /// it: asked again; a certificate it issued is revoked too, then the order is dropped.
+    async fn settle_revoked(&self, acme: &Acme, cert: &Certificate) {
+        let reason = cert
+            .revocation_reason
+            .unwrap_or(RevocationReason::Unspecified);
+        match acme.kept_certificate(&cert.id).await {
+            KeptCertificate::Issued(chain) => {
+                if let Err(err) = self.revoke_kept(acme, cert, &chain, reason).await {
+                    tracing::warn!(cert = %cert.id, error = %err, "revoking the certificate of a revoked certificate's kept ACME order failed; asked again at the next start");
+                    return;
+                }
+                acme.abandon(&cert.id).await;
+            }
+            KeptCertificate::None => acme.abandon(&cert.id).await,
+            KeptCertificate::Unknown => {}
         }
     }
 
@@ -588,6 +632,27 @@ impl Inventory {
         if let Err(err) = self.store.delete_acme_order(&cert.id).await {
             tracing::warn!(cert = %cert.id, error = %err, "dropping the order of a revoked certificate failed");
         }
+        acme.withdraw_left_over();
+    }
+
+    /// Revokes at the CA the certificate it issued for `cert`'s kept order (`chain`), then
+    /// drops the order (its records are withdrawn with the revocation, or at the next start).
+    async fn revoke_kept(
+        &self,
+        acme: &Acme,
+        cert: &Certificate,
+        chain: &str,
+        reason: RevocationReason,
+    ) -> Result<()> {
+        match acme.revoke(&cert.issuer, chain, reason).await {
+            Ok(()) => {
+                tracing::info!(cert = %cert.id, "revoked the certificate of the ACME order kept for it too (issued, never stored)");
+            }
+            Err(err) if already_revoked(&err) => {}
+            Err(err) => return Err(err.into()),
+        }
+        self.store.delete_acme_order(&cert.id).await?;
+        Ok(())
     }
 
     /// Revokes a certificate. Every version signed by one of our CAs goes onto that CA's CRL
@@ -633,6 +698,7 @@ impl Inventory {
             });
         }
         let now = OffsetDateTime::now_utc();
+        let mut keep_order = false;
         if cert.origin == Origin::Public {
             // At the CA first: only a revocation the CA accepted is recorded. Every version
             // still valid goes (a renewal does not make the earlier keys trustworthy).
@@ -656,18 +722,15 @@ impl Inventory {
                 }
             }
             // A certificate the CA issued for the kept order of an attempt cut off before the
-            // store took it in: nobody holds it, and it would outlive the revocation.
-            if !at_ca.contains(KEPT_ORDER)
-                && let Some(chain) = acme.kept_certificate(&cert.id).await
-            {
-                match acme.revoke(&cert.issuer, &chain, reason).await {
-                    Ok(()) => {
-                        tracing::info!(cert = %cert.id, "revoked the certificate of the ACME order kept for it too (issued, never stored)");
-                    }
-                    Err(err) if already_revoked(&err) => {}
-                    Err(err) => return Err(err.into()),
+            // store took it in: nobody holds it, and it would outlive the revocation. Once the
+            // CA has revoked it, its order goes at once: nothing may take it in later.
+            match acme.kept_certificate(&cert.id).await {
+                KeptCertificate::Issued(chain) => {
+                    self.revoke_kept(acme, &cert, &chain, reason).await?;
                 }
-                at_ca.insert(KEPT_ORDER.to_owned());
+                KeptCertificate::None => {}
+                // Kept, for the next start to ask again (`take_up_kept_orders`).
+                KeptCertificate::Unknown => keep_order = true,
             }
         }
         let revocations: Vec<Revocation> = cert
@@ -694,6 +757,7 @@ impl Inventory {
         // A revoked certificate is not renewed: an order kept for it is of no more use.
         if let Some(acme) = &self.acme
             && cert.origin == Origin::Public
+            && !keep_order
         {
             acme.abandon(&cert.id).await;
         }
@@ -977,10 +1041,6 @@ impl Drop for Issuing<'_> {
         lock::lock(self.set).remove(&self.id);
     }
 }
-
-/// Stands in [`Inventory::revoke`]'s set of serials revoked at the CA for the certificate of
-/// the kept ACME order (no serial is empty).
-const KEPT_ORDER: &str = "";
 
 /// Whether the ACME CA refused a revocation because the certificate is revoked already
 /// (RFC 8555 §7.6 `alreadyRevoked`).

@@ -296,9 +296,14 @@ fn ladder(
 }
 
 /// Transient failures in a row before one raises Renewal Action Required: on the transient
-/// ladder (5 s doubling to 5 min) the eighth comes about ten minutes after the first, long
-/// past a badNonce run or a CA's restart, soon enough for anyone to act on an outage.
+/// ladder (5 s doubling to 5 min) the eighth comes about ten minutes after the first (plus
+/// each attempt's own retries, up to half a minute each), long past a badNonce run or a CA's
+/// restart, soon enough for anyone to act on an outage ...
 pub(crate) const TRANSIENT_QUIET_FAILURES: u32 = 8;
+/// ... unless the certificate has this many days left or fewer,
+const TRANSIENT_QUIET_DAYS_LEFT: i64 = 7;
+/// ... or the CA asked to wait longer than this (Retry-After) before the next try.
+const TRANSIENT_QUIET_RETRY_AFTER: Duration = Duration::minutes(15);
 
 /// One failed attempt.
 #[derive(Clone, Copy, Debug)]
@@ -346,8 +351,14 @@ pub fn after_failure(facts: &Facts<'_>, failure: Failure) -> AfterFailure {
     let days_left = days_to_expiry(at, not_after);
     let (retry_at, rule) = ladder(facts, Some(failure.kind), failures, at);
     // Waiting for a first validation raises no event: Validation Pending said what to do.
-    // Nor does a blip at the CA that the next tries on the short ladder may well get past.
-    let quiet = failure.kind == FailureKind::Transient && failures < TRANSIENT_QUIET_FAILURES;
+    // Nor does a blip at the CA that the next tries on the short ladder may well get past;
+    // but a CA that asks for a long pause, or a certificate close to expiry, is said at once.
+    let quiet = failure.kind == FailureKind::Transient
+        && failures < TRANSIENT_QUIET_FAILURES
+        && days_left > TRANSIENT_QUIET_DAYS_LEFT
+        && failure
+            .retry_not_before
+            .is_none_or(|until| until - at <= TRANSIENT_QUIET_RETRY_AFTER);
     let milestone = if facts.validation_deadline.is_some() || quiet {
         None
     } else {
@@ -879,10 +890,6 @@ mod tests {
         );
     }
 
-    /// Issue 10: a badNonce that outlasted the attempt's own retries waited like a missing
-    /// CNAME (15 s, doubling to 15 minutes: eight minutes after a few). Each kind now has its
-    /// ladder, for a first issuance and a renewal alike, and the plan read back from the store
-    /// agrees with the retry time decided at the failure.
     #[test]
     fn transient_failures_raise_renewal_action_required_only_once_they_persist() {
         let mut facts = healthy(90);
@@ -946,8 +953,37 @@ mod tests {
             milestone.is_some(),
             "a refusal is raised at its first failure"
         );
+
+        // Nor is a transient failure quiet close to expiry, or when the CA asks for a long
+        // pause.
+        let first = |facts: &Facts<'_>, at, retry_not_before| {
+            let AfterFailure::Retry { milestone, .. } = after_failure(
+                facts,
+                Failure {
+                    at,
+                    kind: FailureKind::Transient,
+                    retry_not_before,
+                },
+            ) else {
+                panic!()
+            };
+            milestone
+        };
+        let fresh = healthy(90);
+        let early = NOW + Duration::days(60);
+        assert_eq!(first(&fresh, early, None), None);
+        assert_eq!(
+            first(&fresh, early, Some(early + Duration::minutes(10))),
+            None
+        );
+        assert!(first(&fresh, early, Some(early + Duration::hours(1))).is_some());
+        assert!(first(&fresh, NOW + Duration::days(84), None).is_some());
     }
 
+    /// Issue 10: a badNonce that outlasted the attempt's own retries waited like a missing
+    /// CNAME (15 s, doubling to 15 minutes: eight minutes after a few). Each kind now has its
+    /// ladder, for a first issuance and a renewal alike, and the plan read back from the store
+    /// agrees with the retry time decided at the failure.
     #[test]
     fn each_kind_of_failure_retries_on_its_own_ladder() {
         let pending = Facts {
