@@ -67,7 +67,18 @@ fn a_crashing_daemon_leaves_no_core_dump() {
     std::fs::create_dir(&daemon).unwrap();
 
     let mut sleeper = with_cores_on(&control, "sleep", &["60"]);
-    std::thread::sleep(Duration::from_millis(200));
+    // Signalled before the shell has exec'd it (a loaded machine), the shell would take the
+    // SIGQUIT instead; so wait for the exec.
+    let comm = format!("/proc/{}/comm", sleeper.id());
+    wait_until(
+        Duration::from_secs(60),
+        "the control process to start",
+        || {
+            std::fs::read_to_string(&comm)
+                .is_ok_and(|name| name.trim() == "sleep")
+                .then_some(())
+        },
+    );
     crash(&mut sleeper);
     assert!(
         !cores_in(&control).is_empty(),
