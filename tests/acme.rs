@@ -251,16 +251,21 @@ fn a_renew_killed_after_the_ca_issued_is_completed_at_the_next_start() {
     );
 }
 
-/// A certificate for `name` issued over HTTP-01 through the proxy, then a `renew` of it
-/// with every certificate download failing at the proxy (which keeps failing them), and the
-/// daemon SIGKILLed once one has failed: the CA issued the renewal, the store does not have
-/// it, the order is kept. The daemon is left stopped.
-fn renewal_cut_off(name: &str) -> (Knot, Pebble, AriProxy, Daemon, String) {
+/// A certificate for `name` requested over HTTP-01 from Pebble (its VA sleeping when
+/// `va_sleep`) behind the ARI proxy, whose knobs are set to `control` first.
+fn proxied_http_request(
+    name: &str,
+    va_sleep: bool,
+    control: serde_json::Value,
+) -> (Knot, Pebble, AriProxy, Daemon, String) {
     let knot = customer_zone(&[name]);
-    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
+    let pebble = Pebble::start(PebbleOptions {
+        va_sleep,
+        ..PebbleOptions::new(knot.addr)
+    });
     let proxy = AriProxy::start(&pebble);
-    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
-    let mut daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
+    proxy.control(control);
+    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
     let cert = id(&daemon.json(&[
         "request",
         name,
@@ -269,6 +274,19 @@ fn renewal_cut_off(name: &str) -> (Knot, Pebble, AriProxy, Daemon, String) {
         "--validation",
         "http",
     ]));
+    (knot, pebble, proxy, daemon, cert)
+}
+
+/// A certificate for `name` issued over HTTP-01 through the proxy, then a `renew` of it
+/// with every certificate download failing at the proxy (which keeps failing them), and the
+/// daemon SIGKILLed once one has failed: the CA issued the renewal, the store does not have
+/// it, the order is kept. The daemon is left stopped.
+fn renewal_cut_off(name: &str) -> (Knot, Pebble, AriProxy, Daemon, String) {
+    let (knot, pebble, proxy, mut daemon, cert) = proxied_http_request(
+        name,
+        false,
+        serde_json::json!({"windows": [[86400, 172800]]}),
+    );
     wait_issued(&daemon, &cert);
     proxy.control(serde_json::json!({"fail_downloads": 1000}));
     std::thread::scope(|scope| {
@@ -1347,22 +1365,14 @@ fn a_shutdown_ends_an_attempts_wait_to_retry() {
 
 #[test]
 fn an_order_finalized_before_a_failure_is_taken_up_again_not_ordered_anew() {
-    let knot = customer_zone(&["late.customer.test"]);
-    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
-    let proxy = AriProxy::start(&pebble);
     // The CA finalizes the order, then fails the certificate download (503) seven times:
     // more than one attempt retries (six tries), so the next attempt takes the order up
     // again. (Its ARI window is far ahead, so the new certificate is not renewed at once.)
-    proxy.control(serde_json::json!({"fail_downloads": 7, "windows": [[86400, 172800]]}));
-    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
-    let cert = id(&daemon.json(&[
-        "request",
+    let (_knot, _pebble, proxy, daemon, cert) = proxied_http_request(
         "late.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+        false,
+        serde_json::json!({"fail_downloads": 7, "windows": [[86400, 172800]]}),
+    );
     let issued = wait_issued_after_retries(&daemon, &cert, Duration::from_secs(150));
     assert_eq!(issued["current_version"], 1);
 
@@ -1396,19 +1406,11 @@ fn an_order_finalized_before_a_failure_is_taken_up_again_not_ordered_anew() {
 
 #[test]
 fn a_ca_answering_429_with_retry_after_is_left_alone_until_then() {
-    let knot = customer_zone(&["busy.customer.test"]);
-    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
-    let proxy = AriProxy::start(&pebble);
-    proxy.control(serde_json::json!({"rate_limit_orders": 1, "rate_limit_retry_after": 20}));
-    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
-    let cert = id(&daemon.json(&[
-        "request",
+    let (_knot, _pebble, proxy, daemon, cert) = proxied_http_request(
         "busy.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+        false,
+        serde_json::json!({"rate_limit_orders": 1, "rate_limit_retry_after": 20}),
+    );
     let limited = wait_until(Duration::from_secs(30), "the 429 to be recorded", || {
         let c = daemon.json(&["describe", &cert]);
         c["renewal"]["reason"].is_string().then_some(c)
@@ -1513,19 +1515,11 @@ fn a_certificate_the_ca_swapped_is_refused_and_nothing_is_stored() {
 /// at its next use, in the same run and after a kill -9 and restart (review finding M5).
 #[test]
 fn a_key_rollover_whose_answer_is_lost_keeps_the_account() {
-    let knot = customer_zone(&["roll.customer.test"]);
-    let pebble = Pebble::start(PebbleOptions::new(knot.addr));
-    let proxy = AriProxy::start(&pebble);
-    proxy.control(serde_json::json!({"windows": [[86400, 172800]]}));
-    let mut daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
-    let cert = id(&daemon.json(&[
-        "request",
+    let (_knot, _pebble, proxy, mut daemon, cert) = proxied_http_request(
         "roll.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+        false,
+        serde_json::json!({"windows": [[86400, 172800]]}),
+    );
     wait_issued(&daemon, &cert);
     let url = daemon.json(&["acme", "list"])[0]["account"]["url"].clone();
     let key_changes = |proxy: &AriProxy| -> Vec<serde_json::Value> {
@@ -1617,22 +1611,11 @@ fn txt_at(knot: &Knot, labels: &[String]) -> Vec<(String, String)> {
 /// CA's validation failed, and a second order was made.
 #[test]
 fn a_lost_challenge_answer_keeps_the_record_and_the_order() {
-    let knot = customer_zone(&["lost.customer.test"]);
-    let pebble = Pebble::start(PebbleOptions {
-        va_sleep: true,
-        ..PebbleOptions::new(knot.addr)
-    });
-    let proxy = AriProxy::start(&pebble);
-    proxy.control(serde_json::json!({"lose_challenge_answers": 1, "windows": [[86400, 172800]]}));
-    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
-    let cert = id(&daemon.json(&[
-        "request",
+    let (_knot, _pebble, proxy, daemon, cert) = proxied_http_request(
         "lost.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+        true,
+        serde_json::json!({"lose_challenge_answers": 1, "windows": [[86400, 172800]]}),
+    );
     let issued = wait_issued_after_retries(&daemon, &cert, Duration::from_secs(120));
     assert_eq!(issued["current_version"], 1);
     let seen = proxy.seen();
@@ -1821,23 +1804,12 @@ fn a_withdrawal_cut_off_by_the_shutdown_deadline_is_done_at_the_next_start() {
 /// withdraw the other's records.
 #[test]
 fn renew_during_an_acme_issuance_of_the_same_certificate_is_refused() {
-    let knot = customer_zone(&["busy2.customer.test"]);
-    let pebble = Pebble::start(PebbleOptions {
-        va_sleep: true,
-        ..PebbleOptions::new(knot.addr)
-    });
-    let proxy = AriProxy::start(&pebble);
     // The lost answer adds a retry to the attempt, so it is still running below.
-    proxy.control(serde_json::json!({"lose_challenge_answers": 1, "windows": [[86400, 172800]]}));
-    let daemon = Daemon::start_with(Some(&proxied_config(&pebble, &proxy, "")));
-    let cert = id(&daemon.json(&[
-        "request",
+    let (_knot, _pebble, proxy, daemon, cert) = proxied_http_request(
         "busy2.customer.test",
-        "--issuer",
-        "pebble",
-        "--validation",
-        "http",
-    ]));
+        true,
+        serde_json::json!({"lose_challenge_answers": 1, "windows": [[86400, 172800]]}),
+    );
     wait_until(Duration::from_secs(30), "the challenge answered", || {
         proxy
             .seen()
